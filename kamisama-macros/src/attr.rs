@@ -1,0 +1,170 @@
+//! Parsing the attribute's arguments: `instances = 17, respawn_limit = 10, ...`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::{Error, Expr, ExprLit, Lit};
+
+/// The arguments as written, each value checked and kept with its span.
+pub(crate) struct Args {
+    pub(crate) settings: Vec<Setting>,
+}
+
+/// One `key = value` argument.
+pub(crate) struct Setting {
+    pub(crate) key: Key,
+    pub(crate) value: u64,
+    pub(crate) span: Span,
+}
+
+/// The keys the attribute accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key {
+    Instances,
+    RespawnLimit,
+    RespawnInterval,
+    ShutdownTimeout,
+}
+
+impl Key {
+    const ALL: [Key; 4] = [
+        Key::Instances,
+        Key::RespawnLimit,
+        Key::RespawnInterval,
+        Key::ShutdownTimeout,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Key::Instances => "instances",
+            Key::RespawnLimit => "respawn_limit",
+            Key::RespawnInterval => "respawn_interval",
+            Key::ShutdownTimeout => "shutdown_timeout",
+        }
+    }
+
+    /// The smallest value that makes sense: a limit of zero respawns is a real setting, zero
+    /// instances or a zero-second window is not.
+    fn minimum(self) -> u64 {
+        match self {
+            Key::RespawnLimit => 0,
+            Key::Instances | Key::RespawnInterval | Key::ShutdownTimeout => 1,
+        }
+    }
+
+    /// What the value is, for error messages.
+    fn kind(self) -> &'static str {
+        match self.minimum() {
+            0 => "a whole number",
+            _ => "a positive integer",
+        }
+    }
+
+    fn example(self) -> u64 {
+        match self {
+            Key::Instances => 4,
+            Key::RespawnLimit => 3,
+            Key::RespawnInterval => 60,
+            Key::ShutdownTimeout => 10,
+        }
+    }
+
+    /// The largest value the builder method takes.
+    fn maximum(self) -> u64 {
+        match self {
+            Key::Instances => usize::MAX as u64,
+            Key::RespawnLimit => u64::from(u32::MAX),
+            Key::RespawnInterval | Key::ShutdownTimeout => u64::MAX,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|key| key.name() == name)
+    }
+}
+
+/// Parses the whole argument list, reporting every mistake rather than only the first.
+pub(crate) fn parse(args: TokenStream) -> syn::Result<Args> {
+    let mut settings: Vec<Setting> = Vec::new();
+    let mut errors: Option<Error> = None;
+    let parser = syn::meta::parser(|meta| {
+        match parse_setting(&meta, &settings) {
+            Ok(setting) => settings.push(setting),
+            Err(error) => match &mut errors {
+                Some(errors) => errors.combine(error),
+                None => errors = Some(error),
+            },
+        }
+        Ok(())
+    });
+    parser.parse2(args)?;
+    match errors {
+        Some(errors) => Err(errors),
+        None => Ok(Args { settings }),
+    }
+}
+
+/// Parses one `key = value`. The value is consumed even when the key is wrong, so that parsing
+/// goes on to the next argument.
+fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result<Setting> {
+    let value: Expr = meta.value()?.parse()?;
+    let name = meta
+        .path
+        .get_ident()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let Some(key) = Key::from_name(&name) else {
+        let expected = Key::ALL
+            .iter()
+            .map(|key| format!("`{}`", key.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let written = meta.path.to_token_stream().to_string().replace(' ', "");
+        return Err(Error::new_spanned(
+            &meta.path,
+            format!("unknown argument `{written}`; expected one of {expected}"),
+        ));
+    };
+    if earlier.iter().any(|setting| setting.key == key) {
+        return Err(Error::new_spanned(
+            &meta.path,
+            format!("duplicate argument `{name}`; remove one of the two"),
+        ));
+    }
+    let Expr::Lit(ExprLit {
+        lit: Lit::Int(literal),
+        ..
+    }) = &value
+    else {
+        return Err(Error::new_spanned(
+            &value,
+            format!(
+                "`{name}` takes {}, such as `{name} = {}`",
+                key.kind(),
+                key.example()
+            ),
+        ));
+    };
+    let number = literal
+        .base10_parse::<u64>()
+        .ok()
+        .filter(|n| *n <= key.maximum());
+    let Some(number) = number else {
+        return Err(Error::new(
+            literal.span(),
+            format!("`{name}` must be at most {}", key.maximum()),
+        ));
+    };
+    if number < key.minimum() {
+        return Err(Error::new(
+            literal.span(),
+            format!("`{name}` must be at least {}", key.minimum()),
+        ));
+    }
+    Ok(Setting {
+        key,
+        value: number,
+        span: literal.span(),
+    })
+}

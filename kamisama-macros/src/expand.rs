@@ -1,0 +1,84 @@
+//! Emitting the user's function and a `main` that hands it to `kamisama::Supervisor`.
+
+use crate::attr::{self, Args, Key, Setting};
+use crate::valid;
+use proc_macro2::{Literal, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::ItemFn;
+
+pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    match (attr::parse(args), valid::worker(item.clone())) {
+        (Ok(args), Ok(worker)) => supervise(&args, &worker),
+        (Err(mut error), Err(other)) => {
+            error.combine(other);
+            failed(item, &error)
+        }
+        (Err(error), _) | (_, Err(error)) => failed(item, &error),
+    }
+}
+
+/// The function as written, plus a `main` that is one call chain on the public builder.
+fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
+    let name = &worker.sig.ident;
+    let settings = args.settings.iter().map(builder_call);
+    let run = quote! {
+        ::kamisama::Supervisor::new()
+            #(#settings)*
+            .run(#name)
+    };
+    // A worker named `main` lives inside the generated `main`, where it shadows it.
+    if name == "main" {
+        quote! {
+            fn main() -> ::std::process::ExitCode {
+                #worker
+                #run
+            }
+        }
+    } else {
+        quote! {
+            #worker
+            fn main() -> ::std::process::ExitCode {
+                #run
+            }
+        }
+    }
+}
+
+fn builder_call(setting: &Setting) -> TokenStream {
+    let span = setting.span;
+    let mut value = Literal::u64_unsuffixed(setting.value);
+    value.set_span(span);
+    match setting.key {
+        Key::Instances => quote_spanned!(span=> .instances(#value)),
+        Key::RespawnLimit => quote_spanned!(span=> .respawn_limit(#value)),
+        Key::RespawnInterval => {
+            quote_spanned!(span=> .respawn_interval(::core::time::Duration::from_secs(#value)))
+        }
+        Key::ShutdownTimeout => {
+            quote_spanned!(span=> .shutdown_timeout(::core::time::Duration::from_secs(#value)))
+        }
+    }
+}
+
+/// The item as written, the errors, and a stub `main`, so that the user sees only the errors
+/// that matter and not a cascade of "`main` function not found" or "function is never used".
+fn failed(item: TokenStream, error: &syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    let is_main = syn::parse2::<ItemFn>(item.clone()).is_ok_and(|f| f.sig.ident == "main");
+    if is_main {
+        quote! {
+            fn main() {
+                #[allow(dead_code)]
+                #item
+            }
+            #error
+        }
+    } else {
+        quote! {
+            #[allow(dead_code)]
+            #item
+            fn main() {}
+            #error
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The `#[kamisama::main]` attribute.
+//!
+//! Depend on [`kamisama`](https://docs.rs/kamisama) and write `#[kamisama::main]`: this crate is
+//! its implementation detail and is versioned in lockstep with it.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+mod attr;
+mod expand;
+mod valid;
+
+use proc_macro::TokenStream;
+
+/// Turns a worker function into the `main` of a supervising master process.
+///
+/// ```no_run
+/// #[kamisama::main(instances = 17, respawn_limit = 10, respawn_interval = 60)]
+/// fn worker(index: usize) {
+///     loop {
+///         println!("worker {index}: crunching data...");
+///         std::thread::sleep(std::time::Duration::from_secs(60));
+///     }
+/// }
+/// ```
+///
+/// The binary's `main` forks 17 workers, each running `worker(index)` with its own `index` in
+/// `0..17`, and supervises them: a worker that dies is respawned with the same index, and the
+/// master obeys the signals described in the [crate documentation](index.html#signals).
+///
+/// # Arguments
+///
+/// Every argument is optional and takes an integer literal.
+///
+/// | argument           | default | meaning                                                        |
+/// |--------------------|---------|----------------------------------------------------------------|
+/// | `instances`        | 1       | how many workers run at once, at least 1                       |
+/// | `respawn_limit`    | 3       | respawns allowed within `respawn_interval` before giving up    |
+/// | `respawn_interval` | 60      | the sliding window for `respawn_limit`, in seconds, at least 1 |
+/// | `shutdown_timeout` | 10      | seconds a stopping worker gets before SIGKILL, at least 1      |
+///
+/// Each can be overridden at run time with an environment variable such as
+/// `KAMISAMA_INSTANCES`.
+///
+/// # The worker function
+///
+/// It has the signature `fn(index: usize)`. It may be named `main`. It cannot be `async`,
+/// `unsafe` or generic, and it returns `()`.
+///
+/// # Expansion
+///
+/// The attribute keeps the function as written and adds a `main` that calls the public
+/// [`Supervisor`](struct.Supervisor.html) builder, so the example above is the same as:
+///
+/// ```no_run
+/// fn worker(index: usize) {
+///     // ...
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     kamisama::Supervisor::new()
+///         .instances(17)
+///         .respawn_limit(10)
+///         .respawn_interval(std::time::Duration::from_secs(60))
+///         .run(worker)
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::main(args.into(), item.into()).into()
+}

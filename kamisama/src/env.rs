@@ -1,0 +1,142 @@
+//! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
+//! on a laptop and 40 in production.
+
+use crate::config::Config;
+use crate::Error;
+use std::ffi::OsString;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Overrides `instances`.
+pub(crate) const INSTANCES: &str = "KAMISAMA_INSTANCES";
+/// Overrides `respawn_limit`.
+pub(crate) const RESPAWN_LIMIT: &str = "KAMISAMA_RESPAWN_LIMIT";
+/// Overrides `respawn_interval`, in seconds.
+pub(crate) const RESPAWN_INTERVAL: &str = "KAMISAMA_RESPAWN_INTERVAL";
+/// Overrides `shutdown_timeout`, in seconds.
+pub(crate) const SHUTDOWN_TIMEOUT: &str = "KAMISAMA_SHUTDOWN_TIMEOUT";
+
+/// Applies every override set in the process environment, or changes nothing and names the
+/// first variable whose value is unusable.
+pub(crate) fn apply(config: &mut Config) -> Result<(), Error> {
+    apply_from(config, |var| std::env::var_os(var))
+}
+
+fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) -> Result<(), Error> {
+    let mut overridden = config.clone();
+    if let Some(instances) = parse(
+        &lookup,
+        INSTANCES,
+        1,
+        "a whole number of workers, at least 1",
+    )? {
+        overridden.instances = instances;
+    }
+    if let Some(limit) = parse(&lookup, RESPAWN_LIMIT, 0, "a whole number of respawns")? {
+        overridden.respawn_limit = limit;
+    }
+    if let Some(seconds) = parse(&lookup, RESPAWN_INTERVAL, 1, SECONDS)? {
+        overridden.respawn_interval = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = parse(&lookup, SHUTDOWN_TIMEOUT, 1, SECONDS)? {
+        overridden.shutdown_timeout = Duration::from_secs(seconds);
+    }
+    *config = overridden;
+    Ok(())
+}
+
+const SECONDS: &str = "a whole number of seconds, at least 1";
+
+/// Reads `var` as a number no smaller than `minimum`; `None` when it is not set.
+fn parse<T: FromStr + PartialOrd>(
+    lookup: impl Fn(&str) -> Option<OsString>,
+    var: &'static str,
+    minimum: T,
+    expected: &'static str,
+) -> Result<Option<T>, Error> {
+    let Some(raw) = lookup(var) else {
+        return Ok(None);
+    };
+    let number = raw
+        .to_str()
+        .and_then(|text| text.parse::<T>().ok())
+        .filter(|number| *number >= minimum);
+    match number {
+        Some(number) => Ok(Some(number)),
+        None => Err(Error::InvalidEnv {
+            var,
+            value: raw.to_string_lossy().into_owned(),
+            expected,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply_vars(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let mut config = Config::default();
+        apply_from(&mut config, |name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| OsString::from(value))
+        })?;
+        Ok(config)
+    }
+
+    #[test]
+    fn unset_variables_change_nothing() {
+        assert_eq!(apply_vars(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_variable_overrides_its_setting() {
+        let config = apply_vars(&[
+            (INSTANCES, "40"),
+            (RESPAWN_LIMIT, "0"),
+            (RESPAWN_INTERVAL, "5"),
+            (SHUTDOWN_TIMEOUT, "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config,
+            Config {
+                instances: 40,
+                respawn_limit: 0,
+                respawn_interval: Duration::from_secs(5),
+                shutdown_timeout: Duration::from_secs(2),
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_variable_and_the_value() {
+        for (var, value) in [
+            (INSTANCES, "0"),
+            (INSTANCES, "many"),
+            (INSTANCES, ""),
+            (INSTANCES, " 4"),
+            (RESPAWN_LIMIT, "-1"),
+            (RESPAWN_INTERVAL, "0"),
+            (RESPAWN_INTERVAL, "1.5"),
+            (SHUTDOWN_TIMEOUT, "10s"),
+        ] {
+            let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
+            assert!(error.contains(var), "{error}");
+            assert!(error.contains(&format!("{value:?}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn one_invalid_value_applies_no_override() {
+        let mut config = Config::default();
+        let result = apply_from(&mut config, |name| match name {
+            INSTANCES => Some("7".into()),
+            SHUTDOWN_TIMEOUT => Some("never".into()),
+            _ => None,
+        });
+        assert!(result.is_err());
+        assert_eq!(config, Config::default());
+    }
+}

@@ -1,0 +1,80 @@
+//! Why a master could not start.
+
+use std::fmt;
+
+/// Why [`Supervisor::try_run`](crate::Supervisor::try_run) stopped before forking any worker.
+///
+/// Every variant names the input at fault. [`Supervisor::run`](crate::Supervisor::run) prints it
+/// and exits with status 2.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A `KAMISAMA_*` environment variable holds a value kamisama cannot use.
+    InvalidEnv {
+        /// The variable, such as `KAMISAMA_INSTANCES`.
+        var: &'static str,
+        /// Its value as found (lossily converted to UTF-8).
+        value: String,
+        /// What the variable takes.
+        expected: &'static str,
+    },
+    /// A builder setting is out of range, such as zero instances.
+    InvalidConfig {
+        /// The builder method, such as `instances`.
+        setting: &'static str,
+        /// What the setting takes.
+        expected: &'static str,
+    },
+    /// The process already runs other threads, and forking it would copy their locks but not
+    /// the threads that hold them.
+    Threaded {
+        /// How many threads the process has, the calling one included.
+        threads: usize,
+    },
+    /// The operating system refused a setup call.
+    Os {
+        /// The call, such as `signalfd`.
+        call: &'static str,
+        /// The error it returned.
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidEnv {
+                var,
+                value,
+                expected,
+            } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            Error::InvalidConfig { setting, expected } => {
+                write!(f, "invalid `{setting}`: expected {expected}")
+            }
+            Error::Threaded { threads } => write!(
+                f,
+                "the process already runs {threads} threads; start the supervisor before \
+                 any thread (a worker forked from a threaded process can deadlock)"
+            ),
+            Error::Os { call, error } => write!(f, "{call} failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Os { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn os(call: &'static str, errno: nix::errno::Errno) -> Self {
+        Error::Os {
+            call,
+            error: errno.into(),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Start, monitor and observe background worker processes.
+//!
+//! ```no_run
+//! #[kamisama::main(instances = 17, respawn_limit = 10, respawn_interval = 60)]
+//! fn worker(index: usize) {
+//!     loop {
+//!         println!("worker {index}: crunching data...");
+//!         std::thread::sleep(std::time::Duration::from_secs(60));
+//!     }
+//! }
+//! ```
+//!
+//! The binary this builds is a *master* process that forks 17 *workers* and supervises them, in
+//! the way of Unicorn, God and the Ruby gem Kamisama.
+//!
+//! # The model
+//!
+//! - **Workers** are processes forked from the master, its direct children, each running the
+//!   worker function with its **index**. Indices are dense and 0-based: 17 instances run
+//!   `0..=16`. No two live workers ever share an index.
+//! - A worker that ends, whatever the cause (it returned, called `exit`, panicked, was killed
+//!   or crashed), is **respawned** at once with the same index. A panic ends the worker with
+//!   status 101 and its message on stderr; a return, with status 0.
+//! - If one more respawn would make more than `respawn_limit` respawns within the last
+//!   `respawn_interval` (a sliding window on the monotonic clock), the master **gives up**:
+//!   it stops every worker as in a shutdown and exits with status 1. Workers the master stops
+//!   itself never count.
+//! - The master is event-driven. It blocks in `poll` on a signalfd and wakes only for a
+//!   signal or a deadline it set (a worker due for SIGKILL), never periodically.
+//! - Each worker runs in a process group of its own, with no signal blocked, every signal at
+//!   its default action (SIGPIPE ignored, as in any Rust program), and none of the master's
+//!   internal file descriptors.
+//! - The master is a child subreaper: a worker's subprocess orphaned by its worker comes back
+//!   to it and is reaped, and it is stopped at shutdown.
+//!
+//! # Signals
+//!
+//! | signal to the master | effect |
+//! |---|---|
+//! | `TERM`, `INT`, `QUIT` | graceful shutdown: no more respawns; every worker's process group gets `TERM`; what is still alive after `shutdown_timeout` gets `KILL`; exit 0 once everything is reaped |
+//! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once |
+//! | `TTIN` | one more worker, with the next index |
+//! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
+//! | `KILL`, or any death of the master | every worker gets `TERM` from the kernel (`PR_SET_PDEATHSIG`) |
+//!
+//! Ctrl-C in a terminal sends `INT` to the master only (workers are in their own process
+//! groups), and the master then stops the workers in order.
+//!
+//! # Configuration
+//!
+//! Settings come from the attribute (or the [`Supervisor`] builder) and can be overridden at
+//! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`
+//! and `KAMISAMA_SHUTDOWN_TIMEOUT` (seconds). An invalid value stops the program before
+//! anything is forked, with exit status 2 and a message naming the variable and the value.
+//!
+//! # Observing
+//!
+//! The master writes one line per event to stderr, `kamisama[PID]: EVENT key=value...`:
+//!
+//! ```text
+//! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s
+//! kamisama[4242]: spawned index=0 pid=4243
+//! kamisama[4242]: spawned index=1 pid=4244
+//! kamisama[4242]: exited index=1 pid=4244 status=SIGKILL
+//! kamisama[4242]: respawning index=1 respawns=1/3 window=60s
+//! kamisama[4242]: spawned index=1 pid=4250
+//! kamisama[4242]: shutdown-started signal=SIGTERM workers=2
+//! kamisama[4242]: exited index=0 pid=4243 status=SIGTERM
+//! kamisama[4242]: exited index=1 pid=4250 status=SIGTERM
+//! kamisama[4242]: shutdown-finished exit=0
+//! ```
+//!
+//! `status` is an exit code, a signal name, or `panicked` (exit code 101). Workers' own
+//! stdout and stderr pass through untouched.
+//!
+//! # Limitations
+//!
+//! - Signals of one kind coalesce while the master is busy: a burst of ten `TTIN` in a few
+//!   microseconds may start fewer than ten workers. Send them a moment apart to count on each.
+//! - `PR_SET_PDEATHSIG` reaches the workers only: when the master is killed with `KILL`, a
+//!   worker's own subprocesses are not signalled by the kernel (the worker may forward its
+//!   `TERM` to them).
+//! - The master must be single-threaded when it starts; see [`Supervisor#threads`].
+//! - A worker that reads from the terminal is stopped by `SIGTTIN`, as any background
+//!   process group is.
+//!
+//! # Platform
+//!
+//! Linux only: kamisama relies on `prctl(PR_SET_PDEATHSIG)`, `PR_SET_CHILD_SUBREAPER`, signalfd
+//! and /proc. Building for another system fails with a message saying so.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "kamisama supports Linux only: it relies on prctl(PR_SET_PDEATHSIG), PR_SET_CHILD_SUBREAPER, \
+     signalfd and /proc"
+);
+
+#[doc(inline)]
+pub use kamisama_macros::main;
+
+#[cfg(target_os = "linux")]
+mod config;
+#[cfg(target_os = "linux")]
+mod env;
+#[cfg(target_os = "linux")]
+mod error;
+#[cfg(target_os = "linux")]
+mod event;
+#[cfg(target_os = "linux")]
+mod master;
+#[cfg(target_os = "linux")]
+mod procfs;
+#[cfg(target_os = "linux")]
+mod respawn;
+#[cfg(target_os = "linux")]
+mod signals;
+#[cfg(target_os = "linux")]
+mod supervisor;
+#[cfg(target_os = "linux")]
+mod worker;
+
+#[cfg(target_os = "linux")]
+pub use error::Error;
+#[cfg(target_os = "linux")]
+pub use supervisor::{Outcome, Supervisor};

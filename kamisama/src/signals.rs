@@ -1,0 +1,133 @@
+//! The master's signals: blocked before the first fork and read from a signalfd, so that no
+//! signal handler runs and no code of ours has to be async-signal-safe; given back to each
+//! worker as a fresh process would have them.
+
+use crate::Error;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+/// The signals the master acts on.
+pub(crate) const HANDLED: [Signal; 6] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// The master's signal state while it runs; dropping it puts back the state it found.
+pub(crate) struct Signals {
+    fd: SignalFd,
+    previous_mask: SigSet,
+    previous_actions: Vec<(Signal, SigAction)>,
+    /// Signals whose disposition the master inherited or was given (a handler, or ignored) and
+    /// that a worker resets to the default.
+    inherited: Vec<Signal>,
+}
+
+impl Signals {
+    /// Blocks the handled signals, resets their dispositions to the default (an ignored SIGCHLD
+    /// would make the kernel reap workers behind the master's back, an ignored SIGHUP would
+    /// never reach it) and opens the signalfd they are read from.
+    pub(crate) fn install() -> Result<Self, Error> {
+        let handled: SigSet = HANDLED.into_iter().collect();
+        let inherited = Signal::iterator()
+            .filter(|signal| needs_reset_in_worker(*signal))
+            .collect();
+        let fd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|errno| Error::os("signalfd", errno))?;
+        let mut previous_mask = SigSet::empty();
+        nix::sys::signal::sigprocmask(
+            SigmaskHow::SIG_BLOCK,
+            Some(&handled),
+            Some(&mut previous_mask),
+        )
+        .map_err(|errno| Error::os("sigprocmask", errno))?;
+        let mut signals = Signals {
+            fd,
+            previous_mask,
+            previous_actions: Vec::with_capacity(HANDLED.len()),
+            inherited,
+        };
+        for signal in HANDLED {
+            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+            let previous = unsafe { sigaction(signal, &default_action()) }
+                .map_err(|errno| Error::os("sigaction", errno))?;
+            signals.previous_actions.push((signal, previous));
+        }
+        Ok(signals)
+    }
+
+    /// Blocks until a signal is pending or `timeout` has passed; `None` waits for ever.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<(), Errno> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up, or a wait for 0.4 ms would spin until the deadline.
+            Some(timeout) => {
+                let millis = timeout.as_micros().div_ceil(1000);
+                PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// The next pending signal, without blocking.
+    pub(crate) fn next(&self) -> Option<Signal> {
+        let info = self.fd.read_signal().ok()??;
+        Signal::try_from(info.ssi_signo as i32).ok()
+    }
+
+    /// In a freshly forked worker: closes the signalfd and gives the worker the signal state
+    /// of a new Rust process, every signal at its default action (SIGPIPE stays ignored, as
+    /// Rust's runtime sets it) and none blocked.
+    pub(crate) fn reset_in_worker(&self) {
+        for signal in &self.inherited {
+            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+            let _ = unsafe { sigaction(*signal, &default_action()) };
+        }
+        let _ = SigSet::empty().thread_set_mask();
+        // SAFETY: the fd is the signalfd this process owns; the worker never touches `self.fd`
+        // again, as it leaves with `_exit` without running destructors.
+        unsafe { libc::close(self.fd.as_raw_fd()) };
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        // Discard what is pending, so that unblocking does not apply a default action to it.
+        while self.next().is_some() {}
+        for (signal, action) in self.previous_actions.drain(..).rev() {
+            // SAFETY: this puts back a disposition the process had before `install`.
+            let _ = unsafe { sigaction(signal, &action) };
+        }
+        let _ = self.previous_mask.thread_set_mask();
+    }
+}
+
+fn default_action() -> SigAction {
+    SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())
+}
+
+/// Whether `signal` has a disposition other than the default that a worker should not keep.
+fn needs_reset_in_worker(signal: Signal) -> bool {
+    if HANDLED.contains(&signal)
+        || matches!(signal, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGPIPE)
+    {
+        return false;
+    }
+    // SAFETY: a zeroed `sigaction` is a valid out-parameter, and a null new action only
+    // queries the disposition.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let result = unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), &mut current) };
+    result == 0 && current.sa_sigaction != libc::SIG_DFL
+}

@@ -1,0 +1,149 @@
+//! The public builder: settings in, a supervised fleet of workers out.
+
+use crate::config::Config;
+use crate::master::Master;
+use crate::signals::Signals;
+use crate::{env, procfs, Error};
+use nix::sys::prctl;
+use nix::unistd::Pid;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Runs a worker function in supervised worker processes.
+///
+/// This is what [`#[kamisama::main]`](macro@crate::main) expands to; call it by hand to pass a
+/// closure, or to do work in the master before the first fork.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// fn main() -> std::process::ExitCode {
+///     // Loaded once in the master; every worker shares the pages through copy-on-write.
+///     let dictionary: Vec<String> = load_dictionary();
+///     kamisama::Supervisor::new()
+///         .instances(8)
+///         .respawn_limit(10)
+///         .respawn_interval(Duration::from_secs(60))
+///         .run(|index| {
+///             for word in dictionary.iter().skip(index).step_by(8) {
+///                 println!("worker {index}: {word}");
+///             }
+///         })
+/// }
+/// # fn load_dictionary() -> Vec<String> { Vec::new() }
+/// ```
+///
+/// # Threads
+///
+/// Workers are forked from the master, and a fork copies the whole memory of a process but
+/// only the thread that called it. A lock held by any other thread at that moment (the
+/// allocator's, stdout's, the environment's) would stay locked for ever in the worker. So the
+/// master must be single-threaded when [`run`](Supervisor::run) starts: do not start threads
+/// (or a runtime that starts them) before it; start them inside the worker function instead.
+/// `run` counts the threads in `/proc/self/task` and refuses to start otherwise
+/// ([`Error::Threaded`]). The master itself never starts a thread.
+#[derive(Clone, Debug, Default)]
+#[must_use = "a Supervisor does nothing until `run` is called"]
+pub struct Supervisor {
+    config: Config,
+}
+
+/// How a master that started ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// SIGTERM, SIGINT or SIGQUIT stopped the master and every worker. Exit status 0.
+    Stopped,
+    /// Workers died more often than the respawn limit allows, or a worker could not be
+    /// forked; every worker was stopped. Exit status 1.
+    GaveUp,
+}
+
+impl Outcome {
+    /// The exit status [`Supervisor::run`] ends the process with.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Stopped => 0,
+            Outcome::GaveUp => 1,
+        }
+    }
+}
+
+impl Supervisor {
+    /// A supervisor with the default settings: one instance, at most 3 respawns within 60
+    /// seconds, and 10 seconds for a worker to stop before SIGKILL.
+    pub fn new() -> Self {
+        Supervisor::default()
+    }
+
+    /// How many workers run at once, with indices `0..instances`. At least 1; default 1.
+    pub fn instances(mut self, instances: usize) -> Self {
+        self.config.instances = instances;
+        self
+    }
+
+    /// How many respawns the master allows within
+    /// [`respawn_interval`](Supervisor::respawn_interval) before it gives up; 0 makes the first
+    /// death fatal. Default 3.
+    pub fn respawn_limit(mut self, respawn_limit: u32) -> Self {
+        self.config.respawn_limit = respawn_limit;
+        self
+    }
+
+    /// The sliding window over which [`respawn_limit`](Supervisor::respawn_limit) counts.
+    /// Longer than zero; default 60 seconds.
+    pub fn respawn_interval(mut self, respawn_interval: Duration) -> Self {
+        self.config.respawn_interval = respawn_interval;
+        self
+    }
+
+    /// How long a worker asked to stop (by a shutdown or SIGTTOU) may take before it gets
+    /// SIGKILL. Longer than zero; default 10 seconds.
+    pub fn shutdown_timeout(mut self, shutdown_timeout: Duration) -> Self {
+        self.config.shutdown_timeout = shutdown_timeout;
+        self
+    }
+
+    /// Runs the master until it stops, and returns the exit status for `main`: 0 when stopped
+    /// by a signal, 1 when it gave up, 2 when it could not start (the error is printed to
+    /// stderr, and no worker was forked).
+    ///
+    /// This is [`try_run`](Supervisor::try_run) for a `main` function.
+    pub fn run<W: FnMut(usize)>(self, worker: W) -> ExitCode {
+        match self.try_run(worker) {
+            Ok(outcome) => ExitCode::from(outcome.exit_code()),
+            Err(error) => {
+                eprintln!("kamisama[{}]: error: {error}", Pid::this());
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    /// Applies the `KAMISAMA_*` environment overrides, checks that the settings and the
+    /// process can run, then forks the workers and supervises them until a signal stops them
+    /// or they die too often.
+    ///
+    /// Each worker calls `worker(index)` in a process of its own and ends when it returns
+    /// (status 0) or panics (status 101); it never returns into the caller.
+    ///
+    /// # Errors
+    ///
+    /// Before forking anything: an invalid environment value or setting, other threads in the
+    /// process (see [Threads](Supervisor#threads)), or a refused setup call.
+    pub fn try_run<W: FnMut(usize)>(self, worker: W) -> Result<Outcome, Error> {
+        let mut config = self.config;
+        env::apply(&mut config)?;
+        config.validate()?;
+        if let Some(threads @ 2..) = procfs::thread_count() {
+            return Err(Error::Threaded { threads });
+        }
+        let was_subreaper = prctl::get_child_subreaper().unwrap_or(false);
+        // Orphans of a worker's subprocesses come back to the master, which reaps them and
+        // stops them at shutdown instead of leaving them to init.
+        prctl::set_child_subreaper(true).map_err(|errno| Error::os("prctl", errno))?;
+        let outcome =
+            Signals::install().map(|signals| Master::new(&config, worker, &signals).run());
+        let _ = prctl::set_child_subreaper(was_subreaper);
+        outcome
+    }
+}

@@ -1,0 +1,62 @@
+//! A worker's side of the fork: the setup that makes it a process of its own, the call into the
+//! user's function, and an exit that never returns into master code.
+
+use crate::event::PANIC_EXIT_CODE;
+use crate::signals::Signals;
+use nix::errno::Errno;
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+
+/// Forks a worker that runs `worker(index)`, and returns its pid in the master.
+pub(crate) fn spawn<W: FnMut(usize)>(
+    index: usize,
+    worker: &mut W,
+    master: Pid,
+    signals: &Signals,
+) -> Result<Pid, Errno> {
+    // Anything still buffered would be written once by the master and once more by the worker.
+    let _ = std::io::stdout().flush();
+    // SAFETY: the master is single-threaded (checked before its first fork), so the child
+    // inherits no lock that another thread holds; the child runs `run_worker`, which never
+    // returns.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            // The worker does the same: whichever runs first, the group exists before the
+            // master can signal it.
+            let _ = setpgid(child, child);
+            Ok(child)
+        }
+        ForkResult::Child => run_worker(index, worker, master, signals),
+    }
+}
+
+fn run_worker<W: FnMut(usize)>(index: usize, worker: &mut W, master: Pid, signals: &Signals) -> ! {
+    // Its own process group, so that a stop reaches the worker's own subprocesses too, and
+    // Ctrl-C in a terminal reaches only the master, which then stops the workers in order.
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
+    // The master may have died before the request above, and then no signal will ever come.
+    if getppid() != master {
+        exit(1);
+    }
+    signals.reset_in_worker();
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| worker(index))) {
+        Ok(()) => 0,
+        Err(payload) => {
+            // The default hook has printed the message; dropping the payload could panic again.
+            std::mem::forget(payload);
+            PANIC_EXIT_CODE
+        }
+    };
+    let _ = std::io::stdout().flush();
+    exit(code)
+}
+
+/// Leaves the worker without running the master's atexit handlers or destructors.
+fn exit(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(code) }
+}
