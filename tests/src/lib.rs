@@ -1,1 +1,479 @@
-//! Test harness.
+//! The test harness: start a binary built with `#[kamisama::main]` as a real process, talk to it
+//! only through signals, /proc and its output, and leave nothing behind.
+//!
+//! Every process a test starts carries a unique `KAMISAMA_TEST_TREE` variable in its
+//! environment, which its workers and their subprocesses inherit. That finds the whole tree in
+//! /proc even after the master dies and its children are re-parented, and the guard kills all
+//! of it when the test ends, passed or failed. The test process is a child subreaper, so those
+//! orphans come back to it and are reaped rather than left as zombies.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::{Duration, Instant};
+use std::{fs, thread};
+
+/// How long any awaited condition may take before the test fails. Generous: CI machines are
+/// shared and slow, and a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+const TREE_VAR: &str = "KAMISAMA_TEST_TREE";
+
+/// A running master, and everything it started.
+pub struct Master {
+    child: Child,
+    token: String,
+    output: Arc<Output>,
+    status: Option<ExitStatus>,
+}
+
+/// What to start: a binary from this package, with its environment.
+pub struct Launch {
+    command: Command,
+}
+
+impl Launch {
+    /// Sets an environment variable for the master (and so its workers).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Puts the master in a process group of its own, as a shell does with a foreground job.
+    pub fn own_process_group(mut self) -> Self {
+        self.command.process_group(0);
+        self
+    }
+
+    /// Starts the master.
+    pub fn start(mut self) -> Master {
+        become_subreaper();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // SAFETY: setrlimit is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            // Workers the tests kill with SIGSEGV must not leave core files behind.
+            self.command.pre_exec(|| {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            });
+        }
+        self.command
+            .env(TREE_VAR, &token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.command.spawn().expect("start the master");
+        let output = Arc::new(Output::default());
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        output.collect(stdout);
+        output.collect(stderr);
+        Master {
+            child,
+            token,
+            output,
+            status: None,
+        }
+    }
+}
+
+impl Master {
+    /// Prepares to start `binary` (a `CARGO_BIN_EXE_*` path) with no `KAMISAMA_*` setting
+    /// inherited from the test's own environment.
+    pub fn launch(binary: &str) -> Launch {
+        let mut command = Command::new(binary);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("KAMISAMA_") {
+                command.env_remove(key);
+            }
+        }
+        Launch { command }
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the master");
+    }
+
+    /// Sends `signal` to the master's process group, as a terminal does for Ctrl-C.
+    pub fn signal_group(&self, signal: Signal) {
+        killpg(self.pid(), signal).expect("signal the master's process group");
+    }
+
+    /// Every line written so far to stdout and stderr, workers' and master's, in arrival order.
+    pub fn transcript(&self) -> String {
+        self.output.lines().join("\n")
+    }
+
+    /// Waits for the first line containing `needle` and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        self.wait_for_lines(needle, 1).remove(0)
+    }
+
+    /// Waits until `count` lines contain `needle`, and returns the first `count`.
+    pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
+        let found = self.output.wait_until(DEADLINE, |lines| {
+            let matching: Vec<String> = lines
+                .iter()
+                .filter(|line| line.contains(needle))
+                .take(count)
+                .cloned()
+                .collect();
+            (matching.len() == count).then_some(matching)
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no {count} lines containing {needle:?} within {DEADLINE:?}; output:\n{}",
+                self.transcript()
+            )
+        })
+    }
+
+    /// How many lines written so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .lines()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// The master's live children, each with the index it reported on starting (`None` until
+    /// it has), read from /proc and the workers' `worker-started` lines.
+    pub fn children(&self) -> Vec<(Pid, Option<usize>)> {
+        let started = self.started_workers();
+        children_of(self.pid())
+            .into_iter()
+            .filter(|pid| is_alive(*pid))
+            .map(|pid| (pid, started.get(&pid).copied()))
+            .collect()
+    }
+
+    /// Waits until the master's live children are exactly `instances` workers with indices
+    /// `0..instances`, each once, and returns their pids by index.
+    pub fn wait_for_workers(&self, instances: usize) -> BTreeMap<usize, Pid> {
+        self.wait_until(
+            &format!("{instances} workers with indices 0..{instances}"),
+            || {
+                let children = self.children();
+                let workers: BTreeMap<usize, Pid> = children
+                    .iter()
+                    .filter_map(|(pid, index)| Some(((*index)?, *pid)))
+                    .collect();
+                let dense = workers.keys().copied().eq(0..instances);
+                (children.len() == instances && dense).then_some(workers)
+            },
+        )
+    }
+
+    /// Polls `condition` until it returns `Some`, or fails the test at the deadline, saying
+    /// what it waited for and what the master printed.
+    pub fn wait_until<T>(&self, what: &str, condition: impl FnMut() -> Option<T>) -> T {
+        poll_until(condition).unwrap_or_else(|| {
+            panic!(
+                "waited {DEADLINE:?} for {what}; children: {:?}; output:\n{}",
+                self.children(),
+                self.transcript()
+            )
+        })
+    }
+
+    /// Waits for the master to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let child = &mut self.child;
+        let status = poll_until(|| child.try_wait().expect("wait for the master"));
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "the master did not exit within {DEADLINE:?}; output:\n{}",
+                self.transcript()
+            )
+        });
+        self.status = Some(status);
+        status
+    }
+
+    /// Waits for the master to exit with `code`.
+    pub fn expect_exit_code(&mut self, code: i32) {
+        let status = self.wait_exit();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "master ended with {status:?}; output:\n{}",
+            self.transcript()
+        );
+    }
+
+    /// Live processes of this test's tree: the master, its workers, their subprocesses,
+    /// wherever they were re-parented.
+    pub fn tree(&self) -> Vec<Pid> {
+        processes_carrying(&self.token)
+    }
+
+    /// Waits until no process of this test's tree is alive.
+    pub fn expect_tree_gone(&self) {
+        self.wait_until("every process of the tree to be gone", || {
+            self.tree().is_empty().then_some(())
+        });
+    }
+
+    /// Every `worker-started` line so far, as pid to index.
+    fn started_workers(&self) -> BTreeMap<Pid, usize> {
+        self.output
+            .lines()
+            .iter()
+            .filter_map(|line| parse_started(line))
+            .map(|(index, pid)| (pid, index))
+            .collect()
+    }
+
+    /// Every pid the output mentions, to reap adopted zombies.
+    fn mentioned_pids(&self) -> BTreeSet<Pid> {
+        self.output
+            .lines()
+            .iter()
+            .flat_map(|line| {
+                line.split_whitespace()
+                    .filter_map(|word| word.strip_prefix("pid=")?.parse().ok())
+                    .map(Pid::from_raw)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = self.mentioned_pids();
+        loop {
+            let live = self.tree();
+            if live.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in live {
+                let _ = kill(pid, Signal::SIGKILL);
+                seen.insert(pid);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Orphans re-parented to this process are its children now: reap their zombies.
+        for pid in seen {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Parses a fixture's `worker-started index=I pid=P` line.
+pub fn parse_started(line: &str) -> Option<(usize, Pid)> {
+    let rest = line.strip_prefix("worker-started ")?;
+    let mut index = None;
+    let mut pid = None;
+    for word in rest.split_whitespace() {
+        if let Some(value) = word.strip_prefix("index=") {
+            index = value.parse().ok();
+        } else if let Some(value) = word.strip_prefix("pid=") {
+            pid = value.parse().ok().map(Pid::from_raw);
+        }
+    }
+    Some((index?, pid?))
+}
+
+/// The value of `key=` in `line`, such as the pid in `spawned index=0 pid=42`.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Polls `condition` every few milliseconds until it returns `Some` or [`DEADLINE`] passes.
+pub fn poll_until<T>(mut condition: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A process's one-letter state from /proc (`S`, `R`, `Z`...), or `None` once it is gone.
+pub fn state(pid: Pid) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Whether `pid` is a process that has not died (a zombie has).
+pub fn is_alive(pid: Pid) -> bool {
+    matches!(state(pid), Some(state) if state != 'Z' && state != 'X')
+}
+
+/// A numeric field of /proc/PID/stat, counted from 1 as in proc(5).
+pub fn stat_field(pid: Pid, number: usize) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields 1 and 2 are the pid and the parenthesized name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace()
+        .nth(number.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// The direct children of `pid`, zombies included.
+pub fn children_of(pid: Pid) -> Vec<Pid> {
+    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// A line of `/proc/PID/status`, such as `voluntary_ctxt_switches`, as a number.
+pub fn status_field(pid: Pid, name: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits for an adopted orphan (a child of this test process since its parent died) to exit,
+/// and returns how it ended.
+pub fn reap_orphan(pid: Pid) -> WaitStatus {
+    poll_until(|| match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(status) => Some(status),
+        Err(error) => panic!("{pid} is not a child of the test process: {error}"),
+    })
+    .unwrap_or_else(|| panic!("{pid} did not exit within {DEADLINE:?}"))
+}
+
+/// Describes an exit status for assertions: `code 0`, `signal SIGTERM`.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("code {code}"),
+        (None, Some(signal)) => Signal::try_from(signal)
+            .map_or(format!("signal {signal}"), |signal| {
+                format!("signal {signal}")
+            }),
+        _ => format!("{status:?}"),
+    }
+}
+
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+        let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(result, 0, "become a child subreaper");
+    });
+}
+
+/// Live processes whose environment holds `KAMISAMA_TEST_TREE=token`.
+fn processes_carrying(token: &str) -> Vec<Pid> {
+    let needle = format!("{TREE_VAR}={token}\0");
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .map(Pid::from_raw)
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| contains(&environ, needle.as_bytes()))
+        })
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Lines read from the master's pipes by one thread per pipe.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    arrived: Condvar,
+}
+
+impl Output {
+    fn collect(self: &Arc<Self>, pipe: impl Read + Send + 'static) {
+        let output = Arc::clone(self);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                output.lines.lock().unwrap().push(line);
+                output.arrived.notify_all();
+            }
+        });
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(value) = condition(&lines) {
+                return Some(value);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self.arrived.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}
+
+/// Formats `(pid, index)` pairs for failure messages.
+pub fn describe_children(children: &[(Pid, Option<usize>)]) -> String {
+    let mut text = String::new();
+    for (pid, index) in children {
+        let _ = write!(text, "{pid}:{index:?} ");
+    }
+    text
+}

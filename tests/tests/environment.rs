@@ -1,0 +1,70 @@
+//! `KAMISAMA_*` overrides, and the process conditions checked before the first fork.
+
+use kamisama_tests::Master;
+use nix::sys::signal::Signal;
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const BY_HAND: &str = env!("CARGO_BIN_EXE_by-hand");
+
+#[test]
+fn environment_overrides_every_setting() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "6")
+        .env("KAMISAMA_RESPAWN_LIMIT", "7")
+        .env("KAMISAMA_RESPAWN_INTERVAL", "8")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "9")
+        .start();
+    master.wait_for_line(
+        "started instances=6 respawn_limit=7 respawn_interval=8s shutdown_timeout=9s",
+    );
+    master.wait_for_workers(6);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn an_invalid_value_stops_before_anything_is_forked() {
+    for (var, value) in [
+        ("KAMISAMA_INSTANCES", "0"),
+        ("KAMISAMA_INSTANCES", "many"),
+        ("KAMISAMA_INSTANCES", ""),
+        ("KAMISAMA_RESPAWN_LIMIT", "-1"),
+        ("KAMISAMA_RESPAWN_INTERVAL", "0"),
+        ("KAMISAMA_SHUTDOWN_TIMEOUT", "5s"),
+    ] {
+        let mut master = Master::launch(SUPERVISED).env(var, value).start();
+        master.expect_exit_code(2);
+        let message = master.wait_for_line("error:");
+        assert!(
+            message.contains(&format!("{var}={value:?}")),
+            "{var}={value:?}: {message}"
+        );
+        assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
+        assert_eq!(
+            master.count_lines("worker-started"),
+            0,
+            "{}",
+            master.transcript()
+        );
+        master.expect_tree_gone();
+    }
+}
+
+#[test]
+fn a_closure_shares_what_the_master_loaded() {
+    let mut master = Master::launch(BY_HAND).start();
+    let line = master.wait_for_line("loaded-by=");
+    let loaded_by = kamisama_tests::field(&line, "loaded-by").unwrap();
+    assert_eq!(loaded_by, master.pid().to_string());
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_process_with_threads_is_refused() {
+    let mut master = Master::launch(BY_HAND).env("BY_HAND_THREAD", "1").start();
+    master.expect_exit_code(2);
+    master.wait_for_line("error: the process already runs 2 threads");
+    assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
+}

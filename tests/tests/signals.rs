@@ -1,0 +1,184 @@
+//! The signals operators send the master: shutdown, scaling, and the master's own death.
+
+use kamisama_tests::{is_alive, reap_orphan, Master};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+
+fn supervised(instances: usize) -> Master {
+    Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &instances.to_string())
+        .start()
+}
+
+/// Sends `signal` to a master with three workers and checks the graceful shutdown: every
+/// worker stopped by TERM, exit 0, nothing left.
+fn graceful_shutdown(signal: Signal) {
+    let mut master = supervised(3);
+    let workers = master.wait_for_workers(3);
+    master.signal(signal);
+    master.wait_for_line(&format!("shutdown-started signal={signal} workers=3"));
+    master.expect_exit_code(0);
+    for (index, pid) in &workers {
+        master.wait_for_line(&format!("exited index={index} pid={pid} status=SIGTERM"));
+    }
+    assert_eq!(
+        master.count_lines("respawning"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.wait_for_line("shutdown-finished exit=0");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn term_stops_every_worker() {
+    graceful_shutdown(Signal::SIGTERM);
+}
+
+#[test]
+fn int_stops_every_worker() {
+    graceful_shutdown(Signal::SIGINT);
+}
+
+#[test]
+fn quit_stops_every_worker() {
+    graceful_shutdown(Signal::SIGQUIT);
+}
+
+#[test]
+fn ctrl_c_reaches_only_the_master_which_stops_the_workers() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .own_process_group()
+        .start();
+    let workers = master.wait_for_workers(2);
+    // What a terminal does on Ctrl-C: INT to the foreground process group.
+    master.signal_group(Signal::SIGINT);
+    master.expect_exit_code(0);
+    // Workers are not in that group: they got the master's TERM, not the terminal's INT.
+    for (index, pid) in &workers {
+        master.wait_for_line(&format!("exited index={index} pid={pid} status=SIGTERM"));
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_worker_ignoring_term_is_killed_after_shutdown_timeout() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let workers = master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    for (index, pid) in &workers {
+        master.wait_for_line(&format!("killed index={index} pid={pid} after=1s"));
+        master.wait_for_line(&format!("exited index={index} pid={pid} status=SIGKILL"));
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_second_term_kills_at_once() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.wait_for_line("shutdown-started");
+    master.signal(Signal::SIGTERM);
+    // Well before the hour-long timeout: the test's deadline is seconds.
+    master.expect_exit_code(0);
+    master.wait_for_line("shutdown-forced signal=SIGTERM workers=2");
+    master.wait_for_lines("status=SIGKILL", 2);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_workers_subprocess_is_stopped_on_shutdown() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "subprocess")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let lines = master.wait_for_lines("subprocess index=", 2);
+    let subprocesses: Vec<Pid> = lines
+        .iter()
+        .map(|line| kamisama_tests::field(line, "pid").unwrap().parse().unwrap())
+        .map(Pid::from_raw)
+        .collect();
+    assert!(subprocesses.iter().all(|pid| is_alive(*pid)));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_until("the subprocesses to be gone", || {
+        subprocesses.iter().all(|pid| !is_alive(*pid)).then_some(())
+    });
+    master.expect_tree_gone();
+}
+
+#[test]
+fn ttin_adds_a_worker_and_ttou_retires_the_highest_index() {
+    let mut master = supervised(2);
+    let first = master.wait_for_workers(2);
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line("scaled-up instances=3");
+    let grown = master.wait_for_workers(3);
+    assert_eq!(grown[&0], first[&0]);
+    assert_eq!(grown[&1], first[&1]);
+
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=2 retiring=2");
+    master.wait_for_line(&format!("exited index=2 pid={} status=SIGTERM", grown[&2]));
+    let shrunk = master.wait_for_workers(2);
+    assert_eq!(shrunk, first);
+
+    master.signal(Signal::SIGTTIN);
+    let regrown = master.wait_for_workers(3);
+    assert_ne!(regrown[&2], grown[&2]);
+    assert_eq!(
+        master.count_lines("respawning"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn ttou_with_one_worker_left_is_refused() {
+    let mut master = supervised(2);
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTTOU);
+    let last = master.wait_for_workers(1);
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scale-down-refused instances=1");
+    assert_eq!(master.wait_for_workers(1), last);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn killing_the_master_terminates_every_worker() {
+    let mut master = supervised(3);
+    let workers = master.wait_for_workers(3);
+    master.signal(Signal::SIGKILL);
+    assert_eq!(
+        kamisama_tests::describe(master.wait_exit()),
+        "signal SIGKILL"
+    );
+    // The workers are orphans now, handed to this test process (a subreaper).
+    for pid in workers.values() {
+        match reap_orphan(*pid) {
+            WaitStatus::Signaled(_, Signal::SIGTERM, _) => {}
+            other => panic!("worker {pid} ended with {other:?}, not the death signal"),
+        }
+    }
+    master.expect_tree_gone();
+}

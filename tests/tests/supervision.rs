@@ -1,0 +1,263 @@
+//! Starting workers, respawning them, and giving up when they die too often.
+
+use kamisama_tests::{field, is_alive, stat_field, state, status_field, Master};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const DEFAULTS: &str = env!("CARGO_BIN_EXE_defaults");
+
+fn supervised(instances: usize) -> Master {
+    Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &instances.to_string())
+        .start()
+}
+
+/// Kills the worker at `index` and returns its replacement's pid, once it runs the worker
+/// function.
+fn kill_and_await_replacement(master: &Master, index: usize, signal: Signal) -> Pid {
+    let workers = master.wait_for_workers(master_instances(master));
+    let old = workers[&index];
+    nix::sys::signal::kill(old, signal).unwrap();
+    master.wait_until(&format!("a replacement for worker {index} ({old})"), || {
+        let workers = master.wait_for_workers(master_instances(master));
+        (workers[&index] != old).then(|| workers[&index])
+    })
+}
+
+fn master_instances(master: &Master) -> usize {
+    let started = master.wait_for_line("started instances=");
+    field(&started, "instances").unwrap().parse().unwrap()
+}
+
+#[test]
+fn starts_every_instance_as_a_direct_child_with_a_dense_index() {
+    let mut master = supervised(5);
+    let workers = master.wait_for_workers(5);
+    for (index, pid) in &workers {
+        assert_eq!(
+            stat_field(*pid, 4),
+            Some(master.pid().as_raw().into()),
+            "parent"
+        );
+        // Each worker leads a process group of its own.
+        assert_eq!(
+            stat_field(*pid, 5),
+            Some(pid.as_raw().into()),
+            "worker {index}'s group"
+        );
+        let spawned = format!("spawned index={index} pid={pid}");
+        assert_eq!(master.count_lines(&spawned), 1, "{}", master.transcript());
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn default_settings_run_one_worker_named_main() {
+    let mut master = Master::launch(DEFAULTS).start();
+    master.wait_for_line(
+        "started instances=1 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s",
+    );
+    master.wait_for_workers(1);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn respawn_keeps_the_index_and_leaves_the_others_alone() {
+    let mut master = supervised(3);
+    let before = master.wait_for_workers(3);
+    let replacement = kill_and_await_replacement(&master, 1, Signal::SIGKILL);
+    let after = master.wait_for_workers(3);
+    assert_eq!(after[&0], before[&0]);
+    assert_eq!(after[&2], before[&2]);
+    assert_eq!(after[&1], replacement);
+    master.wait_for_line(&format!("exited index=1 pid={} status=SIGKILL", before[&1]));
+    master.wait_for_line("respawning index=1 respawns=1/3 window=60s");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn every_kind_of_death_is_respawned() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "10")
+        .start();
+    for signal in [
+        Signal::SIGKILL,
+        Signal::SIGSEGV,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+    ] {
+        let old = master.wait_for_workers(1)[&0];
+        kill_and_await_replacement(&master, 0, signal);
+        master.wait_for_line(&format!("exited index=0 pid={old} status={signal}"));
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn exactly_respawn_limit_respawns_survive_and_one_more_gives_up() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_RESPAWN_LIMIT", "3")
+        .start();
+    for respawn in 1..=3 {
+        kill_and_await_replacement(&master, respawn % 2, Signal::SIGKILL);
+        master.wait_for_line(&format!("respawns={respawn}/3"));
+    }
+    assert_eq!(master.count_lines("gave-up"), 0);
+    let workers = master.wait_for_workers(2);
+    nix::sys::signal::kill(workers[&0], Signal::SIGKILL).unwrap();
+    master.wait_for_line(
+        "gave-up reason=\"respawn limit exceeded\" respawn_limit=3 respawn_interval=60s",
+    );
+    master.expect_exit_code(1);
+    // The surviving worker was stopped, not left behind.
+    master.wait_for_line(&format!(
+        "exited index=1 pid={} status=SIGTERM",
+        workers[&1]
+    ));
+    master.expect_tree_gone();
+    assert_eq!(master.count_lines("respawns=4/"), 0);
+}
+
+#[test]
+fn respawn_limit_zero_makes_the_first_death_fatal() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    nix::sys::signal::kill(worker, Signal::SIGKILL).unwrap();
+    master.expect_exit_code(1);
+    assert_eq!(master.count_lines("gave-up"), 1);
+    assert_eq!(master.count_lines("spawned"), 1);
+}
+
+#[test]
+fn deaths_spaced_wider_than_the_interval_never_give_up() {
+    let interval = Duration::from_secs(1);
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "1")
+        .env("KAMISAMA_RESPAWN_INTERVAL", "1")
+        .start();
+    for _ in 0..3 {
+        kill_and_await_replacement(&master, 0, Signal::SIGKILL);
+        // The master counted the respawn before the replacement announced itself, so once an
+        // interval has passed from here, that respawn has left the window.
+        let respawned = Instant::now();
+        std::thread::sleep(interval.saturating_sub(respawned.elapsed()) + interval / 10);
+    }
+    assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    assert_eq!(master.count_lines("respawns=1/1"), 3);
+    // Two deaths inside one interval do trip it.
+    kill_and_await_replacement(&master, 0, Signal::SIGKILL);
+    let worker = master.wait_for_workers(1)[&0];
+    nix::sys::signal::kill(worker, Signal::SIGKILL).unwrap();
+    master.expect_exit_code(1);
+}
+
+#[test]
+fn a_panicking_worker_exits_101_with_its_message() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "panic")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "2")
+        .start();
+    master.wait_for_lines("worker 0 panicked on purpose", 3);
+    let exits = master.wait_for_lines("exited index=0", 3);
+    assert!(
+        exits.iter().all(|line| line.ends_with("status=panicked")),
+        "{exits:?}"
+    );
+    master.expect_exit_code(1);
+}
+
+#[test]
+fn a_returning_worker_exits_0_and_is_respawned() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "return")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "2")
+        .start();
+    let exits = master.wait_for_lines("exited index=0", 3);
+    assert!(
+        exits.iter().all(|line| line.ends_with("status=0")),
+        "{exits:?}"
+    );
+    master.expect_exit_code(1);
+}
+
+#[test]
+fn an_exit_code_is_reported_as_is() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "exit-3")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    master.wait_for_line("status=3");
+    master.expect_exit_code(1);
+}
+
+#[test]
+fn dead_workers_leave_no_zombie() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "4")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100")
+        .start();
+    let workers = master.wait_for_workers(4);
+    for pid in workers.values() {
+        nix::sys::signal::kill(*pid, Signal::SIGKILL).unwrap();
+    }
+    master.wait_until("every worker replaced", || {
+        let now = master.wait_for_workers(4);
+        now.values()
+            .all(|pid| !workers.values().any(|old| old == pid))
+            .then_some(())
+    });
+    master.wait_until("no zombie child", || {
+        let children = kamisama_tests::children_of(master.pid());
+        children
+            .iter()
+            .all(|pid| state(*pid) != Some('Z'))
+            .then_some(())
+    });
+    for pid in workers.values() {
+        assert!(!is_alive(*pid));
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn an_idle_master_does_not_wake_up() {
+    let mut master = supervised(3);
+    master.wait_for_workers(3);
+    let switches = |pid| {
+        status_field(pid, "voluntary_ctxt_switches").unwrap()
+            + status_field(pid, "nonvoluntary_ctxt_switches").unwrap()
+    };
+    // Settled: the master has blocked again since it forked the last worker.
+    master.wait_until("the master to block", || {
+        (state(master.pid()) == Some('S')).then_some(())
+    });
+    let before = switches(master.pid());
+    // Nothing here can become true sooner: the property is that nothing happens in a window.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = switches(master.pid());
+    assert_eq!(
+        after,
+        before,
+        "the idle master woke up {} times",
+        after - before
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
