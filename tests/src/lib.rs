@@ -367,7 +367,6 @@ pub fn status_field(pid: Pid, name: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
-        .trim()
         .split_whitespace()
         .next()?
         .parse()
