@@ -123,6 +123,32 @@ fn a_workers_subprocess_is_stopped_on_shutdown() {
 }
 
 #[test]
+fn shutdown_signals_the_workers_whole_process_group() {
+    // The worker survives TERM for an hour; its subprocess does not.
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term,subprocess")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    let line = master.wait_for_line("subprocess index=0");
+    let subprocess = Pid::from_raw(
+        kamisama_tests::field(&line, "pid")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    master.signal(Signal::SIGTERM);
+    master.wait_until("the subprocess to get the group's TERM", || {
+        (!is_alive(subprocess)).then_some(())
+    });
+    assert!(is_alive(worker), "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
 fn ttin_adds_a_worker_and_ttou_retires_the_highest_index() {
     let mut master = supervised(2);
     let first = master.wait_for_workers(2);
