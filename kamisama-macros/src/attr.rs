@@ -4,7 +4,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::{Error, Expr, ExprLit, Lit};
+use syn::{Error, Expr, ExprLit, Lit, Token};
 
 /// The arguments as written, each value checked and kept with its span.
 pub(crate) struct Args {
@@ -88,17 +88,29 @@ impl Key {
 pub(crate) fn parse(args: TokenStream) -> syn::Result<Args> {
     let mut settings: Vec<Setting> = Vec::new();
     let mut errors: Option<Error> = None;
+    let mut report = |error: Error| match &mut errors {
+        Some(errors) => errors.combine(error),
+        None => errors = Some(error),
+    };
     let parser = syn::meta::parser(|meta| {
+        if !meta.input.peek(Token![=]) {
+            // Without `= value` there is no telling where the next argument starts.
+            let name = meta.path.to_token_stream().to_string().replace(' ', "");
+            let example = Key::from_name(&name).map_or(4, Key::example);
+            return Err(Error::new_spanned(
+                &meta.path,
+                format!("`{name}` needs a value, such as `{name} = {example}`"),
+            ));
+        }
         match parse_setting(&meta, &settings) {
             Ok(setting) => settings.push(setting),
-            Err(error) => match &mut errors {
-                Some(errors) => errors.combine(error),
-                None => errors = Some(error),
-            },
+            Err(error) => report(error),
         }
         Ok(())
     });
-    parser.parse2(args)?;
+    if let Err(error) = parser.parse2(args) {
+        report(error);
+    }
     match errors {
         Some(errors) => Err(errors),
         None => Ok(Args { settings }),

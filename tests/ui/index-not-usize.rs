@@ -1,0 +1,4 @@
+#[kamisama::main]
+fn worker(index: u32) {
+    println!("{index}");
+}

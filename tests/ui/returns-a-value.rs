@@ -1,0 +1,4 @@
+#[kamisama::main]
+fn worker(index: usize) -> usize {
+    index
+}

@@ -1,0 +1,4 @@
+#[kamisama::main(instances = "many")]
+fn worker(index: usize) {
+    println!("{index}");
+}

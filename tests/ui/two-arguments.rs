@@ -1,0 +1,4 @@
+#[kamisama::main]
+fn worker(index: usize, name: &str) {
+    println!("{index} {name}");
+}

@@ -1,0 +1,4 @@
+#[kamisama::main(instancez = 3)]
+fn worker(index: usize) {
+    println!("{index}");
+}

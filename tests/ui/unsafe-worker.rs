@@ -1,0 +1,4 @@
+#[kamisama::main]
+unsafe fn worker(index: usize) {
+    println!("{index}");
+}

@@ -1,0 +1,4 @@
+#[kamisama::main(instances = 0)]
+fn main(index: usize) {
+    println!("{index}");
+}

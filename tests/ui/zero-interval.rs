@@ -1,0 +1,4 @@
+#[kamisama::main(respawn_interval = 0)]
+fn worker(index: usize) {
+    println!("{index}");
+}
