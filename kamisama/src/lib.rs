@@ -28,8 +28,10 @@
 //! - The master is event-driven. It blocks in `poll` on a signalfd and wakes only for a
 //!   signal or a deadline it set (a worker due for SIGKILL), never periodically.
 //! - Each worker runs in a process group of its own, with no signal blocked, every signal at
-//!   its default action (SIGPIPE ignored, as in any Rust program), and none of the master's
-//!   internal file descriptors.
+//!   its default action, and none of the master's internal file descriptors. Two exceptions
+//!   keep it a normal Rust process: SIGPIPE stays ignored, as Rust's runtime sets it, and the
+//!   handlers of the fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) stay, as they are crash
+//!   reporters such as Rust's stack-overflow message.
 //! - The master is a child subreaper: a worker's subprocess orphaned by its worker comes back
 //!   to it and is reaped, and it is stopped at shutdown.
 //!

@@ -25,9 +25,9 @@ pub(crate) struct Signals {
     fd: SignalFd,
     previous_mask: SigSet,
     previous_actions: Vec<(Signal, SigAction)>,
-    /// Signals whose disposition the master inherited or was given (a handler, or ignored) and
-    /// that a worker resets to the default.
-    inherited: Vec<Signal>,
+    /// Signals, real-time ones included, whose disposition the master inherited or was given
+    /// (a handler, or ignored) and that a worker resets to the default.
+    inherited: Vec<libc::c_int>,
 }
 
 impl Signals {
@@ -36,8 +36,12 @@ impl Signals {
     /// never reach it) and opens the signalfd they are read from.
     pub(crate) fn install() -> Result<Self, Error> {
         let handled: SigSet = HANDLED.into_iter().collect();
-        let inherited = Signal::iterator()
-            .filter(|signal| needs_reset_in_worker(*signal))
+        let standard = Signal::iterator()
+            .filter(|signal| !HANDLED.contains(signal) && !KEPT_IN_WORKER.contains(signal))
+            .map(|signal| signal as libc::c_int);
+        let inherited = standard
+            .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .filter(|signal| !is_default(*signal))
             .collect();
         let fd = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|errno| Error::os("signalfd", errno))?;
@@ -87,12 +91,14 @@ impl Signals {
     }
 
     /// In a freshly forked worker: closes the signalfd and gives the worker the signal state
-    /// of a new Rust process, every signal at its default action (SIGPIPE stays ignored, as
-    /// Rust's runtime sets it) and none blocked.
+    /// of a new Rust process: none blocked, and every signal at its default action but
+    /// SIGPIPE (ignored, as Rust's runtime sets it) and the fault signals' crash handlers.
     pub(crate) fn reset_in_worker(&self) {
+        let default = libc::sigaction::from(default_action());
         for signal in &self.inherited {
-            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
-            let _ = unsafe { sigaction(*signal, &default_action()) };
+            // SAFETY: installing SIG_DFL runs no code of ours in signal context; the pointers
+            // are valid for the call.
+            unsafe { libc::sigaction(*signal, &default, std::ptr::null_mut()) };
         }
         let _ = SigSet::empty().thread_set_mask();
         // SAFETY: the fd is the signalfd this process owns; the worker never touches `self.fd`
@@ -117,17 +123,25 @@ fn default_action() -> SigAction {
     SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty())
 }
 
-/// Whether `signal` has a disposition other than the default that a worker should not keep.
-fn needs_reset_in_worker(signal: Signal) -> bool {
-    if HANDLED.contains(&signal)
-        || matches!(signal, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGPIPE)
-    {
-        return false;
-    }
+/// Signals whose disposition a worker keeps: those that cannot change, SIGPIPE (ignored by
+/// Rust's runtime in every program), and the synchronous fault signals, whose handlers are
+/// crash reporters meant for every process (Rust's own reports stack overflows).
+const KEPT_IN_WORKER: [Signal; 7] = [
+    Signal::SIGKILL,
+    Signal::SIGSTOP,
+    Signal::SIGPIPE,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGILL,
+    Signal::SIGFPE,
+];
+
+/// Whether `signal` is at its default disposition.
+fn is_default(signal: libc::c_int) -> bool {
     // SAFETY: a zeroed `sigaction` is a valid out-parameter, and a null new action only
     // queries the disposition.
     let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the duration of the call.
-    let result = unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), &mut current) };
-    result == 0 && current.sa_sigaction != libc::SIG_DFL
+    let result = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+    result != 0 || current.sa_sigaction == libc::SIG_DFL
 }

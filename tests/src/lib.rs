@@ -54,6 +54,22 @@ impl Launch {
         self
     }
 
+    /// Starts the master with `signals` ignored, as `nohup` does for SIGHUP: an ignored
+    /// disposition survives exec.
+    pub fn ignoring(mut self, signals: &[Signal]) -> Self {
+        let signals = signals.to_vec();
+        // SAFETY: signal(2) is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            self.command.pre_exec(move || {
+                for signal in &signals {
+                    libc::signal(*signal as libc::c_int, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
     /// Starts the master.
     pub fn start(mut self) -> Master {
         become_subreaper();
@@ -63,15 +79,23 @@ impl Launch {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        // SAFETY: setrlimit is async-signal-safe, as code between fork and exec must be.
+        // SAFETY: setrlimit and close_range are async-signal-safe, as code between fork and
+        // exec must be.
         unsafe {
-            // Workers the tests kill with SIGSEGV must not leave core files behind.
             self.command.pre_exec(|| {
+                // Crashing workers must not leave core files behind.
                 let none = libc::rlimit {
                     rlim_cur: 0,
                     rlim_max: 0,
                 };
                 libc::setrlimit(libc::RLIMIT_CORE, &none);
+                // Nothing of the test process (cargo's jobserver pipes) leaks into the master.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 Ok(())
             });
         }

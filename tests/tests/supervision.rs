@@ -87,11 +87,12 @@ fn every_kind_of_death_is_respawned() {
         .env("KAMISAMA_INSTANCES", "1")
         .env("KAMISAMA_RESPAWN_LIMIT", "10")
         .start();
+    // Not SIGSEGV: Rust's stack-overflow handler swallows a SIGSEGV that no fault caused.
     for signal in [
         Signal::SIGKILL,
-        Signal::SIGSEGV,
         Signal::SIGTERM,
         Signal::SIGINT,
+        Signal::SIGABRT,
     ] {
         let old = master.wait_for_workers(1)[&0];
         kill_and_await_replacement(&master, 0, signal);
@@ -207,6 +208,21 @@ fn an_exit_code_is_reported_as_is() {
 }
 
 #[test]
+fn a_segfaulting_worker_is_reported_and_respawned() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "segfault")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "1")
+        .start();
+    let exits = master.wait_for_lines("exited index=0", 2);
+    assert!(
+        exits.iter().all(|line| line.ends_with("status=SIGSEGV")),
+        "{exits:?}"
+    );
+    master.expect_exit_code(1);
+}
+
+#[test]
 fn dead_workers_leave_no_zombie() {
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "4")
@@ -258,6 +274,54 @@ fn an_idle_master_does_not_wake_up() {
         "the idle master woke up {} times",
         after - before
     );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_worker_starts_with_a_clean_process_state() {
+    // Started the way nohup starts a program, with SIGHUP (and here SIGUSR1) ignored.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .ignoring(&[Signal::SIGHUP, Signal::SIGUSR1])
+        .start();
+    let workers = master.wait_for_workers(2);
+    let mask = |signals: &[Signal]| {
+        signals
+            .iter()
+            .fold(0u64, |mask, signal| mask | 1 << (*signal as u64 - 1))
+    };
+    // Signals 32 up to SIGRTMIN belong to the C library, which keeps them from programs.
+    let libc_reserved = (32..libc::SIGRTMIN()).fold(0u64, |mask, signal| mask | 1 << (signal - 1));
+    let crash_handlers = mask(&[
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ]);
+    for (index, pid) in &workers {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let hex = |name: &str| {
+            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(hex("SigBlk:"), 0, "worker {index} has blocked signals");
+        let ignored = hex("SigIgn:") & !libc_reserved;
+        assert_eq!(ignored, mask(&[Signal::SIGPIPE]), "worker {index} ignores");
+        let caught = hex("SigCgt:") & !crash_handlers & !libc_reserved;
+        assert_eq!(caught, 0, "worker {index} has handlers");
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        assert_eq!(fds, ["0", "1", "2"], "worker {index}'s file descriptors");
+        assert_eq!(
+            stat_field(*pid, 5),
+            Some(pid.as_raw().into()),
+            "worker {index}'s group"
+        );
+    }
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
