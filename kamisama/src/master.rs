@@ -264,10 +264,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         for index in 0..self.slots.len() {
             self.stop(index, kill_at);
         }
-        // Orphans handed to the master (it is their subreaper) stop too.
-        for pid in self.orphans() {
-            let _ = kill(pid, Signal::SIGTERM);
-        }
+        self.signal_orphans(Signal::SIGTERM);
         self.shutdown = Some(Shutdown { outcome, kill_at });
     }
 
@@ -290,9 +287,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
-        for pid in self.orphans() {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+        self.signal_orphans(Signal::SIGKILL);
     }
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
@@ -351,11 +346,19 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
     }
 
-    /// Children that are not workers.
-    fn orphans(&self) -> Vec<Pid> {
-        let mut children = procfs::children(self.pid);
-        children.retain(|pid| !self.indices.contains_key(pid));
-        children
+    /// Signals the orphans handed to the master (it is their subreaper): its children that
+    /// are not workers.
+    fn signal_orphans(&self, signal: Signal) {
+        if self.pid.as_raw() == 1 {
+            // The init of a PID namespace: everything else in it is the master's to stop.
+            let _ = kill(Pid::from_raw(-1), signal);
+            return;
+        }
+        for pid in procfs::children().unwrap_or_default() {
+            if !self.indices.contains_key(&pid) {
+                let _ = kill(pid, signal);
+            }
+        }
     }
 
     fn emit(&self, event: Event<'_>) {

@@ -30,7 +30,9 @@ const TREE_VAR: &str = "KAMISAMA_TEST_TREE";
 
 /// A running master, and everything it started.
 pub struct Master {
+    /// The master, or the program it runs under (such as `unshare`).
     child: Child,
+    pid: Pid,
     token: String,
     output: Arc<Output>,
     status: Option<ExitStatus>,
@@ -39,6 +41,7 @@ pub struct Master {
 /// What to start: a binary from this package, with its environment.
 pub struct Launch {
     command: Command,
+    wrapped: bool,
 }
 
 impl Launch {
@@ -110,12 +113,21 @@ impl Launch {
         let stderr = child.stderr.take().expect("piped stderr");
         output.collect(stdout);
         output.collect(stderr);
-        Master {
+        let pid = Pid::from_raw(child.id() as i32);
+        let mut master = Master {
             child,
+            pid,
             token,
             output,
             status: None,
+        };
+        if self.wrapped {
+            master.pid = master.wait_until("the wrapped master to start", || {
+                let wrapper = Pid::from_raw(master.child.id() as i32);
+                children_of(wrapper).first().copied()
+            });
         }
+        master
     }
 }
 
@@ -129,12 +141,24 @@ impl Master {
                 command.env_remove(key);
             }
         }
-        Launch { command }
+        Launch {
+            command,
+            wrapped: false,
+        }
     }
 
-    /// The master's pid.
+    /// Prepares to start `binary` as the child of `wrapper`, a program such as
+    /// `unshare --pid --fork` that runs the command line it is given.
+    pub fn launch_under(wrapper: &[&str], binary: &str) -> Launch {
+        let mut launch = Master::launch(wrapper[0]);
+        launch.command.args(&wrapper[1..]).arg(binary);
+        launch.wrapped = true;
+        launch
+    }
+
+    /// The master's pid, as this test process sees it.
     pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        self.pid
     }
 
     /// Sends `signal` to the master.
@@ -225,7 +249,7 @@ impl Master {
         })
     }
 
-    /// Waits for the master to exit and returns its status.
+    /// Waits for the master (or the program it runs under) to exit and returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
         if let Some(status) = self.status {
             return status;
@@ -315,9 +339,10 @@ impl Drop for Master {
     }
 }
 
-/// Parses a fixture's `worker-started index=I pid=P` line.
+/// Parses a fixture's `worker-started index=I pid=P` line (which may follow a partial line
+/// of other output).
 pub fn parse_started(line: &str) -> Option<(usize, Pid)> {
-    let rest = line.strip_prefix("worker-started ")?;
+    let rest = &line[line.find("worker-started ")?..];
     let mut index = None;
     let mut pid = None;
     for word in rest.split_whitespace() {

@@ -1,0 +1,260 @@
+//! Fault injection: coalesced signals, races at start-up, PID namespaces, orphans and chaos.
+//! Whatever goes wrong around the master, no worker is lost, leaked or duplicated.
+
+use kamisama_tests::{children_of, field, is_alive, parse_started, state, Master};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const BY_HAND: &str = env!("CARGO_BIN_EXE_by-hand");
+
+fn pid_in(line: &str) -> Pid {
+    Pid::from_raw(field(line, "pid").unwrap().parse().unwrap())
+}
+
+/// How many workers the master wants now, from its last `started` or `scaled-*` line.
+fn wanted_instances(master: &Master) -> usize {
+    master
+        .transcript()
+        .lines()
+        .filter(|line| {
+            line.contains("]: started ")
+                || line.contains("]: scaled-up ")
+                || line.contains("]: scaled-down ")
+        })
+        .filter_map(|line| field(line, "instances")?.parse().ok())
+        .next_back()
+        .expect("a started line")
+}
+
+#[test]
+fn all_workers_killed_at_once_are_all_respawned_once() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "40")
+        .env("KAMISAMA_RESPAWN_LIMIT", "40")
+        .start();
+    let first = master.wait_for_workers(40);
+    // Forty SIGCHLDs in a few microseconds coalesce into one or a few.
+    for pid in first.values() {
+        kill(*pid, Signal::SIGKILL).unwrap();
+    }
+    let second = master.wait_until("40 replacements", || {
+        let now = master.wait_for_workers(40);
+        now.iter()
+            .all(|(index, pid)| first[index] != *pid)
+            .then_some(now)
+    });
+    for index in 0..40 {
+        let spawned = master.count_lines(&format!("spawned index={index} "));
+        assert_eq!(spawned, 2, "index {index}:\n{}", master.transcript());
+    }
+    assert_eq!(master.count_lines("respawning"), 40);
+    assert_eq!(master.count_lines("gave-up"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    assert!(second.values().all(|pid| !is_alive(*pid)));
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_master_killed_while_forking_never_leaves_a_worker() {
+    for run in 0..100 {
+        let mut master = Master::launch(SUPERVISED)
+            .env("KAMISAMA_INSTANCES", "8")
+            .start();
+        // From not yet forking to done, across the runs.
+        std::thread::sleep(Duration::from_micros(run * 50));
+        master.signal(Signal::SIGKILL);
+        master.wait_exit();
+        master.expect_tree_gone();
+    }
+}
+
+#[test]
+fn a_burst_of_ttin_settles_and_single_ttins_count() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    master.wait_for_workers(2);
+    for _ in 0..20 {
+        master.signal(Signal::SIGTTIN);
+    }
+    master.wait_for_line("scaled-up");
+    // Settled: the workers running are exactly those the master last asked for.
+    let grown = master.wait_until("the burst to settle", || {
+        let wanted = wanted_instances(&master);
+        (master.wait_for_workers(wanted).len() == wanted).then_some(wanted)
+    });
+    assert!((3..=22).contains(&grown), "{grown} workers");
+
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line(&format!("scaled-up instances={}", grown + 1));
+    master.wait_for_workers(grown + 1);
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line(&format!("scaled-up instances={}", grown + 2));
+    master.wait_for_workers(grown + 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn term_right_after_start_never_hangs_or_leaks() {
+    for run in 0..60 {
+        let mut master = Master::launch(SUPERVISED)
+            .env("KAMISAMA_INSTANCES", "8")
+            .start();
+        std::thread::sleep(Duration::from_micros(run * 50));
+        master.signal(Signal::SIGTERM);
+        let status = master.wait_exit();
+        // Before the master blocks its signals, TERM kills it outright; it has forked
+        // nothing then. After, it shuts down in order.
+        match kamisama_tests::describe(status).as_str() {
+            "code 0" => {}
+            "signal SIGTERM" => assert_eq!(master.count_lines("spawned"), 0),
+            other => panic!("run {run}: {other}\n{}", master.transcript()),
+        }
+        master.expect_tree_gone();
+    }
+}
+
+#[test]
+fn term_during_a_large_start_is_prompt() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2000")
+        .start();
+    master.wait_for_line("spawned index=10 ");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // The master stopped forking when the signal came, well short of 2000.
+    let spawned = master.count_lines("spawned");
+    assert!(spawned < 2000, "{spawned} workers were forked after TERM");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn an_orphan_handed_to_the_master_is_reaped() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "orphan")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let orphan = pid_in(&master.wait_for_line("orphan pid="));
+    master.wait_for_line(&format!("reaped pid={orphan} status=0"));
+    assert_eq!(state(orphan), None, "the orphan was left a zombie");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn an_orphan_that_left_the_group_and_ignores_term_is_killed_at_shutdown() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "stubborn-orphan")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let orphan = pid_in(&master.wait_for_line("stubborn-orphan pid="));
+    master.wait_until("the orphan to run `sleep`", || {
+        let cmdline = std::fs::read(format!("/proc/{orphan}/cmdline")).ok()?;
+        cmdline.starts_with(b"sleep\0").then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_line(&format!("reaped pid={orphan} status=SIGKILL"));
+    master.expect_tree_gone();
+}
+
+#[test]
+fn as_pid_1_of_a_namespace_it_reaps_orphans_and_shuts_down() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: creating a PID namespace needs root");
+        return;
+    }
+    let mut master = Master::launch_under(&["unshare", "--pid", "--fork"], SUPERVISED)
+        .env("FIXTURE", "orphan")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    master.wait_for_line("kamisama[1]: started");
+    // Pids in the output are the namespace's own; /proc here shows this test's.
+    master.wait_for_lines("worker-started", 2);
+    master.wait_for_lines("reaped pid=", 2);
+    master.wait_until("two live workers and no zombie", || {
+        let children = children_of(master.pid());
+        let live = children.iter().filter(|pid| is_alive(**pid)).count();
+        (children.len() == 2 && live == 2).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_line("kamisama[1]: shutdown-finished exit=0");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn output_buffered_before_run_is_written_once() {
+    let mut master = Master::launch(BY_HAND).env("BY_HAND_GREETING", "1").start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    let transcript = master.transcript();
+    assert_eq!(
+        transcript.matches("greeting-from-master").count(),
+        1,
+        "{transcript}"
+    );
+}
+
+#[test]
+fn chaos_converges_with_every_index_once_and_nothing_left() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "6")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "2")
+        .start();
+    master.wait_for_workers(6);
+    let mut random = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |bound: u64| {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random % bound
+    };
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        match next(10) {
+            0..=5 => {
+                let children = children_of(master.pid());
+                if !children.is_empty() {
+                    let victim = children[next(children.len() as u64) as usize];
+                    let _ = kill(victim, Signal::SIGKILL);
+                }
+            }
+            6 | 7 => master.signal(Signal::SIGTTIN),
+            _ => master.signal(Signal::SIGTTOU),
+        }
+        std::thread::sleep(Duration::from_micros(next(3000)));
+    }
+    let wanted = master.wait_until("the count to settle", || {
+        let wanted = wanted_instances(&master);
+        let workers = master.wait_for_workers(wanted);
+        let zombies = children_of(master.pid())
+            .into_iter()
+            .any(|pid| state(pid) == Some('Z'));
+        (workers.len() == wanted && !zombies).then_some(wanted)
+    });
+    assert!(wanted >= 1);
+    assert_eq!(master.count_lines("gave-up"), 0);
+    let started: BTreeMap<Pid, usize> = master
+        .transcript()
+        .lines()
+        .filter_map(parse_started)
+        .map(|(index, pid)| (pid, index))
+        .collect();
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    for pid in started.keys() {
+        assert!(!is_alive(*pid), "worker {pid} outlived the master");
+    }
+    master.expect_tree_gone();
+}
