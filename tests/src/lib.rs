@@ -9,6 +9,8 @@
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
+pub mod bench;
+
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;

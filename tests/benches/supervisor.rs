@@ -1,0 +1,347 @@
+//! kamisama against the fork floor: a minimal fork/waitpid supervisor written on libc,
+//! measured side by side in one run, so that the ratios hold on a shared, noisy machine.
+//!
+//! ```text
+//! cargo bench -p kamisama-tests --bench supervisor
+//! ```
+//!
+//! Both masters run the same worker, which writes its index, pid and a CLOCK_MONOTONIC
+//! timestamp the moment the worker function starts. Masters' stderr goes to /dev/null.
+
+use kamisama_tests::bench::monotonic_nanos;
+use kamisama_tests::{is_alive, status_field};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+use std::{fs, thread};
+
+#[derive(Clone, Copy)]
+struct Subject {
+    binary: &'static str,
+}
+
+const KAMISAMA: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama"),
+};
+const BASELINE: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-baseline"),
+};
+const SUBJECTS: [Subject; 2] = [KAMISAMA, BASELINE];
+
+/// Longest any awaited report may take.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a worker wrote as it started.
+struct Report {
+    index: usize,
+    pid: Pid,
+    nanos: u64,
+}
+
+/// A running master with its workers; dropping it kills all of them.
+struct Running {
+    master: Child,
+    reports: Receiver<Report>,
+    /// The live worker of each index, as last reported.
+    workers: BTreeMap<usize, Pid>,
+}
+
+impl Running {
+    /// Starts `subject` with `instances` workers; returns it with the time it was started.
+    fn start(subject: Subject, instances: usize) -> (Running, u64) {
+        let mut command = Command::new(subject.binary);
+        command
+            .env("KAMISAMA_INSTANCES", instances.to_string())
+            .env("KAMISAMA_RESPAWN_LIMIT", "1000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let started = monotonic_nanos();
+        let mut master = command.spawn().expect("start the master");
+        let stdout = master.stdout.take().expect("piped stdout");
+        let (sender, reports) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let fields: Vec<u64> = line.split(' ').filter_map(|f| f.parse().ok()).collect();
+                let [index, pid, nanos] = fields[..] else {
+                    continue;
+                };
+                let report = Report {
+                    index: index as usize,
+                    pid: Pid::from_raw(pid as i32),
+                    nanos,
+                };
+                if sender.send(report).is_err() {
+                    break;
+                }
+            }
+        });
+        let running = Running {
+            master,
+            reports,
+            workers: BTreeMap::new(),
+        };
+        (running, started)
+    }
+
+    fn next_report(&mut self) -> Report {
+        let report = self
+            .reports
+            .recv_timeout(DEADLINE)
+            .expect("a worker report within the deadline");
+        self.workers.insert(report.index, report.pid);
+        report
+    }
+
+    /// Waits until `count` workers have reported; returns the latest start time among them.
+    fn await_workers(&mut self, count: usize) -> u64 {
+        (0..count)
+            .map(|_| self.next_report().nanos)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn master_pid(&self) -> Pid {
+        Pid::from_raw(self.master.id() as i32)
+    }
+
+    /// Sends TERM and returns how long the master took to exit with every worker gone.
+    fn shut_down(mut self) -> u64 {
+        let started = monotonic_nanos();
+        kill(self.master_pid(), Signal::SIGTERM).expect("signal the master");
+        self.master.wait().expect("wait for the master");
+        let finished = monotonic_nanos();
+        for pid in self.workers.values() {
+            assert!(!is_alive(*pid), "worker {pid} outlived its master");
+        }
+        finished - started
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        for pid in self.workers.values() {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// A measure for both subjects, as a table row.
+struct Row {
+    measure: String,
+    kamisama: String,
+    baseline: String,
+    ratio: Option<f64>,
+}
+
+fn row(measure: impl Into<String>, kamisama: f64, baseline: f64, unit: Unit) -> Row {
+    Row {
+        measure: measure.into(),
+        kamisama: unit.format(kamisama),
+        baseline: unit.format(baseline),
+        ratio: (baseline > 0.0).then(|| kamisama / baseline),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Nanos,
+    KiB,
+    Count,
+}
+
+impl Unit {
+    fn format(self, value: f64) -> String {
+        match self {
+            Unit::Nanos if value >= 1e6 => format!("{:.2} ms", value / 1e6),
+            Unit::Nanos => format!("{:.0} µs", value / 1e3),
+            Unit::KiB if value >= 1024.0 => format!("{:.2} MiB", value / 1024.0),
+            Unit::KiB => format!("{value:.0} KiB"),
+            Unit::Count => format!("{value:.1}"),
+        }
+    }
+}
+
+fn median(values: &mut [u64]) -> f64 {
+    percentile(values, 50)
+}
+
+fn percentile(values: &mut [u64], percent: usize) -> f64 {
+    values.sort_unstable();
+    let rank = (values.len() * percent).div_ceil(100).max(1) - 1;
+    values[rank] as f64
+}
+
+/// Time from starting the master to its last worker running, and from TERM to its exit.
+fn start_and_shutdown(rows: &mut Vec<Row>) {
+    for (instances, runs) in [(1, 21), (17, 11), (200, 7), (1000, 5)] {
+        let mut start = [Vec::new(), Vec::new()];
+        let mut shutdown = [Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            for (which, subject) in SUBJECTS.iter().enumerate() {
+                let (mut running, started) = Running::start(*subject, instances);
+                start[which].push(running.await_workers(instances) - started);
+                // Let the last forks settle so that shutdown measures only the shutdown.
+                thread::sleep(Duration::from_millis(50));
+                shutdown[which].push(running.shut_down());
+            }
+        }
+        let [kamisama, baseline] = &mut start;
+        rows.push(row(
+            format!("start {instances} workers (median of {runs})"),
+            median(kamisama),
+            median(baseline),
+            Unit::Nanos,
+        ));
+        if matches!(instances, 17 | 200) {
+            let [kamisama, baseline] = &mut shutdown;
+            rows.push(row(
+                format!("shutdown of {instances} workers, TERM to exit (median of {runs})"),
+                median(kamisama),
+                median(baseline),
+                Unit::Nanos,
+            ));
+        }
+    }
+}
+
+/// Time from killing a worker to its replacement running the worker function.
+fn respawn_latency(rows: &mut Vec<Row>) {
+    const INSTANCES: usize = 17;
+    const ROUNDS: usize = 3;
+    const KILLS_PER_ROUND: usize = 100;
+    let mut latencies = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (which, subject) in SUBJECTS.iter().enumerate() {
+            let (mut running, _) = Running::start(*subject, INSTANCES);
+            running.await_workers(INSTANCES);
+            for kill_number in 0..KILLS_PER_ROUND {
+                let index = kill_number % INSTANCES;
+                let victim = running.workers[&index];
+                let killed = monotonic_nanos();
+                kill(victim, Signal::SIGKILL).expect("kill a worker");
+                loop {
+                    let report = running.next_report();
+                    if report.index == index && report.pid != victim {
+                        latencies[which].push(report.nanos - killed);
+                        break;
+                    }
+                }
+            }
+            running.shut_down();
+        }
+    }
+    let kills = ROUNDS * KILLS_PER_ROUND;
+    let [kamisama, baseline] = &mut latencies;
+    rows.push(row(
+        format!("respawn latency, median of {kills} kills"),
+        median(kamisama),
+        median(baseline),
+        Unit::Nanos,
+    ));
+    rows.push(row(
+        format!("respawn latency, p99 of {kills} kills"),
+        percentile(kamisama, 99),
+        percentile(baseline, 99),
+        Unit::Nanos,
+    ));
+}
+
+/// The master's resident memory and wakeups while idle, and what a worker holds privately.
+fn idle_footprint(rows: &mut Vec<Row>) {
+    const INSTANCES: usize = 17;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let mut rss = [0.0; 2];
+    let mut wakeups = [0.0; 2];
+    let mut private = [0.0; 2];
+    for (which, subject) in SUBJECTS.iter().enumerate() {
+        let (mut running, _) = Running::start(*subject, INSTANCES);
+        running.await_workers(INSTANCES);
+        thread::sleep(Duration::from_millis(200));
+        let master = running.master_pid();
+        let switches = || {
+            status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
+                + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
+        };
+        let before = switches();
+        thread::sleep(WINDOW);
+        wakeups[which] = (switches() - before) as f64 / WINDOW.as_secs_f64();
+        rss[which] = status_field(master, "VmRSS").unwrap_or(0) as f64;
+        private[which] = running
+            .workers
+            .values()
+            .map(|pid| private_kib(*pid))
+            .sum::<u64>() as f64
+            / INSTANCES as f64;
+        running.shut_down();
+    }
+    rows.push(row(
+        "master resident memory (VmRSS), 17 workers",
+        rss[0],
+        rss[1],
+        Unit::KiB,
+    ));
+    rows.push(row(
+        "master wakeups per second while idle",
+        wakeups[0],
+        wakeups[1],
+        Unit::Count,
+    ));
+    rows.push(row(
+        "private memory of a worker (Private_Clean + Private_Dirty)",
+        private[0],
+        private[1],
+        Unit::KiB,
+    ));
+}
+
+/// A process's private memory in KiB, from /proc/PID/smaps_rollup.
+fn private_kib(pid: Pid) -> u64 {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .filter(|line| line.starts_with("Private_"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_owned();
+    let cores = thread::available_parallelism().map_or(0, |cores| cores.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing here takes arguments.
+    let mut rows = Vec::new();
+    start_and_shutdown(&mut rows);
+    respawn_latency(&mut rows);
+    idle_footprint(&mut rows);
+    println!("machine: {}", machine());
+    println!();
+    println!("| measure | kamisama | baseline | kamisama / baseline |");
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        let ratio = row
+            .ratio
+            .map_or("–".to_owned(), |ratio| format!("{ratio:.2}"));
+        println!(
+            "| {} | {} | {} | {} |",
+            row.measure, row.kamisama, row.baseline, ratio
+        );
+    }
+}
