@@ -6,8 +6,7 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use std::fmt;
-use std::io::Write;
+use std::fmt::{self, Write};
 use std::time::Duration;
 
 /// Something the master did or saw.
@@ -155,6 +154,50 @@ impl fmt::Display for Event<'_> {
 /// Writes `event` to stderr as `kamisama[PID]: EVENT key=value...`, in one `write` so that lines
 /// from the master and its workers do not interleave. A closed stderr does not stop the master.
 pub(crate) fn log(master: Pid, event: &Event<'_>) {
-    let line = format!("kamisama[{master}]: {event}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let mut line = Line::default();
+    let _ = writeln!(line, "kamisama[{master}]: {event}");
+    loop {
+        match nix::unistd::write(std::io::stderr(), line.as_bytes()) {
+            Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// A log line built on the stack, as the fork path must not allocate (see `Master`). A line
+/// too long for it is cut short, and still ends with a newline.
+struct Line {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            bytes: [0; 256],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        // Keep the last byte for the newline.
+        let room = self.bytes.len() - 1 - self.len;
+        let taken = text.len().min(room);
+        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
+        self.len += taken;
+        if taken < text.len() {
+            self.bytes[self.len] = b'\n';
+            self.len += 1;
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
 }

@@ -10,10 +10,14 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::time::Instant;
 
 /// The master's whole state.
+///
+/// Every page the master writes between two forks is copied once more after the second: the
+/// fork path therefore keeps its state in `slots`, found by scanning (reads are free), and
+/// allocates nothing.
 pub(crate) struct Master<'a, W> {
     config: &'a Config,
     worker: W,
@@ -23,10 +27,6 @@ pub(crate) struct Master<'a, W> {
     instances: usize,
     /// One slot per index. Slots past `instances` hold workers being retired.
     slots: Vec<Slot>,
-    /// The index of every live worker.
-    indices: HashMap<Pid, usize>,
-    /// Indices to fork, lowest first.
-    pending: BTreeSet<usize>,
     limiter: RespawnLimiter,
     shutdown: Option<Shutdown>,
     /// Whether the last reap found no child at all, worker or adopted orphan.
@@ -37,6 +37,8 @@ pub(crate) struct Master<'a, W> {
 #[derive(Default)]
 struct Slot {
     pid: Option<Pid>,
+    /// A worker is to be forked for this index.
+    pending: bool,
     /// The master asked this worker to stop, so its exit is no crash.
     stopping: bool,
     /// When the master sends SIGKILL if the worker is still alive.
@@ -57,9 +59,12 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             signals,
             pid: Pid::this(),
             instances: config.instances,
-            slots: (0..config.instances).map(|_| Slot::default()).collect(),
-            indices: HashMap::with_capacity(config.instances),
-            pending: (0..config.instances).collect(),
+            slots: (0..config.instances)
+                .map(|_| Slot {
+                    pending: true,
+                    ..Slot::default()
+                })
+                .collect(),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
             shutdown: None,
             childless: false,
@@ -125,7 +130,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
                     None => return,
                 },
             };
-            if self.indices.contains_key(&pid) {
+            if self.index_of(pid).is_some() {
                 // Whatever the worker left in its group goes with it.
                 let _ = killpg(pid, Signal::SIGTERM);
             }
@@ -140,7 +145,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
     /// What happens when a worker dies: respawn it with the same index, unless the master is
     /// shutting down, retired the index, or has seen too many deaths lately.
     fn on_exit(&mut self, pid: Pid, status: Exit) {
-        let Some(index) = self.indices.remove(&pid) else {
+        let Some(index) = self.index_of(pid) else {
             self.emit(Event::Reaped { pid, status });
             return;
         };
@@ -172,20 +177,24 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
                 interval: self.limiter.interval(),
             });
         }
-        self.pending.insert(index);
+        self.slots[index].pending = true;
     }
 
-    /// Forks every pending index, reading signals between forks so that a TERM does not wait
-    /// for a thousand forks to finish.
+    /// Forks every pending index, lowest first, reading signals between forks so that a TERM
+    /// does not wait for a thousand forks to finish.
     fn spawn_pending(&mut self) {
+        let Some(mut index) = self.next_pending(0) else {
+            return;
+        };
+        // Once for the batch: output the master's own code left buffered would otherwise be
+        // written again by every worker.
+        let _ = std::io::stdout().flush();
         while self.shutdown.is_none() {
-            let Some(index) = self.pending.pop_first() else {
-                return;
-            };
+            let slot = &mut self.slots[index];
+            slot.pending = false;
             match worker::spawn(index, &mut self.worker, self.pid, self.signals) {
                 Ok(pid) => {
-                    self.slots[index].pid = Some(pid);
-                    self.indices.insert(pid, index);
+                    slot.pid = Some(pid);
                     self.emit(Event::Spawned { index, pid });
                 }
                 Err(error) => {
@@ -196,7 +205,30 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             while let Some(signal) = self.signals.next() {
                 self.on_signal(signal);
             }
+            match self.next_pending(index + 1) {
+                Some(next) => index = next,
+                None => return,
+            }
         }
+    }
+
+    /// The first pending index from `from` on, wrapping around: a reap between two forks may
+    /// have made a lower index pending.
+    fn next_pending(&self, from: usize) -> Option<usize> {
+        let pending = |slot: &Slot| slot.pending;
+        let later = self.slots.iter().skip(from).position(pending);
+        later
+            .map(|offset| from + offset)
+            .or_else(|| self.slots.iter().take(from).position(pending))
+    }
+
+    /// The index of the live worker `pid`.
+    fn index_of(&self, pid: Pid) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.pid == Some(pid))
+    }
+
+    fn live_workers(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.pid.is_some()).count()
     }
 
     fn scale_up(&mut self) {
@@ -210,7 +242,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
         // A worker still being retired from this index is replaced when it exits.
         if self.slots[index].pid.is_none() {
-            self.pending.insert(index);
+            self.slots[index].pending = true;
         }
         self.emit(Event::ScaledUp {
             instances: self.instances,
@@ -227,7 +259,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
         self.instances -= 1;
         let index = self.instances;
-        self.pending.remove(&index);
+        self.slots[index].pending = false;
         self.emit(Event::ScaledDown {
             instances: self.instances,
             retiring: index,
@@ -255,10 +287,12 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         if self.shutdown.is_some() {
             return;
         }
-        self.pending.clear();
+        for slot in &mut self.slots {
+            slot.pending = false;
+        }
         self.emit(Event::ShutdownStarted {
             signal,
-            workers: self.indices.len(),
+            workers: self.live_workers(),
         });
         let kill_at = self.deadline();
         for index in 0..self.slots.len() {
@@ -272,7 +306,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
     fn force(&mut self, signal: Signal) {
         self.emit(Event::ShutdownForced {
             signal,
-            workers: self.indices.len(),
+            workers: self.live_workers(),
         });
         self.kill_everything();
     }
@@ -355,7 +389,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             return;
         }
         for pid in procfs::children().unwrap_or_default() {
-            if !self.indices.contains_key(&pid) {
+            if self.index_of(pid).is_none() {
                 let _ = kill(pid, signal);
             }
         }

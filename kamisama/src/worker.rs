@@ -11,14 +11,15 @@ use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 
 /// Forks a worker that runs `worker(index)`, and returns its pid in the master.
+///
+/// The caller flushes stdout first: anything still buffered would be written once by the
+/// master and once more by every worker.
 pub(crate) fn spawn<W: FnMut(usize)>(
     index: usize,
     worker: &mut W,
     master: Pid,
     signals: &Signals,
 ) -> Result<Pid, Errno> {
-    // Anything still buffered would be written once by the master and once more by the worker.
-    let _ = std::io::stdout().flush();
     // SAFETY: the master is single-threaded (checked before its first fork), so the child
     // inherits no lock that another thread holds; the child runs `run_worker`, which never
     // returns.
