@@ -270,7 +270,8 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
     }
 
-    /// Sends the worker's process group SIGTERM, and SIGKILL at `kill_at` if it is still alive.
+    /// Sends the worker's process group SIGTERM (and SIGCONT), and SIGKILL at `kill_at` if it
+    /// is still alive.
     fn stop(&mut self, index: usize, kill_at: Option<Instant>) {
         let slot = &mut self.slots[index];
         let Some(pid) = slot.pid else {
@@ -280,6 +281,8 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             slot.stopping = true;
             slot.kill_at = kill_at;
             signal_group(pid, Signal::SIGTERM);
+            // A stopped process acts on TERM only once continued.
+            signal_group(pid, Signal::SIGCONT);
         }
     }
 
@@ -299,6 +302,7 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             self.stop(index, kill_at);
         }
         self.signal_orphans(Signal::SIGTERM);
+        self.signal_orphans(Signal::SIGCONT);
         self.shutdown = Some(Shutdown { outcome, kill_at });
     }
 

@@ -258,3 +258,73 @@ fn chaos_converges_with_every_index_once_and_nothing_left() {
     }
     master.expect_tree_gone();
 }
+
+#[test]
+fn ttin_during_a_retirement_waits_for_the_index_to_be_free() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let before = master.wait_for_workers(2);
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=1 retiring=1");
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line("scaled-up instances=2");
+    // The retiring worker ignores TERM: index 1 stays its own until SIGKILL, a second later.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        let children = children_of(master.pid());
+        assert!(
+            children.len() <= 2,
+            "two workers share index 1: {children:?}"
+        );
+    }
+    master.wait_for_line(&format!("killed index=1 pid={}", before[&1]));
+    let after = master.wait_for_workers(2);
+    assert_ne!(after[&1], before[&1]);
+    assert_eq!(after[&0], before[&0]);
+    assert_eq!(
+        master.count_lines("respawning"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.signal(Signal::SIGINT);
+    master.signal(Signal::SIGINT);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn term_stops_a_crash_loop_at_once() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "return")
+        .env("KAMISAMA_INSTANCES", "4")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000000")
+        .start();
+    master.wait_for_lines("respawning", 200);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_line("shutdown-finished exit=0");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_stopped_worker_still_stops_at_shutdown() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    let workers = master.wait_for_workers(2);
+    kill(workers[&0], Signal::SIGSTOP).unwrap();
+    master.wait_until("the worker to stop", || {
+        (state(workers[&0]) == Some('T')).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    // Long before the hour-long shutdown timeout: the master continued it after its TERM.
+    master.expect_exit_code(0);
+    master.wait_for_line(&format!(
+        "exited index=0 pid={} status=SIGTERM",
+        workers[&0]
+    ));
+}
