@@ -39,7 +39,7 @@
 //!
 //! | signal to the master | effect |
 //! |---|---|
-//! | `TERM`, `INT`, `QUIT` | graceful shutdown: no more respawns; every worker's process group gets `TERM`; what is still alive after `shutdown_timeout` gets `KILL`; exit 0 once everything is reaped |
+//! | `TERM`, `INT`, `QUIT` | graceful shutdown: no more respawns; every worker's process group gets `TERM` (and `CONT`, so that a stopped worker acts on it); what is still alive after `shutdown_timeout` gets `KILL`; exit 0 once everything is reaped |
 //! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once |
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
@@ -79,6 +79,9 @@
 //!
 //! - Signals of one kind coalesce while the master is busy: a burst of ten `TTIN` in a few
 //!   microseconds may start fewer than ten workers. Send them a moment apart to count on each.
+//! - A signal that arrives before the master has blocked its signals (the first instants of
+//!   the process) has its default action: a `TERM` then kills the master, which has forked
+//!   nothing yet.
 //! - `PR_SET_PDEATHSIG` reaches the workers only: when the master is killed with `KILL`, a
 //!   worker's own subprocesses are not signalled by the kernel (the worker may forward its
 //!   `TERM` to them).
