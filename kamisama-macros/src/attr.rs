@@ -1,4 +1,4 @@
-//! Parsing the attribute's arguments: `instances = 17, respawn_limit = 10, ...`.
+//! Parsing the attribute's arguments: `instances = 17, restart = "on-failure", ...`.
 
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -14,8 +14,14 @@ pub(crate) struct Args {
 /// One `key = value` argument.
 pub(crate) struct Setting {
     pub(crate) key: Key,
-    pub(crate) value: u64,
+    pub(crate) value: Value,
     pub(crate) span: Span,
+}
+
+pub(crate) enum Value {
+    Integer(u64),
+    /// The `kamisama::Restart` variant named by the string.
+    Restart(&'static str),
 }
 
 /// The keys the attribute accepts.
@@ -25,14 +31,25 @@ pub(crate) enum Key {
     RespawnLimit,
     RespawnInterval,
     ShutdownTimeout,
+    Restart,
+    BackoffMax,
 }
 
+/// The restart policies as written in the attribute, with their `kamisama::Restart` variant.
+const RESTART_POLICIES: [(&str, &str); 3] = [
+    ("always", "Always"),
+    ("on-failure", "OnFailure"),
+    ("never", "Never"),
+];
+
 impl Key {
-    const ALL: [Key; 4] = [
+    const ALL: [Key; 6] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
         Key::ShutdownTimeout,
+        Key::Restart,
+        Key::BackoffMax,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -41,41 +58,47 @@ impl Key {
             Key::RespawnLimit => "respawn_limit",
             Key::RespawnInterval => "respawn_interval",
             Key::ShutdownTimeout => "shutdown_timeout",
+            Key::Restart => "restart",
+            Key::BackoffMax => "backoff_max",
         }
     }
 
-    /// The smallest value that makes sense: a limit of zero respawns is a real setting, zero
-    /// instances or a zero-second window is not.
+    /// The smallest integer that makes sense: a limit of zero respawns or a backoff of zero
+    /// (off) is a real setting, zero instances or a zero-second window is not.
     fn minimum(self) -> u64 {
         match self {
-            Key::RespawnLimit => 0,
+            Key::RespawnLimit | Key::BackoffMax | Key::Restart => 0,
             Key::Instances | Key::RespawnInterval | Key::ShutdownTimeout => 1,
+        }
+    }
+
+    /// The largest integer the builder method takes.
+    fn maximum(self) -> u64 {
+        match self {
+            Key::Instances => usize::MAX as u64,
+            Key::RespawnLimit => u64::from(u32::MAX),
+            _ => u64::MAX,
+        }
+    }
+
+    /// A value to show in messages, as written.
+    fn example(self) -> &'static str {
+        match self {
+            Key::Instances => "4",
+            Key::RespawnLimit => "3",
+            Key::RespawnInterval => "60",
+            Key::ShutdownTimeout => "10",
+            Key::Restart => "\"on-failure\"",
+            Key::BackoffMax => "30",
         }
     }
 
     /// What the value is, for error messages.
     fn kind(self) -> &'static str {
-        match self.minimum() {
-            0 => "a whole number",
+        match (self, self.minimum()) {
+            (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
+            (_, 0) => "a whole number",
             _ => "a positive integer",
-        }
-    }
-
-    fn example(self) -> u64 {
-        match self {
-            Key::Instances => 4,
-            Key::RespawnLimit => 3,
-            Key::RespawnInterval => 60,
-            Key::ShutdownTimeout => 10,
-        }
-    }
-
-    /// The largest value the builder method takes.
-    fn maximum(self) -> u64 {
-        match self {
-            Key::Instances => usize::MAX as u64,
-            Key::RespawnLimit => u64::from(u32::MAX),
-            Key::RespawnInterval | Key::ShutdownTimeout => u64::MAX,
         }
     }
 
@@ -96,7 +119,7 @@ pub(crate) fn parse(args: TokenStream) -> syn::Result<Args> {
         if !meta.input.peek(Token![=]) {
             // Without `= value` there is no telling where the next argument starts.
             let name = meta.path.to_token_stream().to_string().replace(' ', "");
-            let example = Key::from_name(&name).map_or(4, Key::example);
+            let example = Key::from_name(&name).map_or("4", Key::example);
             return Err(Error::new_spanned(
                 &meta.path,
                 format!("`{name}` needs a value, such as `{name} = {example}`"),
@@ -144,20 +167,47 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             format!("duplicate argument `{name}`; remove one of the two"),
         ));
     }
-    let Expr::Lit(ExprLit {
-        lit: Lit::Int(literal),
-        ..
-    }) = &value
-    else {
-        return Err(Error::new_spanned(
+    let wrong_kind = || {
+        Error::new_spanned(
             &value,
             format!(
                 "`{name}` takes {}, such as `{name} = {}`",
                 key.kind(),
                 key.example()
             ),
-        ));
+        )
     };
+    let Expr::Lit(ExprLit { lit, .. }) = &value else {
+        return Err(wrong_kind());
+    };
+    let value = match (key, lit) {
+        (Key::Restart, Lit::Str(policy)) => {
+            let written = policy.value();
+            let Some((_, variant)) = RESTART_POLICIES.iter().find(|(name, _)| *name == written)
+            else {
+                return Err(Error::new(
+                    policy.span(),
+                    format!(
+                        "unknown restart policy {written:?}; expected {}",
+                        key.kind()
+                    ),
+                ));
+            };
+            Value::Restart(variant)
+        }
+        (Key::Restart, _) => return Err(wrong_kind()),
+        (_, Lit::Int(literal)) => Value::Integer(parse_integer(key, literal)?),
+        _ => return Err(wrong_kind()),
+    };
+    Ok(Setting {
+        key,
+        value,
+        span: lit.span(),
+    })
+}
+
+fn parse_integer(key: Key, literal: &syn::LitInt) -> syn::Result<u64> {
+    let name = key.name();
     let number = literal
         .base10_parse::<u64>()
         .ok()
@@ -174,9 +224,5 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             format!("`{name}` must be at least {}", key.minimum()),
         ));
     }
-    Ok(Setting {
-        key,
-        value: number,
-        span: literal.span(),
-    })
+    Ok(number)
 }

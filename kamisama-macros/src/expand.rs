@@ -1,9 +1,9 @@
 //! Emitting the user's function and a `main` that hands it to `kamisama::Supervisor`.
 
-use crate::attr::{self, Args, Key, Setting};
+use crate::attr::{self, Args, Key, Setting, Value};
 use crate::valid;
-use proc_macro2::{Literal, TokenStream};
-use quote::{quote, quote_spanned};
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::ItemFn;
 
 pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -46,17 +46,25 @@ fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
 
 fn builder_call(setting: &Setting) -> TokenStream {
     let span = setting.span;
-    let mut value = Literal::u64_unsuffixed(setting.value);
-    value.set_span(span);
+    let value = match setting.value {
+        Value::Integer(number) => {
+            let mut literal = Literal::u64_unsuffixed(number);
+            literal.set_span(span);
+            literal.into_token_stream()
+        }
+        Value::Restart(variant) => {
+            let variant = Ident::new(variant, span);
+            quote_spanned!(span=> ::kamisama::Restart::#variant)
+        }
+    };
+    let seconds = quote_spanned!(span=> ::core::time::Duration::from_secs(#value));
     match setting.key {
         Key::Instances => quote_spanned!(span=> .instances(#value)),
         Key::RespawnLimit => quote_spanned!(span=> .respawn_limit(#value)),
-        Key::RespawnInterval => {
-            quote_spanned!(span=> .respawn_interval(::core::time::Duration::from_secs(#value)))
-        }
-        Key::ShutdownTimeout => {
-            quote_spanned!(span=> .shutdown_timeout(::core::time::Duration::from_secs(#value)))
-        }
+        Key::RespawnInterval => quote_spanned!(span=> .respawn_interval(#seconds)),
+        Key::ShutdownTimeout => quote_spanned!(span=> .shutdown_timeout(#seconds)),
+        Key::Restart => quote_spanned!(span=> .restart(#value)),
+        Key::BackoffMax => quote_spanned!(span=> .backoff_max(#seconds)),
     }
 }
 

@@ -33,10 +33,10 @@ pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
     }
     check_inputs(&function, &mut errors);
     if let ReturnType::Type(_, ty) = &sig.output {
-        if !is_unit(ty) {
+        if !is_unit(ty) && !is_result(ty) {
             errors.push(Error::new_spanned(
                 ty,
-                "the worker function returns `()`; remove the return type",
+                "the worker function returns `()` or `Result<(), E>`",
             ));
         }
     }
@@ -49,35 +49,63 @@ pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
     }
 }
 
-/// The worker takes exactly one argument, its index, as a `usize`.
+/// The worker takes nothing, its index as a `usize`, or a `kamisama::Worker` handle.
 fn check_inputs(function: &ItemFn, errors: &mut Vec<Error>) {
-    let sig = &function.sig;
-    let mut inputs = sig.inputs.iter();
+    const SIGNATURES: &str = "`fn worker()`, `fn worker(index: usize)` or \
+                              `fn worker(worker: kamisama::Worker)`";
+    let mut inputs = function.sig.inputs.iter();
     match inputs.next() {
-        None => errors.push(Error::new(
-            sig.paren_token.span.join(),
-            "the worker function takes its index: `fn worker(index: usize)`",
-        )),
         Some(FnArg::Receiver(receiver)) => errors.push(Error::new_spanned(
             receiver,
-            "the worker function cannot take `self`; write `fn worker(index: usize)`",
+            format!("the worker function cannot take `self`; write {SIGNATURES}"),
         )),
-        Some(FnArg::Typed(arg)) if !is_usize(&arg.ty) => errors.push(Error::new_spanned(
-            &arg.ty,
-            "the worker's index is a `usize`: write `index: usize`",
-        )),
-        Some(FnArg::Typed(_)) => {}
+        Some(FnArg::Typed(arg)) if !is_usize(&arg.ty) && !is_worker(&arg.ty) => {
+            errors.push(Error::new_spanned(
+                &arg.ty,
+                "the worker takes its index as `index: usize`, or a handle as \
+                 `worker: kamisama::Worker`",
+            ));
+        }
+        _ => {}
     }
     if let Some(extra) = inputs.next() {
         errors.push(Error::new_spanned(
             extra,
-            "the worker function takes one argument, its index: `fn worker(index: usize)`",
+            format!("the worker function takes one argument at most: {SIGNATURES}"),
         ));
     }
 }
 
 fn is_usize(ty: &Type) -> bool {
     matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("usize"))
+}
+
+/// `Worker`, `kamisama::Worker` or `::kamisama::Worker`.
+fn is_worker(ty: &Type) -> bool {
+    let Type::Path(path) = ty else {
+        return false;
+    };
+    let segments: Vec<String> = path
+        .path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    let plain = path
+        .path
+        .segments
+        .iter()
+        .all(|segment| segment.arguments.is_none());
+    path.qself.is_none()
+        && plain
+        && matches!(segments.as_slice(), [w] | [_, w] if w == "Worker")
+        && (segments.len() == 1 || segments[0] == "kamisama")
+}
+
+/// Any `Result<...>`: the compiler checks the rest through `kamisama::WorkerResult`.
+fn is_result(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none()
+        && path.path.segments.last().is_some_and(|segment| segment.ident == "Result"))
 }
 
 fn is_unit(ty: &Type) -> bool {

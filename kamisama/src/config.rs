@@ -2,6 +2,7 @@
 
 use crate::Error;
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Everything the master needs to know before it forks.
@@ -11,6 +12,9 @@ pub(crate) struct Config {
     pub(crate) respawn_limit: u32,
     pub(crate) respawn_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) restart: Restart,
+    /// Zero when backoff is off.
+    pub(crate) backoff_max: Duration,
 }
 
 impl Default for Config {
@@ -20,6 +24,8 @@ impl Default for Config {
             respawn_limit: 3,
             respawn_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            restart: Restart::Always,
+            backoff_max: Duration::ZERO,
         }
     }
 }
@@ -49,13 +55,71 @@ impl Config {
     }
 }
 
-/// The `key=value` form used in the master's `started` log line.
-impl fmt::Display for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "instances={} respawn_limit={} respawn_interval={:?} shutdown_timeout={:?}",
-            self.instances, self.respawn_limit, self.respawn_interval, self.shutdown_timeout
-        )
+/// When the master forks a worker again after it exited by itself.
+///
+/// Workers the master stops itself (a shutdown, SIGTTOU, a rolling restart) are never
+/// counted as failures, whatever the policy. With `OnFailure` and `Never`, the master exits
+/// once no worker runs and none will be forked again: with status 0 if the last worker of
+/// every index succeeded, 1 otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Restart {
+    /// Always fork it again, whatever its exit status: a pool of long-running workers.
+    #[default]
+    Always,
+    /// Fork it again only if it failed (a non-zero exit status, or a signal); an index whose
+    /// worker exits with 0 is done. A batch of shards, each retried until it succeeds.
+    OnFailure,
+    /// Never fork it again: every index runs once.
+    Never,
+}
+
+impl Restart {
+    /// The name used by the attribute and `KAMISAMA_RESTART`: `always`, `on-failure`,
+    /// `never`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+
+    /// Whether a worker that exited by itself with `succeeded` is forked again.
+    pub(crate) fn respawns(self, succeeded: bool) -> bool {
+        match self {
+            Restart::Always => true,
+            Restart::OnFailure => !succeeded,
+            Restart::Never => false,
+        }
     }
 }
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `always`, `on-failure` or `never`.
+impl FromStr for Restart {
+    type Err = UnknownRestart;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Restart::Always, Restart::OnFailure, Restart::Never]
+            .into_iter()
+            .find(|restart| restart.name() == name)
+            .ok_or(UnknownRestart)
+    }
+}
+
+/// The error of parsing a [`Restart`] from a name it does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownRestart;
+
+impl fmt::Display for UnknownRestart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `always`, `on-failure` or `never`")
+    }
+}
+
+impl std::error::Error for UnknownRestart {}

@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::Config;
+use crate::config::{Config, Restart};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -15,6 +15,10 @@ pub(crate) const RESPAWN_LIMIT: &str = "KAMISAMA_RESPAWN_LIMIT";
 pub(crate) const RESPAWN_INTERVAL: &str = "KAMISAMA_RESPAWN_INTERVAL";
 /// Overrides `shutdown_timeout`, in seconds.
 pub(crate) const SHUTDOWN_TIMEOUT: &str = "KAMISAMA_SHUTDOWN_TIMEOUT";
+/// Overrides `restart`: `always`, `on-failure` or `never`.
+pub(crate) const RESTART: &str = "KAMISAMA_RESTART";
+/// Overrides `backoff_max`, in seconds; 0 turns backoff off.
+pub(crate) const BACKOFF_MAX: &str = "KAMISAMA_BACKOFF_MAX";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -24,45 +28,56 @@ pub(crate) fn apply(config: &mut Config) -> Result<(), Error> {
 
 fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) -> Result<(), Error> {
     let mut overridden = config.clone();
-    if let Some(instances) = parse(
-        &lookup,
-        INSTANCES,
-        1,
-        "a whole number of workers, at least 1",
-    )? {
+    let at_least_one = |n: &u64| *n >= 1;
+    if let Some(instances) = parse(&lookup, INSTANCES, WORKERS, |n: &usize| *n >= 1)? {
         overridden.instances = instances;
     }
-    if let Some(limit) = parse(&lookup, RESPAWN_LIMIT, 0, "a whole number of respawns")? {
+    if let Some(limit) = parse(&lookup, RESPAWN_LIMIT, "a whole number of respawns", |_| {
+        true
+    })? {
         overridden.respawn_limit = limit;
     }
-    if let Some(seconds) = parse(&lookup, RESPAWN_INTERVAL, 1, SECONDS)? {
+    if let Some(seconds) = parse(&lookup, RESPAWN_INTERVAL, SECONDS, at_least_one)? {
         overridden.respawn_interval = Duration::from_secs(seconds);
     }
-    if let Some(seconds) = parse(&lookup, SHUTDOWN_TIMEOUT, 1, SECONDS)? {
+    if let Some(seconds) = parse(&lookup, SHUTDOWN_TIMEOUT, SECONDS, at_least_one)? {
         overridden.shutdown_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(restart) = parse::<Restart>(&lookup, RESTART, POLICIES, |_| true)? {
+        overridden.restart = restart;
+    }
+    if let Some(seconds) = parse(
+        &lookup,
+        BACKOFF_MAX,
+        "a whole number of seconds",
+        |_: &u64| true,
+    )? {
+        overridden.backoff_max = Duration::from_secs(seconds);
     }
     *config = overridden;
     Ok(())
 }
 
+const WORKERS: &str = "a whole number of workers, at least 1";
 const SECONDS: &str = "a whole number of seconds, at least 1";
+const POLICIES: &str = "`always`, `on-failure` or `never`";
 
-/// Reads `var` as a number no smaller than `minimum`; `None` when it is not set.
-fn parse<T: FromStr + PartialOrd>(
+/// Reads `var` as a `T` that passes `valid`; `None` when it is not set.
+fn parse<T: FromStr>(
     lookup: impl Fn(&str) -> Option<OsString>,
     var: &'static str,
-    minimum: T,
     expected: &'static str,
+    valid: impl Fn(&T) -> bool,
 ) -> Result<Option<T>, Error> {
     let Some(raw) = lookup(var) else {
         return Ok(None);
     };
-    let number = raw
+    let value = raw
         .to_str()
         .and_then(|text| text.parse::<T>().ok())
-        .filter(|number| *number >= minimum);
-    match number {
-        Some(number) => Ok(Some(number)),
+        .filter(valid);
+    match value {
+        Some(value) => Ok(Some(value)),
         None => Err(Error::InvalidEnv {
             var,
             value: raw.to_string_lossy().into_owned(),
@@ -97,6 +112,8 @@ mod tests {
             (RESPAWN_LIMIT, "0"),
             (RESPAWN_INTERVAL, "5"),
             (SHUTDOWN_TIMEOUT, "2"),
+            (RESTART, "on-failure"),
+            (BACKOFF_MAX, "30"),
         ])
         .unwrap();
         assert_eq!(
@@ -106,6 +123,8 @@ mod tests {
                 respawn_limit: 0,
                 respawn_interval: Duration::from_secs(5),
                 shutdown_timeout: Duration::from_secs(2),
+                restart: Restart::OnFailure,
+                backoff_max: Duration::from_secs(30),
             }
         );
     }
@@ -121,6 +140,9 @@ mod tests {
             (RESPAWN_INTERVAL, "0"),
             (RESPAWN_INTERVAL, "1.5"),
             (SHUTDOWN_TIMEOUT, "10s"),
+            (RESTART, "sometimes"),
+            (RESTART, "Always"),
+            (BACKOFF_MAX, "-3"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

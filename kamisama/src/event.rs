@@ -1,117 +1,278 @@
-//! What the master reports: one typed event per thing that happens, written to stderr as one
+//! What the master reports: one typed [`Event`] per thing that happens, given to the callback
+//! set with [`Supervisor::on_event`](crate::Supervisor::on_event) and written to stderr as one
 //! greppable line each.
 
-use crate::config::Config;
+use crate::config::Restart;
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
-use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
 use std::fmt::{self, Write};
 use std::time::Duration;
 
 /// Something the master did or saw.
-#[derive(Debug)]
-pub(crate) enum Event<'a> {
-    Started(&'a Config),
+///
+/// Its `Display` is the master's log line without the `kamisama[PID]: ` prefix, such as
+/// `spawned index=3 pid=4246`. Pids are as `std::process::id` gives them; signals are their
+/// numbers, as in `libc::SIGTERM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The master started, with the settings in force (environment overrides applied).
+    #[non_exhaustive]
+    Started {
+        /// Workers to run.
+        instances: usize,
+        /// Respawns allowed within `respawn_interval`.
+        respawn_limit: u32,
+        /// The respawn limit's window.
+        respawn_interval: Duration,
+        /// Time a stopping worker gets before SIGKILL.
+        shutdown_timeout: Duration,
+        /// When a worker that exits by itself is forked again.
+        restart: Restart,
+        /// The longest backoff before a respawn; zero when backoff is off.
+        backoff_max: Duration,
+    },
+    /// A worker was forked.
+    #[non_exhaustive]
     Spawned {
+        /// Its index.
         index: usize,
-        pid: Pid,
+        /// Its pid.
+        pid: u32,
     },
+    /// `fork` failed; the master gives up.
+    #[non_exhaustive]
     SpawnFailed {
+        /// The index that could not be forked.
         index: usize,
-        error: Errno,
+        /// The `errno` of `fork`.
+        errno: i32,
     },
+    /// A worker ended.
+    #[non_exhaustive]
     Exited {
+        /// Its index.
         index: usize,
-        pid: Pid,
-        status: Exit,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// An index is done: the restart policy does not fork it again.
+    #[non_exhaustive]
+    Done {
+        /// The index.
+        index: usize,
+        /// Whether its last worker succeeded (exit status 0).
+        succeeded: bool,
     },
     /// A process that was not a worker (an orphan handed to the master) ended.
+    #[non_exhaustive]
     Reaped {
-        pid: Pid,
-        status: Exit,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
     },
+    /// A worker that ended by itself will be forked again, after `delay`.
+    #[non_exhaustive]
     Respawning {
+        /// Its index.
         index: usize,
+        /// Respawns within the current window, this one included.
         respawns: u32,
+        /// The respawn limit.
         limit: u32,
+        /// The respawn limit's window.
         interval: Duration,
+        /// The backoff before the fork; zero for at once.
+        delay: Duration,
     },
+    /// SIGTTIN added a worker.
+    #[non_exhaustive]
     ScaledUp {
+        /// Workers to run now.
         instances: usize,
     },
+    /// SIGTTOU retired the worker with the highest index.
+    #[non_exhaustive]
     ScaledDown {
+        /// Workers to run now.
         instances: usize,
+        /// The index retired.
         retiring: usize,
     },
-    ScaleDownRefused,
-    Killed {
+    /// SIGTTOU with one worker left, which stays.
+    #[non_exhaustive]
+    ScaleDownRefused {
+        /// Workers to run, still.
+        instances: usize,
+    },
+    /// SIGHUP started replacing every worker, one index at a time.
+    #[non_exhaustive]
+    RollingRestartStarted {
+        /// Live workers to replace.
+        workers: usize,
+    },
+    /// The rolling restart stops this worker, to fork its replacement once it has exited.
+    #[non_exhaustive]
+    Replacing {
+        /// Its index.
         index: usize,
-        pid: Pid,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Every worker due for replacement was replaced.
+    #[non_exhaustive]
+    RollingRestartFinished,
+    /// SIGHUP came during a rolling restart, and was ignored.
+    #[non_exhaustive]
+    RollingRestartBusy,
+    /// SIGUSR1 or SIGUSR2 was sent on to every live worker.
+    #[non_exhaustive]
+    Forwarded {
+        /// The signal.
+        signal: i32,
+        /// Workers it was sent to.
+        workers: usize,
+    },
+    /// A worker asked to stop was still alive at its deadline and got SIGKILL.
+    #[non_exhaustive]
+    Killed {
+        /// Its index.
+        index: usize,
+        /// Its pid.
+        pid: u32,
+        /// The time it had.
         after: Duration,
     },
+    /// The master stops every worker: on a signal, or with none after giving up or when
+    /// every index is done.
+    #[non_exhaustive]
     ShutdownStarted {
-        signal: Option<Signal>,
+        /// The signal that asked for it.
+        signal: Option<i32>,
+        /// Live workers to stop.
         workers: usize,
     },
+    /// A second TERM or INT: everything left gets SIGKILL now.
+    #[non_exhaustive]
     ShutdownForced {
-        signal: Signal,
+        /// The signal.
+        signal: i32,
+        /// Live workers killed.
         workers: usize,
     },
-    ShutdownFinished {
-        exit: u8,
-    },
+    /// Workers died more often than the respawn limit allows.
+    #[non_exhaustive]
     GaveUp {
+        /// The respawn limit.
         limit: u32,
+        /// Its window.
         interval: Duration,
+    },
+    /// No worker runs and none will be forked again (restart policies `on-failure` and
+    /// `never`).
+    #[non_exhaustive]
+    AllDone {
+        /// Indices whose last worker failed.
+        failed: usize,
+    },
+    /// Every child is reaped; the master returns with this exit status.
+    #[non_exhaustive]
+    ShutdownFinished {
+        /// The exit status.
+        exit_code: u8,
     },
 }
 
 /// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Exit {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It exited with this code. 101 is the code of a panic.
     Code(i32),
-    Signaled(Signal),
+    /// A signal ended it.
+    Signal(i32),
 }
 
 /// The exit status Rust gives a process whose main thread panicked; a worker that panics leaves
 /// with it too.
 pub(crate) const PANIC_EXIT_CODE: i32 = 101;
 
-impl Exit {
-    pub(crate) fn from_wait(status: WaitStatus) -> Option<(Pid, Exit)> {
-        match status {
-            WaitStatus::Exited(pid, code) => Some((pid, Exit::Code(code))),
-            WaitStatus::Signaled(pid, signal, _core_dumped) => Some((pid, Exit::Signaled(signal))),
-            _ => None,
+impl ExitStatus {
+    /// Decodes a status from `waitpid`.
+    pub(crate) fn from_raw(status: libc::c_int) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// Whether the process exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// Whether the process exited with the code of a panic, 101.
+    pub fn panicked(self) -> bool {
+        self == ExitStatus::Code(PANIC_EXIT_CODE)
+    }
+}
+
+/// `0`, `1`..., `panicked`, or the signal's name: `SIGKILL`, `SIGRTMIN+3`.
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(PANIC_EXIT_CODE) => f.write_str("panicked"),
+            ExitStatus::Code(code) => write!(f, "{code}"),
+            ExitStatus::Signal(signal) => SignalName(signal).fmt(f),
         }
     }
 }
 
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Code(PANIC_EXIT_CODE) => f.write_str("panicked"),
-            Exit::Code(code) => write!(f, "{code}"),
-            Exit::Signaled(signal) => f.write_str(signal.as_str()),
-        }
-    }
-}
+/// Formats a signal number by name, real-time signals as `SIGRTMIN+N`.
+pub(crate) struct SignalName(pub(crate) i32);
 
-impl fmt::Display for Event<'_> {
+impl fmt::Display for SignalName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Started(config) => write!(f, "started {config}"),
-            Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
-            Event::SpawnFailed { index, error } => {
-                write!(
-                    f,
-                    "spawn-failed index={index} error={:?}",
-                    error.to_string()
-                )
+        let SignalName(number) = *self;
+        match nix::sys::signal::Signal::try_from(number) {
+            Ok(signal) => f.write_str(signal.as_str()),
+            Err(_) if number >= libc::SIGRTMIN() => {
+                write!(f, "SIGRTMIN+{}", number - libc::SIGRTMIN())
             }
+            Err(_) => write!(f, "signal {number}"),
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Started {
+                instances,
+                respawn_limit,
+                respawn_interval,
+                shutdown_timeout,
+                restart,
+                backoff_max,
+            } => write!(
+                f,
+                "started instances={instances} respawn_limit={respawn_limit} \
+                 respawn_interval={respawn_interval:?} shutdown_timeout={shutdown_timeout:?} \
+                 restart={restart} backoff_max={backoff_max:?}"
+            ),
+            Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
+            Event::SpawnFailed { index, errno } => write!(
+                f,
+                "spawn-failed index={index} error={:?}",
+                Errno::from_raw(*errno).desc()
+            ),
             Event::Exited { index, pid, status } => {
                 write!(f, "exited index={index} pid={pid} status={status}")
+            }
+            Event::Done { index, succeeded } => {
+                write!(f, "done index={index} succeeded={succeeded}")
             }
             Event::Reaped { pid, status } => write!(f, "reaped pid={pid} status={status}"),
             Event::Respawning {
@@ -119,45 +280,70 @@ impl fmt::Display for Event<'_> {
                 respawns,
                 limit,
                 interval,
+                delay,
             } => write!(
                 f,
-                "respawning index={index} respawns={respawns}/{limit} window={interval:?}"
+                "respawning index={index} respawns={respawns}/{limit} window={interval:?} \
+                 delay={delay:?}"
             ),
             Event::ScaledUp { instances } => write!(f, "scaled-up instances={instances}"),
             Event::ScaledDown {
                 instances,
                 retiring,
             } => write!(f, "scaled-down instances={instances} retiring={retiring}"),
-            Event::ScaleDownRefused => {
-                f.write_str("scale-down-refused instances=1 reason=\"the last worker stays\"")
+            Event::ScaleDownRefused { instances } => write!(
+                f,
+                "scale-down-refused instances={instances} reason=\"the last worker stays\""
+            ),
+            Event::RollingRestartStarted { workers } => {
+                write!(f, "rolling-restart-started workers={workers}")
             }
+            Event::Replacing { index, pid } => write!(f, "replacing index={index} pid={pid}"),
+            Event::RollingRestartFinished => f.write_str("rolling-restart-finished"),
+            Event::RollingRestartBusy => {
+                f.write_str("rolling-restart-busy reason=\"a rolling restart is running\"")
+            }
+            Event::Forwarded { signal, workers } => write!(
+                f,
+                "forwarded signal={} workers={workers}",
+                SignalName(*signal)
+            ),
             Event::Killed { index, pid, after } => {
                 write!(f, "killed index={index} pid={pid} after={after:?}")
             }
             Event::ShutdownStarted { signal, workers } => match signal {
-                Some(signal) => write!(f, "shutdown-started signal={signal} workers={workers}"),
+                Some(signal) => write!(
+                    f,
+                    "shutdown-started signal={} workers={workers}",
+                    SignalName(*signal)
+                ),
                 None => write!(f, "shutdown-started workers={workers}"),
             },
-            Event::ShutdownForced { signal, workers } => {
-                write!(f, "shutdown-forced signal={signal} workers={workers}")
-            }
-            Event::ShutdownFinished { exit } => write!(f, "shutdown-finished exit={exit}"),
+            Event::ShutdownForced { signal, workers } => write!(
+                f,
+                "shutdown-forced signal={} workers={workers}",
+                SignalName(*signal)
+            ),
             Event::GaveUp { limit, interval } => write!(
                 f,
                 "gave-up reason=\"respawn limit exceeded\" respawn_limit={limit} \
                  respawn_interval={interval:?}"
             ),
+            Event::AllDone { failed } => write!(f, "all-done failed={failed}"),
+            Event::ShutdownFinished { exit_code } => {
+                write!(f, "shutdown-finished exit={exit_code}")
+            }
         }
     }
 }
 
-/// Writes `event` to stderr as `kamisama[PID]: EVENT key=value...`, in one `write` so that lines
-/// from the master and its workers do not interleave. A closed stderr does not stop the master.
-pub(crate) fn log(master: Pid, event: &Event<'_>) {
-    let mut line = Line::default();
-    let _ = writeln!(line, "kamisama[{master}]: {event}");
+/// Writes `line` to stderr as `kamisama[PID]: LINE`, in one `write` so that lines from the
+/// master and its workers do not interleave. A closed stderr stops nothing.
+pub(crate) fn log(pid: u32, line: impl fmt::Display) {
+    let mut buffer = Line::default();
+    let _ = writeln!(buffer, "kamisama[{pid}]: {line}");
     loop {
-        match nix::unistd::write(std::io::stderr(), line.as_bytes()) {
+        match nix::unistd::write(std::io::stderr(), buffer.as_bytes()) {
             Err(Errno::EINTR) => continue,
             _ => return,
         }
@@ -167,14 +353,14 @@ pub(crate) fn log(master: Pid, event: &Event<'_>) {
 /// A log line built on the stack, as the fork path must not allocate (see `Master`). A line
 /// too long for it is cut short, and still ends with a newline.
 struct Line {
-    bytes: [u8; 256],
+    bytes: [u8; 320],
     len: usize,
 }
 
 impl Default for Line {
     fn default() -> Self {
         Line {
-            bytes: [0; 256],
+            bytes: [0; 320],
             len: 0,
         }
     }

@@ -122,11 +122,19 @@ mod respawn;
 #[cfg(target_os = "linux")]
 mod signals;
 #[cfg(target_os = "linux")]
+mod stop;
+#[cfg(target_os = "linux")]
 mod supervisor;
 #[cfg(target_os = "linux")]
 mod worker;
 
 #[cfg(target_os = "linux")]
+pub use config::{Restart, UnknownRestart};
+#[cfg(target_os = "linux")]
 pub use error::Error;
 #[cfg(target_os = "linux")]
+pub use event::{Event, ExitStatus};
+#[cfg(target_os = "linux")]
 pub use supervisor::{Outcome, Supervisor};
+#[cfg(target_os = "linux")]
+pub use worker::{Worker, WorkerFn, WorkerResult};

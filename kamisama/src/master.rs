@@ -1,48 +1,83 @@
-//! The master's event loop: fork the workers, block until a signal arrives, reap what exited,
-//! respawn what must be, stop everything when asked.
+//! The master's event loop: fork the workers, block until a signal or a deadline, reap what
+//! exited, respawn what must be, replace or stop workers when asked.
 
 use crate::config::Config;
-use crate::event::{self, Event, Exit};
-use crate::respawn::RespawnLimiter;
+use crate::event::{self, Event, ExitStatus};
+use crate::respawn::{Backoff, RespawnLimiter};
 use crate::signals::Signals;
-use crate::{procfs, worker, Outcome};
+use crate::worker::{self, Setup, WorkerFn};
+use crate::{procfs, Outcome};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::Write;
-use std::time::Instant;
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+/// The callback given every event.
+pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;
 
 /// The master's whole state.
 ///
 /// Every page the master writes between two forks is copied once more after the second: the
 /// fork path therefore keeps its state in `slots`, found by scanning (reads are free), and
 /// allocates nothing.
-pub(crate) struct Master<'a, W> {
+pub(crate) struct Master<'a, W, S> {
     config: &'a Config,
     worker: W,
-    signals: &'a Signals,
+    signature: PhantomData<S>,
+    setup: Setup<'a>,
+    on_event: Option<OnEvent<'a>>,
+    log: bool,
     pid: Pid,
     /// How many workers should run now; TTIN and TTOU move it.
     instances: usize,
     /// One slot per index. Slots past `instances` hold workers being retired.
     slots: Vec<Slot>,
     limiter: RespawnLimiter,
+    backoff: Backoff,
+    rolling: Option<Rolling>,
     shutdown: Option<Shutdown>,
+    /// Indices whose last worker failed and that are not forked again.
+    failed: usize,
     /// Whether the last reap found no child at all, worker or adopted orphan.
     childless: bool,
 }
 
-/// The process holding one index.
-#[derive(Default)]
+/// One index.
 struct Slot {
-    pid: Option<Pid>,
-    /// A worker is to be forked for this index.
-    pending: bool,
-    /// The master asked this worker to stop, so its exit is no crash.
-    stopping: bool,
-    /// When the master sends SIGKILL if the worker is still alive.
+    state: State,
+    /// Early deaths in a row, for the backoff.
+    early_deaths: u32,
+}
+
+enum State {
+    /// A worker is to be forked, at once or when its backoff ends.
+    Pending { not_before: Option<Instant> },
+    Running {
+        pid: Pid,
+        started: Instant,
+        stop: Option<Stop>,
+    },
+    /// Not forked again: the restart policy is done with this index.
+    Done,
+    /// Retired by TTOU, until the slot is dropped.
+    Retired,
+}
+
+/// The master asked a worker to stop, so its exit is no crash.
+struct Stop {
+    /// When SIGKILL follows; `None` once sent, or for a deadline too far to count.
     kill_at: Option<Instant>,
+}
+
+/// A rolling restart (HUP) replacing one index at a time.
+struct Rolling {
+    /// The index being replaced.
+    index: usize,
+    /// Indices from here on are left alone (they were added after the HUP).
+    end: usize,
 }
 
 struct Shutdown {
@@ -51,36 +86,81 @@ struct Shutdown {
     kill_at: Option<Instant>,
 }
 
-impl<'a, W: FnMut(usize)> Master<'a, W> {
-    pub(crate) fn new(config: &'a Config, worker: W, signals: &'a Signals) -> Self {
+impl Slot {
+    fn pending() -> Self {
+        Slot {
+            state: State::Pending { not_before: None },
+            early_deaths: 0,
+        }
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        match self.state {
+            State::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Whether this index will be forked, now or later.
+    fn is_pending(&self) -> bool {
+        matches!(self.state, State::Pending { .. })
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        matches!(self.state, State::Pending { not_before } if not_before.map_or(true, |at| at <= now))
+    }
+}
+
+impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
+    pub(crate) fn new(
+        config: &'a Config,
+        worker: W,
+        signals: &'a Signals,
+        on_event: Option<OnEvent<'a>>,
+        log: bool,
+    ) -> Self {
+        let pid = Pid::this();
         Master {
             config,
             worker,
-            signals,
-            pid: Pid::this(),
+            signature: PhantomData,
+            setup: Setup {
+                master: pid,
+                signals,
+                shutdown_timeout: config.shutdown_timeout,
+            },
+            on_event,
+            log,
+            pid,
             instances: config.instances,
-            slots: (0..config.instances)
-                .map(|_| Slot {
-                    pending: true,
-                    ..Slot::default()
-                })
-                .collect(),
+            slots: (0..config.instances).map(|_| Slot::pending()).collect(),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
+            backoff: Backoff::new(config.backoff_max),
+            rolling: None,
             shutdown: None,
+            failed: 0,
             childless: false,
         }
     }
 
     pub(crate) fn run(mut self) -> Outcome {
-        self.emit(Event::Started(self.config));
+        self.emit(Event::Started {
+            instances: self.config.instances,
+            respawn_limit: self.config.respawn_limit,
+            respawn_interval: self.config.respawn_interval,
+            shutdown_timeout: self.config.shutdown_timeout,
+            restart: self.config.restart,
+            backoff_max: self.config.backoff_max,
+        });
         loop {
             self.reap();
-            self.spawn_pending();
+            self.spawn_due();
+            self.finish_if_all_done();
             let now = Instant::now();
             self.kill_overdue(now);
             if let Some(outcome) = self.finished() {
                 self.emit(Event::ShutdownFinished {
-                    exit: outcome.exit_code(),
+                    exit_code: outcome.exit_code(),
                 });
                 return outcome;
             }
@@ -88,10 +168,14 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
                 .next_deadline()
                 .map(|at| at.saturating_duration_since(now));
             // A failed poll only costs one more turn of the loop.
-            let _ = self.signals.wait(timeout);
-            while let Some(signal) = self.signals.next() {
-                self.on_signal(signal);
-            }
+            let _ = self.setup.signals.wait(timeout);
+            self.read_signals();
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Some(signal) = self.setup.signals.next() {
+            self.on_signal(signal);
         }
     }
 
@@ -104,6 +188,8 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             }
             Signal::SIGTTIN => self.scale_up(),
             Signal::SIGTTOU => self.scale_down(),
+            Signal::SIGHUP => self.begin_rolling_restart(),
+            Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
             _ => {}
         }
     }
@@ -112,10 +198,10 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
     /// the worker is reaped: its zombie still holds the group's id, so no other process can
     /// have taken it.
     fn reap(&mut self) {
-        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         loop {
-            let pid = match waitid(Id::All, peek) {
-                Ok(WaitStatus::StillAlive) => {
+            let pid = match peek_exited_child() {
+                Ok(Some(pid)) => pid,
+                Ok(None) => {
                     self.childless = false;
                     return;
                 }
@@ -125,110 +211,159 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
                 }
                 Err(Errno::EINTR) => continue,
                 Err(_) => return,
-                Ok(status) => match status.pid() {
-                    Some(pid) => pid,
-                    None => return,
-                },
             };
-            if self.index_of(pid).is_some() {
+            let index = self.index_of(pid);
+            if index.is_some() {
                 // Whatever the worker left in its group goes with it.
                 let _ = killpg(pid, Signal::SIGTERM);
             }
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)).map(Exit::from_wait) {
-                Ok(Some((pid, exit))) => self.on_exit(pid, exit),
-                Ok(None) | Err(Errno::EINTR) => {}
+            match reap_child(pid) {
+                Ok(status) => match index {
+                    Some(index) => self.on_exit(index, pid, status),
+                    None => self.emit(Event::Reaped {
+                        pid: pid.as_raw() as u32,
+                        status,
+                    }),
+                },
                 Err(_) => return,
             }
         }
     }
 
-    /// What happens when a worker dies: respawn it with the same index, unless the master is
-    /// shutting down, retired the index, or has seen too many deaths lately.
-    fn on_exit(&mut self, pid: Pid, status: Exit) {
-        let Some(index) = self.index_of(pid) else {
-            self.emit(Event::Reaped { pid, status });
+    /// What happens when a worker dies: forked again with the same index, unless the master
+    /// is shutting down, retired the index, or the restart policy or the respawn limit says
+    /// otherwise.
+    fn on_exit(&mut self, index: usize, pid: Pid, status: ExitStatus) {
+        let now = Instant::now();
+        let slot = &mut self.slots[index];
+        let State::Running { started, stop, .. } = &slot.state else {
             return;
         };
-        let slot = &mut self.slots[index];
-        slot.pid = None;
-        slot.kill_at = None;
-        let deliberate = std::mem::take(&mut slot.stopping);
-        self.emit(Event::Exited { index, pid, status });
+        let (lived, deliberate) = (now - *started, stop.is_some());
+        slot.state = State::Pending { not_before: None };
+        self.emit(Event::Exited {
+            index,
+            pid: pid.as_raw() as u32,
+            status,
+        });
         if self.shutdown.is_some() {
+            self.slots[index].state = State::Done;
             return;
         }
         if index >= self.instances {
+            self.slots[index].state = State::Retired;
             self.trim_slots();
+        } else if !deliberate {
+            self.after_crash(index, status, lived, now);
+        }
+        // The worker being replaced is gone: its replacement is pending, or it was retired.
+        if self
+            .rolling
+            .as_ref()
+            .is_some_and(|rolling| rolling.index == index)
+            && !self.slots.get(index).is_some_and(Slot::is_pending)
+        {
+            self.continue_rolling_restart(index + 1);
+        }
+    }
+
+    /// A worker ended by itself: apply the restart policy, the respawn limit and the backoff.
+    fn after_crash(&mut self, index: usize, status: ExitStatus, lived: Duration, now: Instant) {
+        let succeeded = status.success();
+        if !self.config.restart.respawns(succeeded) {
+            self.slots[index].state = State::Done;
+            self.failed += usize::from(!succeeded);
+            self.emit(Event::Done { index, succeeded });
             return;
         }
-        if !deliberate {
-            let Some(respawns) = self.limiter.try_respawn(Instant::now()) else {
-                self.emit(Event::GaveUp {
-                    limit: self.limiter.limit(),
-                    interval: self.limiter.interval(),
-                });
-                self.begin_shutdown(None, Outcome::GaveUp);
-                return;
-            };
-            self.emit(Event::Respawning {
-                index,
-                respawns,
+        let Some(respawns) = self.limiter.try_respawn(now) else {
+            self.emit(Event::GaveUp {
                 limit: self.limiter.limit(),
                 interval: self.limiter.interval(),
             });
-        }
-        self.slots[index].pending = true;
+            self.begin_shutdown(None, Outcome::GaveUp);
+            return;
+        };
+        let slot = &mut self.slots[index];
+        let delay = self.backoff.delay(lived, &mut slot.early_deaths);
+        slot.state = State::Pending {
+            not_before: (!delay.is_zero()).then(|| now + delay),
+        };
+        self.emit(Event::Respawning {
+            index,
+            respawns,
+            limit: self.limiter.limit(),
+            interval: self.limiter.interval(),
+            delay,
+        });
     }
 
-    /// Forks every pending index, lowest first, reading signals between forks so that a TERM
-    /// does not wait for a thousand forks to finish.
-    fn spawn_pending(&mut self) {
-        let Some(mut index) = self.next_pending(0) else {
+    /// Forks every index that is due, lowest first, reading signals between forks so that a
+    /// TERM does not wait for a thousand forks to finish.
+    fn spawn_due(&mut self) {
+        let Some(mut index) = self.next_due(0) else {
             return;
         };
         // Once for the batch: output the master's own code left buffered would otherwise be
         // written again by every worker.
         let _ = std::io::stdout().flush();
         while self.shutdown.is_none() {
-            let slot = &mut self.slots[index];
-            slot.pending = false;
-            match worker::spawn(index, &mut self.worker, self.pid, self.signals) {
+            match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
-                    slot.pid = Some(pid);
-                    self.emit(Event::Spawned { index, pid });
+                    self.slots[index].state = State::Running {
+                        pid,
+                        started: Instant::now(),
+                        stop: None,
+                    };
+                    self.emit(Event::Spawned {
+                        index,
+                        pid: pid.as_raw() as u32,
+                    });
+                    if self
+                        .rolling
+                        .as_ref()
+                        .is_some_and(|rolling| rolling.index == index)
+                    {
+                        self.continue_rolling_restart(index + 1);
+                    }
                 }
                 Err(error) => {
-                    self.emit(Event::SpawnFailed { index, error });
+                    self.emit(Event::SpawnFailed {
+                        index,
+                        errno: error as i32,
+                    });
                     self.begin_shutdown(None, Outcome::GaveUp);
                 }
             }
-            while let Some(signal) = self.signals.next() {
-                self.on_signal(signal);
-            }
-            match self.next_pending(index + 1) {
+            self.read_signals();
+            match self.next_due(index + 1) {
                 Some(next) => index = next,
                 None => return,
             }
         }
     }
 
-    /// The first pending index from `from` on, wrapping around: a reap between two forks may
-    /// have made a lower index pending.
-    fn next_pending(&self, from: usize) -> Option<usize> {
-        let pending = |slot: &Slot| slot.pending;
-        let later = self.slots.iter().skip(from).position(pending);
+    /// The first index due for a fork from `from` on, wrapping around: a reap between two
+    /// forks may have made a lower index due.
+    fn next_due(&self, from: usize) -> Option<usize> {
+        let now = Instant::now();
+        let due = |slot: &Slot| slot.is_due(now);
+        let later = self.slots.iter().skip(from).position(due);
         later
             .map(|offset| from + offset)
-            .or_else(|| self.slots.iter().take(from).position(pending))
+            .or_else(|| self.slots.iter().take(from).position(due))
     }
 
     /// The index of the live worker `pid`.
     fn index_of(&self, pid: Pid) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.pid == Some(pid))
+        self.slots.iter().position(|slot| slot.pid() == Some(pid))
     }
 
     fn live_workers(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.pid.is_some()).count()
+        self.slots
+            .iter()
+            .filter(|slot| slot.pid().is_some())
+            .count()
     }
 
     fn scale_up(&mut self) {
@@ -237,12 +372,11 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
         self.instances += 1;
         let index = self.instances - 1;
-        if index == self.slots.len() {
-            self.slots.push(Slot::default());
-        }
-        // A worker still being retired from this index is replaced when it exits.
-        if self.slots[index].pid.is_none() {
-            self.slots[index].pending = true;
+        match self.slots.get_mut(index) {
+            None => self.slots.push(Slot::pending()),
+            // A worker still being retired from this index is replaced when it exits.
+            Some(slot) if slot.pid().is_some() => {}
+            Some(slot) => *slot = Slot::pending(),
         }
         self.emit(Event::ScaledUp {
             instances: self.instances,
@@ -254,35 +388,96 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             return;
         }
         if self.instances == 1 {
-            self.emit(Event::ScaleDownRefused);
+            self.emit(Event::ScaleDownRefused { instances: 1 });
             return;
         }
         self.instances -= 1;
         let index = self.instances;
-        self.slots[index].pending = false;
         self.emit(Event::ScaledDown {
             instances: self.instances,
             retiring: index,
         });
-        match self.slots[index].pid {
-            Some(_) => self.stop(index, self.deadline()),
-            None => self.trim_slots(),
+        if self.slots[index].pid().is_some() {
+            self.stop(index, self.deadline());
+        } else {
+            self.slots[index].state = State::Retired;
+            self.trim_slots();
         }
+    }
+
+    fn begin_rolling_restart(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if self.rolling.is_some() {
+            self.emit(Event::RollingRestartBusy);
+            return;
+        }
+        self.emit(Event::RollingRestartStarted {
+            workers: self.live_workers(),
+        });
+        self.rolling = Some(Rolling {
+            index: 0,
+            end: self.instances,
+        });
+        self.continue_rolling_restart(0);
+    }
+
+    /// Stops the next worker due for replacement from index `from` on, or ends the rolling
+    /// restart. Its replacement is forked once it has exited, and only then is the next
+    /// index stopped: never two workers on one index, never more than one index down.
+    fn continue_rolling_restart(&mut self, from: usize) {
+        let Some(rolling) = &self.rolling else {
+            return;
+        };
+        let end = rolling.end.min(self.instances);
+        let next = (from..end)
+            .find(|index| matches!(self.slots[*index].state, State::Running { stop: None, .. }));
+        let Some(index) = next else {
+            self.rolling = None;
+            self.emit(Event::RollingRestartFinished);
+            return;
+        };
+        self.rolling = Some(Rolling {
+            index,
+            end: rolling.end,
+        });
+        if let Some(pid) = self.slots[index].pid() {
+            self.emit(Event::Replacing {
+                index,
+                pid: pid.as_raw() as u32,
+            });
+        }
+        self.stop(index, self.deadline());
+    }
+
+    /// Sends `signal` to every live worker.
+    fn forward(&mut self, signal: Signal) {
+        let mut workers = 0;
+        for slot in &self.slots {
+            if let Some(pid) = slot.pid() {
+                workers += usize::from(kill(pid, signal).is_ok());
+            }
+        }
+        self.emit(Event::Forwarded {
+            signal: signal as i32,
+            workers,
+        });
     }
 
     /// Sends the worker's process group SIGTERM (and SIGCONT), and SIGKILL at `kill_at` if it
     /// is still alive.
     fn stop(&mut self, index: usize, kill_at: Option<Instant>) {
-        let slot = &mut self.slots[index];
-        let Some(pid) = slot.pid else {
-            return;
-        };
-        if !slot.stopping {
-            slot.stopping = true;
-            slot.kill_at = kill_at;
-            signal_group(pid, Signal::SIGTERM);
+        if let State::Running {
+            pid,
+            stop: stop @ None,
+            ..
+        } = &mut self.slots[index].state
+        {
+            *stop = Some(Stop { kill_at });
+            signal_group(*pid, Signal::SIGTERM);
             // A stopped process acts on TERM only once continued.
-            signal_group(pid, Signal::SIGCONT);
+            signal_group(*pid, Signal::SIGCONT);
         }
     }
 
@@ -290,15 +485,16 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         if self.shutdown.is_some() {
             return;
         }
-        for slot in &mut self.slots {
-            slot.pending = false;
-        }
+        self.rolling = None;
         self.emit(Event::ShutdownStarted {
-            signal,
+            signal: signal.map(|signal| signal as i32),
             workers: self.live_workers(),
         });
         let kill_at = self.deadline();
         for index in 0..self.slots.len() {
+            if self.slots[index].is_pending() {
+                self.slots[index].state = State::Done;
+            }
             self.stop(index, kill_at);
         }
         self.signal_orphans(Signal::SIGTERM);
@@ -306,10 +502,24 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         self.shutdown = Some(Shutdown { outcome, kill_at });
     }
 
+    /// With `on-failure` or `never`, ends the master once no worker runs or will be forked.
+    fn finish_if_all_done(&mut self) {
+        let all_done = self
+            .slots
+            .iter()
+            .all(|slot| matches!(slot.state, State::Done | State::Retired));
+        if self.shutdown.is_some() || !all_done {
+            return;
+        }
+        let failed = self.failed;
+        self.emit(Event::AllDone { failed });
+        self.begin_shutdown(None, Outcome::Finished { failed });
+    }
+
     /// Kills every process left at once: a second TERM or INT during a shutdown.
     fn force(&mut self, signal: Signal) {
         self.emit(Event::ShutdownForced {
-            signal,
+            signal: signal as i32,
             workers: self.live_workers(),
         });
         self.kill_everything();
@@ -320,9 +530,9 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
             shutdown.kill_at = None;
         }
         for slot in &mut self.slots {
-            slot.kill_at = None;
-            if let Some(pid) = slot.pid {
-                signal_group(pid, Signal::SIGKILL);
+            if let State::Running { pid, stop, .. } = &mut slot.state {
+                *stop = Some(Stop { kill_at: None });
+                signal_group(*pid, Signal::SIGKILL);
             }
         }
         self.signal_orphans(Signal::SIGKILL);
@@ -330,19 +540,24 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
     fn kill_overdue(&mut self, now: Instant) {
-        let timeout = self.config.shutdown_timeout;
+        let after = self.config.shutdown_timeout;
         for index in 0..self.slots.len() {
-            let slot = &mut self.slots[index];
-            let (Some(pid), Some(kill_at)) = (slot.pid, slot.kill_at) else {
+            let State::Running {
+                pid,
+                stop: Some(stop),
+                ..
+            } = &mut self.slots[index].state
+            else {
                 continue;
             };
-            if kill_at <= now {
-                slot.kill_at = None;
+            if stop.kill_at.is_some_and(|kill_at| kill_at <= now) {
+                stop.kill_at = None;
+                let pid = *pid;
                 signal_group(pid, Signal::SIGKILL);
                 self.emit(Event::Killed {
                     index,
-                    pid,
-                    after: timeout,
+                    pid: pid.as_raw() as u32,
+                    after,
                 });
             }
         }
@@ -356,11 +571,19 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
     }
 
+    /// The next moment the master must act without a signal: a SIGKILL due, or a backoff
+    /// ending.
     fn next_deadline(&self) -> Option<Instant> {
         let shutdown = self.shutdown.as_ref().and_then(|shutdown| shutdown.kill_at);
         self.slots
             .iter()
-            .filter_map(|slot| slot.kill_at)
+            .filter_map(|slot| match &slot.state {
+                State::Running {
+                    stop: Some(stop), ..
+                } => stop.kill_at,
+                State::Pending { not_before } => *not_before,
+                _ => None,
+            })
             .chain(shutdown)
             .min()
     }
@@ -376,9 +599,13 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         Instant::now().checked_add(self.config.shutdown_timeout)
     }
 
+    /// Drops the retired slots past `instances`.
     fn trim_slots(&mut self) {
         while self.slots.len() > self.instances
-            && self.slots.last().is_some_and(|slot| slot.pid.is_none())
+            && self
+                .slots
+                .last()
+                .is_some_and(|slot| matches!(slot.state, State::Retired))
         {
             self.slots.pop();
         }
@@ -399,8 +626,46 @@ impl<'a, W: FnMut(usize)> Master<'a, W> {
         }
     }
 
-    fn emit(&self, event: Event<'_>) {
-        event::log(self.pid, &event);
+    /// Logs `event` and hands it to the callback, which cannot break the loop: its panic is
+    /// caught and logged, and what it printed is flushed before the next fork.
+    fn emit(&mut self, event: Event) {
+        if self.log {
+            event::log(self.pid.as_raw() as u32, &event);
+        }
+        if let Some(on_event) = &mut self.on_event {
+            let call = panic::catch_unwind(AssertUnwindSafe(|| on_event(&event)));
+            let _ = std::io::stdout().flush();
+            if let Err(payload) = call {
+                std::mem::forget(payload);
+                event::log(self.pid.as_raw() as u32, "event-callback-panicked");
+            }
+        }
+    }
+}
+
+/// The pid of a child that has exited, left a zombie (`WNOWAIT`), or `None` if children
+/// remain and none has exited.
+fn peek_exited_child() -> Result<Option<Pid>, Errno> {
+    // SAFETY: a zeroed siginfo is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is valid for the call.
+    Errno::result(unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) })?;
+    // SAFETY: waitid filled `info` for a child, or left si_pid zero.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then(|| Pid::from_raw(pid)))
+}
+
+/// Reaps the exited child `pid`. Decoded here rather than by nix, whose `WaitStatus` cannot
+/// hold a real-time signal: a worker killed by one would be reaped and then lost.
+fn reap_child(pid: Pid) -> Result<ExitStatus, Errno> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is valid for the call.
+        match Errno::result(unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) }) {
+            Err(Errno::EINTR) => continue,
+            result => return result.map(|_| ExitStatus::from_raw(status)),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The respawn limiter: at most `limit` respawns within any sliding window of `interval`.
+//! When a dead worker is forked again: the respawn limiter (at most `limit` respawns within
+//! any sliding window of `interval`) and the backoff for indices that keep dying early.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,9 +47,76 @@ impl RespawnLimiter {
     }
 }
 
+/// Exponential backoff: an index whose worker dies before it has run for `max` waits before
+/// its respawn, 100 ms the first time, doubling with each early death in a row up to `max`.
+/// An index whose worker ran at least `max` is forked again at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    /// Zero turns backoff off.
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(max: Duration) -> Self {
+        Backoff { max }
+    }
+
+    /// The wait before forking again an index whose worker ran for `lived`, given the early
+    /// deaths in a row it had before, which this updates.
+    pub(crate) fn delay(self, lived: Duration, early_deaths: &mut u32) -> Duration {
+        if self.max.is_zero() || lived >= self.max {
+            *early_deaths = 0;
+            return Duration::ZERO;
+        }
+        *early_deaths = early_deaths.saturating_add(1);
+        let doublings = (*early_deaths - 1).min(31);
+        Backoff::FIRST.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_for_early_deaths_up_to_its_maximum() {
+        let backoff = Backoff::new(Duration::from_secs(1));
+        let mut early_deaths = 0;
+        let delays: Vec<u128> = (0..6)
+            .map(|_| {
+                backoff
+                    .delay(Duration::from_millis(10), &mut early_deaths)
+                    .as_millis()
+            })
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        // A worker that ran as long as the longest wait starts over.
+        assert_eq!(backoff.delay(SECOND, &mut early_deaths), Duration::ZERO);
+        assert_eq!(
+            backoff.delay(Duration::ZERO, &mut early_deaths).as_millis(),
+            100
+        );
+    }
+
+    #[test]
+    fn zero_maximum_turns_backoff_off() {
+        let mut early_deaths = 0;
+        for _ in 0..5 {
+            let delay = Backoff::new(Duration::ZERO).delay(Duration::ZERO, &mut early_deaths);
+            assert_eq!(delay, Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn backoff_survives_a_long_run_of_deaths() {
+        let backoff = Backoff::new(Duration::from_secs(u64::MAX));
+        let mut early_deaths = u32::MAX - 1;
+        for _ in 0..3 {
+            assert!(backoff.delay(Duration::ZERO, &mut early_deaths) > Duration::ZERO);
+        }
+    }
 
     const SECOND: Duration = Duration::from_secs(1);
 

@@ -11,13 +11,16 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 /// The signals the master acts on.
-pub(crate) const HANDLED: [Signal; 6] = [
+pub(crate) const HANDLED: [Signal; 9] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 /// The master's signal state while it runs; dropping it puts back the state it found.
@@ -90,9 +93,10 @@ impl Signals {
         Signal::try_from(info.ssi_signo as i32).ok()
     }
 
-    /// In a freshly forked worker: closes the signalfd and gives the worker the signal state
-    /// of a new Rust process: none blocked, and every signal at its default action but
-    /// SIGPIPE (ignored, as Rust's runtime sets it) and the fault signals' crash handlers.
+    /// In a freshly forked worker: closes the signalfd and gives every signal the disposition
+    /// it has in a new Rust process: the default action but for SIGPIPE (ignored, as Rust's
+    /// runtime sets it) and the fault signals' crash handlers. The signals stay blocked until
+    /// [`unblock_in_worker`](Signals::unblock_in_worker).
     pub(crate) fn reset_in_worker(&self) {
         let default = libc::sigaction::from(default_action());
         for signal in &self.inherited {
@@ -100,10 +104,15 @@ impl Signals {
             // are valid for the call.
             unsafe { libc::sigaction(*signal, &default, std::ptr::null_mut()) };
         }
-        let _ = SigSet::empty().thread_set_mask();
         // SAFETY: the fd is the signalfd this process owns; the worker never touches `self.fd`
         // again, as it leaves with `_exit` without running destructors.
         unsafe { libc::close(self.fd.as_raw_fd()) };
+    }
+
+    /// In a worker, after its dispositions are set: no signal blocked, as in a new process.
+    /// Signals that came since the fork are delivered now.
+    pub(crate) fn unblock_in_worker() {
+        let _ = SigSet::empty().thread_set_mask();
     }
 }
 

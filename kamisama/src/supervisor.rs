@@ -1,11 +1,12 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::Config;
-use crate::master::Master;
+use crate::config::{Config, Restart};
+use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
-use crate::{env, procfs, Error};
+use crate::{env, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
 use nix::unistd::Pid;
+use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 ///         .instances(8)
 ///         .respawn_limit(10)
 ///         .respawn_interval(Duration::from_secs(60))
-///         .run(|index| {
+///         .run(|index: usize| {
 ///             for word in dictionary.iter().skip(index).step_by(8) {
 ///                 println!("worker {index}: {word}");
 ///             }
@@ -42,10 +43,11 @@ use std::time::Duration;
 /// (or a runtime that starts them) before it; start them inside the worker function instead.
 /// `run` counts the threads in `/proc/self/task` and refuses to start otherwise
 /// ([`Error::Threaded`]). The master itself never starts a thread.
-#[derive(Clone, Debug, Default)]
 #[must_use = "a Supervisor does nothing until `run` is called"]
-pub struct Supervisor {
+pub struct Supervisor<'a> {
     config: Config,
+    on_event: Option<OnEvent<'a>>,
+    log: bool,
 }
 
 /// How a master that started ended.
@@ -57,21 +59,49 @@ pub enum Outcome {
     /// Workers died more often than the respawn limit allows, or a worker could not be
     /// forked; every worker was stopped. Exit status 1.
     GaveUp,
+    /// With the restart policy `on-failure` or `never`: no worker runs and none will be
+    /// forked again. Exit status 0 if the last worker of every index succeeded, 1 otherwise.
+    #[non_exhaustive]
+    Finished {
+        /// Indices whose last worker failed.
+        failed: usize,
+    },
 }
 
 impl Outcome {
     /// The exit status [`Supervisor::run`] ends the process with.
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Stopped => 0,
-            Outcome::GaveUp => 1,
+            Outcome::Stopped | Outcome::Finished { failed: 0 } => 0,
+            Outcome::GaveUp | Outcome::Finished { .. } => 1,
         }
     }
 }
 
-impl Supervisor {
-    /// A supervisor with the default settings: one instance, at most 3 respawns within 60
-    /// seconds, and 10 seconds for a worker to stop before SIGKILL.
+impl Default for Supervisor<'_> {
+    fn default() -> Self {
+        Supervisor {
+            config: Config::default(),
+            on_event: None,
+            log: true,
+        }
+    }
+}
+
+impl fmt::Debug for Supervisor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config)
+            .field("on_event", &self.on_event.as_ref().map(|_| "FnMut(&Event)"))
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl<'a> Supervisor<'a> {
+    /// A supervisor with the default settings: one instance, always restarted, at most 3
+    /// respawns within 60 seconds, no backoff, and 10 seconds for a worker to stop before
+    /// SIGKILL.
     pub fn new() -> Self {
         Supervisor::default()
     }
@@ -97,10 +127,57 @@ impl Supervisor {
         self
     }
 
-    /// How long a worker asked to stop (by a shutdown or SIGTTOU) may take before it gets
-    /// SIGKILL. Longer than zero; default 10 seconds.
+    /// How long a worker asked to stop (by a shutdown, SIGTTOU or a rolling restart) may take
+    /// before it gets SIGKILL. Longer than zero; default 10 seconds.
     pub fn shutdown_timeout(mut self, shutdown_timeout: Duration) -> Self {
         self.config.shutdown_timeout = shutdown_timeout;
+        self
+    }
+
+    /// When a worker that exited by itself is forked again; default [`Restart::Always`].
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.config.restart = restart;
+        self
+    }
+
+    /// Turns on the backoff for crash loops: an index whose worker dies before it ran for
+    /// `backoff_max` waits before its respawn, 100 ms the first time, doubling with each such
+    /// death in a row, up to `backoff_max`. An index whose worker ran at least `backoff_max`
+    /// is forked again at once. Zero, the default, turns backoff off.
+    ///
+    /// The respawn limit counts a respawn when the death is seen, not when the fork happens,
+    /// so backoff slows a crash loop without hiding it from the limit.
+    pub fn backoff_max(mut self, backoff_max: Duration) -> Self {
+        self.config.backoff_max = backoff_max;
+        self
+    }
+
+    /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
+    /// alerts. The callback runs in the master's loop, so it must be quick and must not start
+    /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
+    /// logged and supervision goes on.
+    ///
+    /// ```no_run
+    /// use std::cell::Cell;
+    ///
+    /// let respawns = Cell::new(0);
+    /// kamisama::Supervisor::new()
+    ///     .instances(4)
+    ///     .on_event(|event| {
+    ///         if let kamisama::Event::Respawning { .. } = event {
+    ///             respawns.set(respawns.get() + 1);
+    ///         }
+    ///     })
+    ///     .run(|index: usize| println!("worker {index}"));
+    /// ```
+    pub fn on_event(mut self, on_event: impl FnMut(&Event) + 'a) -> Self {
+        self.on_event = Some(Box::new(on_event));
+        self
+    }
+
+    /// Whether the master writes its one line per event to stderr; default `true`.
+    pub fn log(mut self, log: bool) -> Self {
+        self.log = log;
         self
     }
 
@@ -109,7 +186,7 @@ impl Supervisor {
     /// stderr, and no worker was forked).
     ///
     /// This is [`try_run`](Supervisor::try_run) for a `main` function.
-    pub fn run<W: FnMut(usize)>(self, worker: W) -> ExitCode {
+    pub fn run<W: WorkerFn<S>, S>(self, worker: W) -> ExitCode {
         match self.try_run(worker) {
             Ok(outcome) => ExitCode::from(outcome.exit_code()),
             Err(error) => {
@@ -123,15 +200,20 @@ impl Supervisor {
     /// process can run, then forks the workers and supervises them until a signal stops them
     /// or they die too often.
     ///
-    /// Each worker calls `worker(index)` in a process of its own and ends when it returns
-    /// (status 0) or panics (status 101); it never returns into the caller.
+    /// Each worker calls `worker` in a process of its own (see [`WorkerFn`] for the
+    /// signatures it may have) and ends when it returns (status 0, or 1 for an `Err`) or
+    /// panics (status 101); it never returns into the caller.
     ///
     /// # Errors
     ///
     /// Before forking anything: an invalid environment value or setting, other threads in the
     /// process (see [Threads](Supervisor#threads)), or a refused setup call.
-    pub fn try_run<W: FnMut(usize)>(self, worker: W) -> Result<Outcome, Error> {
-        let mut config = self.config;
+    pub fn try_run<W: WorkerFn<S>, S>(self, worker: W) -> Result<Outcome, Error> {
+        let Supervisor {
+            mut config,
+            on_event,
+            log,
+        } = self;
         env::apply(&mut config)?;
         config.validate()?;
         if let Some(threads @ 2..) = procfs::thread_count() {
@@ -141,8 +223,8 @@ impl Supervisor {
         // Orphans of a worker's subprocesses come back to the master, which reaps them and
         // stops them at shutdown instead of leaving them to init.
         prctl::set_child_subreaper(true).map_err(|errno| Error::os("prctl", errno))?;
-        let outcome =
-            Signals::install().map(|signals| Master::new(&config, worker, &signals).run());
+        let outcome = Signals::install()
+            .map(|signals| Master::new(&config, worker, &signals, on_event, log).run());
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome
     }

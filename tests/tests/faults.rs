@@ -328,3 +328,22 @@ fn a_stopped_worker_still_stops_at_shutdown() {
         workers[&0]
     ));
 }
+
+#[test]
+fn a_worker_killed_by_a_real_time_signal_is_respawned() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let before = master.wait_for_workers(2);
+    let realtime = libc::SIGRTMIN() + 3;
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(before[&1].as_raw(), realtime) }, 0);
+    master.wait_for_line(&format!(
+        "exited index=1 pid={} status=SIGRTMIN+3",
+        before[&1]
+    ));
+    let after = master.wait_for_workers(2);
+    assert_ne!(after[&1], before[&1]);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

@@ -1,0 +1,88 @@
+//! A cooperative worker's stop request: SIGTERM sets it from a signal handler, and the
+//! worker's code reads it through [`Worker`](crate::Worker).
+//!
+//! The handler does only what is async-signal-safe: it stores to an atomic flag, writes one
+//! byte to a pipe (whose read end then stays readable, waking every sleeper at once), and,
+//! when the master is gone and nobody will send SIGKILL, arms `alarm` as a watchdog.
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static PIPE_READ: AtomicI32 = AtomicI32::new(-1);
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+static MASTER: AtomicI32 = AtomicI32::new(0);
+static WATCHDOG_SECONDS: AtomicU32 = AtomicU32::new(0);
+
+/// Makes SIGTERM a stop request in this worker. Runs before the worker's signals are
+/// unblocked, so no TERM can find the default action in between.
+pub(crate) fn install(master: Pid, shutdown_timeout: Duration) -> Result<(), Errno> {
+    let mut fds: [RawFd; 2] = [-1; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    Errno::result(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    PIPE_READ.store(fds[0], Ordering::SeqCst);
+    PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+    MASTER.store(master.as_raw(), Ordering::SeqCst);
+    let seconds = shutdown_timeout.as_secs() + u64::from(shutdown_timeout.subsec_nanos() > 0);
+    WATCHDOG_SECONDS.store(u32::try_from(seconds).unwrap_or(u32::MAX), Ordering::SeqCst);
+    // SAFETY: a zeroed sigaction with an empty mask is valid; the handler is async-signal-safe.
+    let result = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_term as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut())
+    };
+    Errno::result(result).map(drop)
+}
+
+extern "C" fn on_term(_signal: libc::c_int) {
+    // SAFETY: errno is thread-local; the handler puts back what it found.
+    let errno = unsafe { *libc::__errno_location() };
+    REQUESTED.store(true, Ordering::SeqCst);
+    let fd = PIPE_WRITE.load(Ordering::SeqCst);
+    // SAFETY: write and getppid are async-signal-safe; the buffer is valid.
+    unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    // SAFETY: getppid and alarm are async-signal-safe.
+    unsafe {
+        if libc::getppid() != MASTER.load(Ordering::SeqCst) {
+            libc::alarm(WATCHDOG_SECONDS.load(Ordering::SeqCst));
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+pub(crate) fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Blocks for `duration`, or until a stop is requested.
+pub(crate) fn sleep(duration: Duration) {
+    let deadline = Instant::now().checked_add(duration);
+    while !requested() {
+        let left = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        if left.is_zero() {
+            return;
+        }
+        let millis = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(-1);
+        let mut poll = libc::pollfd {
+            fd: PIPE_READ.load(Ordering::SeqCst),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; an interrupted poll is retried with the time left.
+        unsafe { libc::poll(&mut poll, 1, millis) };
+    }
+}
+
+/// The read end of the stop pipe: readable once a stop is requested.
+pub(crate) fn fd() -> BorrowedFd<'static> {
+    // SAFETY: the pipe is open for the rest of the worker's life; `install` ran before any
+    // `Worker` existed.
+    unsafe { BorrowedFd::borrow_raw(PIPE_READ.load(Ordering::SeqCst)) }
+}

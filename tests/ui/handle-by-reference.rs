@@ -1,0 +1,4 @@
+#[kamisama::main]
+fn worker(worker: &kamisama::Worker) {
+    println!("{}", worker.index());
+}

@@ -1,2 +1,0 @@
-#[kamisama::main]
-fn worker() {}

@@ -1,0 +1,4 @@
+#[kamisama::main(restart = on_failure)]
+fn worker(index: usize) {
+    println!("{index}");
+}

@@ -1,0 +1,4 @@
+#[kamisama::main(restart = "sometimes")]
+fn worker(index: usize) {
+    println!("{index}");
+}
