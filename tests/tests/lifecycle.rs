@@ -1,0 +1,350 @@
+//! The lifecycle beyond respawning: cooperative stops, worker results, restart policies,
+//! rolling restarts, forwarded signals, backoff and the event callback.
+
+use kamisama_tests::{children_of, Master};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const COOPERATIVE: &str = env!("CARGO_BIN_EXE_cooperative");
+const BATCH: &str = env!("CARGO_BIN_EXE_batch");
+const EVENTS: &str = env!("CARGO_BIN_EXE_events");
+
+/// The master's own log lines, without their `kamisama[PID]: ` prefix.
+fn master_log(master: &Master) -> Vec<String> {
+    let prefix = format!("kamisama[{}]: ", master.pid());
+    master
+        .transcript()
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+/// Where the first line starting with `start` is in `log`.
+fn position(log: &[String], start: &str) -> usize {
+    log.iter()
+        .position(|line| line.starts_with(start))
+        .unwrap_or_else(|| panic!("no {start:?} in {log:#?}"))
+}
+
+#[test]
+fn a_cooperative_worker_finishes_its_job_on_term() {
+    let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "500").start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_line("job-started index=0 job=1");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // TERM arrived mid-job: the job ran to its end, then the worker returned.
+    let transcript = master.transcript();
+    assert!(
+        transcript.contains("job-finished index=0 job=1"),
+        "{transcript}"
+    );
+    for (index, pid) in &workers {
+        master.wait_for_line(&format!("worker-stopping index={index} jobs=1"));
+        master.wait_for_line(&format!("exited index={index} pid={pid} status=0"));
+    }
+    assert_eq!(master.count_lines("killed"), 0, "{transcript}");
+}
+
+#[test]
+fn a_cooperative_worker_finishes_its_job_on_ttou() {
+    let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "500").start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_line("job-started index=1 job=1");
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line(&format!("exited index=1 pid={} status=0", workers[&1]));
+    assert!(master.transcript().contains("job-finished index=1 job=1"));
+    assert_eq!(master.wait_for_workers(1)[&0], workers[&0]);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_stop_request_cuts_a_long_nap_short() {
+    // The worker naps for an hour between jobs; the test's deadline is seconds.
+    let mut master = Master::launch(COOPERATIVE)
+        .env("JOB_MS", "1")
+        .env("NAP_MS", "3600000")
+        .start();
+    master.wait_for_lines("napping", 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_lines("worker-stopping", 2);
+    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+}
+
+#[test]
+fn a_cooperative_worker_whose_master_dies_still_stops() {
+    let mut master = Master::launch(COOPERATIVE).env("NAP_MS", "3600000").start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_lines("napping", 2);
+    master.signal(Signal::SIGKILL);
+    master.wait_exit();
+    // The kernel's TERM is a stop request: each orphan finishes and returns.
+    for pid in workers.values() {
+        let status = kamisama_tests::reap_orphan(*pid);
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(*pid, 0));
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
+fn an_err_is_printed_and_exits_1() {
+    let mut master = Master::launch(COOPERATIVE)
+        .env("FAIL", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    let line = master.wait_for_line("worker-failed index=");
+    assert!(
+        line.ends_with("error=\"shard 0 is corrupt\"")
+            || line.ends_with("error=\"shard 1 is corrupt\""),
+        "{line}"
+    );
+    master.wait_for_line("status=1");
+    master.expect_exit_code(1);
+}
+
+#[test]
+fn on_failure_retries_a_failed_shard_and_ends_when_all_are_done() {
+    let dir = scratch_dir("on-failure-batch");
+    let mut master = Master::launch(BATCH)
+        .env("BATCH_DIR", &dir)
+        .env("FAIL_ONCE", "1")
+        .start();
+    master.expect_exit_code(0);
+    for index in 0..4 {
+        master.wait_for_line(&format!("shard-done index={index}"));
+        master.wait_for_line(&format!("done index={index} succeeded=true"));
+    }
+    assert_eq!(master.count_lines("respawning index=1 "), 1);
+    assert_eq!(master.count_lines("respawning"), 1);
+    master.wait_for_line("all-done failed=0");
+    master.wait_for_line("shutdown-finished exit=0");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn on_failure_gives_up_on_a_shard_that_always_fails() {
+    let mut master = Master::launch(BATCH).env("FAIL_ALWAYS", "2").start();
+    master.expect_exit_code(1);
+    assert_eq!(master.count_lines("respawning index=2 "), 3);
+    master.wait_for_line("gave-up");
+    master.expect_tree_gone();
+}
+
+#[test]
+fn never_runs_each_index_once_and_exits_1_if_one_failed() {
+    let mut master = Master::launch(BATCH)
+        .env("KAMISAMA_RESTART", "never")
+        .env("EXIT_3", "3")
+        .start();
+    master.expect_exit_code(1);
+    assert_eq!(master.count_lines("spawned"), 4, "{}", master.transcript());
+    assert_eq!(master.count_lines("respawning"), 0);
+    master.wait_for_line("done index=3 succeeded=false");
+    master.wait_for_line("all-done failed=1");
+}
+
+#[test]
+fn never_exits_0_when_every_index_succeeded() {
+    let mut master = Master::launch(BATCH)
+        .env("KAMISAMA_RESTART", "never")
+        .env("KAMISAMA_INSTANCES", "6")
+        .start();
+    master.expect_exit_code(0);
+    assert_eq!(master.count_lines("shard-done"), 6);
+    master.wait_for_line("all-done failed=0");
+}
+
+#[test]
+fn hup_replaces_every_worker_once_one_index_at_a_time() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "4")
+        // Replacements are deliberate: they never count, even against a limit of zero.
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    let before = master.wait_for_workers(4);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("rolling-restart-finished");
+    let after = master.wait_for_workers(4);
+    let log = master_log(&master);
+    for index in 0..4 {
+        assert_ne!(after[&index], before[&index]);
+        let replacing = format!("replacing index={index} pid={}", before[&index]);
+        let exited = format!("exited index={index} pid={}", before[&index]);
+        let spawned = format!("spawned index={index} pid={}", after[&index]);
+        // Stop, then exit, then the replacement, then the next index: never two workers
+        // on one index, never more than one index down.
+        assert!(position(&log, &replacing) < position(&log, &exited));
+        assert!(position(&log, &exited) < position(&log, &spawned));
+        if index < 3 {
+            let next = format!("replacing index={}", index + 1);
+            assert!(position(&log, &spawned) < position(&log, &next), "{log:#?}");
+        }
+        assert_eq!(master.count_lines(&format!("spawned index={index} ")), 2);
+    }
+    assert_eq!(master.count_lines("gave-up"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn term_during_a_rolling_restart_shuts_down_promptly() {
+    // Each worker takes 2 s to finish its job, so the restart is still on index 0.
+    let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "2000").start();
+    master.wait_for_workers(2);
+    master.wait_for_lines("job-started", 2);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("replacing index=0");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    let log = master_log(&master);
+    let shutdown = position(&log, "shutdown-started");
+    assert!(
+        log[shutdown..]
+            .iter()
+            .all(|line| !line.starts_with("spawned")),
+        "{log:#?}"
+    );
+    assert_eq!(master.count_lines("replacing"), 1);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn scaling_during_a_rolling_restart_keeps_indices_consistent() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "3")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("replacing index=0");
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line("scaled-up instances=4");
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=3");
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=2");
+    master.wait_for_line("rolling-restart-finished");
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGINT);
+    master.signal(Signal::SIGINT);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_second_hup_during_a_rolling_restart_is_ignored() {
+    let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "1000").start();
+    master.wait_for_lines("job-started", 2);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("replacing index=0");
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("rolling-restart-busy");
+    master.wait_for_line("rolling-restart-finished");
+    assert_eq!(master.count_lines("replacing"), 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn usr1_and_usr2_are_forwarded_to_every_worker() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "usr1")
+        .env("KAMISAMA_INSTANCES", "3")
+        .start();
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGUSR1);
+    master.wait_for_line("forwarded signal=SIGUSR1 workers=3");
+    master.wait_for_lines("got-usr1", 3);
+    // USR2's default action ends a worker, which is then respawned like any other death.
+    master.signal(Signal::SIGUSR2);
+    master.wait_for_line("forwarded signal=SIGUSR2 workers=3");
+    master.wait_for_lines("status=SIGUSR2", 3);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn backoff_delays_a_crash_loop_and_term_still_exits_at_once() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "return")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "1000")
+        .env("KAMISAMA_BACKOFF_MAX", "30")
+        .start();
+    for delay in ["100ms", "200ms", "400ms", "800ms"] {
+        master.wait_for_line(&format!("delay={delay}"));
+    }
+    master.wait_for_line("delay=1.6s");
+    // The master sleeps through the backoff without waking up.
+    let switches = |pid| {
+        kamisama_tests::status_field(pid, "voluntary_ctxt_switches").unwrap()
+            + kamisama_tests::status_field(pid, "nonvoluntary_ctxt_switches").unwrap()
+    };
+    let before = switches(master.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        switches(master.pid()),
+        before,
+        "the master woke up during a backoff"
+    );
+    master.wait_for_line("delay=3.2s");
+    let term = Instant::now();
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // The pending 3.2 s backoff did not hold the shutdown back.
+    assert!(
+        term.elapsed() < Duration::from_millis(3200),
+        "{:?}",
+        term.elapsed()
+    );
+    assert_eq!(master.count_lines("delay=6.4s"), 0);
+}
+
+#[test]
+fn the_event_callback_sees_what_the_log_says() {
+    let mut master = Master::launch(EVENTS).start();
+    let workers = master.wait_for_workers(2);
+    nix::sys::signal::kill(workers[&0], Signal::SIGKILL).unwrap();
+    master.wait_for_workers(2);
+    master.wait_for_line("event: respawning index=0");
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_line("event: shutdown-finished exit=0");
+    let logged = master_log(&master);
+    let called: Vec<String> = master
+        .transcript()
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: ").map(str::to_owned))
+        .collect();
+    assert_eq!(called, logged);
+    assert!(logged.len() >= 12, "{logged:#?}");
+}
+
+#[test]
+fn a_panicking_event_callback_does_not_break_supervision() {
+    let mut master = Master::launch(EVENTS).env("PANIC_ON_SPAWN", "1").start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_lines("event-callback-panicked", 2);
+    nix::sys::signal::kill(workers[&1], Signal::SIGKILL).unwrap();
+    master.wait_until("a replacement for worker 1", || {
+        let now = master.wait_for_workers(2);
+        (now[&1] != workers[&1]).then_some(())
+    });
+    master.wait_for_lines("event-callback-panicked", 3);
+    assert!(children_of(master.pid()).len() == 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+/// An empty directory of this test's own, under cargo's scratch directory for tests.
+fn scratch_dir(name: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_string_lossy().into_owned()
+}
