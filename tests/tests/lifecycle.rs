@@ -75,6 +75,19 @@ fn a_stop_request_cuts_a_long_nap_short() {
 }
 
 #[test]
+fn a_stop_request_wakes_a_nap_on_another_thread() {
+    let mut master = Master::launch(COOPERATIVE)
+        .env("NAP_IN_THREAD", "1")
+        .env("NAP_MS", "3600000")
+        .start();
+    master.wait_for_lines("napping", 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_lines("worker-stopping", 2);
+    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+}
+
+#[test]
 fn a_cooperative_worker_whose_master_dies_still_stops() {
     let mut master = Master::launch(COOPERATIVE).env("NAP_MS", "3600000").start();
     let workers = master.wait_for_workers(2);
