@@ -103,6 +103,28 @@ fn a_cooperative_worker_whose_master_dies_still_stops() {
 }
 
 #[test]
+fn an_orphaned_worker_that_ignores_its_stop_request_is_ended_by_its_watchdog() {
+    // A job of an hour, never interrupted; with no master left to send SIGKILL, the worker's
+    // own alarm ends it after the shutdown timeout.
+    let mut master = Master::launch(COOPERATIVE)
+        .env("JOB_MS", "3600000")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_lines("job-started", 2);
+    master.signal(Signal::SIGKILL);
+    master.wait_exit();
+    for pid in workers.values() {
+        let status = kamisama_tests::reap_orphan(*pid);
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(*pid, Signal::SIGALRM, false)
+        );
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
 fn an_err_is_printed_and_exits_1() {
     let mut master = Master::launch(COOPERATIVE)
         .env("FAIL", "1")
