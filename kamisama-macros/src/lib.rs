@@ -29,22 +29,25 @@ use proc_macro::TokenStream;
 ///
 /// # Arguments
 ///
-/// Every argument is optional and takes an integer literal.
+/// Every argument is optional.
 ///
-/// | argument           | default | meaning                                                        |
-/// |--------------------|---------|----------------------------------------------------------------|
-/// | `instances`        | 1       | how many workers run at once, at least 1                       |
-/// | `respawn_limit`    | 3       | respawns allowed within `respawn_interval` before giving up    |
-/// | `respawn_interval` | 60      | the sliding window for `respawn_limit`, in seconds, at least 1 |
-/// | `shutdown_timeout` | 10      | seconds a stopping worker gets before SIGKILL, at least 1      |
+/// | argument           | default    | meaning                                                        |
+/// |--------------------|------------|----------------------------------------------------------------|
+/// | `instances`        | `1`        | how many workers run at once, at least 1                       |
+/// | `respawn_limit`    | `3`        | respawns allowed within `respawn_interval` before giving up    |
+/// | `respawn_interval` | `60`       | the sliding window for `respawn_limit`, in seconds, at least 1 |
+/// | `shutdown_timeout` | `10`       | seconds a stopping worker gets before SIGKILL, at least 1      |
+/// | `restart`          | `"always"` | `"always"`, `"on-failure"` or `"never"`: see [`Restart`](enum.Restart.html) |
+/// | `backoff_max`      | `0`        | the longest wait before respawning a crash-looping index, in seconds; 0 is off |
 ///
 /// Each can be overridden at run time with an environment variable such as
-/// `KAMISAMA_INSTANCES`.
+/// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.
 ///
 /// # The worker function
 ///
-/// It has the signature `fn(index: usize)`. It may be named `main`. It cannot be `async`,
-/// `unsafe` or generic, and it returns `()`.
+/// It takes nothing, its index (`index: usize`) or a handle (`worker: kamisama::Worker`, for
+/// a [cooperative stop](struct.Worker.html)), and returns `()` or `Result<(), E>` with
+/// `E: Debug`. It may be named `main`. It cannot be `async`, `unsafe` or generic.
 ///
 /// # Expansion
 ///

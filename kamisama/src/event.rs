@@ -230,6 +230,18 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// Formats a duration as `60s`, `1.6s`, `100ms`, and zero as `0s`.
+struct Span(Duration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Duration::ZERO => f.write_str("0s"),
+            duration => write!(f, "{duration:?}"),
+        }
+    }
+}
+
 /// Formats a signal number by name, real-time signals as `SIGRTMIN+N`.
 pub(crate) struct SignalName(pub(crate) i32);
 
@@ -259,8 +271,10 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "started instances={instances} respawn_limit={respawn_limit} \
-                 respawn_interval={respawn_interval:?} shutdown_timeout={shutdown_timeout:?} \
-                 restart={restart} backoff_max={backoff_max:?}"
+                 respawn_interval={} shutdown_timeout={} restart={restart} backoff_max={}",
+                Span(*respawn_interval),
+                Span(*shutdown_timeout),
+                Span(*backoff_max)
             ),
             Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
             Event::SpawnFailed { index, errno } => write!(
@@ -283,8 +297,9 @@ impl fmt::Display for Event {
                 delay,
             } => write!(
                 f,
-                "respawning index={index} respawns={respawns}/{limit} window={interval:?} \
-                 delay={delay:?}"
+                "respawning index={index} respawns={respawns}/{limit} window={} delay={}",
+                Span(*interval),
+                Span(*delay)
             ),
             Event::ScaledUp { instances } => write!(f, "scaled-up instances={instances}"),
             Event::ScaledDown {
@@ -309,7 +324,7 @@ impl fmt::Display for Event {
                 SignalName(*signal)
             ),
             Event::Killed { index, pid, after } => {
-                write!(f, "killed index={index} pid={pid} after={after:?}")
+                write!(f, "killed index={index} pid={pid} after={}", Span(*after))
             }
             Event::ShutdownStarted { signal, workers } => match signal {
                 Some(signal) => write!(
@@ -327,7 +342,8 @@ impl fmt::Display for Event {
             Event::GaveUp { limit, interval } => write!(
                 f,
                 "gave-up reason=\"respawn limit exceeded\" respawn_limit={limit} \
-                 respawn_interval={interval:?}"
+                 respawn_interval={}",
+                Span(*interval)
             ),
             Event::AllDone { failed } => write!(f, "all-done failed={failed}"),
             Event::ShutdownFinished { exit_code } => {

@@ -11,27 +11,33 @@
 //! ```
 //!
 //! The binary this builds is a *master* process that forks 17 *workers* and supervises them, in
-//! the way of Unicorn, God and the Ruby gem Kamisama.
+//! the way of Unicorn, God and the Ruby gem Kamisama. [`macro@main`] documents the attribute,
+//! [`Supervisor`] the builder it expands to.
 //!
 //! # The model
 //!
 //! - **Workers** are processes forked from the master, its direct children, each running the
-//!   worker function with its **index**. Indices are dense and 0-based: 17 instances run
+//!   worker function ([`WorkerFn`]: `fn()`, `fn(index: usize)` or `fn(worker: Worker)`,
+//!   returning `()` or `Result<(), E>`). Indices are dense and 0-based: 17 instances run
 //!   `0..=16`. No two live workers ever share an index.
-//! - A worker that ends, whatever the cause (it returned, called `exit`, panicked, was killed
-//!   or crashed), is **respawned** at once with the same index. A panic ends the worker with
-//!   status 101 and its message on stderr; a return, with status 0.
+//! - A worker that ends by itself (it returned, called `exit`, panicked, was killed or crashed)
+//!   is **respawned** at once with the same index, or as the [`Restart`] policy says. A return
+//!   or `Ok` ends the worker with status 0, an `Err` with 1, a panic with 101 (its message on
+//!   stderr).
 //! - If one more respawn would make more than `respawn_limit` respawns within the last
 //!   `respawn_interval` (a sliding window on the monotonic clock), the master **gives up**:
 //!   it stops every worker as in a shutdown and exits with status 1. Workers the master stops
-//!   itself never count.
+//!   itself never count. An optional **backoff** (`backoff_max`) spaces out the respawns of an
+//!   index that keeps dying early.
 //! - The master is event-driven. It blocks in `poll` on a signalfd and wakes only for a
-//!   signal or a deadline it set (a worker due for SIGKILL), never periodically.
+//!   signal or a deadline it set (a worker due for SIGKILL, a backoff ending), never
+//!   periodically.
 //! - Each worker runs in a process group of its own, with no signal blocked, every signal at
 //!   its default action, and none of the master's internal file descriptors. Two exceptions
 //!   keep it a normal Rust process: SIGPIPE stays ignored, as Rust's runtime sets it, and the
 //!   handlers of the fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) stay, as they are crash
-//!   reporters such as Rust's stack-overflow message.
+//!   reporters such as Rust's stack-overflow message. A worker that takes a [`Worker`] handle
+//!   also gets a SIGTERM handler for its cooperative stop.
 //! - The master is a child subreaper: a worker's subprocess orphaned by its worker comes back
 //!   to it and is reaped, and it is stopped at shutdown.
 //!
@@ -43,6 +49,8 @@
 //! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once |
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
+//! | `HUP` | rolling restart: replace the workers one index at a time, each stopped before its replacement is forked |
+//! | `USR1`, `USR2` | forwarded to every worker |
 //! | `KILL`, or any death of the master | every worker gets `TERM` from the kernel (`PR_SET_PDEATHSIG`) |
 //!
 //! Ctrl-C in a terminal sends `INT` to the master only (workers are in their own process
@@ -51,20 +59,22 @@
 //! # Configuration
 //!
 //! Settings come from the attribute (or the [`Supervisor`] builder) and can be overridden at
-//! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`
-//! and `KAMISAMA_SHUTDOWN_TIMEOUT` (seconds). An invalid value stops the program before
-//! anything is forked, with exit status 2 and a message naming the variable and the value.
+//! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`,
+//! `KAMISAMA_SHUTDOWN_TIMEOUT`, `KAMISAMA_RESTART` and `KAMISAMA_BACKOFF_MAX` (durations in
+//! seconds). An invalid value stops the program before anything is forked, with exit status 2
+//! and a message naming the variable and the value.
 //!
 //! # Observing
 //!
-//! The master writes one line per event to stderr, `kamisama[PID]: EVENT key=value...`:
+//! The master writes one line per [`Event`] to stderr, `kamisama[PID]: EVENT key=value...`,
+//! and gives the same events to the callback set with [`Supervisor::on_event`]:
 //!
 //! ```text
-//! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s
+//! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s restart=always backoff_max=0s
 //! kamisama[4242]: spawned index=0 pid=4243
 //! kamisama[4242]: spawned index=1 pid=4244
 //! kamisama[4242]: exited index=1 pid=4244 status=SIGKILL
-//! kamisama[4242]: respawning index=1 respawns=1/3 window=60s
+//! kamisama[4242]: respawning index=1 respawns=1/3 window=60s delay=0s
 //! kamisama[4242]: spawned index=1 pid=4250
 //! kamisama[4242]: shutdown-started signal=SIGTERM workers=2
 //! kamisama[4242]: exited index=0 pid=4243 status=SIGTERM
@@ -86,6 +96,8 @@
 //!   worker's own subprocesses are not signalled by the kernel (the worker may forward its
 //!   `TERM` to them).
 //! - The master must be single-threaded when it starts; see [`Supervisor#threads`].
+//! - A forwarded `USR1` or `USR2` ends a worker that has no handler for it (its default
+//!   action), which is then respawned.
 //! - A worker that reads from the terminal is stopped by `SIGTTIN`, as any background
 //!   process group is.
 //!

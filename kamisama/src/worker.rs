@@ -120,8 +120,7 @@ impl<E: Debug> WorkerResult for Result<(), E> {
         match self {
             Ok(()) => 0,
             Err(error) => {
-                let pid = std::process::id();
-                eprintln!("kamisama[{pid}]: worker-failed index={index} error={error:?}");
+                report_failure(index, &error);
                 1
             }
         }
@@ -206,8 +205,7 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     setup.signals.reset_in_worker();
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.shutdown_timeout) {
-            let pid = std::process::id();
-            eprintln!("kamisama[{pid}]: worker-failed index={index} error=\"{error}\"");
+            report_failure(index, &error);
             exit(1);
         }
     }
@@ -222,6 +220,14 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     };
     let _ = std::io::stdout().flush();
     exit(code)
+}
+
+/// Writes `kamisama[PID]: worker-failed index=I error={error:?}` in one `write`, so that it
+/// does not interleave with other workers' output as `eprintln!`'s several writes can.
+fn report_failure(index: usize, error: &dyn Debug) {
+    let pid = std::process::id();
+    let line = format!("kamisama[{pid}]: worker-failed index={index} error={error:?}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Leaves the worker without running the master's atexit handlers or destructors.

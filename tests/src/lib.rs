@@ -222,20 +222,24 @@ impl Master {
             .collect()
     }
 
+    /// The workers now, by index, if the master's live children are workers with the dense
+    /// indices `0..n`, each once, every one of them having reported its index.
+    pub fn workers(&self) -> Option<BTreeMap<usize, Pid>> {
+        let children = self.children();
+        let workers: BTreeMap<usize, Pid> = children
+            .iter()
+            .map(|(pid, index)| Some(((*index)?, *pid)))
+            .collect::<Option<_>>()?;
+        let dense = workers.keys().copied().eq(0..workers.len());
+        (workers.len() == children.len() && dense).then_some(workers)
+    }
+
     /// Waits until the master's live children are exactly `instances` workers with indices
     /// `0..instances`, each once, and returns their pids by index.
     pub fn wait_for_workers(&self, instances: usize) -> BTreeMap<usize, Pid> {
         self.wait_until(
             &format!("{instances} workers with indices 0..{instances}"),
-            || {
-                let children = self.children();
-                let workers: BTreeMap<usize, Pid> = children
-                    .iter()
-                    .filter_map(|(pid, index)| Some(((*index)?, *pid)))
-                    .collect();
-                let dense = workers.keys().copied().eq(0..instances);
-                (children.len() == instances && dense).then_some(workers)
-            },
+            || self.workers().filter(|workers| workers.len() == instances),
         )
     }
 
@@ -251,7 +255,8 @@ impl Master {
         })
     }
 
-    /// Waits for the master (or the program it runs under) to exit and returns its status.
+    /// Waits for the master (or the program it runs under) to exit and returns its status,
+    /// once everything the master and its workers wrote has been read.
     pub fn wait_exit(&mut self) -> ExitStatus {
         if let Some(status) = self.status {
             return status;
@@ -265,6 +270,9 @@ impl Master {
             )
         });
         self.status = Some(status);
+        // The pipes close when the last worker is gone too; then the output is complete.
+        // A worker that outlives its master fails the test elsewhere, not here.
+        self.output.wait_closed(DEADLINE);
         status
     }
 
@@ -483,6 +491,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[derive(Default)]
 struct Output {
     lines: Mutex<Vec<String>>,
+    /// Pipes whose every writer has closed them.
+    closed: AtomicUsize,
     arrived: Condvar,
 }
 
@@ -495,6 +505,16 @@ impl Output {
                 output.lines.lock().unwrap().push(line);
                 output.arrived.notify_all();
             }
+            let _lines = output.lines.lock().unwrap();
+            output.closed.fetch_add(1, Ordering::SeqCst);
+            output.arrived.notify_all();
+        });
+    }
+
+    /// Waits until both pipes are closed: then every line written is here.
+    fn wait_closed(&self, timeout: Duration) {
+        self.wait_until(timeout, |_| {
+            (self.closed.load(Ordering::SeqCst) == 2).then_some(())
         });
     }
 

@@ -20,8 +20,9 @@ fn kill_and_await_replacement(master: &Master, index: usize, signal: Signal) -> 
     let workers = master.wait_for_workers(master_instances(master));
     let old = workers[&index];
     nix::sys::signal::kill(old, signal).unwrap();
+    let instances = master_instances(master);
     master.wait_until(&format!("a replacement for worker {index} ({old})"), || {
-        let workers = master.wait_for_workers(master_instances(master));
+        let workers = master.workers().filter(|now| now.len() == instances)?;
         (workers[&index] != old).then(|| workers[&index])
     })
 }
@@ -157,7 +158,7 @@ fn deaths_spaced_wider_than_the_interval_never_give_up() {
         std::thread::sleep(interval.saturating_sub(respawned.elapsed()) + interval / 10);
     }
     assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
-    assert_eq!(master.count_lines("respawns=1/1"), 3);
+    master.wait_for_lines("respawns=1/1", 3);
     // Two deaths inside one interval do trip it.
     kill_and_await_replacement(&master, 0, Signal::SIGKILL);
     let worker = master.wait_for_workers(1)[&0];
