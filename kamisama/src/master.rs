@@ -497,8 +497,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             self.stop(index, kill_at);
         }
-        self.signal_orphans(Signal::SIGTERM);
-        self.signal_orphans(Signal::SIGCONT);
+        self.signal_orphans(&[Signal::SIGTERM, Signal::SIGCONT]);
         self.shutdown = Some(Shutdown { outcome, kill_at });
     }
 
@@ -535,7 +534,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 signal_group(*pid, Signal::SIGKILL);
             }
         }
-        self.signal_orphans(Signal::SIGKILL);
+        self.signal_orphans(&[Signal::SIGKILL]);
     }
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
@@ -611,17 +610,21 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Signals the orphans handed to the master (it is their subreaper): its children that
-    /// are not workers.
-    fn signal_orphans(&self, signal: Signal) {
+    /// Sends `signals`, in order, to the orphans handed to the master (it is their
+    /// subreaper): its children that are not workers.
+    fn signal_orphans(&self, signals: &[Signal]) {
         if self.pid.as_raw() == 1 {
             // The init of a PID namespace: everything else in it is the master's to stop.
-            let _ = kill(Pid::from_raw(-1), signal);
+            for signal in signals {
+                let _ = kill(Pid::from_raw(-1), *signal);
+            }
             return;
         }
         for pid in procfs::children().unwrap_or_default() {
             if self.index_of(pid).is_none() {
-                let _ = kill(pid, signal);
+                for signal in signals {
+                    let _ = kill(pid, *signal);
+                }
             }
         }
     }
