@@ -49,6 +49,23 @@ use proc_macro::TokenStream;
 /// a [cooperative stop](struct.Worker.html)), and returns `()` or `Result<(), E>` with
 /// `E: Debug`. It may be named `main`. It cannot be `async`, `unsafe` or generic.
 ///
+/// ```no_run
+/// #[kamisama::main(instances = 8, restart = "on-failure", backoff_max = 30)]
+/// fn main() -> Result<(), std::io::Error> {
+///     std::fs::write("/tmp/shard", b"done")
+/// }
+/// ```
+///
+/// ```no_run
+/// #[kamisama::main(instances = 4, shutdown_timeout = 30)]
+/// fn worker(worker: kamisama::Worker) {
+///     while !worker.stop_requested() {
+///         println!("worker {}: one job", worker.index());
+///         worker.sleep(std::time::Duration::from_secs(60));
+///     }
+/// }
+/// ```
+///
 /// # Expansion
 ///
 /// The attribute keeps the function as written and adds a `main` that calls the public

@@ -15,7 +15,6 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -537,13 +536,4 @@ impl Output {
             lines = self.arrived.wait_timeout(lines, left).unwrap().0;
         }
     }
-}
-
-/// Formats `(pid, index)` pairs for failure messages.
-pub fn describe_children(children: &[(Pid, Option<usize>)]) -> String {
-    let mut text = String::new();
-    for (pid, index) in children {
-        let _ = write!(text, "{pid}:{index:?} ");
-    }
-    text
 }
