@@ -181,9 +181,10 @@ impl<'a> Supervisor<'a> {
         self
     }
 
-    /// Runs the master until it stops, and returns the exit status for `main`: 0 when stopped
-    /// by a signal, 1 when it gave up, 2 when it could not start (the error is printed to
-    /// stderr, and no worker was forked).
+    /// Runs the master until it stops, and returns the exit status for `main`: that of the
+    /// [`Outcome`] (0 when stopped by a signal, 1 when it gave up, 0 or 1 when every index is
+    /// done), or 2 when it could not start (the error is printed to stderr, and no worker was
+    /// forked).
     ///
     /// This is [`try_run`](Supervisor::try_run) for a `main` function.
     pub fn run<W: WorkerFn<S>, S>(self, worker: W) -> ExitCode {
@@ -197,8 +198,9 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Applies the `KAMISAMA_*` environment overrides, checks that the settings and the
-    /// process can run, then forks the workers and supervises them until a signal stops them
-    /// or they die too often.
+    /// process can run, then forks the workers and supervises them until a signal stops them,
+    /// they die too often, or (with the restart policies `on-failure` and `never`) every index
+    /// is done.
     ///
     /// Each worker calls `worker` in a process of its own (see [`WorkerFn`] for the
     /// signatures it may have) and ends when it returns (status 0, or 1 for an `Err`) or
