@@ -166,61 +166,45 @@ fn deaths_spaced_wider_than_the_interval_never_give_up() {
     master.expect_exit_code(1);
 }
 
-#[test]
-fn a_panicking_worker_exits_101_with_its_message() {
+/// Runs one worker that ends by `fixture` every time, and checks that each of its `deaths`
+/// is reported with `status` and respawned, until the limit of `deaths - 1` respawns is
+/// exceeded and the master gives up.
+fn every_death_is_reported_as(fixture: &str, status: &str, deaths: usize) -> Master {
     let mut master = Master::launch(SUPERVISED)
-        .env("FIXTURE", "panic")
+        .env("FIXTURE", fixture)
         .env("KAMISAMA_INSTANCES", "1")
-        .env("KAMISAMA_RESPAWN_LIMIT", "2")
+        .env("KAMISAMA_RESPAWN_LIMIT", &(deaths - 1).to_string())
         .start();
-    master.wait_for_lines("worker 0 panicked on purpose", 3);
-    let exits = master.wait_for_lines("exited index=0", 3);
+    master.expect_exit_code(1);
+    let exits = master.wait_for_lines("exited index=0", deaths);
+    let expected = format!("status={status}");
     assert!(
-        exits.iter().all(|line| line.ends_with("status=panicked")),
+        exits.iter().all(|line| line.ends_with(&expected)),
         "{exits:?}"
     );
-    master.expect_exit_code(1);
+    assert_eq!(master.count_lines("exited"), deaths);
+    master
+}
+
+#[test]
+fn a_panicking_worker_exits_101_with_its_message() {
+    let master = every_death_is_reported_as("panic", "panicked", 3);
+    master.wait_for_lines("worker 0 panicked on purpose", 3);
 }
 
 #[test]
 fn a_returning_worker_exits_0_and_is_respawned() {
-    let mut master = Master::launch(SUPERVISED)
-        .env("FIXTURE", "return")
-        .env("KAMISAMA_INSTANCES", "1")
-        .env("KAMISAMA_RESPAWN_LIMIT", "2")
-        .start();
-    let exits = master.wait_for_lines("exited index=0", 3);
-    assert!(
-        exits.iter().all(|line| line.ends_with("status=0")),
-        "{exits:?}"
-    );
-    master.expect_exit_code(1);
+    every_death_is_reported_as("return", "0", 3);
 }
 
 #[test]
 fn an_exit_code_is_reported_as_is() {
-    let mut master = Master::launch(SUPERVISED)
-        .env("FIXTURE", "exit-3")
-        .env("KAMISAMA_INSTANCES", "1")
-        .env("KAMISAMA_RESPAWN_LIMIT", "0")
-        .start();
-    master.wait_for_line("status=3");
-    master.expect_exit_code(1);
+    every_death_is_reported_as("exit-3", "3", 1);
 }
 
 #[test]
 fn a_segfaulting_worker_is_reported_and_respawned() {
-    let mut master = Master::launch(SUPERVISED)
-        .env("FIXTURE", "segfault")
-        .env("KAMISAMA_INSTANCES", "1")
-        .env("KAMISAMA_RESPAWN_LIMIT", "1")
-        .start();
-    let exits = master.wait_for_lines("exited index=0", 2);
-    assert!(
-        exits.iter().all(|line| line.ends_with("status=SIGSEGV")),
-        "{exits:?}"
-    );
-    master.expect_exit_code(1);
+    every_death_is_reported_as("segfault", "SIGSEGV", 2);
 }
 
 #[test]
