@@ -257,12 +257,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.after_crash(index, status, lived, now);
         }
         // The worker being replaced is gone: its replacement is pending, or it was retired.
-        if self
-            .rolling
-            .as_ref()
-            .is_some_and(|rolling| rolling.index == index)
-            && !self.slots.get(index).is_some_and(Slot::is_pending)
-        {
+        if self.is_being_replaced(index) && !self.slots.get(index).is_some_and(Slot::is_pending) {
             self.continue_rolling_restart(index + 1);
         }
     }
@@ -319,11 +314,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                         index,
                         pid: pid.as_raw() as u32,
                     });
-                    if self
-                        .rolling
-                        .as_ref()
-                        .is_some_and(|rolling| rolling.index == index)
-                    {
+                    if self.is_being_replaced(index) {
                         self.continue_rolling_restart(index + 1);
                     }
                 }
@@ -421,6 +412,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             end: self.instances,
         });
         self.continue_rolling_restart(0);
+    }
+
+    fn is_being_replaced(&self, index: usize) -> bool {
+        self.rolling
+            .as_ref()
+            .is_some_and(|rolling| rolling.index == index)
     }
 
     /// Stops the next worker due for replacement from index `from` on, or ends the rolling
