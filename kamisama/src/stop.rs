@@ -6,6 +6,7 @@
 //! when the master is gone and nobody will send SIGKILL, arms `alarm` as a watchdog.
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
@@ -69,14 +70,10 @@ pub(crate) fn sleep(duration: Duration) {
         if left.is_zero() {
             return;
         }
-        let millis = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(-1);
-        let mut poll = libc::pollfd {
-            fd: PIPE_READ.load(Ordering::SeqCst),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; an interrupted poll is retried with the time left.
-        unsafe { libc::poll(&mut poll, 1, millis) };
+        let timeout =
+            PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
+        // An interrupted poll is retried with the time left.
+        let _ = poll(&mut [PollFd::new(fd(), PollFlags::POLLIN)], timeout);
     }
 }
 
