@@ -279,8 +279,8 @@ impl fmt::Display for Event {
             Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
             Event::SpawnFailed { index, errno } => write!(
                 f,
-                "spawn-failed index={index} error={:?}",
-                Errno::from_raw(*errno).desc()
+                "spawn-failed index={index} error=\"{}\"",
+                std::io::Error::from_raw_os_error(*errno)
             ),
             Event::Exited { index, pid, status } => {
                 write!(f, "exited index={index} pid={pid} status={status}")

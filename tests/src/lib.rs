@@ -74,6 +74,39 @@ impl Launch {
         self
     }
 
+    /// Starts the master inside the cgroup whose `cgroup.procs` file is `procs`.
+    pub fn in_cgroup(mut self, procs: &std::path::Path) -> Self {
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: open, getpid, write and close are async-signal-safe, and nothing here
+        // allocates, as code between fork and exec in a threaded process must not.
+        unsafe {
+            self.command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut digits = [0u8; 20];
+                let mut at = digits.len();
+                let mut pid = libc::getpid() as u32;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (pid % 10) as u8;
+                    pid /= 10;
+                    if pid == 0 {
+                        break;
+                    }
+                }
+                let written = libc::write(fd, digits[at..].as_ptr().cast(), digits.len() - at);
+                libc::close(fd);
+                if written < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
     /// Starts the master.
     pub fn start(mut self) -> Master {
         become_subreaper();

@@ -350,3 +350,52 @@ fn a_worker_killed_by_a_real_time_signal_is_respawned() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+/// A cgroup v1 `pids` group that lets at most `max` processes exist; removed on drop.
+struct PidsLimit {
+    dir: std::path::PathBuf,
+}
+
+impl PidsLimit {
+    fn new(name: &str, max: usize) -> Option<PidsLimit> {
+        let dir = std::path::Path::new("/sys/fs/cgroup/pids").join(name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).ok()?;
+        let limit = PidsLimit { dir };
+        std::fs::write(limit.dir.join("pids.max"), max.to_string()).ok()?;
+        Some(limit)
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        // The group can go once its processes have.
+        kamisama_tests::poll_until(|| std::fs::remove_dir(&self.dir).ok());
+    }
+}
+
+#[test]
+fn a_failed_fork_gives_up_and_stops_every_worker() {
+    let Some(limit) = PidsLimit::new(&format!("kamisama-test-{}", std::process::id()), 4) else {
+        eprintln!("skipped: needs a writable cgroup v1 pids hierarchy (root)");
+        return;
+    };
+    // The master and three workers fit; the fourth fork fails with EAGAIN.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "8")
+        .in_cgroup(&limit.procs())
+        .start();
+    master.expect_exit_code(1);
+    master.wait_for_line(
+        "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
+    );
+    master.wait_for_line("shutdown-started workers=3");
+    master.wait_for_lines("status=SIGTERM", 3);
+    assert_eq!(master.count_lines("spawned"), 3);
+    master.expect_tree_gone();
+    drop(master);
+}
