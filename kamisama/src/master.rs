@@ -41,8 +41,6 @@ pub(crate) struct Master<'a, W, S> {
     shutdown: Option<Shutdown>,
     /// Indices whose last worker failed and that are not forked again.
     failed: usize,
-    /// Whether the last reap found no child at all, worker or adopted orphan.
-    childless: bool,
 }
 
 /// One index.
@@ -139,7 +137,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             rolling: None,
             shutdown: None,
             failed: 0,
-            childless: false,
         }
     }
 
@@ -201,16 +198,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         loop {
             let pid = match peek_exited_child() {
                 Ok(Some(pid)) => pid,
-                Ok(None) => {
-                    self.childless = false;
-                    return;
-                }
-                Err(Errno::ECHILD) => {
-                    self.childless = true;
-                    return;
-                }
                 Err(Errno::EINTR) => continue,
-                Err(_) => return,
+                Ok(None) | Err(_) => return,
             };
             let index = self.index_of(pid);
             if index.is_some() {
@@ -584,10 +573,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .min()
     }
 
-    /// The outcome, once a shutdown has run its course and no child is left.
+    /// The outcome, once a shutdown has run its course and no child is left, worker or
+    /// adopted orphan. Asked of the kernel each time: a fork since the last reap makes any
+    /// remembered answer wrong.
     fn finished(&self) -> Option<Outcome> {
         let shutdown = self.shutdown.as_ref()?;
-        self.childless.then_some(shutdown.outcome)
+        (peek_exited_child() == Err(Errno::ECHILD)).then_some(shutdown.outcome)
     }
 
     /// When a stop that starts now turns into SIGKILL; `None` when that is too far to count.
