@@ -287,6 +287,20 @@ impl Master {
         })
     }
 
+    /// How many times the master has been switched out, voluntarily or not: each time it
+    /// woke up and blocked again counts.
+    pub fn context_switches(&self) -> u64 {
+        let count = |name| status_field(self.pid(), name).expect("the master's /proc status");
+        count("voluntary_ctxt_switches") + count("nonvoluntary_ctxt_switches")
+    }
+
+    /// Waits until the master is asleep, blocked in its `poll`, done with what it was doing.
+    pub fn wait_until_blocked(&self) {
+        self.wait_until("the master to block", || {
+            (state(self.pid()) == Some('S')).then_some(())
+        });
+    }
+
     /// Waits for the master (or the program it runs under) to exit and returns its status,
     /// once everything the master and its workers wrote has been read.
     pub fn wait_exit(&mut self) -> ExitStatus {
