@@ -41,7 +41,7 @@ fn all_workers_killed_at_once_are_all_respawned_once() {
         kill(*pid, Signal::SIGKILL).unwrap();
     }
     let second = master.wait_until("40 replacements", || {
-        let now = master.wait_for_workers(40);
+        let now = master.workers().filter(|now| now.len() == 40)?;
         now.iter()
             .all(|(index, pid)| first[index] != *pid)
             .then_some(now)

@@ -48,11 +48,15 @@ fn starts_every_instance_as_a_direct_child_with_a_dense_index() {
             Some(pid.as_raw().into()),
             "worker {index}'s group"
         );
-        let spawned = format!("spawned index={index} pid={pid}");
-        assert_eq!(master.count_lines(&spawned), 1, "{}", master.transcript());
     }
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+    // Read once the master is gone: the log and the workers' lines come by different pipes.
+    for (index, pid) in &workers {
+        let spawned = format!("spawned index={index} pid={pid}");
+        assert_eq!(master.count_lines(&spawned), 1, "{}", master.transcript());
+    }
+    assert_eq!(master.count_lines("spawned"), 5);
     master.expect_tree_gone();
 }
 
@@ -218,7 +222,7 @@ fn dead_workers_leave_no_zombie() {
         nix::sys::signal::kill(*pid, Signal::SIGKILL).unwrap();
     }
     master.wait_until("every worker replaced", || {
-        let now = master.wait_for_workers(4);
+        let now = master.workers().filter(|now| now.len() == 4)?;
         now.values()
             .all(|pid| !workers.values().any(|old| old == pid))
             .then_some(())
