@@ -270,8 +270,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         };
         let slot = &mut self.slots[index];
         let delay = self.backoff.delay(lived, &mut slot.early_deaths);
+        // The backoff is at most 2^31 times 100 ms, which any clock holds; were it not, the
+        // fork would simply not wait.
         slot.state = State::Pending {
-            not_before: (!delay.is_zero()).then(|| now + delay),
+            not_before: (!delay.is_zero()).then(|| now.checked_add(delay)).flatten(),
         };
         self.emit(Event::Respawning {
             index,
