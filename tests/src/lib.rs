@@ -446,8 +446,18 @@ pub fn is_alive(pid: Pid) -> bool {
     matches!(state(pid), Some(state) if state != 'Z' && state != 'X')
 }
 
+/// The parent of `pid`, from /proc.
+pub fn parent_of(pid: Pid) -> Option<Pid> {
+    stat_field(pid, 4).map(Pid::from_raw)
+}
+
+/// The process group of `pid`, from /proc.
+pub fn process_group_of(pid: Pid) -> Option<Pid> {
+    stat_field(pid, 5).map(Pid::from_raw)
+}
+
 /// A numeric field of /proc/PID/stat, counted from 1 as in proc(5).
-pub fn stat_field(pid: Pid, number: usize) -> Option<i64> {
+fn stat_field(pid: Pid, number: usize) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields 1 and 2 are the pid and the parenthesized name.
     let rest = &stat[stat.rfind(')')? + 1..];

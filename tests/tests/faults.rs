@@ -58,18 +58,25 @@ fn all_workers_killed_at_once_are_all_respawned_once() {
     master.expect_tree_gone();
 }
 
-#[test]
-fn a_master_killed_while_forking_never_leaves_a_worker() {
-    for run in 0..100 {
+/// Starts a master with eight workers `runs` times, sends it `signal` from 0 up to
+/// `runs` × 50 µs after its start (from before its first fork to after its last), and hands
+/// each run to `check` once the master has exited.
+fn signal_right_after_start(signal: Signal, runs: u64, check: impl Fn(u64, &mut Master)) {
+    for run in 0..runs {
         let mut master = Master::launch(SUPERVISED)
             .env("KAMISAMA_INSTANCES", "8")
             .start();
-        // From not yet forking to done, across the runs.
         std::thread::sleep(Duration::from_micros(run * 50));
-        master.signal(Signal::SIGKILL);
+        master.signal(signal);
         master.wait_exit();
+        check(run, &mut master);
         master.expect_tree_gone();
     }
+}
+
+#[test]
+fn a_master_killed_while_forking_never_leaves_a_worker() {
+    signal_right_after_start(Signal::SIGKILL, 100, |_, _| {});
 }
 
 #[test]
@@ -102,22 +109,15 @@ fn a_burst_of_ttin_settles_and_single_ttins_count() {
 
 #[test]
 fn term_right_after_start_never_hangs_or_leaks() {
-    for run in 0..60 {
-        let mut master = Master::launch(SUPERVISED)
-            .env("KAMISAMA_INSTANCES", "8")
-            .start();
-        std::thread::sleep(Duration::from_micros(run * 50));
-        master.signal(Signal::SIGTERM);
-        let status = master.wait_exit();
+    signal_right_after_start(Signal::SIGTERM, 60, |run, master| {
         // Before the master blocks its signals, TERM kills it outright; it has forked
         // nothing then. After, it shuts down in order.
-        match kamisama_tests::describe(status).as_str() {
+        match kamisama_tests::describe(master.wait_exit()).as_str() {
             "code 0" => {}
             "signal SIGTERM" => assert_eq!(master.count_lines("spawned"), 0),
             other => panic!("run {run}: {other}\n{}", master.transcript()),
         }
-        master.expect_tree_gone();
-    }
+    });
 }
 
 #[test]

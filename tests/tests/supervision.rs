@@ -1,6 +1,6 @@
 //! Starting workers, respawning them, and giving up when they die too often.
 
-use kamisama_tests::{field, is_alive, stat_field, state, Master};
+use kamisama_tests::{field, is_alive, parent_of, process_group_of, state, Master};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -38,16 +38,12 @@ fn starts_every_instance_as_a_direct_child_with_a_dense_index() {
     let workers = master.wait_for_workers(5);
     for (index, pid) in &workers {
         assert_eq!(
-            stat_field(*pid, 4),
-            Some(master.pid().as_raw().into()),
-            "parent"
+            parent_of(*pid),
+            Some(master.pid()),
+            "worker {index}'s parent"
         );
         // Each worker leads a process group of its own.
-        assert_eq!(
-            stat_field(*pid, 5),
-            Some(pid.as_raw().into()),
-            "worker {index}'s group"
-        );
+        assert_eq!(process_group_of(*pid), Some(*pid), "worker {index}'s group");
     }
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
@@ -294,11 +290,7 @@ fn a_worker_starts_with_a_clean_process_state() {
             .collect();
         fds.sort();
         assert_eq!(fds, ["0", "1", "2"], "worker {index}'s file descriptors");
-        assert_eq!(
-            stat_field(*pid, 5),
-            Some(pid.as_raw().into()),
-            "worker {index}'s group"
-        );
+        assert_eq!(process_group_of(*pid), Some(*pid), "worker {index}'s group");
     }
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
