@@ -130,11 +130,7 @@ mod master;
 #[cfg(target_os = "linux")]
 mod procfs;
 #[cfg(target_os = "linux")]
-mod respawn;
-#[cfg(target_os = "linux")]
 mod signals;
-#[cfg(target_os = "linux")]
-mod stop;
 #[cfg(target_os = "linux")]
 mod supervisor;
 #[cfg(target_os = "linux")]

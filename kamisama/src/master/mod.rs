@@ -3,17 +3,19 @@
 
 use crate::config::Config;
 use crate::event::{self, Event, ExitStatus};
-use crate::respawn::{Backoff, RespawnLimiter};
 use crate::signals::Signals;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::{procfs, Outcome};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+use respawn::{Backoff, RespawnLimiter};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
+
+mod respawn;
 
 /// The callback given every event.
 pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;

@@ -1,0 +1,98 @@
+//! What a worker function may be: the signatures [`WorkerFn`] takes and the results
+//! [`WorkerResult`] turns into an exit status.
+
+use super::{report_failure, Worker};
+use std::fmt::Debug;
+
+/// A function kamisama can run as a worker.
+///
+/// Implemented for every `FnMut` with one of these signatures, where `R` is `()` or
+/// `Result<(), E>` with `E: Debug`:
+///
+/// - `fn() -> R`
+/// - `fn(index: usize) -> R`
+/// - `fn(worker: Worker) -> R`, for a [cooperative stop](Worker).
+///
+/// A worker that returns `Err(error)` prints `kamisama[PID]: worker-failed index=I
+/// error={error:?}` to stderr and exits with status 1, as `main` does.
+///
+/// A closure passed to [`Supervisor::run`](crate::Supervisor::run) needs the type of its
+/// argument written out, as in `|index: usize|`, since that is what picks the signature; and
+/// a closure that never returns needs its return type too, `-> ()`, or the compiler cannot
+/// tell which `R` it has:
+///
+/// ```no_run
+/// kamisama::Supervisor::new().instances(4).run(|index: usize| -> () {
+///     loop {
+///         println!("worker {index}");
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///     }
+/// });
+/// ```
+pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
+    #[doc(hidden)]
+    const TAKES_HANDLE: bool;
+
+    #[doc(hidden)]
+    fn call(&mut self, index: usize) -> i32;
+}
+
+/// What a worker function may return.
+pub trait WorkerResult: sealed::Sealed<()> {
+    #[doc(hidden)]
+    fn exit_code(self, index: usize) -> i32;
+}
+
+impl WorkerResult for () {
+    fn exit_code(self, _index: usize) -> i32 {
+        0
+    }
+}
+
+impl<E: Debug> WorkerResult for Result<(), E> {
+    fn exit_code(self, index: usize) -> i32 {
+        match self {
+            Ok(()) => 0,
+            Err(error) => {
+                report_failure(index, &error);
+                1
+            }
+        }
+    }
+}
+
+impl<F: FnMut() -> R, R: WorkerResult> WorkerFn<fn() -> R> for F {
+    const TAKES_HANDLE: bool = false;
+
+    fn call(&mut self, index: usize) -> i32 {
+        self().exit_code(index)
+    }
+}
+
+impl<F: FnMut(usize) -> R, R: WorkerResult> WorkerFn<fn(usize) -> R> for F {
+    const TAKES_HANDLE: bool = false;
+
+    fn call(&mut self, index: usize) -> i32 {
+        self(index).exit_code(index)
+    }
+}
+
+impl<F: FnMut(Worker) -> R, R: WorkerResult> WorkerFn<fn(Worker) -> R> for F {
+    const TAKES_HANDLE: bool = true;
+
+    fn call(&mut self, index: usize) -> i32 {
+        self(Worker { index }).exit_code(index)
+    }
+}
+
+mod sealed {
+    use super::{Worker, WorkerResult};
+
+    pub trait Sealed<Signature> {}
+
+    impl Sealed<()> for () {}
+    impl<E> Sealed<()> for Result<(), E> {}
+    impl<F: FnMut() -> R, R: WorkerResult> Sealed<fn() -> R> for F {}
+    impl<F: FnMut(usize) -> R, R: WorkerResult> Sealed<fn(usize) -> R> for F {}
+    impl<F: FnMut(Worker) -> R, R: WorkerResult> Sealed<fn(Worker) -> R> for F {}
+}

@@ -1,0 +1,93 @@
+//! A worker's side of the fork: the setup that makes it a process of its own, the call into the
+//! user's function, and an exit that never returns into master code.
+
+use crate::event::PANIC_EXIT_CODE;
+use crate::signals::Signals;
+use nix::errno::Errno;
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
+use std::fmt::Debug;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+mod function;
+mod handle;
+mod stop;
+
+pub use function::{WorkerFn, WorkerResult};
+pub use handle::Worker;
+
+/// What a worker needs from the master to set itself up.
+pub(crate) struct Setup<'a> {
+    pub(crate) master: Pid,
+    pub(crate) signals: &'a Signals,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
+///
+/// The caller flushes stdout first: anything still buffered would be written once by the
+/// master and once more by every worker.
+pub(crate) fn spawn<W: WorkerFn<S>, S>(
+    index: usize,
+    worker: &mut W,
+    setup: &Setup<'_>,
+) -> Result<Pid, Errno> {
+    // SAFETY: the master is single-threaded (checked before its first fork), so the child
+    // inherits no lock that another thread holds; the child runs `run_worker`, which never
+    // returns.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            // The worker does the same: whichever runs first, the group exists before the
+            // master can signal it.
+            let _ = setpgid(child, child);
+            Ok(child)
+        }
+        ForkResult::Child => run_worker(index, worker, setup),
+    }
+}
+
+fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>) -> ! {
+    // Its own process group, so that a stop reaches the worker's own subprocesses too, and
+    // Ctrl-C in a terminal reaches only the master, which then stops the workers in order.
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
+    // The master may have died before the request above, and then no signal will ever come.
+    if getppid() != setup.master {
+        exit(1);
+    }
+    setup.signals.reset_in_worker();
+    if W::TAKES_HANDLE {
+        if let Err(error) = stop::install(setup.master, setup.shutdown_timeout) {
+            report_failure(index, &error);
+            exit(1);
+        }
+    }
+    Signals::unblock_in_worker();
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| worker.call(index))) {
+        Ok(code) => code,
+        Err(payload) => {
+            // The default hook has printed the message; dropping the payload could panic again.
+            std::mem::forget(payload);
+            PANIC_EXIT_CODE
+        }
+    };
+    let _ = std::io::stdout().flush();
+    exit(code)
+}
+
+/// Writes `kamisama[PID]: worker-failed index=I error={error:?}` in one `write`, so that it
+/// does not interleave with other workers' output as `eprintln!`'s several writes can.
+pub(crate) fn report_failure(index: usize, error: &dyn Debug) {
+    let pid = std::process::id();
+    let line = format!("kamisama[{pid}]: worker-failed index={index} error={error:?}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Leaves the worker without running the master's atexit handlers or destructors.
+fn exit(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(code) }
+}
