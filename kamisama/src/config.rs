@@ -5,6 +5,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The most workers a master runs: the largest number of processes Linux allows at all
+/// (`PID_MAX_LIMIT`, 2^22 on 64-bit systems), so that a setting no machine can run is refused
+/// before anything is allocated or forked.
+pub const MAX_INSTANCES: usize = 1 << 22;
+
 /// Everything the master needs to know before it forks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
@@ -33,10 +38,10 @@ impl Default for Config {
 impl Config {
     /// Rejects the settings the builder lets through but the master cannot run with.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.instances == 0 {
+        if !(1..=MAX_INSTANCES).contains(&self.instances) {
             return Err(Error::InvalidConfig {
                 setting: "instances",
-                expected: "at least 1",
+                expected: "at least 1 and at most 4194304",
             });
         }
         if self.respawn_interval.is_zero() {
@@ -123,3 +128,25 @@ impl fmt::Display for UnknownRestart {
 }
 
 impl std::error::Error for UnknownRestart {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_are_at_least_one_and_at_most_the_pid_limit() {
+        for (instances, valid) in [
+            (0, false),
+            (1, true),
+            (MAX_INSTANCES, true),
+            (MAX_INSTANCES + 1, false),
+            (usize::MAX, false),
+        ] {
+            let config = Config {
+                instances,
+                ..Config::default()
+            };
+            assert_eq!(config.validate().is_ok(), valid, "{instances}");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, Restart};
+use crate::config::{Config, Restart, MAX_INSTANCES};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -29,7 +29,9 @@ pub(crate) fn apply(config: &mut Config) -> Result<(), Error> {
 fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) -> Result<(), Error> {
     let mut overridden = config.clone();
     let at_least_one = |n: &u64| *n >= 1;
-    if let Some(instances) = parse(&lookup, INSTANCES, WORKERS, |n: &usize| *n >= 1)? {
+    if let Some(instances) = parse(&lookup, INSTANCES, WORKERS, |n: &usize| {
+        (1..=MAX_INSTANCES).contains(n)
+    })? {
         overridden.instances = instances;
     }
     if let Some(limit) = parse(&lookup, RESPAWN_LIMIT, "a whole number of respawns", |_| {
@@ -58,7 +60,7 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     Ok(())
 }
 
-const WORKERS: &str = "a whole number of workers, at least 1";
+const WORKERS: &str = "a whole number of workers, at least 1 and at most 4194304";
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
 
@@ -136,6 +138,9 @@ mod tests {
             (INSTANCES, "many"),
             (INSTANCES, ""),
             (INSTANCES, " 4"),
+            (INSTANCES, "4194305"),
+            (INSTANCES, "18446744073709551615"),
+            (INSTANCES, "18446744073709551616"),
             (RESPAWN_LIMIT, "-1"),
             (RESPAWN_INTERVAL, "0"),
             (RESPAWN_INTERVAL, "1.5"),

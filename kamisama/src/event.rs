@@ -39,7 +39,13 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
-    /// `fork` failed; the master gives up.
+    /// `fork` failed (out of pids or memory). No fork is tried until a backoff ends (100 ms,
+    /// doubling with each failure in a row, up to `backoff_max` or 5 s, whichever is
+    /// longer); each failure counts against the respawn limit, as a [`Respawning`] event
+    /// that follows says, so a failure that persists ends in [`GaveUp`].
+    ///
+    /// [`Respawning`]: Event::Respawning
+    /// [`GaveUp`]: Event::GaveUp
     #[non_exhaustive]
     SpawnFailed {
         /// The index that could not be forked.
@@ -154,7 +160,15 @@ pub enum Event {
         /// Live workers to stop.
         workers: usize,
     },
-    /// A second TERM or INT: everything left gets SIGKILL now.
+    /// TERM, INT or QUIT came from outside during a shutdown the master began itself (it gave
+    /// up, or every index is done). The shutdown goes on as it was; a second TERM or INT
+    /// forces it.
+    #[non_exhaustive]
+    ShutdownRequested {
+        /// The signal.
+        signal: i32,
+    },
+    /// A second TERM or INT from outside: everything left gets SIGKILL now.
     #[non_exhaustive]
     ShutdownForced {
         /// The signal.
@@ -334,6 +348,9 @@ impl fmt::Display for Event {
                 ),
                 None => write!(f, "shutdown-started workers={workers}"),
             },
+            Event::ShutdownRequested { signal } => {
+                write!(f, "shutdown-requested signal={}", SignalName(*signal))
+            }
             Event::ShutdownForced { signal, workers } => write!(
                 f,
                 "shutdown-forced signal={} workers={workers}",

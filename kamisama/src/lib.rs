@@ -137,7 +137,7 @@ mod supervisor;
 mod worker;
 
 #[cfg(target_os = "linux")]
-pub use config::{Restart, UnknownRestart};
+pub use config::{Restart, UnknownRestart, MAX_INSTANCES};
 #[cfg(target_os = "linux")]
 pub use error::Error;
 #[cfg(target_os = "linux")]

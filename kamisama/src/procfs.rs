@@ -1,4 +1,4 @@
-//! What the master reads from /proc: its own thread count and its children.
+//! What the master reads from /proc: its own thread count, the largest pid, and its children.
 
 use nix::unistd::Pid;
 use std::fs;
@@ -8,16 +8,42 @@ pub(crate) fn thread_count() -> Option<usize> {
     Some(fs::read_dir("/proc/self/task").ok()?.count())
 }
 
-/// The direct children of this single-threaded process, or `None` when /proc cannot say.
+/// The largest pid the kernel hands out, or `None` when /proc cannot tell.
+pub(crate) fn pid_max() -> Option<i32> {
+    fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The direct children of this single-threaded process, numbered in its own PID namespace,
+/// or `None` when /proc cannot say (not mounted, no file descriptor to spare, or mounted for a
+/// namespace this process is not visible in).
 ///
-/// /proc numbers processes in the PID namespace it was mounted for. When that is not this
-/// process's namespace (a container that did not remount /proc), its pids would name other
-/// processes here, so it is not used at all.
+/// /proc numbers processes in the PID namespace it was mounted for. A container that did not
+/// remount it shows an ancestor namespace's /proc, whose pids name other processes here; each
+/// child's `NSpid` line then gives its pid in every namespace from /proc's down to its own.
 pub(crate) fn children() -> Option<Vec<Pid>> {
     let own = own_pid_in_proc()?;
-    if own != Pid::this() {
-        return None;
+    let listed = children_in_proc(own)?;
+    if own == Pid::this() {
+        return Some(listed);
     }
+    let level = namespace_pids(own)?.len().checked_sub(1)?;
+    listed
+        .into_iter()
+        .map(|pid| namespace_pids(pid)?.get(level).copied())
+        .collect()
+}
+
+/// This process's pid as /proc numbers it.
+fn own_pid_in_proc() -> Option<Pid> {
+    stat_field("/proc/self/stat", 1).map(Pid::from_raw)
+}
+
+/// The children of `own` (a pid as /proc numbers it), as /proc numbers them.
+fn children_in_proc(own: Pid) -> Option<Vec<Pid>> {
     if let Ok(list) = fs::read_to_string("/proc/thread-self/children") {
         return Some(parse_pids(&list));
     }
@@ -31,8 +57,14 @@ pub(crate) fn children() -> Option<Vec<Pid>> {
     Some(children)
 }
 
-fn own_pid_in_proc() -> Option<Pid> {
-    stat_field("/proc/self/stat", 1).map(Pid::from_raw)
+/// The `NSpid` line of process `pid` (as /proc numbers it): its pid in each PID namespace
+/// from /proc's own down to the process's.
+fn namespace_pids(pid: Pid) -> Option<Vec<Pid>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?;
+    Some(parse_pids(line))
 }
 
 /// Field `number` of a /proc stat file, counted from 1 as in proc(5).

@@ -87,8 +87,22 @@ impl Signals {
         }
     }
 
+    /// The signals pending now, in the order the kernel hands them out (lowest number
+    /// first), without blocking. Signals of one kind coalesce, so a batch holds a few at most;
+    /// any past its room stay pending for the next.
+    pub(crate) fn batch(&self) -> Batch {
+        let mut batch = Batch([None; 16]);
+        for place in &mut batch.0 {
+            match self.next() {
+                Some(signal) => *place = Some(signal),
+                None => break,
+            }
+        }
+        batch
+    }
+
     /// The next pending signal, without blocking.
-    pub(crate) fn next(&self) -> Option<Signal> {
+    fn next(&self) -> Option<Signal> {
         let info = self.fd.read_signal().ok()??;
         Signal::try_from(info.ssi_signo as i32).ok()
     }
@@ -125,6 +139,19 @@ impl Drop for Signals {
             let _ = unsafe { sigaction(signal, &action) };
         }
         let _ = self.previous_mask.thread_set_mask();
+    }
+}
+
+/// Signals read together; on the stack, as the fork path must not allocate.
+pub(crate) struct Batch([Option<Signal>; 16]);
+
+impl Batch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0[0].is_none()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Signal> + '_ {
+        self.0.iter().map_while(|signal| *signal)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, Restart};
+use crate::config::{Config, Restart, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
 use crate::{env, procfs, Error, Event, WorkerFn};
@@ -106,7 +106,8 @@ impl<'a> Supervisor<'a> {
         Supervisor::default()
     }
 
-    /// How many workers run at once, with indices `0..instances`. At least 1; default 1.
+    /// How many workers run at once, with indices `0..instances`. At least 1 and at most
+    /// [`MAX_INSTANCES`](crate::MAX_INSTANCES); default 1.
     pub fn instances(mut self, instances: usize) -> Self {
         self.config.instances = instances;
         self
@@ -225,8 +226,11 @@ impl<'a> Supervisor<'a> {
         // Orphans of a worker's subprocesses come back to the master, which reaps them and
         // stops them at shutdown instead of leaving them to init.
         prctl::set_child_subreaper(true).map_err(|errno| Error::os("prctl", errno))?;
+        // Read while a file descriptor is sure to be free: with none to spare later, the master
+        // finds its children by asking about every pid up to this one.
+        let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
         let outcome = Signals::install()
-            .map(|signals| Master::new(&config, worker, &signals, on_event, log).run());
+            .map(|signals| Master::new(&config, worker, &signals, on_event, log, pid_max).run());
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome
     }

@@ -42,7 +42,8 @@ pub struct Master {
 /// What to start: a binary from this package, with its environment.
 pub struct Launch {
     command: Command,
-    wrapped: bool,
+    /// The master's executable, when it runs under a wrapper such as `unshare`.
+    wrapped: Option<std::path::PathBuf>,
 }
 
 impl Launch {
@@ -155,10 +156,17 @@ impl Launch {
             output,
             status: None,
         };
-        if self.wrapped {
+        if let Some(binary) = &self.wrapped {
+            // The first process of the tree to run the binary: its workers run it too.
+            let runs_binary = |pid: &Pid| {
+                fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == *binary)
+            };
             master.pid = master.wait_until("the wrapped master to start", || {
-                let wrapper = Pid::from_raw(master.child.id() as i32);
-                children_of(wrapper).first().copied()
+                let tree = master.tree();
+                tree.iter()
+                    .copied()
+                    .filter(runs_binary)
+                    .find(|pid| !parent_of(*pid).is_some_and(|parent| runs_binary(&parent)))
             });
         }
         master
@@ -177,16 +185,17 @@ impl Master {
         }
         Launch {
             command,
-            wrapped: false,
+            wrapped: None,
         }
     }
 
-    /// Prepares to start `binary` as the child of `wrapper`, a program such as
-    /// `unshare --pid --fork` that runs the command line it is given.
+    /// Prepares to start `binary` under `wrapper`, a program such as `unshare --pid --fork`
+    /// or `prlimit` that runs the command line it is given. The master is then the first
+    /// process of the tree that runs `binary`.
     pub fn launch_under(wrapper: &[&str], binary: &str) -> Launch {
         let mut launch = Master::launch(wrapper[0]);
         launch.command.args(&wrapper[1..]).arg(binary);
-        launch.wrapped = true;
+        launch.wrapped = Some(fs::canonicalize(binary).expect("the fixture binary"));
         launch
     }
 
@@ -509,6 +518,26 @@ pub fn describe(status: ExitStatus) -> String {
             }),
         _ => format!("{status:?}"),
     }
+}
+
+/// Says on the test binary's own stderr, past the test harness's capture, that `test` did not
+/// run and why, so that a machine that cannot run it shows it in CI's output.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("skipped: {test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Whether this machine lets a test create a PID namespace (util-linux's `unshare`, and the
+/// CAP_SYS_ADMIN it needs), tried for real rather than guessed from the user id.
+pub fn can_unshare_pid() -> bool {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn become_subreaper() {

@@ -31,6 +31,10 @@ fn an_invalid_value_stops_before_anything_is_forked() {
         ("KAMISAMA_RESPAWN_LIMIT", "-1"),
         ("KAMISAMA_RESPAWN_INTERVAL", "0"),
         ("KAMISAMA_SHUTDOWN_TIMEOUT", "5s"),
+        // More than any machine can fork: a refusal, not an abort on a failed allocation.
+        ("KAMISAMA_INSTANCES", "4194305"),
+        ("KAMISAMA_INSTANCES", "100000000000"),
+        ("KAMISAMA_INSTANCES", "18446744073709551615"),
     ] {
         let mut master = Master::launch(SUPERVISED).env(var, value).start();
         master.expect_exit_code(2);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const BY_HAND: &str = env!("CARGO_BIN_EXE_by-hand");
+const SCRIPTED: &str = env!("CARGO_BIN_EXE_scripted");
 
 fn pid_in(line: &str) -> Pid {
     Pid::from_raw(field(line, "pid").unwrap().parse().unwrap())
@@ -356,6 +357,49 @@ fn a_worker_killed_by_a_real_time_signal_is_respawned() {
     master.expect_exit_code(0);
 }
 
+#[test]
+fn a_rolling_restart_ends_when_its_last_exit_comes_with_a_ttou() {
+    // The exit of the last worker being replaced and a TTOU that retires its index are read
+    // in one batch.
+    let mut master = Master::launch(SCRIPTED)
+        .env("ON", "replacing index=1 ")
+        .env("THEN", "kill-worker=1,raise=SIGTTOU")
+        .start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("scaled-down instances=1 retiring=1");
+    master.wait_for_line("rolling-restart-finished");
+    master.wait_for_workers(1);
+    // And the next HUP starts a rolling restart of its own.
+    master.signal(Signal::SIGHUP);
+    master.wait_for_lines("rolling-restart-finished", 2);
+    assert_eq!(master.count_lines("rolling-restart-busy"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_crash_read_in_one_batch_with_a_hup_is_a_crash() {
+    // SIGHUP sorts before SIGCHLD in a batch: were it acted on first, the dead worker would
+    // be "replaced" and its crash taken for a deliberate stop. A limit of 0 makes it fatal.
+    let mut master = Master::launch(SCRIPTED)
+        .env("ON", "spawned index=1 ")
+        .env("THEN", "kill-worker=0,raise=SIGHUP")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    master.expect_exit_code(1);
+    master.wait_for_line("exited index=0 pid=");
+    master.wait_for_line("gave-up");
+    assert_eq!(
+        master.count_lines("replacing"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.expect_tree_gone();
+}
+
 /// A cgroup v1 `pids` group that lets at most `max` processes exist; removed on drop.
 struct PidsLimit {
     dir: std::path::PathBuf,
@@ -374,6 +418,10 @@ impl PidsLimit {
     fn procs(&self) -> std::path::PathBuf {
         self.dir.join("cgroup.procs")
     }
+
+    fn set_max(&self, max: usize) {
+        std::fs::write(self.dir.join("pids.max"), max.to_string()).expect("raise pids.max");
+    }
 }
 
 impl Drop for PidsLimit {
@@ -383,21 +431,61 @@ impl Drop for PidsLimit {
     }
 }
 
+const NO_PIDS_LIMIT: &str = "needs a writable cgroup v1 pids hierarchy (root)";
+
 #[test]
-fn a_failed_fork_gives_up_and_stops_every_worker() {
-    let Some(limit) = PidsLimit::new(&format!("kamisama-test-{}", std::process::id()), 4) else {
-        eprintln!("skipped: needs a writable cgroup v1 pids hierarchy (root)");
+fn a_passing_fork_failure_is_retried() {
+    let name = format!("kamisama-test-passing-{}", std::process::id());
+    let Some(limit) = PidsLimit::new(&name, 4) else {
+        kamisama_tests::skip("a_passing_fork_failure_is_retried", NO_PIDS_LIMIT);
         return;
     };
-    // The master and three workers fit; the fourth fork fails with EAGAIN.
+    // The master and three workers fit; the fourth fork fails with EAGAIN until the limit
+    // is raised.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "5")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100")
+        .in_cgroup(&limit.procs())
+        .start();
+    master.wait_for_line(
+        "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
+    );
+    master.wait_for_line("respawning index=3 respawns=1/100 window=60s delay=100ms");
+    limit.set_max(64);
+    master.wait_for_workers(5);
+    assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+    drop(master);
+}
+
+#[test]
+fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
+    let name = format!("kamisama-test-persists-{}", std::process::id());
+    let Some(limit) = PidsLimit::new(&name, 4) else {
+        kamisama_tests::skip(
+            "a_fork_failure_that_persists_gives_up_and_stops_every_worker",
+            NO_PIDS_LIMIT,
+        );
+        return;
+    };
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "8")
         .in_cgroup(&limit.procs())
         .start();
     master.expect_exit_code(1);
-    master.wait_for_line(
-        "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
-    );
+    // Each failure waits twice as long as the one before and counts against the limit of 3.
+    let failures = master.wait_for_lines("spawn-failed index=3 ", 4);
+    assert!(failures
+        .iter()
+        .all(|line| line.ends_with("error=\"Resource temporarily unavailable (os error 11)\"")));
+    for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
+        master.wait_for_line(&format!(
+            "respawning index=3 respawns={respawns}/3 window=60s delay={delay}"
+        ));
+    }
+    master.wait_for_line("gave-up");
     master.wait_for_line("shutdown-started workers=3");
     master.wait_for_lines("status=SIGTERM", 3);
     assert_eq!(master.count_lines("spawned"), 3);

@@ -1,30 +1,35 @@
 //! The master's event loop: fork the workers, block until a signal or a deadline, reap what
 //! exited, respawn what must be, replace or stop workers when asked.
+//!
+//! Signals only change the master's state; each turn of the loop then derives what is to be
+//! done from that state (fork what is due, move a rolling restart on, kill what is overdue,
+//! sweep for orphans during a shutdown). No order of signals, deaths and batches can
+//! therefore leave a step undone.
 
-use crate::config::Config;
+use crate::config::{Config, MAX_INSTANCES};
 use crate::event::{self, Event, ExitStatus};
 use crate::signals::Signals;
 use crate::worker::{self, Setup, WorkerFn};
-use crate::{procfs, Outcome};
+use crate::Outcome;
+use fleet::{Orphans, Stop};
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use respawn::{Backoff, RespawnLimiter};
+use slots::{Slots, State, Stopping};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+mod fleet;
 mod respawn;
+mod slots;
 
 /// The callback given every event.
 pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;
 
 /// The master's whole state.
-///
-/// Every page the master writes between two forks is copied once more after the second: the
-/// fork path therefore keeps its state in `slots`, found by scanning (reads are free), and
-/// allocates nothing.
 pub(crate) struct Master<'a, W, S> {
     config: &'a Config,
     worker: W,
@@ -35,80 +40,53 @@ pub(crate) struct Master<'a, W, S> {
     pid: Pid,
     /// How many workers should run now; TTIN and TTOU move it.
     instances: usize,
-    /// One slot per index. Slots past `instances` hold workers being retired.
-    slots: Vec<Slot>,
+    slots: Slots,
     limiter: RespawnLimiter,
     backoff: Backoff,
+    fork_retry: ForkRetry,
     rolling: Option<Rolling>,
     shutdown: Option<Shutdown>,
+    orphans: Orphans,
+    /// A child was reaped since the last sweep, which may have handed its own children over.
+    reaped: bool,
     /// Indices whose last worker failed and that are not forked again.
     failed: usize,
 }
 
-/// One index.
-struct Slot {
-    state: State,
-    /// Early deaths in a row, for the backoff.
-    early_deaths: u32,
+/// A failed fork is retried after a backoff, and no fork is tried before then: the failure
+/// (out of pids or memory) is the machine's, not one index's.
+struct ForkRetry {
+    backoff: Backoff,
+    /// Failed forks in a row.
+    failures: u32,
+    not_before: Option<Instant>,
 }
 
-enum State {
-    /// A worker is to be forked, at once or when its backoff ends.
-    Pending { not_before: Option<Instant> },
-    Running {
-        pid: Pid,
-        started: Instant,
-        stop: Option<Stop>,
-    },
-    /// Not forked again: the restart policy is done with this index.
-    Done,
-    /// Retired by TTOU, until the slot is dropped.
-    Retired,
-}
-
-/// The master asked a worker to stop, so its exit is no crash.
-struct Stop {
-    /// When SIGKILL follows; `None` once sent, or for a deadline too far to count.
-    kill_at: Option<Instant>,
-}
+/// The longest wait before a fork is retried, unless `backoff_max` is longer.
+const FORK_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A rolling restart (HUP) replacing one index at a time.
 struct Rolling {
     /// The index being replaced.
     index: usize,
-    /// Indices from here on are left alone (they were added after the HUP).
+    /// Whether its old worker is gone or going: the next worker to run there replaces it.
+    replacing: bool,
+    /// Indices from here on are left alone: added after the HUP, or retired since.
     end: usize,
 }
 
 struct Shutdown {
     outcome: Outcome,
-    /// When every process left gets SIGKILL; `None` once that happened.
+    /// When everything left gets SIGKILL; `None` once that happened, or for a deadline too
+    /// far to count.
     kill_at: Option<Instant>,
-}
-
-impl Slot {
-    fn pending() -> Self {
-        Slot {
-            state: State::Pending { not_before: None },
-            early_deaths: 0,
-        }
-    }
-
-    fn pid(&self) -> Option<Pid> {
-        match self.state {
-            State::Running { pid, .. } => Some(pid),
-            _ => None,
-        }
-    }
-
-    /// Whether this index will be forked, now or later.
-    fn is_pending(&self) -> bool {
-        matches!(self.state, State::Pending { .. })
-    }
-
-    fn is_due(&self, now: Instant) -> bool {
-        matches!(self.state, State::Pending { not_before } if not_before.map_or(true, |at| at <= now))
-    }
+    /// Whether everything got SIGKILL (the deadline passed, or a second TERM): orphans that
+    /// arrive from now on get it too.
+    forced: bool,
+    /// Whether a signal from outside asked for it; a second TERM or INT then forces it.
+    requested: bool,
+    /// When the next sweep for orphans is due.
+    next_sweep: Instant,
 }
 
 impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
@@ -118,6 +96,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         signals: &'a Signals,
         on_event: Option<OnEvent<'a>>,
         log: bool,
+        pid_max: i32,
     ) -> Self {
         let pid = Pid::this();
         Master {
@@ -133,11 +112,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             log,
             pid,
             instances: config.instances,
-            slots: (0..config.instances).map(|_| Slot::pending()).collect(),
+            slots: Slots::new(config.instances),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
             backoff: Backoff::new(config.backoff_max),
+            fork_retry: ForkRetry {
+                backoff: Backoff::new(config.backoff_max.max(FORK_RETRY_MAX)),
+                failures: 0,
+                not_before: None,
+            },
             rolling: None,
             shutdown: None,
+            orphans: Orphans::new(pid_max),
+            reaped: false,
             failed: 0,
         }
     }
@@ -154,6 +140,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         loop {
             self.reap();
             self.spawn_due();
+            self.advance_rolling_restart();
             self.finish_if_all_done();
             let now = Instant::now();
             self.kill_overdue(now);
@@ -163,60 +150,78 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 });
                 return outcome;
             }
+            self.sweep(now);
             let timeout = self
                 .next_deadline()
-                .map(|at| at.saturating_duration_since(now));
+                .map(|at| at.saturating_duration_since(Instant::now()));
             // A failed poll only costs one more turn of the loop.
             let _ = self.setup.signals.wait(timeout);
             self.read_signals();
         }
     }
 
+    /// Acts on the signals pending now.
     fn read_signals(&mut self) {
-        while let Some(signal) = self.setup.signals.next() {
+        let batch = self.setup.signals.batch();
+        if batch.is_empty() {
+            return;
+        }
+        // First the deaths: a worker dead by now crashed, whatever else the batch asks; a HUP
+        // or a TTOU must not take it for a live one to stop.
+        self.reap();
+        for signal in batch.iter() {
             self.on_signal(signal);
         }
     }
 
     fn on_signal(&mut self, signal: Signal) {
         match signal {
-            Signal::SIGCHLD => self.reap(),
-            Signal::SIGTERM | Signal::SIGINT if self.shutdown.is_some() => self.force(signal),
-            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
-                self.begin_shutdown(Some(signal), Outcome::Stopped);
-            }
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => self.on_stop_signal(signal),
             Signal::SIGTTIN => self.scale_up(),
             Signal::SIGTTOU => self.scale_down(),
             Signal::SIGHUP => self.begin_rolling_restart(),
             Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
+            // SIGCHLD: reaped before the batch.
             _ => {}
         }
     }
 
-    /// Reaps every child that has exited. A dead worker's process group is signalled before
-    /// the worker is reaped: its zombie still holds the group's id, so no other process can
-    /// have taken it.
+    /// TERM, INT or QUIT: a graceful shutdown, or, for a second TERM or INT from outside, a
+    /// forced one. The first one to come during a shutdown the master began itself (it gave
+    /// up, or every index is done) only joins it.
+    fn on_stop_signal(&mut self, signal: Signal) {
+        let Some(shutdown) = &mut self.shutdown else {
+            self.begin_shutdown(Some(signal), Outcome::Stopped);
+            return;
+        };
+        if !shutdown.requested {
+            shutdown.requested = true;
+            self.emit(Event::ShutdownRequested {
+                signal: signal as i32,
+            });
+        } else if signal != Signal::SIGQUIT {
+            self.force(signal);
+        }
+    }
+
+    /// Reaps every child that has exited: workers, and orphans handed to the master.
     fn reap(&mut self) {
-        loop {
-            let pid = match peek_exited_child() {
-                Ok(Some(pid)) => pid,
-                Err(Errno::EINTR) => continue,
-                Ok(None) | Err(_) => return,
-            };
-            let index = self.index_of(pid);
+        while let Ok(Some(pid)) = fleet::peek_exited() {
+            let index = self.slots.index_of(pid);
             if index.is_some() {
-                // Whatever the worker left in its group goes with it.
-                let _ = killpg(pid, Signal::SIGTERM);
+                fleet::stop_leftovers(pid);
             }
-            match reap_child(pid) {
-                Ok(status) => match index {
-                    Some(index) => self.on_exit(index, pid, status),
-                    None => self.emit(Event::Reaped {
-                        pid: pid.as_raw() as u32,
-                        status,
-                    }),
-                },
-                Err(_) => return,
+            let Ok(status) = fleet::reap(pid) else {
+                return;
+            };
+            self.orphans.reaped(pid);
+            self.reaped = true;
+            match index {
+                Some(index) => self.on_exit(index, pid, status),
+                None => self.emit(Event::Reaped {
+                    pid: pid.as_raw() as u32,
+                    status,
+                }),
             }
         }
     }
@@ -226,12 +231,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// otherwise.
     fn on_exit(&mut self, index: usize, pid: Pid, status: ExitStatus) {
         let now = Instant::now();
-        let slot = &mut self.slots[index];
-        let State::Running { started, stop, .. } = &slot.state else {
-            return;
+        let (lived, deliberate) = match &self.slots[index].state {
+            State::Running { started, stop, .. } => (now - *started, stop.is_some()),
+            _ => return,
         };
-        let (lived, deliberate) = (now - *started, stop.is_some());
-        slot.state = State::Pending { not_before: None };
+        self.slots[index].state = State::Pending { not_before: None };
         self.emit(Event::Exited {
             index,
             pid: pid.as_raw() as u32,
@@ -239,18 +243,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         });
         if self.shutdown.is_some() {
             self.slots[index].state = State::Done;
-            return;
-        }
-        if index >= self.instances {
+        } else if index >= self.instances {
             self.slots[index].state = State::Retired;
-            self.trim_slots();
+            self.slots.trim(self.instances);
         } else if !deliberate {
             self.after_crash(index, status, lived, now);
         }
-        // The worker being replaced is gone: its replacement is pending, or it was retired.
-        if self.is_being_replaced(index) && !self.slots.get(index).is_some_and(Slot::is_pending) {
-            self.continue_rolling_restart(index + 1);
-        }
+        // Otherwise it was replaced, or its index added again while it was retiring: the
+        // slot is due for a fork.
     }
 
     /// A worker ended by itself: apply the restart policy, the respawn limit and the backoff.
@@ -262,20 +262,28 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.emit(Event::Done { index, succeeded });
             return;
         }
+        let delay = self
+            .backoff
+            .delay(lived, &mut self.slots[index].early_deaths);
+        if self.count_respawn(index, delay, now) {
+            // The backoff is at most 2^31 times 100 ms, which any clock holds; were it not,
+            // the fork would simply not wait.
+            self.slots[index].state = State::Pending {
+                not_before: (!delay.is_zero()).then(|| now.checked_add(delay)).flatten(),
+            };
+        }
+    }
+
+    /// Counts a respawn of `index` after `delay` against the respawn limit and logs it, or
+    /// gives up; returns whether the respawn may happen.
+    fn count_respawn(&mut self, index: usize, delay: Duration, now: Instant) -> bool {
         let Some(respawns) = self.limiter.try_respawn(now) else {
             self.emit(Event::GaveUp {
                 limit: self.limiter.limit(),
                 interval: self.limiter.interval(),
             });
             self.begin_shutdown(None, Outcome::GaveUp);
-            return;
-        };
-        let slot = &mut self.slots[index];
-        let delay = self.backoff.delay(lived, &mut slot.early_deaths);
-        // The backoff is at most 2^31 times 100 ms, which any clock holds; were it not, the
-        // fork would simply not wait.
-        slot.state = State::Pending {
-            not_before: (!delay.is_zero()).then(|| now.checked_add(delay)).flatten(),
+            return false;
         };
         self.emit(Event::Respawning {
             index,
@@ -284,12 +292,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             interval: self.limiter.interval(),
             delay,
         });
+        true
     }
 
     /// Forks every index that is due, lowest first, reading signals between forks so that a
     /// TERM does not wait for a thousand forks to finish.
     fn spawn_due(&mut self) {
-        let Some(mut index) = self.next_due(0) else {
+        let now = Instant::now();
+        if self.fork_retry.not_before.is_some_and(|at| at > now) {
+            return;
+        }
+        let Some(mut index) = self.slots.next_due(0, now) else {
             return;
         };
         // Once for the batch: output the master's own code left buffered would otherwise be
@@ -298,6 +311,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         while self.shutdown.is_none() {
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
+                    if self.fork_retry.failures > 0 {
+                        self.fork_retry.failures = 0;
+                        self.fork_retry.not_before = None;
+                    }
                     self.slots[index].state = State::Running {
                         pid,
                         started: Instant::now(),
@@ -307,61 +324,41 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                         index,
                         pid: pid.as_raw() as u32,
                     });
-                    if self.is_being_replaced(index) {
-                        self.continue_rolling_restart(index + 1);
-                    }
                 }
-                Err(error) => {
-                    self.emit(Event::SpawnFailed {
-                        index,
-                        errno: error as i32,
-                    });
-                    self.begin_shutdown(None, Outcome::GaveUp);
+                Err(errno) => {
+                    self.after_fork_failure(index, errno);
+                    return;
                 }
             }
             self.read_signals();
-            match self.next_due(index + 1) {
+            match self.slots.next_due(index + 1, Instant::now()) {
                 Some(next) => index = next,
                 None => return,
             }
         }
     }
 
-    /// The first index due for a fork from `from` on, wrapping around: a reap between two
-    /// forks may have made a lower index due.
-    fn next_due(&self, from: usize) -> Option<usize> {
+    /// A fork failed (out of pids or memory): retry later, counted against the respawn
+    /// limit, so that a failure that persists still ends in giving up.
+    fn after_fork_failure(&mut self, index: usize, errno: Errno) {
+        self.emit(Event::SpawnFailed {
+            index,
+            errno: errno as i32,
+        });
         let now = Instant::now();
-        let due = |slot: &Slot| slot.is_due(now);
-        let later = self.slots.iter().skip(from).position(due);
-        later
-            .map(|offset| from + offset)
-            .or_else(|| self.slots.iter().take(from).position(due))
-    }
-
-    /// The index of the live worker `pid`.
-    fn index_of(&self, pid: Pid) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.pid() == Some(pid))
-    }
-
-    fn live_workers(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|slot| slot.pid().is_some())
-            .count()
+        let retry = &mut self.fork_retry;
+        let delay = retry.backoff.delay(Duration::ZERO, &mut retry.failures);
+        if self.count_respawn(index, delay, now) {
+            self.fork_retry.not_before = now.checked_add(delay);
+        }
     }
 
     fn scale_up(&mut self) {
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() || self.instances >= MAX_INSTANCES {
             return;
         }
         self.instances += 1;
-        let index = self.instances - 1;
-        match self.slots.get_mut(index) {
-            None => self.slots.push(Slot::pending()),
-            // A worker still being retired from this index is replaced when it exits.
-            Some(slot) if slot.pid().is_some() => {}
-            Some(slot) => *slot = Slot::pending(),
-        }
+        self.slots.add(self.instances - 1);
         self.emit(Event::ScaledUp {
             instances: self.instances,
         });
@@ -385,7 +382,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.stop(index, self.deadline());
         } else {
             self.slots[index].state = State::Retired;
-            self.trim_slots();
+            self.slots.trim(self.instances);
         }
     }
 
@@ -398,65 +395,73 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.emit(Event::RollingRestartStarted {
-            workers: self.live_workers(),
+            workers: self.slots.live_workers(),
         });
         self.rolling = Some(Rolling {
             index: 0,
+            replacing: false,
             end: self.instances,
         });
-        self.continue_rolling_restart(0);
     }
 
-    fn is_being_replaced(&self, index: usize) -> bool {
-        self.rolling
-            .as_ref()
-            .is_some_and(|rolling| rolling.index == index)
-    }
-
-    /// Stops the next worker due for replacement from index `from` on, or ends the rolling
-    /// restart. Its replacement is forked once it has exited, and only then is the next
-    /// index stopped: never two workers on one index, never more than one index down.
-    fn continue_rolling_restart(&mut self, from: usize) {
-        let Some(rolling) = &self.rolling else {
-            return;
-        };
-        let end = rolling.end.min(self.instances);
-        let next = (from..end)
-            .find(|index| matches!(self.slots[*index].state, State::Running { stop: None, .. }));
-        let Some(index) = next else {
-            self.rolling = None;
-            self.emit(Event::RollingRestartFinished);
-            return;
-        };
-        self.rolling = Some(Rolling {
-            index,
-            end: rolling.end,
-        });
-        if let Some(pid) = self.slots[index].pid() {
-            self.emit(Event::Replacing {
-                index,
-                pid: pid.as_raw() as u32,
-            });
+    /// Moves the rolling restart on: stops the worker of the index being replaced, waits
+    /// until its replacement runs, then goes on to the next index, and ends after the last.
+    /// Derived from the slots on every turn of the loop, so that exits, crashes, TTIN, TTOU
+    /// and HUP in any order and batch cannot wedge it. Never two workers on one index,
+    /// never more than one index down.
+    fn advance_rolling_restart(&mut self) {
+        while let Some(rolling) = &mut self.rolling {
+            rolling.end = rolling.end.min(self.instances);
+            if rolling.index >= rolling.end {
+                self.rolling = None;
+                self.emit(Event::RollingRestartFinished);
+                return;
+            }
+            let index = rolling.index;
+            match self.slots[index].state {
+                // The old worker is on its way out.
+                State::Running { stop: Some(_), .. } => return,
+                // Its replacement is due (or a crashed worker's respawn, which is as new).
+                State::Pending { .. } => {
+                    rolling.replacing = true;
+                    return;
+                }
+                State::Running {
+                    stop: None, pid, ..
+                } if !rolling.replacing => {
+                    rolling.replacing = true;
+                    self.emit(Event::Replacing {
+                        index,
+                        pid: pid.as_raw() as u32,
+                    });
+                    self.stop(index, self.deadline());
+                    return;
+                }
+                // The replacement runs, or the index is done with.
+                _ => {
+                    rolling.index += 1;
+                    rolling.replacing = false;
+                }
+            }
         }
-        self.stop(index, self.deadline());
     }
 
     /// Sends `signal` to every live worker.
     fn forward(&mut self, signal: Signal) {
-        let mut workers = 0;
-        for slot in &self.slots {
-            if let Some(pid) = slot.pid() {
-                workers += usize::from(kill(pid, signal).is_ok());
-            }
-        }
+        let workers = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.pid())
+            .filter(|pid| kill(*pid, signal).is_ok())
+            .count();
         self.emit(Event::Forwarded {
             signal: signal as i32,
             workers,
         });
     }
 
-    /// Sends the worker's process group SIGTERM (and SIGCONT), and SIGKILL at `kill_at` if it
-    /// is still alive.
+    /// Asks the worker of `index` to stop (SIGTERM and SIGCONT to its process group), with
+    /// SIGKILL at `kill_at` if it is still alive then.
     fn stop(&mut self, index: usize, kill_at: Option<Instant>) {
         if let State::Running {
             pid,
@@ -464,10 +469,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             ..
         } = &mut self.slots[index].state
         {
-            *stop = Some(Stop { kill_at });
-            signal_group(*pid, Signal::SIGTERM);
-            // A stopped process acts on TERM only once continued.
-            signal_group(*pid, Signal::SIGCONT);
+            *stop = Some(Stopping { kill_at });
+            fleet::stop_worker(*pid, Stop::Term);
         }
     }
 
@@ -478,7 +481,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.rolling = None;
         self.emit(Event::ShutdownStarted {
             signal: signal.map(|signal| signal as i32),
-            workers: self.live_workers(),
+            workers: self.slots.live_workers(),
         });
         let kill_at = self.deadline();
         for index in 0..self.slots.len() {
@@ -487,8 +490,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             self.stop(index, kill_at);
         }
-        self.signal_orphans(&[Signal::SIGTERM, Signal::SIGCONT]);
-        self.shutdown = Some(Shutdown { outcome, kill_at });
+        self.shutdown = Some(Shutdown {
+            outcome,
+            kill_at,
+            forced: false,
+            requested: signal.is_some(),
+            next_sweep: Instant::now(),
+        });
+        self.sweep_now(Stop::Term);
     }
 
     /// With `on-failure` or `never`, ends the master once no worker runs or will be forked.
@@ -509,7 +518,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn force(&mut self, signal: Signal) {
         self.emit(Event::ShutdownForced {
             signal: signal as i32,
-            workers: self.live_workers(),
+            workers: self.slots.live_workers(),
         });
         self.kill_everything();
     }
@@ -517,14 +526,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn kill_everything(&mut self) {
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.kill_at = None;
+            shutdown.forced = true;
         }
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut() {
             if let State::Running { pid, stop, .. } = &mut slot.state {
-                *stop = Some(Stop { kill_at: None });
-                signal_group(*pid, Signal::SIGKILL);
+                *stop = Some(Stopping { kill_at: None });
+                fleet::stop_worker(*pid, Stop::Kill);
             }
         }
-        self.signal_orphans(&[Signal::SIGKILL]);
+        self.sweep_now(Stop::Kill);
     }
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
@@ -533,21 +543,22 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         for index in 0..self.slots.len() {
             let State::Running {
                 pid,
-                stop: Some(stop),
+                stop: Some(stopping),
                 ..
             } = &mut self.slots[index].state
             else {
                 continue;
             };
-            if stop.kill_at.is_some_and(|kill_at| kill_at <= now) {
-                stop.kill_at = None;
+            if stopping.kill_at.is_some_and(|kill_at| kill_at <= now) {
+                stopping.kill_at = None;
                 let pid = *pid;
-                signal_group(pid, Signal::SIGKILL);
-                self.emit(Event::Killed {
-                    index,
-                    pid: pid.as_raw() as u32,
-                    after,
-                });
+                if fleet::stop_worker(pid, Stop::Kill) {
+                    self.emit(Event::Killed {
+                        index,
+                        pid: pid.as_raw() as u32,
+                        after,
+                    });
+                }
             }
         }
         let overdue = self
@@ -560,20 +571,58 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// The next moment the master must act without a signal: a SIGKILL due, or a backoff
-    /// ending.
+    /// During a shutdown, signals the orphans that reached the master since the last sweep:
+    /// on the tick, and at once when the last worker is gone and children remain.
+    fn sweep(&mut self, now: Instant) {
+        let Some(shutdown) = &self.shutdown else {
+            return;
+        };
+        let handed_over = self.reaped && self.slots.live_workers() == 0;
+        if now < shutdown.next_sweep && !handed_over {
+            return;
+        }
+        let stop = if shutdown.forced {
+            Stop::Kill
+        } else {
+            Stop::Term
+        };
+        self.sweep_now(stop);
+    }
+
+    fn sweep_now(&mut self, stop: Stop) {
+        self.reaped = false;
+        let workers = self.slots.worker_pids();
+        let next = self
+            .orphans
+            .sweep(stop, |pid| workers.binary_search(&pid).is_ok());
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.next_sweep = next;
+        }
+    }
+
+    /// The next moment the master must act without a signal: a SIGKILL due, a backoff or a
+    /// fork retry ending, a sweep during a shutdown.
     fn next_deadline(&self) -> Option<Instant> {
-        let shutdown = self.shutdown.as_ref().and_then(|shutdown| shutdown.kill_at);
+        let shutdown = self.shutdown.as_ref();
+        let kill_at = shutdown.and_then(|shutdown| shutdown.kill_at);
+        let sweep = shutdown.map(|shutdown| shutdown.next_sweep);
+        let fork_retry = self
+            .fork_retry
+            .not_before
+            .filter(|_| self.slots.iter().any(|slot| slot.is_pending()));
         self.slots
             .iter()
             .filter_map(|slot| match &slot.state {
                 State::Running {
-                    stop: Some(stop), ..
-                } => stop.kill_at,
+                    stop: Some(stopping),
+                    ..
+                } => stopping.kill_at,
                 State::Pending { not_before } => *not_before,
                 _ => None,
             })
-            .chain(shutdown)
+            .chain(kill_at)
+            .chain(sweep)
+            .chain(fork_retry)
             .min()
     }
 
@@ -582,43 +631,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// remembered answer wrong.
     fn finished(&self) -> Option<Outcome> {
         let shutdown = self.shutdown.as_ref()?;
-        (peek_exited_child() == Err(Errno::ECHILD)).then_some(shutdown.outcome)
+        (!fleet::has_children()).then_some(shutdown.outcome)
     }
 
     /// When a stop that starts now turns into SIGKILL; `None` when that is too far to count.
     fn deadline(&self) -> Option<Instant> {
         Instant::now().checked_add(self.config.shutdown_timeout)
-    }
-
-    /// Drops the retired slots past `instances`.
-    fn trim_slots(&mut self) {
-        while self.slots.len() > self.instances
-            && self
-                .slots
-                .last()
-                .is_some_and(|slot| matches!(slot.state, State::Retired))
-        {
-            self.slots.pop();
-        }
-    }
-
-    /// Sends `signals`, in order, to the orphans handed to the master (it is their
-    /// subreaper): its children that are not workers.
-    fn signal_orphans(&self, signals: &[Signal]) {
-        if self.pid.as_raw() == 1 {
-            // The init of a PID namespace: everything else in it is the master's to stop.
-            for signal in signals {
-                let _ = kill(Pid::from_raw(-1), *signal);
-            }
-            return;
-        }
-        for pid in procfs::children().unwrap_or_default() {
-            if self.index_of(pid).is_none() {
-                for signal in signals {
-                    let _ = kill(pid, *signal);
-                }
-            }
-        }
     }
 
     /// Logs `event` and hands it to the callback, which cannot break the loop: its panic is
@@ -635,38 +653,5 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 event::log(self.pid.as_raw() as u32, "event-callback-panicked");
             }
         }
-    }
-}
-
-/// The pid of a child that has exited, left a zombie (`WNOWAIT`), or `None` if children
-/// remain and none has exited.
-fn peek_exited_child() -> Result<Option<Pid>, Errno> {
-    // SAFETY: a zeroed siginfo is a valid out-parameter for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-    // SAFETY: `info` is valid for the call.
-    Errno::result(unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) })?;
-    // SAFETY: waitid filled `info` for a child, or left si_pid zero.
-    let pid = unsafe { info.si_pid() };
-    Ok((pid != 0).then(|| Pid::from_raw(pid)))
-}
-
-/// Reaps the exited child `pid`. Decoded here rather than by nix, whose `WaitStatus` cannot
-/// hold a real-time signal: a worker killed by one would be reaped and then lost.
-fn reap_child(pid: Pid) -> Result<ExitStatus, Errno> {
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is valid for the call.
-        match Errno::result(unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) }) {
-            Err(Errno::EINTR) => continue,
-            result => return result.map(|_| ExitStatus::from_raw(status)),
-        }
-    }
-}
-
-/// Signals the process group a worker leads, or the worker alone if it left its group.
-fn signal_group(pid: Pid, signal: Signal) {
-    if killpg(pid, signal) == Err(Errno::ESRCH) {
-        let _ = kill(pid, signal);
     }
 }

@@ -1,0 +1,169 @@
+//! Which processes belong to the fleet and how to stop them.
+//!
+//! The fleet is every descendant of the master. Workers are its direct children, each leading
+//! a process group that its own subprocesses share unless they leave it. Everything else
+//! reaches the master as an orphan: the master is a child subreaper, so a process whose parent
+//! dies is handed to it, whatever session or group it is in. The kernel says nothing when that
+//! happens, so during a shutdown the master *sweeps*: it lists its children and signals each
+//! one that is not a worker, at the start, whenever a death may have handed it new orphans,
+//! and on a short tick. A shutdown ends when `waitid` says no child is left: every
+//! descendant is then gone, as a descendant whose parent dies becomes the master's child
+//! before that death is reported.
+
+use crate::event::ExitStatus;
+use crate::procfs;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::{getpgid, Pid};
+use std::time::{Duration, Instant};
+
+/// How hard a process has been asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Stop {
+    /// SIGTERM, followed by SIGCONT so that a stopped process acts on it.
+    Term,
+    Kill,
+}
+
+impl Stop {
+    fn signals(self) -> &'static [Signal] {
+        match self {
+            Stop::Term => &[Signal::SIGTERM, Signal::SIGCONT],
+            Stop::Kill => &[Signal::SIGKILL],
+        }
+    }
+}
+
+/// The adopted orphans signalled during a shutdown, and how the master finds its children.
+pub(super) struct Orphans {
+    /// Each orphan signalled and how hard, until it is reaped (only then can its pid be
+    /// reused, as it is the master's child).
+    signalled: Vec<(Pid, Stop)>,
+    /// The largest pid, for listing the children without /proc.
+    pid_max: i32,
+    /// The shortest time between two sweeps on the tick.
+    tick: Duration,
+}
+
+/// How often a shutdown sweeps for orphans that arrived without a death of the master's own
+/// children to tell of them (a grandchild's parent dying, say).
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+impl Orphans {
+    pub(super) fn new(pid_max: i32) -> Self {
+        Orphans {
+            signalled: Vec::new(),
+            pid_max,
+            tick: SWEEP_TICK,
+        }
+    }
+
+    /// Sends `stop` to every child that `is_worker` does not claim and that has not had it
+    /// yet. Returns when the next sweep on the tick is due: a sweep that had to scan every
+    /// pid (no /proc) spaces out the next ones, to keep the scan under a tenth of the time.
+    pub(super) fn sweep(&mut self, stop: Stop, is_worker: impl Fn(Pid) -> bool) -> Instant {
+        let started = Instant::now();
+        for pid in children(self.pid_max) {
+            if is_worker(pid) {
+                continue;
+            }
+            let had = self.signalled.iter_mut().find(|(orphan, _)| *orphan == pid);
+            match had {
+                Some((_, had)) if *had >= stop => continue,
+                Some((_, had)) => *had = stop,
+                None => self.signalled.push((pid, stop)),
+            }
+            for signal in stop.signals() {
+                let _ = kill(pid, *signal);
+            }
+        }
+        let now = Instant::now();
+        self.tick = SWEEP_TICK.max((now - started) * 10);
+        now + self.tick
+    }
+
+    /// Forgets a reaped child.
+    pub(super) fn reaped(&mut self, pid: Pid) {
+        self.signalled.retain(|(orphan, _)| *orphan != pid);
+    }
+}
+
+/// Sends `stop` to the process group the worker `pid` leads, and to the worker itself if it
+/// has left that group. Returns whether the worker got it.
+///
+/// The group holds the worker's subprocesses, which a stop must reach too. A worker that
+/// moved to another group is signalled alone: that group is not the fleet's to stop.
+pub(super) fn stop_worker(pid: Pid, stop: Stop) -> bool {
+    let mut to_group = true;
+    for signal in stop.signals() {
+        to_group &= killpg(pid, *signal).is_ok();
+    }
+    // Asked after the group was signalled: a worker still in it has had the signals.
+    if getpgid(Some(pid)) == Ok(pid) {
+        return to_group;
+    }
+    let mut to_worker = true;
+    for signal in stop.signals() {
+        to_worker &= kill(pid, *signal).is_ok();
+    }
+    to_worker
+}
+
+/// Signals what a dead worker left in its process group. Called before the worker is reaped:
+/// its zombie still holds the group's id, so no other process can have taken it.
+pub(super) fn stop_leftovers(worker: Pid) {
+    let _ = killpg(worker, Signal::SIGTERM);
+}
+
+/// The pid of a child that has exited, left a zombie (`WNOWAIT`); `None` if children remain
+/// and none has exited; `ECHILD` when no child is left.
+pub(super) fn peek_exited() -> Result<Option<Pid>, Errno> {
+    peek(libc::P_ALL, 0)
+}
+
+/// Whether any child is left, exited or not.
+pub(super) fn has_children() -> bool {
+    peek_exited() != Err(Errno::ECHILD)
+}
+
+fn peek(id_type: libc::idtype_t, id: libc::id_t) -> Result<Option<Pid>, Errno> {
+    // SAFETY: a zeroed siginfo is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    loop {
+        // SAFETY: `info` is valid for the call.
+        match Errno::result(unsafe { libc::waitid(id_type, id, &mut info, flags) }) {
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno),
+            Ok(_) => break,
+        }
+    }
+    // SAFETY: waitid filled `info` for a child, or left si_pid zero.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then(|| Pid::from_raw(pid)))
+}
+
+/// Reaps the exited child `pid`. Decoded here rather than by nix, whose `WaitStatus` cannot
+/// hold a real-time signal: a worker killed by one would be reaped and then lost.
+pub(super) fn reap(pid: Pid) -> Result<ExitStatus, Errno> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is valid for the call.
+        match Errno::result(unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) }) {
+            Err(Errno::EINTR) => continue,
+            result => return result.map(|_| ExitStatus::from_raw(status)),
+        }
+    }
+}
+
+/// The master's children, from /proc when it can say, else by asking `waitid` about every
+/// pid up to `pid_max`: it needs no file descriptor and no /proc, and answers `ECHILD` for a
+/// pid that is not a child.
+fn children(pid_max: i32) -> Vec<Pid> {
+    procfs::children().unwrap_or_else(|| {
+        (1..=pid_max)
+            .map(Pid::from_raw)
+            .filter(|pid| peek(libc::P_PID, pid.as_raw() as libc::id_t).is_ok())
+            .collect()
+    })
+}
