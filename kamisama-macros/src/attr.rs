@@ -75,7 +75,8 @@ impl Key {
     /// The largest integer the builder method takes.
     fn maximum(self) -> u64 {
         match self {
-            Key::Instances => usize::MAX as u64,
+            // kamisama::MAX_INSTANCES: Linux's PID_MAX_LIMIT.
+            Key::Instances => 1 << 22,
             Key::RespawnLimit => u64::from(u32::MAX),
             _ => u64::MAX,
         }

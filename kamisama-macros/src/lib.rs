@@ -33,7 +33,7 @@ use proc_macro::TokenStream;
 ///
 /// | argument           | default    | meaning                                                        |
 /// |--------------------|------------|----------------------------------------------------------------|
-/// | `instances`        | `1`        | how many workers run at once, at least 1                       |
+/// | `instances`        | `1`        | how many workers run at once, at least 1, at most 4194304      |
 /// | `respawn_limit`    | `3`        | respawns allowed within `respawn_interval` before giving up    |
 /// | `respawn_interval` | `60`       | the sliding window for `respawn_limit`, in seconds, at least 1 |
 /// | `shutdown_timeout` | `10`       | seconds a stopping worker gets before SIGKILL, at least 1      |

@@ -1,0 +1,2 @@
+#[kamisama::main(instances = 18446744073709551615)]
+fn worker() {}
