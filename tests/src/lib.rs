@@ -252,6 +252,20 @@ impl Master {
             .count()
     }
 
+    /// How many workers the master wants now, from its last `started` or `scaled-*` line.
+    pub fn instances_asked(&self) -> usize {
+        self.transcript()
+            .lines()
+            .filter(|line| {
+                line.contains("]: started ")
+                    || line.contains("]: scaled-up ")
+                    || line.contains("]: scaled-down ")
+            })
+            .filter_map(|line| field(line, "instances")?.parse().ok())
+            .next_back()
+            .expect("a started line")
+    }
+
     /// The master's live children, each with the index it reported on starting (`None` until
     /// it has), read from /proc and the workers' `worker-started` lines.
     pub fn children(&self) -> Vec<(Pid, Option<usize>)> {
@@ -538,6 +552,44 @@ pub fn can_unshare_pid() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// A small seeded random number generator (SplitMix64): the same seed makes the same choices,
+/// so that a randomized test that fails can be run again as it was.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator that starts from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// A seed that differs from run to run, for a test not told which one to use.
+    pub fn fresh_seed() -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_nanos() as u64);
+        Rng::new(nanos ^ u64::from(std::process::id()) << 32).next_u64()
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
 }
 
 fn become_subreaper() {

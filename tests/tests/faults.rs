@@ -15,21 +15,6 @@ fn pid_in(line: &str) -> Pid {
     Pid::from_raw(field(line, "pid").unwrap().parse().unwrap())
 }
 
-/// How many workers the master wants now, from its last `started` or `scaled-*` line.
-fn wanted_instances(master: &Master) -> usize {
-    master
-        .transcript()
-        .lines()
-        .filter(|line| {
-            line.contains("]: started ")
-                || line.contains("]: scaled-up ")
-                || line.contains("]: scaled-down ")
-        })
-        .filter_map(|line| field(line, "instances")?.parse().ok())
-        .next_back()
-        .expect("a started line")
-}
-
 #[test]
 fn all_workers_killed_at_once_are_all_respawned_once() {
     let mut master = Master::launch(SUPERVISED)
@@ -92,7 +77,7 @@ fn a_burst_of_ttin_settles_and_single_ttins_count() {
     master.wait_for_line("scaled-up");
     // Settled: the workers running are exactly those the master last asked for.
     let grown = master.wait_until("the burst to settle", || {
-        let wanted = wanted_instances(&master);
+        let wanted = master.instances_asked();
         (master.workers()?.len() == wanted).then_some(wanted)
     });
     assert!((3..=22).contains(&grown), "{grown} workers");
@@ -242,7 +227,7 @@ fn chaos_converges_with_every_index_once_and_nothing_left() {
         std::thread::sleep(Duration::from_micros(next(3000)));
     }
     let wanted = master.wait_until("the count to settle", || {
-        let wanted = wanted_instances(&master);
+        let wanted = master.instances_asked();
         let workers = master.workers()?;
         let zombies = children_of(master.pid())
             .into_iter()
