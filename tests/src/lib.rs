@@ -209,6 +209,14 @@ impl Master {
         kill(self.pid(), signal).expect("signal the master");
     }
 
+    /// Ends the master's shutdown at once: TERM, then, once the master has acted on it, a
+    /// second TERM that kills what is left. (Two signals sent back to back would coalesce.)
+    pub fn shut_down_now(&self) {
+        self.signal(Signal::SIGTERM);
+        self.wait_for_line("shutdown-started");
+        self.signal(Signal::SIGTERM);
+    }
+
     /// Sends `signal` to the master's process group, as a terminal does for Ctrl-C.
     pub fn signal_group(&self, signal: Signal) {
         killpg(self.pid(), signal).expect("signal the master's process group");

@@ -5,17 +5,34 @@ use nix::sys::signal::Signal;
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const BY_HAND: &str = env!("CARGO_BIN_EXE_by-hand");
+const EVERY_SETTING: &str = env!("CARGO_BIN_EXE_every-setting");
+
+#[test]
+fn the_attribute_sets_each_setting_in_its_place() {
+    let mut master = Master::launch(EVERY_SETTING).start();
+    master.wait_for_line(
+        "started instances=2 respawn_limit=4 respawn_interval=5s shutdown_timeout=6s \
+         restart=on-failure backoff_max=7s",
+    );
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
 
 #[test]
 fn environment_overrides_every_setting() {
-    let mut master = Master::launch(SUPERVISED)
+    // What each setting does is tested where it is used, through these same variables.
+    let mut master = Master::launch(EVERY_SETTING)
         .env("KAMISAMA_INSTANCES", "6")
         .env("KAMISAMA_RESPAWN_LIMIT", "7")
         .env("KAMISAMA_RESPAWN_INTERVAL", "8")
         .env("KAMISAMA_SHUTDOWN_TIMEOUT", "9")
+        .env("KAMISAMA_RESTART", "never")
+        .env("KAMISAMA_BACKOFF_MAX", "10")
         .start();
     master.wait_for_line(
-        "started instances=6 respawn_limit=7 respawn_interval=8s shutdown_timeout=9s",
+        "started instances=6 respawn_limit=7 respawn_interval=8s shutdown_timeout=9s \
+         restart=never backoff_max=10s",
     );
     master.wait_for_workers(6);
     master.signal(Signal::SIGTERM);
@@ -31,6 +48,8 @@ fn an_invalid_value_stops_before_anything_is_forked() {
         ("KAMISAMA_RESPAWN_LIMIT", "-1"),
         ("KAMISAMA_RESPAWN_INTERVAL", "0"),
         ("KAMISAMA_SHUTDOWN_TIMEOUT", "5s"),
+        ("KAMISAMA_RESTART", "sometimes"),
+        ("KAMISAMA_BACKOFF_MAX", "-1"),
         // More than any machine can fork: a refusal, not an abort on a failed allocation.
         ("KAMISAMA_INSTANCES", "4194305"),
         ("KAMISAMA_INSTANCES", "100000000000"),

@@ -153,14 +153,11 @@ fn an_orphan_that_left_the_group_and_ignores_term_is_killed_at_shutdown() {
 
 #[test]
 fn as_pid_1_of_a_namespace_it_reaps_orphans_and_shuts_down() {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let unshare = std::process::Command::new("unshare")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !root || !unshare {
-        eprintln!("skipped: creating a PID namespace needs root and util-linux's unshare");
+    if !kamisama_tests::can_unshare_pid() {
+        kamisama_tests::skip(
+            "as_pid_1_of_a_namespace_it_reaps_orphans_and_shuts_down",
+            "creating a PID namespace needs util-linux's unshare and CAP_SYS_ADMIN",
+        );
         return;
     }
     let mut master = Master::launch_under(&["unshare", "--pid", "--fork"], SUPERVISED)
@@ -284,8 +281,7 @@ fn ttin_during_a_retirement_waits_for_the_index_to_be_free() {
         "{}",
         master.transcript()
     );
-    master.signal(Signal::SIGINT);
-    master.signal(Signal::SIGINT);
+    master.shut_down_now();
     master.expect_exit_code(0);
 }
 

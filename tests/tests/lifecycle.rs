@@ -1,7 +1,7 @@
 //! The lifecycle beyond respawning: cooperative stops, worker results, restart policies,
 //! rolling restarts, forwarded signals, backoff and the event callback.
 
-use kamisama_tests::{children_of, Launch, Master};
+use kamisama_tests::{children_of, field, Launch, Master};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -131,8 +131,9 @@ fn an_err_is_printed_and_exits_1() {
             || line.ends_with("error=\"shard 1 is corrupt\""),
         "{line}"
     );
-    master.wait_for_line("status=1");
     master.expect_exit_code(1);
+    let exited = master.wait_for_line("exited index=");
+    assert_eq!(field(&exited, "status"), Some("1"), "{exited}");
 }
 
 #[test]
@@ -259,22 +260,32 @@ fn scaling_during_a_rolling_restart_keeps_indices_consistent() {
     master.wait_for_line("scaled-down instances=2");
     master.wait_for_line("rolling-restart-finished");
     master.wait_for_workers(2);
-    master.signal(Signal::SIGINT);
-    master.signal(Signal::SIGINT);
+    master.shut_down_now();
     master.expect_exit_code(0);
 }
 
 #[test]
 fn a_second_hup_during_a_rolling_restart_is_ignored() {
-    let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "1000").start();
-    master.wait_for_lines("job-started", 2);
+    // The workers ignore TERM for an hour: the rolling restart waits for the test to end
+    // each old worker, so the second HUP cannot come too late.
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    let workers = master.wait_for_workers(2);
     master.signal(Signal::SIGHUP);
     master.wait_for_line("replacing index=0");
     master.signal(Signal::SIGHUP);
     master.wait_for_line("rolling-restart-busy");
+    for index in 0..2 {
+        master.wait_for_line(&format!("replacing index={index} pid={}", workers[&index]));
+        nix::sys::signal::kill(workers[&index], Signal::SIGKILL).unwrap();
+    }
     master.wait_for_line("rolling-restart-finished");
     assert_eq!(master.count_lines("replacing"), 2);
-    master.signal(Signal::SIGTERM);
+    assert_eq!(master.count_lines("rolling-restart-started"), 1);
+    master.shut_down_now();
     master.expect_exit_code(0);
 }
 
@@ -296,33 +307,76 @@ fn usr1_and_usr2_are_forwarded_to_every_worker() {
     master.expect_exit_code(0);
 }
 
-#[test]
-fn backoff_delays_a_crash_loop_and_term_still_exits_at_once() {
-    let mut master = Master::launch(SUPERVISED)
+/// A master whose one worker returns at once, over and over, with backoff on.
+fn crash_loop(respawn_limit: &str) -> Master {
+    Master::launch(SUPERVISED)
         .env("FIXTURE", "return")
         .env("KAMISAMA_INSTANCES", "1")
-        .env("KAMISAMA_RESPAWN_LIMIT", "1000")
+        .env("KAMISAMA_RESPAWN_LIMIT", respawn_limit)
         .env("KAMISAMA_BACKOFF_MAX", "30")
-        .start();
-    for delay in ["100ms", "200ms", "400ms", "800ms"] {
-        master.wait_for_line(&format!("delay={delay}"));
+        .start()
+}
+
+#[test]
+fn backoff_waits_the_delay_it_logs() {
+    let mut master = crash_loop("1000");
+    master.wait_for_line("delay=800ms");
+    let delays = ["100ms", "200ms", "400ms", "800ms"];
+    for (respawns, delay) in delays.iter().enumerate() {
+        master.wait_for_line(&format!(
+            "respawns={}/1000 window=60s delay={delay}",
+            respawns + 1
+        ));
     }
-    master.wait_for_line("delay=1.6s");
-    // The master sleeps through the backoff without waking up.
+    // Each worker says when it started, on the monotonic clock: the next one may not start
+    // before the logged delay has passed since then.
+    let starts: Vec<u64> = master
+        .wait_for_lines("worker-started index=0", 5)
+        .iter()
+        .map(|line| field(line, "at").unwrap().parse().unwrap())
+        .collect();
+    for (gap, delay) in starts.windows(2).zip([100, 200, 400, 800]) {
+        let gap = Duration::from_nanos(gap[1] - gap[0]);
+        assert!(gap >= Duration::from_millis(delay), "{gap:?} < {delay} ms");
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn backoff_does_not_hide_a_crash_loop_from_the_limit() {
+    // The default limit, 3 respawns: the fourth death gives up, after 0.1 + 0.2 + 0.4 s.
+    let mut master = crash_loop("3");
+    master.expect_exit_code(1);
+    for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
+        master.wait_for_line(&format!(
+            "respawning index=0 respawns={respawns}/3 window=60s delay={delay}"
+        ));
+    }
+    assert_eq!(master.count_lines("exited index=0"), 4);
+    master.wait_for_line("gave-up");
+}
+
+#[test]
+fn backoff_sleeps_without_waking_and_term_cuts_it_short() {
+    let mut master = crash_loop("1000");
+    master.wait_for_line("delay=3.2s");
+    // Logged no later than now: the backoff ends no earlier than 3.2 s from here, less the
+    // time the line took to arrive.
+    let logged = Instant::now();
     master.wait_until_blocked();
     let before = master.context_switches();
     std::thread::sleep(Duration::from_millis(500));
     let woke = master.context_switches() - before;
     assert_eq!(woke, 0, "the master woke up {woke} times during a backoff");
-    master.wait_for_line("delay=3.2s");
-    let term = Instant::now();
+    // Well inside the backoff: TERM must end the master now, not when the backoff ends.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(logged.elapsed()));
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
-    // The pending 3.2 s backoff did not hold the shutdown back.
+    let exited = logged.elapsed();
     assert!(
-        term.elapsed() < Duration::from_millis(3200),
-        "{:?}",
-        term.elapsed()
+        exited < Duration::from_millis(2800),
+        "exited {exited:?} after the backoff began"
     );
     assert_eq!(master.count_lines("delay=6.4s"), 0);
 }
@@ -347,6 +401,21 @@ fn the_event_callback_sees_what_the_log_says() {
         .collect();
     assert_eq!(called, logged);
     assert!(logged.len() >= 12, "{logged:#?}");
+}
+
+#[test]
+fn log_false_silences_the_master_but_not_the_callback() {
+    let mut master = Master::launch(EVENTS).env("LOG_OFF", "1").start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.wait_for_line("event: shutdown-finished exit=0");
+    assert_eq!(
+        master.count_lines("kamisama["),
+        0,
+        "{}",
+        master.transcript()
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! groups, a worker that leaves its group, daemons, a PID namespace without its own /proc, no
 //! file descriptor to spare), the master stops all of it and exits, leaving nothing behind.
 
-use kamisama_tests::{children_of, field, is_alive, process_group_of, Master};
+use kamisama_tests::{children_of, field, is_alive, parse_started, process_group_of, Master};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -46,6 +46,27 @@ fn orphans_that_arrive_during_a_shutdown_get_term() {
         reaped.iter().all(|line| line.ends_with(" status=SIGTERM")),
         "{reaped:#?}"
     );
+    assert!(master.tree().is_empty(), "left behind: {:?}", master.tree());
+}
+
+#[test]
+fn an_adopted_daemon_gets_term_as_the_shutdown_starts() {
+    // The worker ignores TERM for an hour; the daemon it left behind does not wait for it.
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term,daemonize")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    let (_, worker) = parse_started(&master.wait_for_line("worker-started")).unwrap();
+    let daemon = pid_in(&master.wait_for_line("daemon pid="));
+    master.wait_until("the daemon to be adopted", || {
+        children_of(master.pid()).contains(&daemon).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.wait_for_line(&format!("reaped pid={daemon} status=SIGTERM"));
+    assert!(is_alive(worker));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
     assert!(master.tree().is_empty(), "left behind: {:?}", master.tree());
 }
 
