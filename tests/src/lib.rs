@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
@@ -142,7 +142,10 @@ impl Launch {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let mut adopted = adopted();
         let mut child = self.command.spawn().expect("start the master");
+        adopted.std_children.insert(child.id() as i32);
+        drop(adopted);
         let output = Arc::new(Output::default());
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -347,6 +350,7 @@ impl Master {
             )
         });
         self.status = Some(status);
+        adopted().std_children.remove(&(self.child.id() as i32));
         // The pipes close when the last worker is gone too; then the output is complete.
         // A worker that outlives its master fails the test elsewhere, not here.
         self.output.wait_closed(DEADLINE);
@@ -419,10 +423,9 @@ impl Drop for Master {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        adopted().std_children.remove(&(self.child.id() as i32));
         // Orphans re-parented to this process are its children now: reap their zombies.
-        for pid in seen {
-            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        }
+        reap_adopted();
     }
 }
 
@@ -522,12 +525,62 @@ pub fn status_field(pid: Pid, name: &str) -> Option<u64> {
 /// Waits for an adopted orphan (a child of this test process since its parent died) to exit,
 /// and returns how it ended.
 pub fn reap_orphan(pid: Pid) -> WaitStatus {
-    poll_until(|| match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::StillAlive) => None,
-        Ok(status) => Some(status),
-        Err(error) => panic!("{pid} is not a child of the test process: {error}"),
+    poll_until(|| {
+        reap_adopted();
+        adopted().reaped.remove(&pid.as_raw())
     })
     .unwrap_or_else(|| panic!("{pid} did not exit within {DEADLINE:?}"))
+}
+
+/// The children of this test process that std does not wait for: orphans it adopted as a
+/// subreaper. The masters the harness started, and the probes it runs, are std's to wait
+/// for; reaping one of them behind std's back would lose its status, so they are listed
+/// here while they run, and started under the same lock.
+struct Adopted {
+    std_children: BTreeSet<i32>,
+    /// How each orphan reaped so far ended, for [`reap_orphan`].
+    reaped: BTreeMap<i32, WaitStatus>,
+}
+
+static ADOPTED: Mutex<Adopted> = Mutex::new(Adopted {
+    std_children: BTreeSet::new(),
+    reaped: BTreeMap::new(),
+});
+
+fn adopted() -> MutexGuard<'static, Adopted> {
+    ADOPTED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reaps every adopted orphan that has exited, whichever test's it was, keeping how it ended,
+/// so that no zombie outlives the test that made it.
+pub fn reap_adopted() {
+    let mut adopted = adopted();
+    let own = Pid::this();
+    let tasks = fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten();
+    let children: Vec<Pid> = tasks
+        .filter_map(|task| task.file_name().to_str()?.parse().ok())
+        .flat_map(|task: i32| {
+            let list = fs::read_to_string(format!("/proc/{own}/task/{task}/children"));
+            let list = list.unwrap_or_default();
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for pid in children {
+        if adopted.std_children.contains(&pid.as_raw()) || state(pid) != Some('Z') {
+            continue;
+        }
+        if let Ok(status) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            if status != WaitStatus::StillAlive {
+                adopted.reaped.insert(pid.as_raw(), status);
+            }
+        }
+    }
 }
 
 /// Describes an exit status for assertions: `code 0`, `signal SIGTERM`.
@@ -553,6 +606,8 @@ pub fn skip(test: &str, why: &str) {
 /// Whether this machine lets a test create a PID namespace (util-linux's `unshare`, and the
 /// CAP_SYS_ADMIN it needs), tried for real rather than guessed from the user id.
 pub fn can_unshare_pid() -> bool {
+    // Started and waited for under the lock, so that no orphan reaping takes its status.
+    let _adopted = adopted();
     Command::new("unshare")
         .args(["--pid", "--fork", "true"])
         .stdin(Stdio::null())
