@@ -40,13 +40,29 @@
 //!   also gets a SIGTERM handler for its cooperative stop.
 //! - The master is a child subreaper: a worker's subprocess orphaned by its worker comes back
 //!   to it and is reaped, and it is stopped at shutdown.
+//! - A `fork` that fails (out of pids or memory) is retried after a backoff, each failure
+//!   counted against the respawn limit.
+//!
+//! # Every shutdown ends
+//!
+//! After `TERM`, `INT` or `QUIT` the master exits within `shutdown_timeout` and a moment,
+//! whatever the workers' process trees do (sessions and process groups of their own, a worker
+//! that leaves its group, daemons, `exec`, `TERM` ignored, `SIGSTOP`, a PID namespace with or
+//! without its own /proc, no file descriptor to spare). Workers' process groups, workers that
+//! left them, and every process the master adopts get `TERM` and `CONT`, adopted ones as they
+//! arrive (the master lists its children when its last worker is gone and on a 100 ms tick,
+//! as the kernel does not say when it hands one over); whatever is left at the deadline gets
+//! `KILL`, and so does what arrives after it. The master exits when `waitid` says no child
+//! is left, and then nothing of its tree is, zombies included. It cannot follow a process
+//! that leaves its tree (started by `systemd-run`, say), nor the orphans of a worker that
+//! makes itself a subreaper until that worker dies.
 //!
 //! # Signals
 //!
 //! | signal to the master | effect |
 //! |---|---|
 //! | `TERM`, `INT`, `QUIT` | graceful shutdown: no more respawns; every worker's process group gets `TERM` (and `CONT`, so that a stopped worker acts on it); what is still alive after `shutdown_timeout` gets `KILL`; exit 0 once everything is reaped |
-//! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once |
+//! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once (the first one during a shutdown the master began itself only joins it) |
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
 //! | `HUP` | rolling restart: replace the workers one index at a time, each stopped before its replacement is forked |
@@ -89,6 +105,11 @@
 //!
 //! - Signals of one kind coalesce while the master is busy: a burst of ten `TTIN` in a few
 //!   microseconds may start fewer than ten workers. Send them a moment apart to count on each.
+//! - A master that is stopped (`SIGSTOP`, Ctrl-Z) and continued loses the `TTIN` and `TTOU`
+//!   sent meanwhile: the kernel discards pending stop-class signals on `SIGCONT`.
+//! - The event callback's panics are caught only when panics unwind; with
+//!   `panic = "abort"`, a panic there aborts the master, and the workers stop on their death
+//!   signal.
 //! - A signal that arrives before the master has blocked its signals (the first instants of
 //!   the process) has its default action: a `TERM` then kills the master, which has forked
 //!   nothing yet.

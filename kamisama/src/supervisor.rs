@@ -156,7 +156,8 @@ impl<'a> Supervisor<'a> {
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
-    /// logged and supervision goes on.
+    /// logged and supervision goes on (provided panics unwind: under `panic = "abort"` the
+    /// master aborts, and its workers stop on their death signal).
     ///
     /// ```no_run
     /// use std::cell::Cell;
