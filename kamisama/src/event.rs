@@ -244,14 +244,24 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// Formats a duration as `60s`, `1.6s`, `100ms`, and zero as `0s`.
+/// Formats a duration to the millisecond as `60s`, `1.6s`, `100ms`, and zero as `0s`
+/// (without `Duration`'s `Debug`, whose code the master would otherwise have resident).
 struct Span(Duration);
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Duration::ZERO => f.write_str("0s"),
-            duration => write!(f, "{duration:?}"),
+        let (seconds, millis) = (self.0.as_secs(), self.0.subsec_millis());
+        match (seconds, millis) {
+            (_, 0) => write!(f, "{seconds}s"),
+            (0, _) => write!(f, "{millis}ms"),
+            _ => {
+                let (mut fraction, mut width) = (millis, 3);
+                while fraction % 10 == 0 {
+                    fraction /= 10;
+                    width -= 1;
+                }
+                write!(f, "{seconds}.{fraction:0width$}s")
+            }
         }
     }
 }
@@ -370,46 +380,92 @@ impl fmt::Display for Event {
     }
 }
 
-/// Writes `line` to stderr as `kamisama[PID]: LINE`, in one `write` so that lines from the
-/// master and its workers do not interleave. A closed stderr stops nothing.
-pub(crate) fn log(pid: u32, line: impl fmt::Display) {
-    let mut buffer = Line::default();
-    let _ = writeln!(buffer, "kamisama[{pid}]: {line}");
-    loop {
-        match nix::unistd::write(std::io::stderr(), buffer.as_bytes()) {
-            Err(Errno::EINTR) => continue,
-            _ => return,
+/// The master's log on stderr: one line per event, `kamisama[PID]: LINE`.
+///
+/// Lines are gathered and written together, once per turn of the master's loop (before it
+/// blocks) or when the buffer is full: each write to a pipe wakes whoever reads it (a
+/// journal, a terminal), which the fork path cannot afford for every worker it forks. A write
+/// is at most `PIPE_BUF` bytes, which a pipe takes whole, so lines from the master and its
+/// workers never interleave. The buffer lives on the master's stack, as the fork path must
+/// not allocate (see `Master`). A closed stderr stops nothing.
+pub(crate) struct Log {
+    pid: u32,
+    pending: Buffer<{ libc::PIPE_BUF }>,
+}
+
+impl Log {
+    pub(crate) fn new(pid: u32) -> Self {
+        Log {
+            pid,
+            pending: Buffer::default(),
         }
+    }
+
+    /// Adds `line`, after writing what was gathered if it does not fit.
+    pub(crate) fn line(&mut self, line: impl fmt::Display) {
+        let mut one = Buffer::<320>::default();
+        let _ = writeln!(one, "kamisama[{}]: {line}", self.pid);
+        if self.pending.room() < one.len {
+            self.flush();
+        }
+        let _ = self.pending.write_str(one.as_str());
+    }
+
+    /// Writes every line gathered.
+    pub(crate) fn flush(&mut self) {
+        let mut bytes = self.pending.as_str().as_bytes();
+        while !bytes.is_empty() {
+            match nix::unistd::write(std::io::stderr(), bytes) {
+                Ok(written) => bytes = &bytes[written..],
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        self.pending.len = 0;
     }
 }
 
-/// A log line built on the stack, as the fork path must not allocate (see `Master`). A line
-/// too long for it is cut short, and still ends with a newline.
-struct Line {
-    bytes: [u8; 320],
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Text built on the stack. What does not fit is cut short, and a cut line still ends with a
+/// newline.
+struct Buffer<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
 
-impl Default for Line {
+impl<const N: usize> Default for Buffer<N> {
     fn default() -> Self {
-        Line {
-            bytes: [0; 320],
+        Buffer {
+            bytes: [0; N],
             len: 0,
         }
     }
 }
 
-impl Line {
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+impl<const N: usize> Buffer<N> {
+    fn room(&self) -> usize {
+        N - self.len
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are copied in, cut at a character boundary.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 
-impl fmt::Write for Line {
+impl<const N: usize> fmt::Write for Buffer<N> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         // Keep the last byte for the newline.
-        let room = self.bytes.len() - 1 - self.len;
-        let taken = text.len().min(room);
+        let room = N - 1 - self.len;
+        let mut taken = text.len().min(room);
+        while !text.is_char_boundary(taken) {
+            taken -= 1;
+        }
         self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
         self.len += taken;
         if taken < text.len() {
@@ -418,5 +474,24 @@ impl fmt::Write for Line {
             return Err(fmt::Error);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_read_as_the_log_writes_them() {
+        for (millis, text) in [
+            (0, "0s"),
+            (100, "100ms"),
+            (1_600, "1.6s"),
+            (1_250, "1.25s"),
+            (60_000, "60s"),
+            (12_005, "12.005s"),
+        ] {
+            assert_eq!(Span(Duration::from_millis(millis)).to_string(), text);
+        }
     }
 }

@@ -6,14 +6,16 @@
 //! ```
 //!
 //! Both masters run the same worker, which writes its index, pid and a CLOCK_MONOTONIC
-//! timestamp the moment the worker function starts. Masters' stderr goes to /dev/null.
+//! timestamp the moment the worker function starts. Each master's stderr is a pipe that a
+//! thread drains, as a journal or a terminal would. The two run in turn, in alternating
+//! order, and a run that fails still kills every process it started.
 
 use kamisama_tests::bench::monotonic_nanos;
-use kamisama_tests::{is_alive, status_field};
+use kamisama_tests::{is_alive, state, status_field, Tree};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
@@ -30,7 +32,14 @@ const KAMISAMA: Subject = Subject {
 const BASELINE: Subject = Subject {
     binary: env!("CARGO_BIN_EXE_bench-baseline"),
 };
-const SUBJECTS: [Subject; 2] = [KAMISAMA, BASELINE];
+/// The two subjects with their place in the results, kamisama first on even runs.
+fn in_turn(run: usize) -> [(usize, Subject); 2] {
+    if run.is_multiple_of(2) {
+        [(0, KAMISAMA), (1, BASELINE)]
+    } else {
+        [(1, BASELINE), (0, KAMISAMA)]
+    }
+}
 
 /// Longest any awaited report may take.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -45,6 +54,7 @@ struct Report {
 /// A running master with its workers; dropping it kills all of them.
 struct Running {
     master: Child,
+    tree: Tree,
     reports: Receiver<Report>,
     /// The live worker of each index, as last reported.
     workers: BTreeMap<usize, Pid>,
@@ -53,16 +63,23 @@ struct Running {
 impl Running {
     /// Starts `subject` with `instances` workers; returns it with the time it was started.
     fn start(subject: Subject, instances: usize) -> (Running, u64) {
+        let tree = Tree::new();
         let mut command = Command::new(subject.binary);
+        tree.mark(&mut command);
         command
             .env("KAMISAMA_INSTANCES", instances.to_string())
             .env("KAMISAMA_RESPAWN_LIMIT", "1000000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         let started = monotonic_nanos();
         let mut master = command.spawn().expect("start the master");
         let stdout = master.stdout.take().expect("piped stdout");
+        let mut stderr = master.stderr.take().expect("piped stderr");
+        thread::spawn(move || {
+            let mut log = [0; 4096];
+            while stderr.read(&mut log).is_ok_and(|read| read > 0) {}
+        });
         let (sender, reports) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -83,6 +100,7 @@ impl Running {
         });
         let running = Running {
             master,
+            tree,
             reports,
             workers: BTreeMap::new(),
         };
@@ -110,6 +128,19 @@ impl Running {
         Pid::from_raw(self.master.id() as i32)
     }
 
+    /// Waits until the master sleeps, done with what it was doing.
+    fn await_blocked(&self) {
+        let master = self.master_pid();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while state(master) != Some('S') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the master never blocked"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Sends TERM and returns how long the master took to exit with every worker gone.
     fn shut_down(mut self) -> u64 {
         let started = monotonic_nanos();
@@ -127,9 +158,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.master.kill();
         let _ = self.master.wait();
-        for pid in self.workers.values() {
-            let _ = kill(*pid, Signal::SIGKILL);
-        }
+        // The baseline's workers have no death signal: without this they would outlive a
+        // run that failed.
+        self.tree.kill();
     }
 }
 
@@ -184,12 +215,12 @@ fn start_and_shutdown(rows: &mut Vec<Row>) {
     for (instances, runs) in [(1, 21), (17, 11), (200, 7), (1000, 5)] {
         let mut start = [Vec::new(), Vec::new()];
         let mut shutdown = [Vec::new(), Vec::new()];
-        for _ in 0..runs {
-            for (which, subject) in SUBJECTS.iter().enumerate() {
-                let (mut running, started) = Running::start(*subject, instances);
+        for run in 0..runs {
+            for (which, subject) in in_turn(run) {
+                let (mut running, started) = Running::start(subject, instances);
                 start[which].push(running.await_workers(instances) - started);
-                // Let the last forks settle so that shutdown measures only the shutdown.
-                thread::sleep(Duration::from_millis(50));
+                // So that the shutdown measures only the shutdown.
+                running.await_blocked();
                 shutdown[which].push(running.shut_down());
             }
         }
@@ -218,9 +249,9 @@ fn respawn_latency(rows: &mut Vec<Row>) {
     const ROUNDS: usize = 3;
     const KILLS_PER_ROUND: usize = 100;
     let mut latencies = [Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS {
-        for (which, subject) in SUBJECTS.iter().enumerate() {
-            let (mut running, _) = Running::start(*subject, INSTANCES);
+    for round in 0..ROUNDS {
+        for (which, subject) in in_turn(round) {
+            let (mut running, _) = Running::start(subject, INSTANCES);
             running.await_workers(INSTANCES);
             for kill_number in 0..KILLS_PER_ROUND {
                 let index = kill_number % INSTANCES;
@@ -257,58 +288,75 @@ fn respawn_latency(rows: &mut Vec<Row>) {
 /// The master's resident memory and wakeups while idle, and what a worker holds privately.
 fn idle_footprint(rows: &mut Vec<Row>) {
     const INSTANCES: usize = 17;
-    const WINDOW: Duration = Duration::from_secs(3);
-    let mut rss = [0.0; 2];
+    const RUNS: usize = 5;
+    const WINDOW: Duration = Duration::from_secs(1);
+    // Medians over several masters: how much shared text a process has resident moves by
+    // tens of KiB from one start to the next (the kernel maps file pages around each fault).
+    let mut rss: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut own: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let mut wakeups = [0.0; 2];
-    let mut private = [0.0; 2];
-    for (which, subject) in SUBJECTS.iter().enumerate() {
-        let (mut running, _) = Running::start(*subject, INSTANCES);
-        running.await_workers(INSTANCES);
-        thread::sleep(Duration::from_millis(200));
-        let master = running.master_pid();
-        let switches = || {
-            status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
-                + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
-        };
-        let before = switches();
-        thread::sleep(WINDOW);
-        wakeups[which] = (switches() - before) as f64 / WINDOW.as_secs_f64();
-        rss[which] = status_field(master, "VmRSS").unwrap_or(0) as f64;
-        private[which] = running
-            .workers
-            .values()
-            .map(|pid| private_kib(*pid))
-            .sum::<u64>() as f64
-            / INSTANCES as f64;
-        running.shut_down();
+    let mut private: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..RUNS {
+        for (which, subject) in in_turn(run) {
+            let (mut running, _) = Running::start(subject, INSTANCES);
+            running.await_workers(INSTANCES);
+            running.await_blocked();
+            let master = running.master_pid();
+            let switches = || {
+                status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
+                    + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
+            };
+            let before = switches();
+            thread::sleep(WINDOW);
+            wakeups[which] += (switches() - before) as f64 / (WINDOW.as_secs_f64() * RUNS as f64);
+            rss[which].push(status_field(master, "VmRSS").unwrap_or(0));
+            own[which].push(rollup_kib(master, &["Anonymous"]));
+            let workers = running.workers.values();
+            let private_of = |pid: &Pid| rollup_kib(*pid, &["Private_Clean", "Private_Dirty"]);
+            private[which].push(workers.map(private_of).sum::<u64>() / INSTANCES as u64);
+            running.shut_down();
+        }
     }
+    let [rss, own, private] = [rss, own, private].map(|mut values| {
+        let [kamisama, baseline] = &mut values;
+        [median(kamisama), median(baseline)]
+    });
     rows.push(row(
-        "master resident memory (VmRSS), 17 workers",
+        format!("master resident memory (VmRSS), 17 workers (median of {RUNS})"),
         rss[0],
         rss[1],
         Unit::KiB,
     ));
     rows.push(row(
-        "master wakeups per second while idle",
+        format!("master anonymous memory (heap, stack, data; median of {RUNS})"),
+        own[0],
+        own[1],
+        Unit::KiB,
+    ));
+    rows.push(row(
+        format!("master wakeups per second while idle ({RUNS} × {WINDOW:?})"),
         wakeups[0],
         wakeups[1],
         Unit::Count,
     ));
     rows.push(row(
-        "private memory of a worker (Private_Clean + Private_Dirty)",
+        format!("private memory of a worker (Private_Clean + Private_Dirty, median of {RUNS})"),
         private[0],
         private[1],
         Unit::KiB,
     ));
 }
 
-/// A process's private memory in KiB, from /proc/PID/smaps_rollup.
-fn private_kib(pid: Pid) -> u64 {
+/// The sum of `fields` of a process's /proc/PID/smaps_rollup, in KiB.
+fn rollup_kib(pid: Pid, fields: &[&str]) -> u64 {
     let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     rollup
         .lines()
-        .filter(|line| line.starts_with("Private_"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            fields.contains(&name).then_some(value)
+        })
+        .filter_map(|value| value.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
 

@@ -34,7 +34,7 @@ pub struct Master {
     /// The master, or the program it runs under (such as `unshare`).
     child: Child,
     pid: Pid,
-    token: String,
+    tree: Tree,
     output: Arc<Output>,
     status: Option<ExitStatus>,
 }
@@ -111,12 +111,7 @@ impl Launch {
     /// Starts the master.
     pub fn start(mut self) -> Master {
         become_subreaper();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let token = format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let tree = Tree::new();
         // SAFETY: setrlimit and close_range are async-signal-safe, as code between fork and
         // exec must be.
         unsafe {
@@ -137,8 +132,8 @@ impl Launch {
                 Ok(())
             });
         }
+        tree.mark(&mut self.command);
         self.command
-            .env(TREE_VAR, &token)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -155,7 +150,7 @@ impl Launch {
         let mut master = Master {
             child,
             pid,
-            token,
+            tree,
             output,
             status: None,
         };
@@ -371,7 +366,7 @@ impl Master {
     /// Live processes of this test's tree: the master, its workers, their subprocesses,
     /// wherever they were re-parented.
     pub fn tree(&self) -> Vec<Pid> {
-        processes_carrying(&self.token)
+        self.tree.live()
     }
 
     /// Waits until no process of this test's tree is alive.
@@ -390,37 +385,11 @@ impl Master {
             .map(|(index, pid)| (pid, index))
             .collect()
     }
-
-    /// Every pid the output mentions, to reap adopted zombies.
-    fn mentioned_pids(&self) -> BTreeSet<Pid> {
-        self.output
-            .lines()
-            .iter()
-            .flat_map(|line| {
-                line.split_whitespace()
-                    .filter_map(|word| word.strip_prefix("pid=")?.parse().ok())
-                    .map(Pid::from_raw)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
 }
 
 impl Drop for Master {
     fn drop(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
-        let mut seen = self.mentioned_pids();
-        loop {
-            let live = self.tree();
-            if live.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in live {
-                let _ = kill(pid, Signal::SIGKILL);
-                seen.insert(pid);
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        self.tree.kill();
         let _ = self.child.kill();
         let _ = self.child.wait();
         adopted().std_children.remove(&(self.child.id() as i32));
@@ -530,6 +499,16 @@ pub fn reap_orphan(pid: Pid) -> WaitStatus {
         adopted().reaped.remove(&pid.as_raw())
     })
     .unwrap_or_else(|| panic!("{pid} did not exit within {DEADLINE:?}"))
+}
+
+/// Every adopted orphan reaped so far and not yet claimed by [`reap_orphan`], with how it
+/// ended; claims them all.
+pub fn take_reaped_orphans() -> BTreeMap<Pid, WaitStatus> {
+    reap_adopted();
+    std::mem::take(&mut adopted().reaped)
+        .into_iter()
+        .map(|(pid, status)| (Pid::from_raw(pid), status))
+        .collect()
 }
 
 /// The children of this test process that std does not wait for: orphans it adopted as a
@@ -662,6 +641,55 @@ fn become_subreaper() {
         let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         assert_eq!(result, 0, "become a child subreaper");
     });
+}
+
+/// The processes one test starts, and all they start in turn: each carries a unique
+/// `KAMISAMA_TEST_TREE` variable in its environment, which finds the whole tree in /proc
+/// wherever its processes were re-parented.
+pub struct Tree {
+    token: String,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+impl Tree {
+    /// A tree with a token of its own.
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let next = NEXT.fetch_add(1, Ordering::Relaxed);
+        Tree {
+            token: format!("{}-{next}", std::process::id()),
+        }
+    }
+
+    /// Makes `command`, and everything it starts, part of the tree.
+    pub fn mark(&self, command: &mut Command) {
+        command.env(TREE_VAR, &self.token);
+    }
+
+    /// The live processes of the tree.
+    pub fn live(&self) -> Vec<Pid> {
+        processes_carrying(&self.token)
+    }
+
+    /// Kills every process of the tree, until none is left or [`DEADLINE`] passes.
+    pub fn kill(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let live = self.live();
+            if live.is_empty() || Instant::now() > deadline {
+                return;
+            }
+            for pid in live {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// Live processes whose environment holds `KAMISAMA_TEST_TREE=token`.

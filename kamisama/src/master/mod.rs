@@ -7,7 +7,7 @@
 //! therefore leave a step undone.
 
 use crate::config::{Config, MAX_INSTANCES};
-use crate::event::{self, Event, ExitStatus};
+use crate::event::{Event, ExitStatus, Log};
 use crate::signals::Signals;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
@@ -36,8 +36,9 @@ pub(crate) struct Master<'a, W, S> {
     signature: PhantomData<S>,
     setup: Setup<'a>,
     on_event: Option<OnEvent<'a>>,
-    log: bool,
-    pid: Pid,
+    /// Whether events go to the log.
+    log_events: bool,
+    log: Log,
     /// How many workers should run now; TTIN and TTOU move it.
     instances: usize,
     slots: Slots,
@@ -100,6 +101,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     ) -> Self {
         let pid = Pid::this();
         Master {
+            log: Log::new(pid.as_raw() as u32),
             config,
             worker,
             signature: PhantomData,
@@ -109,8 +111,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 shutdown_timeout: config.shutdown_timeout,
             },
             on_event,
-            log,
-            pid,
+            log_events: log,
             instances: config.instances,
             slots: Slots::new(config.instances),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
@@ -148,12 +149,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 self.emit(Event::ShutdownFinished {
                     exit_code: outcome.exit_code(),
                 });
+                self.log.flush();
                 return outcome;
             }
             self.sweep(now);
             let timeout = self
                 .next_deadline()
                 .map(|at| at.saturating_duration_since(Instant::now()));
+            self.log.flush();
             // A failed poll only costs one more turn of the loop.
             let _ = self.setup.signals.wait(timeout);
             self.read_signals();
@@ -640,17 +643,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     }
 
     /// Logs `event` and hands it to the callback, which cannot break the loop: its panic is
-    /// caught and logged, and what it printed is flushed before the next fork.
+    /// caught and logged, and what it printed is flushed before the next fork. The log line is
+    /// written before the master next blocks.
     fn emit(&mut self, event: Event) {
-        if self.log {
-            event::log(self.pid.as_raw() as u32, &event);
+        if self.log_events {
+            self.log.line(&event);
         }
         if let Some(on_event) = &mut self.on_event {
             let call = panic::catch_unwind(AssertUnwindSafe(|| on_event(&event)));
             let _ = std::io::stdout().flush();
             if let Err(payload) = call {
                 std::mem::forget(payload);
-                event::log(self.pid.as_raw() as u32, "event-callback-panicked");
+                self.log.line("event-callback-panicked");
             }
         }
     }
