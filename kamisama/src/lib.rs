@@ -166,4 +166,4 @@ pub use event::{Event, ExitStatus};
 #[cfg(target_os = "linux")]
 pub use supervisor::{Outcome, Supervisor};
 #[cfg(target_os = "linux")]
-pub use worker::{Worker, WorkerFn, WorkerResult};
+pub use worker::{Accept, Worker, WorkerFn, WorkerResult};

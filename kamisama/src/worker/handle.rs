@@ -1,7 +1,10 @@
 //! The public [`Worker`] handle: a worker's index and its cooperative stop.
 
-use super::stop;
-use std::os::fd::BorrowedFd;
+use super::stop::{self, Woken};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{self, UnixListener, UnixStream};
 use std::time::Duration;
 
 /// The handle a worker function can take: its index, and the cooperative stop.
@@ -21,6 +24,35 @@ use std::time::Duration;
 ///         // ... take one job and finish it ...
 ///         worker.sleep(Duration::from_secs(60)); // wakes up at once on a stop request
 ///     }
+/// }
+/// ```
+///
+/// # Blocking calls
+///
+/// The stop request cannot cut short a call that blocks in the kernel: the handler returns,
+/// the call resumes (std retries it), and a worker idle in `accept()` or `read()` sees its
+/// stop only once a connection or data comes, or when SIGKILL ends it after
+/// `shutdown_timeout`. Wait through the handle instead, which returns at once on a stop:
+/// [`accept`](Worker::accept) for a listener, [`wait_readable`](Worker::wait_readable)
+/// before reading any socket or pipe, [`sleep`](Worker::sleep) between jobs.
+///
+/// ```no_run
+/// use std::io::Write;
+/// use std::net::TcpListener;
+///
+/// fn main() -> std::process::ExitCode {
+///     // Bound once by the master, shared by every worker.
+///     let listener = TcpListener::bind("127.0.0.1:8080").expect("bind");
+///     kamisama::Supervisor::new()
+///         .instances(4)
+///         .run(|worker: kamisama::Worker| {
+///             // `None` as soon as a stop is requested, even with no client in sight.
+///             while let Some(connection) = worker.accept(&listener) {
+///                 if let Ok((mut stream, _)) = connection {
+///                     let _ = stream.write_all(b"hello\n");
+///                 }
+///             }
+///         })
 /// }
 /// ```
 ///
@@ -50,7 +82,51 @@ impl Worker {
 
     /// Sleeps for `duration`, or until a stop is requested, whichever comes first.
     pub fn sleep(&self, duration: Duration) {
-        stop::sleep(duration);
+        stop::wait(None, Some(duration));
+    }
+
+    /// Waits until `fd` (a socket, a pipe...) can be read without blocking, or a stop is
+    /// requested: `true` when it is readable (or at its end, or in error, which a read then
+    /// reports), `false` on a stop, which wins when both come at once.
+    ///
+    /// ```no_run
+    /// use std::io::Read;
+    ///
+    /// # fn next_message(worker: &kamisama::Worker, socket: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    /// let mut message = vec![0; 4096];
+    /// if !worker.wait_readable(&*socket) {
+    ///     return None; // stopping
+    /// }
+    /// let read = socket.read(&mut message).ok()?;
+    /// message.truncate(read);
+    /// Some(message)
+    /// # }
+    /// ```
+    pub fn wait_readable(&self, fd: impl AsFd) -> bool {
+        stop::wait(Some(fd.as_fd()), None) == Woken::Ready
+    }
+
+    /// Accepts the next connection on `listener` (a [`TcpListener`] or a [`UnixListener`]),
+    /// or returns `None` as soon as a stop is requested.
+    ///
+    /// The listener is put in non-blocking mode, for all the processes that share it: when
+    /// several workers wait on one listener, each connection wakes them all and only one
+    /// gets it; the others go back to waiting instead of blocking in `accept` where a stop
+    /// cannot reach them. The connection itself is in blocking mode (on Linux, an accepted
+    /// socket does not inherit the listener's).
+    pub fn accept<L: Accept>(&self, listener: &L) -> Option<io::Result<L::Connection>> {
+        if let Err(error) = listener.set_nonblocking() {
+            return Some(Err(error));
+        }
+        loop {
+            if !self.wait_readable(listener.as_fd()) {
+                return None;
+            }
+            match listener.accept_now() {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                connection => return Some(connection),
+            }
+        }
     }
 
     /// A file descriptor that becomes readable when a stop is requested, to wait on with the
@@ -58,4 +134,47 @@ impl Worker {
     pub fn stop_fd(&self) -> BorrowedFd<'_> {
         stop::fd()
     }
+}
+
+/// A listening socket [`Worker::accept`] takes: [`TcpListener`] or [`UnixListener`].
+pub trait Accept: AsFd + sealed::Sealed {
+    /// What `accept` returns: the stream and the peer's address.
+    type Connection;
+
+    #[doc(hidden)]
+    fn set_nonblocking(&self) -> io::Result<()>;
+
+    #[doc(hidden)]
+    fn accept_now(&self) -> io::Result<Self::Connection>;
+}
+
+impl Accept for TcpListener {
+    type Connection = (TcpStream, SocketAddr);
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        TcpListener::set_nonblocking(self, true)
+    }
+
+    fn accept_now(&self) -> io::Result<Self::Connection> {
+        self.accept()
+    }
+}
+
+impl Accept for UnixListener {
+    type Connection = (UnixStream, net::SocketAddr);
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        UnixListener::set_nonblocking(self, true)
+    }
+
+    fn accept_now(&self) -> io::Result<Self::Connection> {
+        self.accept()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+
+    impl Sealed for std::net::TcpListener {}
+    impl Sealed for std::os::unix::net::UnixListener {}
 }

@@ -17,7 +17,7 @@ mod handle;
 mod stop;
 
 pub use function::{WorkerFn, WorkerResult};
-pub use handle::Worker;
+pub use handle::{Accept, Worker};
 
 /// What a worker needs from the master to set itself up.
 pub(crate) struct Setup<'a> {

@@ -59,21 +59,49 @@ pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
-/// Blocks for `duration`, or until a stop is requested.
-pub(crate) fn sleep(duration: Duration) {
-    let deadline = Instant::now().checked_add(duration);
-    while !requested() {
-        let left = match deadline {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-            None => Duration::MAX,
-        };
-        if left.is_zero() {
-            return;
+/// What ended a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The descriptor waited on is readable.
+    Ready,
+    /// A stop was requested; it wins over readiness.
+    Stop,
+    /// The time was up.
+    Timeout,
+}
+
+/// Blocks until `fd` (if any) is readable, a stop is requested, or `duration` (if any) has
+/// passed. Every thread waiting here wakes up on a stop, as the pipe stays readable.
+pub(crate) fn wait(fd: Option<BorrowedFd<'_>>, duration: Option<Duration>) -> Woken {
+    let deadline = duration.and_then(|duration| Instant::now().checked_add(duration));
+    loop {
+        if requested() {
+            return Woken::Stop;
         }
-        let timeout =
-            PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
-        // An interrupted poll is retried with the time left.
-        let _ = poll(&mut [PollFd::new(fd(), PollFlags::POLLIN)], timeout);
+        let timeout = match (duration, deadline) {
+            (None, _) | (Some(_), None) => PollTimeout::NONE,
+            (Some(_), Some(deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Woken::Timeout;
+                }
+                // Round up, or a wait for 0.4 ms would spin until the deadline.
+                PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let stop = PollFd::new(self::fd(), PollFlags::POLLIN);
+        let mut fds = [
+            stop,
+            PollFd::new(fd.unwrap_or(self::fd()), PollFlags::POLLIN),
+        ];
+        let watched = if fd.is_some() { 2 } else { 1 };
+        // An interrupted poll is tried again with the time left.
+        let _ = poll(&mut fds[..watched], timeout);
+        let ready =
+            |poll_fd: &PollFd<'_>| poll_fd.revents().is_some_and(|events| !events.is_empty());
+        if fd.is_some() && !requested() && ready(&fds[1]) {
+            return Woken::Ready;
+        }
     }
 }
 
