@@ -33,6 +33,8 @@ pub(crate) enum Key {
     ShutdownTimeout,
     Restart,
     BackoffMax,
+    Timeout,
+    BootTimeout,
 }
 
 /// The restart policies as written in the attribute, with their `kamisama::Restart` variant.
@@ -43,13 +45,15 @@ const RESTART_POLICIES: [(&str, &str); 3] = [
 ];
 
 impl Key {
-    const ALL: [Key; 6] = [
+    const ALL: [Key; 8] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
         Key::ShutdownTimeout,
         Key::Restart,
         Key::BackoffMax,
+        Key::Timeout,
+        Key::BootTimeout,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -60,6 +64,8 @@ impl Key {
             Key::ShutdownTimeout => "shutdown_timeout",
             Key::Restart => "restart",
             Key::BackoffMax => "backoff_max",
+            Key::Timeout => "timeout",
+            Key::BootTimeout => "boot_timeout",
         }
     }
 
@@ -67,8 +73,8 @@ impl Key {
     /// (off) is a real setting, zero instances or a zero-second window is not.
     fn minimum(self) -> u64 {
         match self {
-            Key::RespawnLimit | Key::BackoffMax | Key::Restart => 0,
-            Key::Instances | Key::RespawnInterval | Key::ShutdownTimeout => 1,
+            Key::RespawnLimit | Key::BackoffMax | Key::Timeout | Key::Restart => 0,
+            Key::Instances | Key::RespawnInterval | Key::ShutdownTimeout | Key::BootTimeout => 1,
         }
     }
 
@@ -91,6 +97,8 @@ impl Key {
             Key::ShutdownTimeout => "10",
             Key::Restart => "\"on-failure\"",
             Key::BackoffMax => "30",
+            Key::Timeout => "30",
+            Key::BootTimeout => "120",
         }
     }
 

@@ -65,6 +65,8 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::ShutdownTimeout => quote_spanned!(span=> .shutdown_timeout(#seconds)),
         Key::Restart => quote_spanned!(span=> .restart(#value)),
         Key::BackoffMax => quote_spanned!(span=> .backoff_max(#seconds)),
+        Key::Timeout => quote_spanned!(span=> .timeout(#seconds)),
+        Key::BootTimeout => quote_spanned!(span=> .boot_timeout(#seconds)),
     }
 }
 

@@ -39,6 +39,8 @@ use proc_macro::TokenStream;
 /// | `shutdown_timeout` | `10`       | seconds a stopping worker gets before SIGKILL, at least 1      |
 /// | `restart`          | `"always"` | `"always"`, `"on-failure"` or `"never"`: see [`Restart`](enum.Restart.html) |
 /// | `backoff_max`      | `0`        | the longest wait before respawning a crash-looping index, in seconds; 0 is off |
+/// | `timeout`          | `0`        | seconds a worker may show no sign of life before it is hung; 0 is off |
+/// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.

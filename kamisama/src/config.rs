@@ -20,6 +20,12 @@ pub(crate) struct Config {
     pub(crate) restart: Restart,
     /// Zero when backoff is off.
     pub(crate) backoff_max: Duration,
+    /// How long a worker may show no sign of life before it is hung; zero when off.
+    pub(crate) timeout: Duration,
+    /// The same for a worker's first sign of life after its fork.
+    pub(crate) boot_timeout: Duration,
+    /// What a hung worker gets first.
+    pub(crate) hang_signal: i32,
 }
 
 impl Default for Config {
@@ -31,6 +37,9 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             restart: Restart::Always,
             backoff_max: Duration::ZERO,
+            timeout: Duration::ZERO,
+            boot_timeout: Duration::from_secs(60),
+            hang_signal: libc::SIGABRT,
         }
     }
 }
@@ -54,6 +63,18 @@ impl Config {
             return Err(Error::InvalidConfig {
                 setting: "shutdown_timeout",
                 expected: "longer than zero",
+            });
+        }
+        if self.boot_timeout.is_zero() {
+            return Err(Error::InvalidConfig {
+                setting: "boot_timeout",
+                expected: "longer than zero",
+            });
+        }
+        if !(1..=libc::SIGRTMAX()).contains(&self.hang_signal) {
+            return Err(Error::InvalidConfig {
+                setting: "hang_signal",
+                expected: "a signal number, such as libc::SIGABRT",
             });
         }
         Ok(())

@@ -19,6 +19,10 @@ pub(crate) const SHUTDOWN_TIMEOUT: &str = "KAMISAMA_SHUTDOWN_TIMEOUT";
 pub(crate) const RESTART: &str = "KAMISAMA_RESTART";
 /// Overrides `backoff_max`, in seconds; 0 turns backoff off.
 pub(crate) const BACKOFF_MAX: &str = "KAMISAMA_BACKOFF_MAX";
+/// Overrides `timeout`, in seconds; 0 turns hang detection off.
+pub(crate) const TIMEOUT: &str = "KAMISAMA_TIMEOUT";
+/// Overrides `boot_timeout`, in seconds.
+pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -55,6 +59,14 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         |_: &u64| true,
     )? {
         overridden.backoff_max = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = parse(&lookup, TIMEOUT, "a whole number of seconds", |_: &u64| {
+        true
+    })? {
+        overridden.timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = parse(&lookup, BOOT_TIMEOUT, SECONDS, at_least_one)? {
+        overridden.boot_timeout = Duration::from_secs(seconds);
     }
     *config = overridden;
     Ok(())
@@ -116,6 +128,8 @@ mod tests {
             (SHUTDOWN_TIMEOUT, "2"),
             (RESTART, "on-failure"),
             (BACKOFF_MAX, "30"),
+            (TIMEOUT, "20"),
+            (BOOT_TIMEOUT, "90"),
         ])
         .unwrap();
         assert_eq!(
@@ -127,6 +141,9 @@ mod tests {
                 shutdown_timeout: Duration::from_secs(2),
                 restart: Restart::OnFailure,
                 backoff_max: Duration::from_secs(30),
+                timeout: Duration::from_secs(20),
+                boot_timeout: Duration::from_secs(90),
+                ..Config::default()
             }
         );
     }
@@ -148,6 +165,8 @@ mod tests {
             (RESTART, "sometimes"),
             (RESTART, "Always"),
             (BACKOFF_MAX, "-3"),
+            (TIMEOUT, "soon"),
+            (BOOT_TIMEOUT, "0"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

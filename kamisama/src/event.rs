@@ -30,6 +30,8 @@ pub enum Event {
         restart: Restart,
         /// The longest backoff before a respawn; zero when backoff is off.
         backoff_max: Duration,
+        /// How long a worker may be silent before it is hung; zero when that is not watched.
+        timeout: Duration,
     },
     /// A worker was forked.
     #[non_exhaustive]
@@ -141,7 +143,19 @@ pub enum Event {
         /// Workers it was sent to.
         workers: usize,
     },
-    /// A worker asked to stop was still alive at its deadline and got SIGKILL.
+    /// A worker showed no sign of life for `timeout` (or `boot_timeout` after its fork): it
+    /// gets the hang signal now, SIGKILL a second later, and is respawned as a crash.
+    #[non_exhaustive]
+    Hung {
+        /// Its index.
+        index: usize,
+        /// Its pid.
+        pid: u32,
+        /// Since its last sign of life, or its fork.
+        silent_for: Duration,
+    },
+    /// A worker asked to stop was still alive at its deadline, or a hung worker at the end of
+    /// its grace, and got SIGKILL.
     #[non_exhaustive]
     Killed {
         /// Its index.
@@ -292,13 +306,16 @@ impl fmt::Display for Event {
                 shutdown_timeout,
                 restart,
                 backoff_max,
+                timeout,
             } => write!(
                 f,
                 "started instances={instances} respawn_limit={respawn_limit} \
-                 respawn_interval={} shutdown_timeout={} restart={restart} backoff_max={}",
+                 respawn_interval={} shutdown_timeout={} restart={restart} backoff_max={} \
+                 timeout={}",
                 Span(*respawn_interval),
                 Span(*shutdown_timeout),
-                Span(*backoff_max)
+                Span(*backoff_max),
+                Span(*timeout)
             ),
             Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
             Event::SpawnFailed { index, errno } => write!(
@@ -346,6 +363,15 @@ impl fmt::Display for Event {
                 f,
                 "forwarded signal={} workers={workers}",
                 SignalName(*signal)
+            ),
+            Event::Hung {
+                index,
+                pid,
+                silent_for,
+            } => write!(
+                f,
+                "hung index={index} pid={pid} silent_for={}",
+                Span(*silent_for)
             ),
             Event::Killed { index, pid, after } => {
                 write!(f, "killed index={index} pid={pid} after={}", Span(*after))

@@ -167,3 +167,11 @@ pub use event::{Event, ExitStatus};
 pub use supervisor::{Outcome, Supervisor};
 #[cfg(target_os = "linux")]
 pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
+
+/// A sign of life for hang detection, from a worker function that does not take the
+/// [`Worker`] handle; the same as [`Worker::heartbeat`]. Does nothing in the master, or when
+/// hang detection is off.
+#[cfg(target_os = "linux")]
+pub fn heartbeat() {
+    worker::heartbeat::beat();
+}

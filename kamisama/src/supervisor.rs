@@ -3,6 +3,7 @@
 use crate::config::{Config, Restart, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
+use crate::worker::heartbeat::Beats;
 use crate::{env, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
 use nix::unistd::Pid;
@@ -153,6 +154,39 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// Turns on hang detection: a worker that shows no sign of life for `timeout` is hung.
+    /// The master logs it (`hung index=... pid=... silent_for=...`), sends it
+    /// [`hang_signal`](Supervisor::hang_signal) (SIGABRT by default, which leaves a core
+    /// dump or runs a backtrace hook), SIGKILL a second later if it is still there, and
+    /// respawns it like any crash, counted by the respawn limit. Zero, the default, turns it
+    /// off.
+    ///
+    /// Signs of life: [`Worker::heartbeat`](crate::Worker::heartbeat) (or
+    /// [`heartbeat`](crate::heartbeat) without the handle); the time a worker spends
+    /// waiting through its handle ([`sleep`](crate::Worker::sleep),
+    /// [`accept`](crate::Worker::accept), [`wait_readable`](crate::Worker::wait_readable));
+    /// and, for an async worker, a task its runtime runs on its own. A beat costs no system
+    /// call. The master wakes only when a worker's deadline may have passed, about once per
+    /// `timeout` for the whole fleet; with hang detection off it never wakes while idle.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// How long a new worker may take to show its first sign of life, when hang detection is
+    /// on: start-up work is not a hang. Longer than zero; default 60 seconds.
+    pub fn boot_timeout(mut self, boot_timeout: Duration) -> Self {
+        self.config.boot_timeout = boot_timeout;
+        self
+    }
+
+    /// The signal a hung worker gets first, such as `libc::SIGABRT` (the default) or
+    /// `libc::SIGQUIT`; SIGKILL follows a second later.
+    pub fn hang_signal(mut self, signal: i32) -> Self {
+        self.config.hang_signal = signal;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -230,8 +264,15 @@ impl<'a> Supervisor<'a> {
         // Read while a file descriptor is sure to be free: with none to spare later, the master
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
-        let outcome = Signals::install()
-            .map(|signals| Master::new(&config, worker, &signals, on_event, log, pid_max).run());
+        let beats = if config.timeout.is_zero() {
+            None
+        } else {
+            Some(Beats::map().map_err(|errno| Error::os("mmap", errno))?)
+        };
+        let outcome = Signals::install().map(|signals| {
+            let beats = beats.as_ref();
+            Master::new(&config, worker, &signals, beats, on_event, log, pid_max).run()
+        });
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome
     }

@@ -9,6 +9,7 @@
 use crate::config::{Config, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus, Log};
 use crate::signals::Signals;
+use crate::worker::heartbeat::Beats;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
 use fleet::{Orphans, Stop};
@@ -21,10 +22,12 @@ use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
+use watchdog::{Now, Watchdog, HANG_GRACE};
 
 mod fleet;
 mod respawn;
 mod slots;
+mod watchdog;
 
 /// The callback given every event.
 pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;
@@ -48,6 +51,7 @@ pub(crate) struct Master<'a, W, S> {
     rolling: Option<Rolling>,
     shutdown: Option<Shutdown>,
     orphans: Orphans,
+    watchdog: Watchdog<'a>,
     /// A child was reaped since the last sweep, which may have handed its own children over.
     reaped: bool,
     /// Indices whose last worker failed and that are not forked again.
@@ -95,6 +99,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         config: &'a Config,
         worker: W,
         signals: &'a Signals,
+        beats: Option<&'a Beats>,
         on_event: Option<OnEvent<'a>>,
         log: bool,
         pid_max: i32,
@@ -109,6 +114,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 master: pid,
                 signals,
                 shutdown_timeout: config.shutdown_timeout,
+                beats,
             },
             on_event,
             log_events: log,
@@ -124,6 +130,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             rolling: None,
             shutdown: None,
             orphans: Orphans::new(pid_max),
+            watchdog: Watchdog::new(config, beats),
             reaped: false,
             failed: 0,
         }
@@ -137,14 +144,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             shutdown_timeout: self.config.shutdown_timeout,
             restart: self.config.restart,
             backoff_max: self.config.backoff_max,
+            timeout: self.config.timeout,
         });
         loop {
             self.reap();
             self.spawn_due();
             self.advance_rolling_restart();
             self.finish_if_all_done();
-            let now = Instant::now();
-            self.kill_overdue(now);
+            let now = Now::read();
+            self.kill_overdue(now.instant);
+            self.detect_hangs(now);
             if let Some(outcome) = self.finished() {
                 self.emit(Event::ShutdownFinished {
                     exit_code: outcome.exit_code(),
@@ -152,9 +161,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 self.log.flush();
                 return outcome;
             }
-            self.sweep(now);
+            self.sweep(now.instant);
             let timeout = self
-                .next_deadline()
+                .next_deadline(now)
                 .map(|at| at.saturating_duration_since(Instant::now()));
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
@@ -235,7 +244,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn on_exit(&mut self, index: usize, pid: Pid, status: ExitStatus) {
         let now = Instant::now();
         let (lived, deliberate) = match &self.slots[index].state {
-            State::Running { started, stop, .. } => (now - *started, stop.is_some()),
+            State::Running { started, stop, .. } => {
+                (now - *started, stop.as_ref().is_some_and(|stop| !stop.hung))
+            }
             _ => return,
         };
         self.slots[index].state = State::Pending { not_before: None };
@@ -312,6 +323,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         // written again by every worker.
         let _ = std::io::stdout().flush();
         while self.shutdown.is_none() {
+            self.watchdog.forking(index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
                     if self.fork_retry.failures > 0 {
@@ -472,7 +484,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             ..
         } = &mut self.slots[index].state
         {
-            *stop = Some(Stopping { kill_at });
+            *stop = Some(Stopping {
+                kill_at,
+                hung: false,
+            });
             fleet::stop_worker(*pid, Stop::Term);
         }
     }
@@ -533,7 +548,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
         for slot in self.slots.iter_mut() {
             if let State::Running { pid, stop, .. } = &mut slot.state {
-                *stop = Some(Stopping { kill_at: None });
+                let hung = stop.as_ref().is_some_and(|stop| stop.hung);
+                *stop = Some(Stopping {
+                    kill_at: None,
+                    hung,
+                });
                 fleet::stop_worker(*pid, Stop::Kill);
             }
         }
@@ -542,7 +561,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
     fn kill_overdue(&mut self, now: Instant) {
-        let after = self.config.shutdown_timeout;
         for index in 0..self.slots.len() {
             let State::Running {
                 pid,
@@ -555,6 +573,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             if stopping.kill_at.is_some_and(|kill_at| kill_at <= now) {
                 stopping.kill_at = None;
                 let pid = *pid;
+                let after = if stopping.hung {
+                    HANG_GRACE
+                } else {
+                    self.config.shutdown_timeout
+                };
                 if fleet::stop_worker(pid, Stop::Kill) {
                     self.emit(Event::Killed {
                         index,
@@ -571,6 +594,43 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .is_some_and(|kill_at| kill_at <= now);
         if overdue {
             self.kill_everything();
+        }
+    }
+
+    /// Sends the hang signal to every worker silent for longer than it may be, with SIGKILL
+    /// to follow after a grace. Its exit is a crash: it is respawned and counted.
+    fn detect_hangs(&mut self, now: Now) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        for index in 0..self.slots.len() {
+            let State::Running {
+                pid,
+                started,
+                stop: stop @ None,
+            } = &mut self.slots[index].state
+            else {
+                continue;
+            };
+            let Some(silence) = self.watchdog.silence(index, *started, now) else {
+                continue;
+            };
+            if silence.ends().map_or(true, |ends| ends > now.instant) {
+                continue;
+            }
+            *stop = Some(Stopping {
+                kill_at: now.instant.checked_add(HANG_GRACE),
+                hung: true,
+            });
+            let pid = *pid;
+            // Through libc: the hang signal may be a real-time one, which nix cannot name.
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid.as_raw(), self.config.hang_signal) };
+            self.emit(Event::Hung {
+                index,
+                pid: pid.as_raw() as u32,
+                silent_for: now.instant - silence.since,
+            });
         }
     }
 
@@ -604,8 +664,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     }
 
     /// The next moment the master must act without a signal: a SIGKILL due, a backoff or a
-    /// fork retry ending, a sweep during a shutdown.
-    fn next_deadline(&self) -> Option<Instant> {
+    /// fork retry ending, a sweep during a shutdown, a worker silent for too long.
+    fn next_deadline(&self, now: Now) -> Option<Instant> {
         let shutdown = self.shutdown.as_ref();
         let kill_at = shutdown.and_then(|shutdown| shutdown.kill_at);
         let sweep = shutdown.map(|shutdown| shutdown.next_sweep);
@@ -613,13 +673,20 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .fork_retry
             .not_before
             .filter(|_| self.slots.iter().any(|slot| slot.is_pending()));
+        let watching = shutdown.is_none();
         self.slots
             .iter()
-            .filter_map(|slot| match &slot.state {
+            .enumerate()
+            .filter_map(|(index, slot)| match &slot.state {
                 State::Running {
                     stop: Some(stopping),
                     ..
                 } => stopping.kill_at,
+                State::Running {
+                    started,
+                    stop: None,
+                    ..
+                } if watching => self.watchdog.silence(index, *started, now)?.ends(),
                 State::Pending { not_before } => *not_before,
                 _ => None,
             })

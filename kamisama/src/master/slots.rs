@@ -32,10 +32,12 @@ pub(super) enum State {
     Retired,
 }
 
-/// A worker the master asked to stop.
+/// A worker the master asked to stop, or found hung.
 pub(super) struct Stopping {
     /// When SIGKILL follows; `None` once sent, or for a deadline too far to count.
     pub(super) kill_at: Option<Instant>,
+    /// Whether it was hung: then its exit is a crash, counted by the respawn limit.
+    pub(super) hung: bool,
 }
 
 impl Slot {

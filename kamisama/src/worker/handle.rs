@@ -1,5 +1,6 @@
 //! The public [`Worker`] handle: a worker's index and its cooperative stop.
 
+use super::heartbeat;
 use super::stop::{self, Woken};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -82,7 +83,26 @@ impl Worker {
 
     /// Sleeps for `duration`, or until a stop is requested, whichever comes first.
     pub fn sleep(&self, duration: Duration) {
-        stop::wait(None, Some(duration));
+        waiting(|| stop::wait(None, Some(duration)));
+    }
+
+    /// A sign of life, for hang detection (see
+    /// [`Supervisor::timeout`](crate::Supervisor::timeout)): a worker that shows none for
+    /// `timeout` is hung. It costs no system call (a clock read through the vDSO and a store
+    /// to memory the master shares), so call it as often as is convenient, such as once per
+    /// job or per loop. Time spent waiting through the handle counts as alive too.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(instances = 4, timeout = 30)]
+    /// fn worker(worker: kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         worker.heartbeat();
+    ///         // ... one job, which never takes 30 s unless something is stuck ...
+    ///     }
+    /// }
+    /// ```
+    pub fn heartbeat(&self) {
+        heartbeat::beat();
     }
 
     /// Waits until `fd` (a socket, a pipe...) can be read without blocking, or a stop is
@@ -103,7 +123,7 @@ impl Worker {
     /// # }
     /// ```
     pub fn wait_readable(&self, fd: impl AsFd) -> bool {
-        stop::wait(Some(fd.as_fd()), None) == Woken::Ready
+        waiting(|| stop::wait(Some(fd.as_fd()), None)) == Woken::Ready
     }
 
     /// Accepts the next connection on `listener` (a [`TcpListener`] or a [`UnixListener`]),
@@ -134,6 +154,14 @@ impl Worker {
     pub fn stop_fd(&self) -> BorrowedFd<'_> {
         stop::fd()
     }
+}
+
+/// Runs a wait through the handle, during which the worker counts as alive.
+fn waiting<T>(wait: impl FnOnce() -> T) -> T {
+    heartbeat::waiting();
+    let woken = wait();
+    heartbeat::beat();
+    woken
 }
 
 /// A listening socket [`Worker::accept`] takes: [`TcpListener`] or [`UnixListener`].

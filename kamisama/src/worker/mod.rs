@@ -14,6 +14,7 @@ use std::time::Duration;
 
 mod function;
 mod handle;
+pub(crate) mod heartbeat;
 mod stop;
 
 pub use function::{WorkerFn, WorkerResult};
@@ -24,6 +25,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) master: Pid,
     pub(crate) signals: &'a Signals,
     pub(crate) shutdown_timeout: Duration,
+    /// The signs of life, when hang detection is on.
+    pub(crate) beats: Option<&'a heartbeat::Beats>,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -59,6 +62,7 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
         exit(1);
     }
     setup.signals.reset_in_worker();
+    heartbeat::install(setup.beats.map(|beats| beats.slot(index)));
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.shutdown_timeout) {
             report_failure(index, &error);

@@ -1,0 +1,79 @@
+//! Hang detection: reading the workers' signs of life (see `worker::heartbeat`) and saying
+//! when each one is hung if it stays silent.
+
+use crate::config::Config;
+use crate::worker::heartbeat::{now_nanos, Beats, NOT_YET, WAITING};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long a hung worker has, after the hang signal, to leave its trace before SIGKILL.
+pub(super) const HANG_GRACE: Duration = Duration::from_secs(1);
+
+pub(super) struct Watchdog<'a> {
+    /// `None` when hang detection is off.
+    beats: Option<&'a Beats>,
+    timeout: Duration,
+    boot_timeout: Duration,
+}
+
+/// The time now on both clocks: the master's `Instant` and the workers' raw monotonic
+/// nanoseconds, read once for a whole pass over the workers.
+#[derive(Clone, Copy)]
+pub(super) struct Now {
+    pub(super) instant: Instant,
+    nanos: u64,
+}
+
+impl Now {
+    pub(super) fn read() -> Self {
+        Now {
+            instant: Instant::now(),
+            nanos: now_nanos(),
+        }
+    }
+}
+
+/// A worker's silence: since when, and how long it may last.
+pub(super) struct Silence {
+    pub(super) since: Instant,
+    allowed: Duration,
+}
+
+impl Silence {
+    /// When the silence makes the worker hung; `None` for a moment too far to count.
+    pub(super) fn ends(&self) -> Option<Instant> {
+        self.since.checked_add(self.allowed)
+    }
+}
+
+impl<'a> Watchdog<'a> {
+    pub(super) fn new(config: &Config, beats: Option<&'a Beats>) -> Self {
+        Watchdog {
+            beats: beats.filter(|_| !config.timeout.is_zero()),
+            timeout: config.timeout,
+            boot_timeout: config.boot_timeout,
+        }
+    }
+
+    /// Before `index` is forked: its new worker has shown no sign of life yet.
+    pub(super) fn forking(&self, index: usize) {
+        if let Some(beats) = self.beats {
+            beats.slot(index).store(NOT_YET, Ordering::Relaxed);
+        }
+    }
+
+    /// The silence of the worker of `index`, forked at `started`; `None` when hang
+    /// detection is off, or while the worker waits through its handle.
+    pub(super) fn silence(&self, index: usize, started: Instant, now: Now) -> Option<Silence> {
+        let beat = self.beats?.slot(index).load(Ordering::Relaxed);
+        let (since, allowed) = match beat {
+            WAITING => return None,
+            NOT_YET => (started, self.boot_timeout),
+            beat => {
+                let ago = Duration::from_nanos(now.nanos.saturating_sub(beat));
+                (now.instant.checked_sub(ago)?, self.timeout)
+            }
+        };
+        Some(Silence { since, allowed })
+    }
+}

@@ -1,0 +1,105 @@
+//! Signs of life. The master maps one word per worker index in memory it shares with its
+//! workers (`MAP_SHARED`, inherited by every fork); a worker stores there the time of its
+//! last beat on the monotonic clock, so that a wall-clock jump changes nothing. A beat is a
+//! clock read, which the vDSO answers without entering the kernel, and a store: no system
+//! call. The master only reads.
+
+use crate::config::MAX_INSTANCES;
+use nix::errno::Errno;
+use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// A slot's value after a fork, before the worker's first sign of life.
+pub(crate) const NOT_YET: u64 = 0;
+/// A slot's value while the worker waits through its handle (a sleep, an accept): alive.
+pub(crate) const WAITING: u64 = u64::MAX;
+
+/// The shared words, one per index; owned by the master, which unmaps them when it is done.
+pub(crate) struct Beats {
+    words: NonNull<AtomicU64>,
+}
+
+impl Beats {
+    /// Maps a word for every index there can be. Only the pages of indices in use are ever
+    /// touched, and so allocated: 4 KiB for 512 workers.
+    pub(crate) fn map() -> Result<Self, Errno> {
+        let length = NonZeroUsize::new(Beats::LENGTH).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new anonymous mapping aliases nothing; it is zero-filled, and all-zero
+        // words are valid `AtomicU64`s (`NOT_YET`).
+        let words = unsafe {
+            mmap_anonymous(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+            )
+        }?;
+        Ok(Beats {
+            words: words.cast(),
+        })
+    }
+
+    const LENGTH: usize = MAX_INSTANCES * std::mem::size_of::<AtomicU64>();
+
+    /// The word of `index`, which is below `MAX_INSTANCES`.
+    pub(crate) fn slot(&self, index: usize) -> &AtomicU64 {
+        assert!(index < MAX_INSTANCES, "index {index} has no heartbeat slot");
+        // SAFETY: the mapping holds MAX_INSTANCES words and lives as long as `self`.
+        unsafe { &*self.words.as_ptr().add(index) }
+    }
+}
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is this object's own, and no reference to it outlives `self`
+        // in this process (a worker keeps its copy of the mapping, never this object).
+        let _ = unsafe { munmap(self.words.cast(), Beats::LENGTH) };
+    }
+}
+
+/// This worker's slot, or null when hang detection is off.
+static SLOT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// In a new worker: beats go to `slot` from now on. The mapping is never unmapped in a
+/// worker, so the slot is valid for the rest of its life.
+pub(crate) fn install(slot: Option<&AtomicU64>) {
+    let slot = slot.map_or(std::ptr::null_mut(), |slot| {
+        (slot as *const AtomicU64).cast_mut()
+    });
+    SLOT.store(slot, Ordering::Relaxed);
+}
+
+/// A sign of life, now.
+pub(crate) fn beat() {
+    store(now_nanos());
+}
+
+/// Marks the worker as waiting through its handle, alive until its next beat.
+pub(crate) fn waiting() {
+    store(WAITING);
+}
+
+fn store(value: u64) {
+    let slot = SLOT.load(Ordering::Relaxed);
+    // SAFETY: `install` set it to a word of the shared mapping, valid for the worker's life,
+    // or left it null.
+    if let Some(slot) = unsafe { slot.as_ref() } {
+        slot.store(value, Ordering::Relaxed);
+    }
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC, which every process shares; never `NOT_YET` or `WAITING`.
+pub(crate) fn now_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-parameter; CLOCK_MONOTONIC cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let nanos = (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64);
+    nanos.clamp(NOT_YET + 1, WAITING - 1)
+}

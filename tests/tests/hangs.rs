@@ -1,0 +1,147 @@
+//! Hang detection: a worker silent for `timeout` (or `boot_timeout` after its fork) gets the
+//! hang signal, then SIGKILL, and is respawned as a crash; a worker that shows signs of life
+//! in time never is. How close to the deadline detection comes is measured in the benchmark.
+
+use kamisama_tests::{field, Master};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
+
+fn watched(timeout: &str) -> kamisama_tests::Launch {
+    Master::launch(HEARTBEATS)
+        .env("KAMISAMA_TIMEOUT", timeout)
+        .env("KAMISAMA_BOOT_TIMEOUT", "2")
+}
+
+/// The `silent_for` of a `hung` line.
+fn silent_for(line: &str) -> Duration {
+    let text = field(line, "silent_for").unwrap();
+    let seconds: f64 = match text.strip_suffix("ms") {
+        Some(millis) => millis.parse::<f64>().unwrap() / 1000.0,
+        None => text.strip_suffix('s').unwrap().parse().unwrap(),
+    };
+    Duration::from_secs_f64(seconds)
+}
+
+#[test]
+fn a_worker_that_stops_beating_is_hung_signalled_and_respawned() {
+    let mut master = watched("1").env("HANG", "0").start();
+    let before = master.wait_for_workers(2);
+    master.wait_for_line("silent index=0");
+    let hung = master.wait_for_line(&format!("hung index=0 pid={}", before[&0]));
+    // Never before its time; how soon after is the benchmark's to say.
+    let silent = silent_for(&hung);
+    assert!(silent >= Duration::from_secs(1), "{hung}");
+    assert!(silent < Duration::from_secs(2), "{hung}");
+    // SIGABRT, which it does not handle, ends it: a crash, respawned and counted.
+    master.wait_for_line(&format!("exited index=0 pid={} status=SIGABRT", before[&0]));
+    master.wait_for_line("respawning index=0 respawns=1/100");
+    let after = master.wait_until("a new worker 0", || {
+        master
+            .workers()
+            .filter(|now| now.len() == 2 && now[&0] != before[&0])
+    });
+    assert_eq!(after[&1], before[&1], "the healthy worker was left alone");
+    assert_eq!(master.count_lines("hung index=1"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_hang_counts_against_the_respawn_limit() {
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    master.expect_exit_code(1);
+    master.wait_for_line("hung index=0");
+    master.wait_for_line("gave-up");
+}
+
+#[test]
+fn a_worker_that_ignores_the_hang_signal_is_killed_after_a_second() {
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("IGNORE_ABRT", "1")
+        .start();
+    let worker = master.wait_for_workers(2)[&0];
+    // It ignores SIGABRT: the hang signal changes nothing, the SIGKILL after it does.
+    master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    master.wait_for_line(&format!("killed index=0 pid={worker} after=1s"));
+    master.wait_for_line(&format!("exited index=0 pid={worker} status=SIGKILL"));
+    master.wait_for_line("respawning index=0 respawns=1/100");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn workers_that_beat_in_time_are_never_hung() {
+    // Beats every half timeout, for ten beats each, while two threads keep the CPU busy.
+    let mut master = watched("1").env("BEAT_MS", "500").start();
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    master.wait_for_line("beat index=0 n=10");
+    master.wait_for_line("beat index=1 n=10");
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    hogs.into_iter().for_each(|hog| hog.join().unwrap());
+    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn waiting_through_the_handle_counts_as_alive() {
+    // Pauses two and a half times the timeout long, in Worker::sleep.
+    let mut master = watched("1")
+        .env("BEAT_MS", "2500")
+        .env("SLEEP_THROUGH_HANDLE", "1")
+        .start();
+    master.wait_for_line("beat index=0 n=2");
+    master.wait_for_line("beat index=1 n=2");
+    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn start_up_has_its_own_allowance_and_a_worker_that_never_beats_is_hung() {
+    // First beats after 1.5 s: past the timeout of 1 s, within the boot timeout of 2 s.
+    let mut master = watched("1")
+        .env("BOOT_MS", "1500")
+        .env("SILENT", "1")
+        .start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_line("beat index=0 n=1");
+    let hung = master.wait_for_line(&format!("hung index=1 pid={}", workers[&1]));
+    assert!(silent_for(&hung) >= Duration::from_secs(2), "{hung}");
+    assert_eq!(
+        master.count_lines("hung index=0"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn without_a_timeout_nothing_is_watched() {
+    let mut master = Master::launch(HEARTBEATS).env("SILENT", "0").start();
+    master.wait_for_line("started instances=2");
+    master.wait_for_line("timeout=0s");
+    master.wait_for_workers(2);
+    master.wait_for_line("beat index=1 n=6");
+    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
