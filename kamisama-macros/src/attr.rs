@@ -4,6 +4,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
+use syn::spanned::Spanned;
 use syn::{Error, Expr, ExprLit, Lit, Token};
 
 /// The arguments as written, each value checked and kept with its span.
@@ -14,14 +15,30 @@ pub(crate) struct Args {
 /// One `key = value` argument.
 pub(crate) struct Setting {
     pub(crate) key: Key,
+    /// Where the key is written, for errors about the setting as a whole.
+    pub(crate) key_span: Span,
     pub(crate) value: Value,
+    /// Where the value is written: the generated code carries it.
     pub(crate) span: Span,
 }
 
 pub(crate) enum Value {
     Integer(u64),
-    /// The `kamisama::Restart` variant named by the string.
-    Restart(&'static str),
+    /// The variant of a `kamisama` enum that the string names.
+    Variant {
+        enumeration: &'static str,
+        variant: &'static str,
+    },
+}
+
+/// The strings a key takes, each naming a variant of a `kamisama` enum.
+pub(crate) struct Names {
+    /// What a string names, for messages: "restart policy".
+    what: &'static str,
+    /// The enum: `Restart` for `kamisama::Restart`.
+    enumeration: &'static str,
+    /// Each string as written, with its variant.
+    variants: &'static [(&'static str, &'static str)],
 }
 
 /// The keys the attribute accepts.
@@ -35,17 +52,12 @@ pub(crate) enum Key {
     BackoffMax,
     Timeout,
     BootTimeout,
+    Runtime,
+    WorkerThreads,
 }
 
-/// The restart policies as written in the attribute, with their `kamisama::Restart` variant.
-const RESTART_POLICIES: [(&str, &str); 3] = [
-    ("always", "Always"),
-    ("on-failure", "OnFailure"),
-    ("never", "Never"),
-];
-
 impl Key {
-    const ALL: [Key; 8] = [
+    const ALL: [Key; 10] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -54,6 +66,8 @@ impl Key {
         Key::BackoffMax,
         Key::Timeout,
         Key::BootTimeout,
+        Key::Runtime,
+        Key::WorkerThreads,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -66,15 +80,50 @@ impl Key {
             Key::BackoffMax => "backoff_max",
             Key::Timeout => "timeout",
             Key::BootTimeout => "boot_timeout",
+            Key::Runtime => "runtime",
+            Key::WorkerThreads => "worker_threads",
         }
+    }
+
+    /// For a key that takes a string, the strings it takes.
+    pub(crate) fn names(self) -> Option<Names> {
+        match self {
+            Key::Restart => Some(Names {
+                what: "restart policy",
+                enumeration: "Restart",
+                variants: &[
+                    ("always", "Always"),
+                    ("on-failure", "OnFailure"),
+                    ("never", "Never"),
+                ],
+            }),
+            Key::Runtime => Some(Names {
+                what: "runtime",
+                enumeration: "Runtime",
+                variants: &[
+                    ("current_thread", "CurrentThread"),
+                    ("multi_thread", "MultiThread"),
+                ],
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the key sets up an async worker's runtime, which a sync worker has none of.
+    pub(crate) fn is_async_only(self) -> bool {
+        matches!(self, Key::Runtime | Key::WorkerThreads)
     }
 
     /// The smallest integer that makes sense: a limit of zero respawns or a backoff of zero
     /// (off) is a real setting, zero instances or a zero-second window is not.
     fn minimum(self) -> u64 {
         match self {
-            Key::RespawnLimit | Key::BackoffMax | Key::Timeout | Key::Restart => 0,
-            Key::Instances | Key::RespawnInterval | Key::ShutdownTimeout | Key::BootTimeout => 1,
+            Key::RespawnLimit | Key::BackoffMax | Key::Timeout | Key::Restart | Key::Runtime => 0,
+            Key::Instances
+            | Key::RespawnInterval
+            | Key::ShutdownTimeout
+            | Key::BootTimeout
+            | Key::WorkerThreads => 1,
         }
     }
 
@@ -99,6 +148,8 @@ impl Key {
             Key::BackoffMax => "30",
             Key::Timeout => "30",
             Key::BootTimeout => "120",
+            Key::Runtime => "\"multi_thread\"",
+            Key::WorkerThreads => "4",
         }
     }
 
@@ -106,6 +157,7 @@ impl Key {
     fn kind(self) -> &'static str {
         match (self, self.minimum()) {
             (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
+            (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }
@@ -189,27 +241,31 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
     let Expr::Lit(ExprLit { lit, .. }) = &value else {
         return Err(wrong_kind());
     };
-    let value = match (key, lit) {
-        (Key::Restart, Lit::Str(policy)) => {
-            let written = policy.value();
-            let Some((_, variant)) = RESTART_POLICIES.iter().find(|(name, _)| *name == written)
+    let value = match (key.names(), lit) {
+        (Some(names), Lit::Str(string)) => {
+            let written = string.value();
+            let Some((_, variant)) = names.variants.iter().find(|(name, _)| *name == written)
             else {
                 return Err(Error::new(
-                    policy.span(),
+                    string.span(),
                     format!(
-                        "unknown restart policy {written:?}; expected {}",
+                        "unknown {} {written:?}; expected {}",
+                        names.what,
                         key.kind()
                     ),
                 ));
             };
-            Value::Restart(variant)
+            Value::Variant {
+                enumeration: names.enumeration,
+                variant,
+            }
         }
-        (Key::Restart, _) => return Err(wrong_kind()),
-        (_, Lit::Int(literal)) => Value::Integer(parse_integer(key, literal)?),
+        (None, Lit::Int(literal)) => Value::Integer(parse_integer(key, literal)?),
         _ => return Err(wrong_kind()),
     };
     Ok(Setting {
         key,
+        key_span: meta.path.span(),
         value,
         span: lit.span(),
     })

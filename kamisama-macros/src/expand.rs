@@ -7,13 +7,17 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::ItemFn;
 
 pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
-    match (attr::parse(args), valid::worker(item.clone())) {
-        (Ok(args), Ok(worker)) => supervise(&args, &worker),
+    let checked = match (attr::parse(args), valid::worker(item.clone())) {
+        (Ok(args), Ok(worker)) => valid::settings_fit(&args, &worker).map(|()| (args, worker)),
         (Err(mut error), Err(other)) => {
             error.combine(other);
-            failed(item, &error)
+            Err(error)
         }
-        (Err(error), _) | (_, Err(error)) => failed(item, &error),
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
+    match checked {
+        Ok((args, worker)) => supervise(&args, &worker),
+        Err(error) => failed(item, &error),
     }
 }
 
@@ -21,10 +25,16 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
     let name = &worker.sig.ident;
     let settings = args.settings.iter().map(builder_call);
+    let function = match &worker.sig.asyncness {
+        // Through a macro of the runtime crate, which without its `tokio` feature is an error
+        // that says so, at the `async`.
+        Some(token) => quote_spanned!(token.span=> ::kamisama::__async_worker!(#name)),
+        None => quote!(#name),
+    };
     let run = quote! {
         ::kamisama::Supervisor::new()
             #(#settings)*
-            .run(#name)
+            .run(#function)
     };
     // A worker named `main` lives inside the generated `main`, where it shadows it.
     if name == "main" {
@@ -52,9 +62,13 @@ fn builder_call(setting: &Setting) -> TokenStream {
             literal.set_span(span);
             literal.into_token_stream()
         }
-        Value::Restart(variant) => {
+        Value::Variant {
+            enumeration,
+            variant,
+        } => {
+            let enumeration = Ident::new(enumeration, span);
             let variant = Ident::new(variant, span);
-            quote_spanned!(span=> ::kamisama::Restart::#variant)
+            quote_spanned!(span=> ::kamisama::#enumeration::#variant)
         }
     };
     let seconds = quote_spanned!(span=> ::core::time::Duration::from_secs(#value));
@@ -67,6 +81,8 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::BackoffMax => quote_spanned!(span=> .backoff_max(#seconds)),
         Key::Timeout => quote_spanned!(span=> .timeout(#seconds)),
         Key::BootTimeout => quote_spanned!(span=> .boot_timeout(#seconds)),
+        Key::Runtime => quote_spanned!(span=> .runtime(#value)),
+        Key::WorkerThreads => quote_spanned!(span=> .worker_threads(#value)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Checking that the annotated item is a worker function kamisama can run.
 
+use crate::attr::Args;
 use proc_macro2::TokenStream;
 use syn::{Error, FnArg, ItemFn, ReturnType, Safety, Type};
 
@@ -13,11 +14,17 @@ pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
     })?;
     let sig = &function.sig;
     let mut errors = Vec::new();
-    if let Some(token) = &sig.asyncness {
-        errors.push(Error::new_spanned(
-            token,
-            "the worker function cannot be `async`; start a runtime inside it if it needs one",
-        ));
+    for attribute in &function.attrs {
+        let path = attribute.path();
+        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        if segments == ["tokio", "main"] {
+            errors.push(Error::new_spanned(
+                attribute,
+                "`#[tokio::main]` is not needed under `#[kamisama::main]`: each worker builds \
+                 its own runtime after the fork; remove it, and pick the runtime with \
+                 `runtime = \"multi_thread\"` if the default `current_thread` does not fit",
+            ));
+        }
     }
     if let Safety::Unsafe(token) = &sig.safety {
         errors.push(Error::new_spanned(
@@ -110,4 +117,29 @@ fn is_result(ty: &Type) -> bool {
 
 fn is_unit(ty: &Type) -> bool {
     matches!(ty, Type::Tuple(tuple) if tuple.elems.is_empty())
+}
+
+/// The settings for an async worker's runtime go with an `async` worker only.
+pub(crate) fn settings_fit(args: &Args, worker: &ItemFn) -> syn::Result<()> {
+    if worker.sig.asyncness.is_some() {
+        return Ok(());
+    }
+    let misplaced = args
+        .settings
+        .iter()
+        .filter(|setting| setting.key.is_async_only());
+    let errors = misplaced.map(|setting| {
+        let name = setting.key.name();
+        Error::new(
+            setting.key_span,
+            format!("`{name}` sets up the runtime of an `async` worker; this one is not `async`"),
+        )
+    });
+    match errors.reduce(|mut all, error| {
+        all.combine(error);
+        all
+    }) {
+        Some(errors) => Err(errors),
+        None => Ok(()),
+    }
 }

@@ -26,6 +26,10 @@ pub(crate) struct Config {
     pub(crate) boot_timeout: Duration,
     /// What a hung worker gets first.
     pub(crate) hang_signal: i32,
+    /// The runtime an async worker builds.
+    pub(crate) runtime: Runtime,
+    /// Its threads, for a multi-thread runtime; `None` for one per core.
+    pub(crate) worker_threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -40,6 +44,8 @@ impl Default for Config {
             timeout: Duration::ZERO,
             boot_timeout: Duration::from_secs(60),
             hang_signal: libc::SIGABRT,
+            runtime: Runtime::CurrentThread,
+            worker_threads: None,
         }
     }
 }
@@ -69,6 +75,12 @@ impl Config {
             return Err(Error::InvalidConfig {
                 setting: "boot_timeout",
                 expected: "longer than zero",
+            });
+        }
+        if self.worker_threads == Some(0) {
+            return Err(Error::InvalidConfig {
+                setting: "worker_threads",
+                expected: "at least 1",
             });
         }
         if !(1..=libc::SIGRTMAX()).contains(&self.hang_signal) {
@@ -137,6 +149,64 @@ impl FromStr for Restart {
             .ok_or(UnknownRestart)
     }
 }
+
+/// Which tokio runtime each async worker builds after its fork (see [`Async`](crate::Async),
+/// with the `tokio` feature).
+///
+/// The default is [`CurrentThread`](Runtime::CurrentThread): a fleet already runs several
+/// worker processes per machine, and a multi-thread runtime in each would start one thread
+/// per core in every worker, many more threads than cores. Parallelism comes from the
+/// processes; a worker that needs threads of its own asks for them with
+/// [`worker_threads`](crate::Supervisor::worker_threads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// tokio's `current_thread` runtime: the worker's own thread runs every task.
+    #[default]
+    CurrentThread,
+    /// tokio's `multi_thread` runtime, with `worker_threads` threads (one per core unless set).
+    MultiThread,
+}
+
+impl Runtime {
+    /// The name used by the attribute and `KAMISAMA_RUNTIME`: `current_thread` or
+    /// `multi_thread`, as in `#[tokio::main(flavor = ...)]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::CurrentThread => "current_thread",
+            Runtime::MultiThread => "multi_thread",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `current_thread` or `multi_thread`.
+impl FromStr for Runtime {
+    type Err = UnknownRuntime;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Runtime::CurrentThread, Runtime::MultiThread]
+            .into_iter()
+            .find(|runtime| runtime.name() == name)
+            .ok_or(UnknownRuntime)
+    }
+}
+
+/// The error of parsing a [`Runtime`] from a name it does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownRuntime;
+
+impl fmt::Display for UnknownRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `current_thread` or `multi_thread`")
+    }
+}
+
+impl std::error::Error for UnknownRuntime {}
 
 /// The error of parsing a [`Restart`] from a name it does not have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

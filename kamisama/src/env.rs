@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, Restart, MAX_INSTANCES};
+use crate::config::{Config, Restart, Runtime, MAX_INSTANCES};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -23,6 +23,10 @@ pub(crate) const BACKOFF_MAX: &str = "KAMISAMA_BACKOFF_MAX";
 pub(crate) const TIMEOUT: &str = "KAMISAMA_TIMEOUT";
 /// Overrides `boot_timeout`, in seconds.
 pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
+/// Overrides `runtime`: `current_thread` or `multi_thread`.
+pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
+/// Overrides `worker_threads` (and makes the runtime `multi_thread`).
+pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -68,6 +72,13 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     if let Some(seconds) = parse(&lookup, BOOT_TIMEOUT, SECONDS, at_least_one)? {
         overridden.boot_timeout = Duration::from_secs(seconds);
     }
+    if let Some(runtime) = parse::<Runtime>(&lookup, RUNTIME, RUNTIMES, |_| true)? {
+        overridden.runtime = runtime;
+    }
+    if let Some(threads) = parse(&lookup, WORKER_THREADS, THREADS, |n: &usize| *n >= 1)? {
+        overridden.runtime = Runtime::MultiThread;
+        overridden.worker_threads = Some(threads);
+    }
     *config = overridden;
     Ok(())
 }
@@ -75,6 +86,8 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
 const WORKERS: &str = "a whole number of workers, at least 1 and at most 4194304";
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
+const RUNTIMES: &str = "`current_thread` or `multi_thread`";
+const THREADS: &str = "a whole number of threads, at least 1";
 
 /// Reads `var` as a `T` that passes `valid`; `None` when it is not set.
 fn parse<T: FromStr>(
@@ -130,6 +143,7 @@ mod tests {
             (BACKOFF_MAX, "30"),
             (TIMEOUT, "20"),
             (BOOT_TIMEOUT, "90"),
+            (WORKER_THREADS, "3"),
         ])
         .unwrap();
         assert_eq!(
@@ -143,6 +157,8 @@ mod tests {
                 backoff_max: Duration::from_secs(30),
                 timeout: Duration::from_secs(20),
                 boot_timeout: Duration::from_secs(90),
+                runtime: Runtime::MultiThread,
+                worker_threads: Some(3),
                 ..Config::default()
             }
         );
@@ -167,6 +183,8 @@ mod tests {
             (BACKOFF_MAX, "-3"),
             (TIMEOUT, "soon"),
             (BOOT_TIMEOUT, "0"),
+            (RUNTIME, "multi-thread"),
+            (WORKER_THREADS, "0"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

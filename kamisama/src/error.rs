@@ -31,6 +31,11 @@ pub enum Error {
         /// How many threads the process has, the calling one included.
         threads: usize,
     },
+    /// A tokio runtime is running in the thread that calls `run` (`#[tokio::main]` above it,
+    /// or a runtime entered by hand). Workers are forked from the master: each would inherit
+    /// a copy it cannot use. kamisama builds a runtime in each worker after the fork instead.
+    /// Detected with the `tokio` feature only.
+    AsyncRuntime,
     /// The operating system refused a setup call.
     Os {
         /// The call, such as `signalfd`.
@@ -55,6 +60,11 @@ impl fmt::Display for Error {
                 f,
                 "the process already runs {threads} threads; start the supervisor before \
                  any thread (a worker forked from a threaded process can deadlock)"
+            ),
+            Error::AsyncRuntime => f.write_str(
+                "a tokio runtime is running in the master (#[tokio::main], or a runtime \
+                 entered before `run`); remove it: kamisama builds a runtime in each worker \
+                 after the fork, never in the master",
             ),
             Error::Os { call, error } => write!(f, "{call} failed: {error}"),
         }

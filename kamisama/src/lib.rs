@@ -128,6 +128,7 @@
 //! and /proc. Building for another system fails with a message saying so.
 
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -137,6 +138,31 @@ compile_error!(
 
 #[doc(inline)]
 pub use kamisama_macros::main;
+
+/// What `#[kamisama::main]` makes of an `async fn`: `Async` with the `tokio` feature, and
+/// without it an error that names the feature. Not public API.
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __async_worker {
+    ($worker:expr) => {
+        $crate::Async($worker)
+    };
+}
+
+/// What `#[kamisama::main]` makes of an `async fn`: `Async` with the `tokio` feature, and
+/// without it an error that names the feature. Not public API.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __async_worker {
+    ($worker:expr) => {
+        ::core::compile_error!(
+            "an `async` worker needs kamisama's `tokio` feature: \
+             `cargo add kamisama --features tokio`"
+        )
+    };
+}
 
 #[cfg(target_os = "linux")]
 mod config;
@@ -158,13 +184,16 @@ mod supervisor;
 mod worker;
 
 #[cfg(target_os = "linux")]
-pub use config::{Restart, UnknownRestart, MAX_INSTANCES};
+pub use config::{Restart, Runtime, UnknownRestart, UnknownRuntime, MAX_INSTANCES};
 #[cfg(target_os = "linux")]
 pub use error::Error;
 #[cfg(target_os = "linux")]
 pub use event::{Event, ExitStatus};
 #[cfg(target_os = "linux")]
 pub use supervisor::{Outcome, Supervisor};
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use worker::Async;
 #[cfg(target_os = "linux")]
 pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
 

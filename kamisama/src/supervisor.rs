@@ -1,6 +1,6 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, Restart, MAX_INSTANCES};
+use crate::config::{Config, Restart, Runtime, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
 use crate::worker::heartbeat::Beats;
@@ -187,6 +187,21 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// The tokio runtime each [`Async`](crate::Async) worker builds after its fork; default
+    /// [`Runtime::CurrentThread`], which explains why. Sync workers build none.
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.config.runtime = runtime;
+        self
+    }
+
+    /// Gives each async worker a [`Runtime::MultiThread`] runtime of `threads` threads.
+    /// At least 1.
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.config.runtime = Runtime::MultiThread;
+        self.config.worker_threads = Some(threads);
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -245,7 +260,8 @@ impl<'a> Supervisor<'a> {
     /// # Errors
     ///
     /// Before forking anything: an invalid environment value or setting, other threads in the
-    /// process (see [Threads](Supervisor#threads)), or a refused setup call.
+    /// process (see [Threads](Supervisor#threads)), a tokio runtime running in it (with the
+    /// `tokio` feature), or a refused setup call.
     pub fn try_run<W: WorkerFn<S>, S>(self, worker: W) -> Result<Outcome, Error> {
         let Supervisor {
             mut config,
@@ -254,6 +270,10 @@ impl<'a> Supervisor<'a> {
         } = self;
         env::apply(&mut config)?;
         config.validate()?;
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::AsyncRuntime);
+        }
         if let Some(threads @ 2..) = procfs::thread_count() {
             return Err(Error::Threaded { threads });
         }

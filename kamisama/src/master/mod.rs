@@ -113,7 +113,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             setup: Setup {
                 master: pid,
                 signals,
-                shutdown_timeout: config.shutdown_timeout,
+                config,
                 beats,
             },
             on_event,
@@ -686,7 +686,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     started,
                     stop: None,
                     ..
-                } if watching => self.watchdog.silence(index, *started, now)?.ends(),
+                } if watching => self.watchdog.silence(index, *started, now)?.wake_at(),
                 State::Pending { not_before } => *not_before,
                 _ => None,
             })

@@ -37,12 +37,24 @@ impl Now {
 pub(super) struct Silence {
     pub(super) since: Instant,
     allowed: Duration,
+    /// When to read its slot again before the silence ends: a worker that has not shown its
+    /// first sign of life may show it at any moment, then stop, and its deadline is then a
+    /// timeout after that, not the end of its boot allowance.
+    look_again: Option<Instant>,
 }
 
 impl Silence {
     /// When the silence makes the worker hung; `None` for a moment too far to count.
     pub(super) fn ends(&self) -> Option<Instant> {
         self.since.checked_add(self.allowed)
+    }
+
+    /// When the master must wake to judge this worker again.
+    pub(super) fn wake_at(&self) -> Option<Instant> {
+        match (self.ends(), self.look_again) {
+            (Some(ends), Some(again)) => Some(ends.min(again)),
+            (ends, again) => ends.or(again),
+        }
     }
 }
 
@@ -66,14 +78,22 @@ impl<'a> Watchdog<'a> {
     /// detection is off, or while the worker waits through its handle.
     pub(super) fn silence(&self, index: usize, started: Instant, now: Now) -> Option<Silence> {
         let beat = self.beats?.slot(index).load(Ordering::Relaxed);
-        let (since, allowed) = match beat {
+        let silence = match beat {
             WAITING => return None,
-            NOT_YET => (started, self.boot_timeout),
+            NOT_YET => Silence {
+                since: started,
+                allowed: self.boot_timeout,
+                look_again: now.instant.checked_add(self.timeout),
+            },
             beat => {
                 let ago = Duration::from_nanos(now.nanos.saturating_sub(beat));
-                (now.instant.checked_sub(ago)?, self.timeout)
+                Silence {
+                    since: now.instant.checked_sub(ago)?,
+                    allowed: self.timeout,
+                    look_again: None,
+                }
             }
         };
-        Some(Silence { since, allowed })
+        Some(silence)
     }
 }

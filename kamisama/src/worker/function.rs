@@ -34,7 +34,7 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
     const TAKES_HANDLE: bool;
 
     #[doc(hidden)]
-    fn call(&mut self, index: usize) -> i32;
+    fn call(&mut self, worker: Worker) -> i32;
 }
 
 /// What a worker function may return.
@@ -64,28 +64,29 @@ impl<E: Debug> WorkerResult for Result<(), E> {
 impl<F: FnMut() -> R, R: WorkerResult> WorkerFn<fn() -> R> for F {
     const TAKES_HANDLE: bool = false;
 
-    fn call(&mut self, index: usize) -> i32 {
-        self().exit_code(index)
+    fn call(&mut self, worker: Worker) -> i32 {
+        self().exit_code(worker.index)
     }
 }
 
 impl<F: FnMut(usize) -> R, R: WorkerResult> WorkerFn<fn(usize) -> R> for F {
     const TAKES_HANDLE: bool = false;
 
-    fn call(&mut self, index: usize) -> i32 {
-        self(index).exit_code(index)
+    fn call(&mut self, worker: Worker) -> i32 {
+        self(worker.index).exit_code(worker.index)
     }
 }
 
 impl<F: FnMut(Worker) -> R, R: WorkerResult> WorkerFn<fn(Worker) -> R> for F {
     const TAKES_HANDLE: bool = true;
 
-    fn call(&mut self, index: usize) -> i32 {
-        self(Worker { index }).exit_code(index)
+    fn call(&mut self, worker: Worker) -> i32 {
+        let index = worker.index;
+        self(worker).exit_code(index)
     }
 }
 
-mod sealed {
+pub(super) mod sealed {
     use super::{Worker, WorkerResult};
 
     pub trait Sealed<Signature> {}

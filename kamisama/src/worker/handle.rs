@@ -2,6 +2,7 @@
 
 use super::heartbeat;
 use super::stop::{self, Woken};
+use crate::config::Config;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -68,9 +69,31 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Worker {
     pub(super) index: usize,
+    /// The runtime an async worker builds.
+    #[cfg(feature = "tokio")]
+    pub(super) runtime: crate::Runtime,
+    #[cfg(feature = "tokio")]
+    pub(super) worker_threads: Option<usize>,
+    /// How often an async worker's runtime beats for it; `None` when hang detection is off.
+    #[cfg(feature = "tokio")]
+    pub(super) beat_every: Option<Duration>,
 }
 
 impl Worker {
+    #[cfg_attr(not(feature = "tokio"), allow(unused_variables))]
+    pub(super) fn new(index: usize, config: &Config) -> Self {
+        Worker {
+            index,
+            #[cfg(feature = "tokio")]
+            runtime: config.runtime,
+            #[cfg(feature = "tokio")]
+            worker_threads: config.worker_threads,
+            #[cfg(feature = "tokio")]
+            beat_every: (!config.timeout.is_zero())
+                .then(|| (config.timeout / 4).max(Duration::from_millis(10))),
+        }
+    }
+
     /// The worker's index, in `0..instances`.
     pub fn index(&self) -> usize {
         self.index
@@ -147,6 +170,31 @@ impl Worker {
                 connection => return Some(connection),
             }
         }
+    }
+
+    /// Completes once a stop is requested, for `tokio::select!` in an async worker:
+    ///
+    /// ```no_run
+    /// # async fn next_job() -> u32 { 0 }
+    /// # async fn run(job: u32) {}
+    /// #[kamisama::main(instances = 4)]
+    /// async fn worker(worker: kamisama::Worker) {
+    ///     loop {
+    ///         let job = tokio::select! {
+    ///             _ = worker.stopped() => break,
+    ///             job = next_job() => job,
+    ///         };
+    ///         run(job).await; // the job in hand is finished before the next stop check
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// Any number of tasks may wait on it at once. It must be awaited on a tokio runtime
+    /// with its IO driver on, such as the one kamisama builds for an async worker.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn stopped(&self) {
+        super::runtime::stopped().await;
     }
 
     /// A file descriptor that becomes readable when a stop is requested, to wait on with the

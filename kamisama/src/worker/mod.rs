@@ -1,6 +1,7 @@
 //! A worker's side of the fork: the setup that makes it a process of its own, the call into the
 //! user's function, and an exit that never returns into master code.
 
+use crate::config::Config;
 use crate::event::PANIC_EXIT_CODE;
 use crate::signals::Signals;
 use nix::errno::Errno;
@@ -10,21 +11,24 @@ use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
 use std::fmt::Debug;
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
-use std::time::Duration;
 
 mod function;
 mod handle;
 pub(crate) mod heartbeat;
+#[cfg(feature = "tokio")]
+mod runtime;
 mod stop;
 
 pub use function::{WorkerFn, WorkerResult};
 pub use handle::{Accept, Worker};
+#[cfg(feature = "tokio")]
+pub use runtime::Async;
 
 /// What a worker needs from the master to set itself up.
 pub(crate) struct Setup<'a> {
     pub(crate) master: Pid,
     pub(crate) signals: &'a Signals,
-    pub(crate) shutdown_timeout: Duration,
+    pub(crate) config: &'a Config,
     /// The signs of life, when hang detection is on.
     pub(crate) beats: Option<&'a heartbeat::Beats>,
 }
@@ -64,13 +68,14 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     setup.signals.reset_in_worker();
     heartbeat::install(setup.beats.map(|beats| beats.slot(index)));
     if W::TAKES_HANDLE {
-        if let Err(error) = stop::install(setup.master, setup.shutdown_timeout) {
+        if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {
             report_failure(index, &error);
             exit(1);
         }
     }
     Signals::unblock_in_worker();
-    let code = match panic::catch_unwind(AssertUnwindSafe(|| worker.call(index))) {
+    let handle = Worker::new(index, setup.config);
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| worker.call(handle))) {
         Ok(code) => code,
         Err(payload) => {
             // The default hook has printed the message; dropping the payload could panic again.

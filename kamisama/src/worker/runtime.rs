@@ -1,0 +1,157 @@
+//! Async workers (the `tokio` feature): the runtime each worker builds after its fork, the
+//! task that beats for it, and the future of its stop request.
+
+use super::function::sealed::Sealed;
+use super::{heartbeat, report_failure, stop, Worker, WorkerFn, WorkerResult};
+use crate::Runtime;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+use tokio::net::unix::pipe;
+
+/// An async worker function, run to completion on a tokio runtime that each worker builds
+/// for itself after its fork, never in the master.
+///
+/// `#[kamisama::main] async fn worker(...)` expands to `run(kamisama::Async(worker))`; wrap a
+/// closure that returns a future the same way, with the type of its argument written out:
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// fn main() -> std::process::ExitCode {
+///     kamisama::Supervisor::new()
+///         .instances(4)
+///         .run(kamisama::Async(|worker: kamisama::Worker| async move {
+///             loop {
+///                 tokio::select! {
+///                     _ = worker.stopped() => return,
+///                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+///                 }
+///                 println!("worker {}: tick", worker.index());
+///             }
+///         }))
+/// }
+/// ```
+///
+/// It takes nothing, its index or a [`Worker`], as a sync worker does, and returns `()` or
+/// `Result<(), E>` with `E: Debug`. The runtime is the one
+/// [`Supervisor::runtime`](crate::Supervisor::runtime) picks, `current_thread` by default
+/// ([`Runtime`] says why), with its IO and time drivers on. When hang detection is on, a task
+/// on that runtime beats for the worker, so that an executor blocked by a task that never
+/// yields is found hung.
+#[derive(Clone, Copy, Debug)]
+pub struct Async<F>(pub F);
+
+/// The signature of an [`Async`] worker function; an implementation detail of [`WorkerFn`].
+#[doc(hidden)]
+pub struct AsyncSignature<S>(PhantomData<S>);
+
+impl<F, Fut, R> Sealed<AsyncSignature<fn() -> R>> for Async<F> where F: FnMut() -> Fut {}
+impl<F, Fut, R> Sealed<AsyncSignature<fn(usize) -> R>> for Async<F> where F: FnMut(usize) -> Fut {}
+impl<F, Fut, R> Sealed<AsyncSignature<fn(Worker) -> R>> for Async<F> where F: FnMut(Worker) -> Fut {}
+
+impl<F, Fut, R> WorkerFn<AsyncSignature<fn() -> R>> for Async<F>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+    R: WorkerResult,
+{
+    const TAKES_HANDLE: bool = false;
+
+    fn call(&mut self, worker: Worker) -> i32 {
+        block_on(&worker, || (self.0)())
+    }
+}
+
+impl<F, Fut, R> WorkerFn<AsyncSignature<fn(usize) -> R>> for Async<F>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = R>,
+    R: WorkerResult,
+{
+    const TAKES_HANDLE: bool = false;
+
+    fn call(&mut self, worker: Worker) -> i32 {
+        block_on(&worker, || (self.0)(worker.index))
+    }
+}
+
+impl<F, Fut, R> WorkerFn<AsyncSignature<fn(Worker) -> R>> for Async<F>
+where
+    F: FnMut(Worker) -> Fut,
+    Fut: Future<Output = R>,
+    R: WorkerResult,
+{
+    const TAKES_HANDLE: bool = true;
+
+    fn call(&mut self, worker: Worker) -> i32 {
+        block_on(&worker, || (self.0)(worker.clone()))
+    }
+}
+
+/// Builds the worker's runtime and runs the future `work` makes on it (inside the runtime,
+/// so that the function may use tokio before its first await); returns the exit code.
+fn block_on<Fut, R>(worker: &Worker, work: impl FnOnce() -> Fut) -> i32
+where
+    Fut: Future<Output = R>,
+    R: WorkerResult,
+{
+    let mut builder = match worker.runtime {
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Runtime::MultiThread => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = worker.worker_threads {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            report_failure(worker.index, &error);
+            return 1;
+        }
+    };
+    let beat_every = worker.beat_every;
+    let result = runtime.block_on(async move {
+        if let Some(every) = beat_every {
+            tokio::spawn(beat_forever(every));
+        }
+        work().await
+    });
+    // The worker exits right after: waiting for tasks still running would only delay it.
+    runtime.shutdown_background();
+    result.exit_code(worker.index)
+}
+
+/// Beats for the worker as long as its runtime runs tasks.
+async fn beat_forever(every: Duration) {
+    loop {
+        heartbeat::beat();
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Completes once a stop is requested. Registers its own copy of the stop pipe with the
+/// current runtime's reactor, so that any number of tasks may wait at once.
+pub(super) async fn stopped() {
+    if stop::requested() {
+        return;
+    }
+    let pipe = stop::fd()
+        .try_clone_to_owned()
+        .and_then(pipe::Receiver::from_owned_fd);
+    if let Ok(pipe) = pipe {
+        // The pipe stays readable once written, and the flag is set before the write.
+        while !stop::requested() {
+            if pipe.readable().await.is_err() {
+                break;
+            }
+        }
+    }
+    // With no descriptor to spare: look at the flag now and then.
+    while !stop::requested() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,4 +1,0 @@
-#[kamisama::main]
-async fn worker(index: usize) {
-    println!("{index}");
-}

@@ -1,0 +1,3 @@
+#[kamisama::main(instances = 2)]
+#[tokio::main]
+async fn worker() {}

@@ -1,0 +1,2 @@
+#[kamisama::main(runtime = "multi-thread")]
+async fn worker() {}
