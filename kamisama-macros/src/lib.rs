@@ -41,6 +41,8 @@ use proc_macro::TokenStream;
 /// | `backoff_max`      | `0`        | the longest wait before respawning a crash-looping index, in seconds; 0 is off |
 /// | `timeout`          | `0`        | seconds a worker may show no sign of life before it is hung; 0 is off |
 /// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
+/// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
+/// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.
@@ -49,7 +51,9 @@ use proc_macro::TokenStream;
 ///
 /// It takes nothing, its index (`index: usize`) or a handle (`worker: kamisama::Worker`, for
 /// a [cooperative stop](struct.Worker.html)), and returns `()` or `Result<(), E>` with
-/// `E: Debug`. It may be named `main`. It cannot be `async`, `unsafe` or generic.
+/// `E: Debug`. It may be named `main`. It cannot be `unsafe` or generic. It may be `async`
+/// with kamisama's `tokio` feature: each worker then runs it on a runtime of its own (see
+/// `kamisama::Async`); `#[tokio::main]` is not needed, and is an error next to this attribute.
 ///
 /// ```no_run
 /// #[kamisama::main(instances = 8, restart = "on-failure", backoff_max = 30)]

@@ -150,7 +150,7 @@ impl FromStr for Restart {
     }
 }
 
-/// Which tokio runtime each async worker builds after its fork (see [`Async`](crate::Async),
+/// Which tokio runtime each async worker builds after its fork (see `kamisama::Async`,
 /// with the `tokio` feature).
 ///
 /// The default is [`CurrentThread`](Runtime::CurrentThread): a fleet already runs several

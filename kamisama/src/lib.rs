@@ -43,6 +43,16 @@
 //! - A `fork` that fails (out of pids or memory) is retried after a backoff, each failure
 //!   counted against the respawn limit.
 //!
+//! # Blocking calls, async workers, hangs
+//!
+//! - A worker idle in a blocking call does not see its stop request; waiting through the
+//!   handle ([`Worker::accept`], [`Worker::wait_readable`], [`Worker::sleep`]) does.
+//! - With the `tokio` feature, the worker function may be `async` (`kamisama::Async`); each worker
+//!   builds its runtime after the fork ([`Runtime`] says which), and `Worker::stopped` is a
+//!   future of the stop request.
+//! - With [`Supervisor::timeout`], a worker that shows no sign of life
+//!   ([`Worker::heartbeat`]) for that long is hung, signalled and respawned.
+//!
 //! # Every shutdown ends
 //!
 //! After `TERM`, `INT` or `QUIT` the master exits within `shutdown_timeout` and a moment,
@@ -76,8 +86,9 @@
 //!
 //! Settings come from the attribute (or the [`Supervisor`] builder) and can be overridden at
 //! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`,
-//! `KAMISAMA_SHUTDOWN_TIMEOUT`, `KAMISAMA_RESTART` and `KAMISAMA_BACKOFF_MAX` (durations in
-//! seconds). An invalid value stops the program before anything is forked, with exit status 2
+//! `KAMISAMA_SHUTDOWN_TIMEOUT`, `KAMISAMA_RESTART`, `KAMISAMA_BACKOFF_MAX`,
+//! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_RUNTIME` and
+//! `KAMISAMA_WORKER_THREADS` (durations in seconds). An invalid value stops the program before anything is forked, with exit status 2
 //! and a message naming the variable and the value.
 //!
 //! # Observing
@@ -86,7 +97,7 @@
 //! and gives the same events to the callback set with [`Supervisor::on_event`]:
 //!
 //! ```text
-//! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s restart=always backoff_max=0s
+//! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s restart=always backoff_max=0s timeout=0s
 //! kamisama[4242]: spawned index=0 pid=4243
 //! kamisama[4242]: spawned index=1 pid=4244
 //! kamisama[4242]: exited index=1 pid=4244 status=SIGKILL

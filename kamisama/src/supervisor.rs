@@ -187,7 +187,7 @@ impl<'a> Supervisor<'a> {
         self
     }
 
-    /// The tokio runtime each [`Async`](crate::Async) worker builds after its fork; default
+    /// The tokio runtime each `kamisama::Async` worker builds after its fork; default
     /// [`Runtime::CurrentThread`], which explains why. Sync workers build none.
     pub fn runtime(mut self, runtime: Runtime) -> Self {
         self.config.runtime = runtime;
