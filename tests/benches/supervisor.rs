@@ -11,7 +11,7 @@
 //! order, and a run that fails still kills every process it started.
 
 use kamisama_tests::bench::monotonic_nanos;
-use kamisama_tests::{is_alive, state, status_field, Tree};
+use kamisama_tests::{field, is_alive, state, status_field, Master, Tree};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -21,23 +21,43 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 use std::{fs, thread};
 
+/// A master to measure: a binary, and the settings it gets from the environment.
 #[derive(Clone, Copy)]
 struct Subject {
     binary: &'static str,
+    env: &'static [(&'static str, &'static str)],
 }
 
 const KAMISAMA: Subject = Subject {
     binary: env!("CARGO_BIN_EXE_bench-kamisama"),
+    env: &[],
 };
 const BASELINE: Subject = Subject {
     binary: env!("CARGO_BIN_EXE_bench-baseline"),
+    env: &[],
 };
-/// The two subjects with their place in the results, kamisama first on even runs.
-fn in_turn(run: usize) -> [(usize, Subject); 2] {
+const ASYNC: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama-async"),
+    env: &[],
+};
+const ASYNC_MULTI_THREAD: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama-async"),
+    env: &[("KAMISAMA_RUNTIME", "multi_thread")],
+};
+const ASYNC_WATCHED: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama-async"),
+    env: &[("KAMISAMA_TIMEOUT", "1")],
+};
+
+/// kamisama against the baseline.
+const AGAINST_BASELINE: [Subject; 2] = [KAMISAMA, BASELINE];
+
+/// The two subjects of `pair` with their place in the results, the first first on even runs.
+fn in_turn(run: usize, pair: [Subject; 2]) -> [(usize, Subject); 2] {
     if run.is_multiple_of(2) {
-        [(0, KAMISAMA), (1, BASELINE)]
+        [(0, pair[0]), (1, pair[1])]
     } else {
-        [(1, BASELINE), (0, KAMISAMA)]
+        [(1, pair[1]), (0, pair[0])]
     }
 }
 
@@ -67,6 +87,7 @@ impl Running {
         let mut command = Command::new(subject.binary);
         tree.mark(&mut command);
         command
+            .envs(subject.env.iter().copied())
             .env("KAMISAMA_INSTANCES", instances.to_string())
             .env("KAMISAMA_RESPAWN_LIMIT", "1000000")
             .stdin(Stdio::null())
@@ -191,8 +212,9 @@ enum Unit {
 impl Unit {
     fn format(self, value: f64) -> String {
         match self {
-            Unit::Nanos if value >= 1e6 => format!("{:.2} ms", value / 1e6),
-            Unit::Nanos => format!("{:.0} µs", value / 1e3),
+            Unit::Nanos if value >= 999_500.0 => format!("{:.2} ms", value / 1e6),
+            Unit::Nanos if value >= 1e3 => format!("{:.0} µs", value / 1e3),
+            Unit::Nanos => format!("{value:.0} ns"),
             Unit::KiB if value >= 1024.0 => format!("{:.2} MiB", value / 1024.0),
             Unit::KiB => format!("{value:.0} KiB"),
             Unit::Count => format!("{value:.1}"),
@@ -216,7 +238,7 @@ fn start_and_shutdown(rows: &mut Vec<Row>) {
         let mut start = [Vec::new(), Vec::new()];
         let mut shutdown = [Vec::new(), Vec::new()];
         for run in 0..runs {
-            for (which, subject) in in_turn(run) {
+            for (which, subject) in in_turn(run, AGAINST_BASELINE) {
                 let (mut running, started) = Running::start(subject, instances);
                 start[which].push(running.await_workers(instances) - started);
                 // So that the shutdown measures only the shutdown.
@@ -250,7 +272,7 @@ fn respawn_latency(rows: &mut Vec<Row>) {
     const KILLS_PER_ROUND: usize = 100;
     let mut latencies = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        for (which, subject) in in_turn(round) {
+        for (which, subject) in in_turn(round, AGAINST_BASELINE) {
             let (mut running, _) = Running::start(subject, INSTANCES);
             running.await_workers(INSTANCES);
             for kill_number in 0..KILLS_PER_ROUND {
@@ -297,7 +319,7 @@ fn idle_footprint(rows: &mut Vec<Row>) {
     let mut wakeups = [0.0; 2];
     let mut private: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     for run in 0..RUNS {
-        for (which, subject) in in_turn(run) {
+        for (which, subject) in in_turn(run, AGAINST_BASELINE) {
             let (mut running, _) = Running::start(subject, INSTANCES);
             running.await_workers(INSTANCES);
             running.await_blocked();
@@ -373,15 +395,148 @@ fn machine() -> String {
     format!("{model}, {cores} cores, Linux {}", kernel.trim())
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; nothing here takes arguments.
-    let mut rows = Vec::new();
-    start_and_shutdown(&mut rows);
-    respawn_latency(&mut rows);
-    idle_footprint(&mut rows);
-    println!("machine: {}", machine());
-    println!();
-    println!("| measure | kamisama | baseline | kamisama / baseline |");
+/// The start of async workers beside sync ones, and of a multi-thread runtime beside a
+/// current-thread one, with kamisama on both sides.
+fn async_starts(rows: &mut Vec<Row>) {
+    let cases = [
+        ("start 17 async workers, against 17 sync", [ASYNC, KAMISAMA], 17, 11),
+        ("start 200 async workers, against 200 sync", [ASYNC, KAMISAMA], 200, 5),
+        (
+            "start 200 async workers, multi_thread runtime (a thread per core) against current_thread",
+            [ASYNC_MULTI_THREAD, ASYNC],
+            200,
+            5,
+        ),
+    ];
+    for (measure, pair, instances, runs) in cases {
+        let mut start = [Vec::new(), Vec::new()];
+        for run in 0..runs {
+            for (which, subject) in in_turn(run, pair) {
+                let (mut running, started) = Running::start(subject, instances);
+                start[which].push(running.await_workers(instances) - started);
+                running.await_blocked();
+                running.shut_down();
+            }
+        }
+        let [with, without] = &mut start;
+        rows.push(row(
+            format!("{measure} (median of {runs})"),
+            median(with),
+            median(without),
+            Unit::Nanos,
+        ));
+    }
+}
+
+/// What hang detection costs and how close to its deadline it comes.
+fn hang_detection(rows: &mut Vec<Row>) {
+    // One beat, in a worker where any system call would kill it, beside one clock read here.
+    let output = Command::new(env!("CARGO_BIN_EXE_bench-heartbeat"))
+        .stderr(Stdio::null())
+        .output()
+        .expect("run the heartbeat probe");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let nanos: f64 = field(&report, "heartbeat-ns")
+        .and_then(|nanos| nanos.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the heartbeat probe made a system call: {report:?}"));
+    const READS: u32 = 10_000_000;
+    let started = std::time::Instant::now();
+    for _ in 0..READS {
+        std::hint::black_box(monotonic_nanos());
+    }
+    let clock = started.elapsed().as_nanos() as f64 / f64::from(READS);
+    rows.push(row(
+        "one heartbeat (no system call: checked under seccomp), against one clock read",
+        nanos,
+        clock,
+        Unit::Nanos,
+    ));
+
+    // Wakeups of an idle master of 17 async workers, which beat on their own, with a
+    // timeout of 1 s and without hang detection.
+    const WINDOW: Duration = Duration::from_secs(3);
+    let mut wakeups = [0.0; 2];
+    for (which, subject) in in_turn(0, [ASYNC_WATCHED, ASYNC]) {
+        let (mut running, _) = Running::start(subject, 17);
+        running.await_workers(17);
+        running.await_blocked();
+        let master = running.master_pid();
+        let switches = || {
+            status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
+                + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
+        };
+        let before = switches();
+        thread::sleep(WINDOW);
+        wakeups[which] = (switches() - before) as f64 / WINDOW.as_secs_f64();
+        running.shut_down();
+    }
+    rows.push(row(
+        "master wakeups per second while idle, 17 async workers, timeout = 1 s against off",
+        wakeups[0],
+        wakeups[1],
+        Unit::Count,
+    ));
+
+    // A worker that stops beating: how long after its timeout the master signals it.
+    const RUNS: usize = 5;
+    let mut late = Vec::new();
+    for _ in 0..RUNS {
+        let mut master = Master::launch(env!("CARGO_BIN_EXE_heartbeats"))
+            .env("KAMISAMA_TIMEOUT", "1")
+            .env("KAMISAMA_INSTANCES", "1")
+            .env("HANG", "0")
+            .start();
+        let hung = master.wait_for_line("hung index=0");
+        let silent = field(&hung, "silent_for").map_or(0.0, seconds);
+        late.push(((silent - 1.0).max(0.0) * 1e9) as u64);
+        master.signal(Signal::SIGTERM);
+        master.wait_exit();
+    }
+    let worst = *late.iter().max().unwrap_or(&0) as f64;
+    rows.push(row(
+        format!("hang detection: signalled after timeout + (median of {RUNS}), against the worst"),
+        median(&mut late),
+        worst,
+        Unit::Nanos,
+    ));
+}
+
+/// A rolling restart of 4 workers idle in `Worker::accept`, with an hour each to stop: how
+/// long from HUP to the last replacement.
+fn rolling_restart_of_idle_acceptors(rows: &mut Vec<Row>) {
+    const RUNS: usize = 5;
+    let mut took = Vec::new();
+    for _ in 0..RUNS {
+        let mut master = Master::launch(env!("CARGO_BIN_EXE_acceptor"))
+            .env("KAMISAMA_INSTANCES", "4")
+            .start();
+        master.wait_for_lines("waiting index=", 4);
+        let hup = std::time::Instant::now();
+        master.signal(Signal::SIGHUP);
+        master.wait_for_line("rolling-restart-finished");
+        took.push(hup.elapsed().as_nanos() as u64);
+        master.signal(Signal::SIGTERM);
+        master.wait_exit();
+    }
+    let worst = *took.iter().max().unwrap_or(&0) as f64;
+    rows.push(row(
+        format!("HUP of 4 workers idle in accept, to the last replacement (median of {RUNS}), against the worst"),
+        median(&mut took),
+        worst,
+        Unit::Nanos,
+    ));
+}
+
+/// `1.5s` or `800ms`, as the log writes spans, in seconds.
+fn seconds(span: &str) -> f64 {
+    match span.strip_suffix("ms") {
+        Some(millis) => millis.parse::<f64>().unwrap_or(0.0) / 1e3,
+        None => span.trim_end_matches('s').parse().unwrap_or(0.0),
+    }
+}
+
+fn print_table(header: &str, rows: Vec<Row>) {
+    println!("{header}");
     println!("|---|---:|---:|---:|");
     for row in rows {
         let ratio = row
@@ -392,4 +547,24 @@ fn main() {
             row.measure, row.kamisama, row.baseline, ratio
         );
     }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing here takes arguments.
+    let mut rows = Vec::new();
+    start_and_shutdown(&mut rows);
+    respawn_latency(&mut rows);
+    idle_footprint(&mut rows);
+    let mut features = Vec::new();
+    async_starts(&mut features);
+    hang_detection(&mut features);
+    rolling_restart_of_idle_acceptors(&mut features);
+    println!("machine: {}", machine());
+    println!();
+    print_table(
+        "| measure | kamisama | baseline | kamisama / baseline |",
+        rows,
+    );
+    println!();
+    print_table("| measure | this | against | ratio |", features);
 }

@@ -1,16 +1,21 @@
 //! The worker both benchmark masters run: it reports the moment it starts, then waits for ever.
 
-/// Writes `INDEX PID NANOS\n` to stdout in one `write`, `NANOS` read from `CLOCK_MONOTONIC`
-/// as the worker function starts, then sleeps until a signal ends the process.
+/// Reports the worker's start, then sleeps until a signal ends the process.
 pub fn worker(index: usize) -> ! {
-    let started = monotonic_nanos();
-    let line = format!("{index} {} {started}\n", std::process::id());
-    // SAFETY: the buffer is valid for its length; a line this short is written whole.
-    unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    report(index);
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
     }
+}
+
+/// Writes `INDEX PID NANOS\n` to stdout in one `write`, `NANOS` read from `CLOCK_MONOTONIC`
+/// now, as the worker function starts.
+pub fn report(index: usize) {
+    let started = monotonic_nanos();
+    let line = format!("{index} {} {started}\n", std::process::id());
+    // SAFETY: the buffer is valid for its length; a line this short is written whole.
+    unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`, the clock every process on the machine shares.
