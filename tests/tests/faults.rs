@@ -463,6 +463,18 @@ fn a_passing_fork_failure_is_retried() {
     limit.set_max(64);
     master.wait_for_workers(5);
     assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    // A fork that succeeds clears the failures: the next failure waits 100 ms again.
+    let failures = master.count_lines("spawn-failed");
+    limit.set_max(6);
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_lines("spawn-failed index=5 ", 1);
+    let retry = master.wait_for_lines("respawning index=5 ", 1).remove(0);
+    assert!(
+        retry.ends_with(" delay=100ms"),
+        "{retry}\n{}",
+        master.transcript()
+    );
+    assert!(master.count_lines("spawn-failed") > failures);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.expect_tree_gone();
@@ -483,6 +495,17 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
         .env("KAMISAMA_INSTANCES", "8")
         .in_cgroup(&limit.procs())
         .start();
+    let first = master.wait_for_line("spawn-failed");
+    let failed = Instant::now();
+    master.wait_for_line("gave-up");
+    // The retries waited 0.1 + 0.2 + 0.4 s in all; the first line may have come a little
+    // late, never early. (That a retry never comes before its time, at the same instant
+    // rather than after it, cannot be told from outside: `>` and `>=` there are equivalent.)
+    let waited = failed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600),
+        "{waited:?} after {first}"
+    );
     master.expect_exit_code(1);
     // Each failure waits twice as long as the one before and counts against the limit of 3.
     let failures = master.wait_for_lines("spawn-failed index=3 ", 4);

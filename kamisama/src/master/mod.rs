@@ -326,10 +326,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.watchdog.forking(index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
-                    if self.fork_retry.failures > 0 {
-                        self.fork_retry.failures = 0;
-                        self.fork_retry.not_before = None;
-                    }
+                    self.fork_retry.failures = 0;
+                    self.fork_retry.not_before = None;
                     self.slots[index].state = State::Running {
                         pid,
                         started: Instant::now(),
@@ -346,7 +344,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 }
             }
             self.read_signals();
-            match self.slots.next_due(index + 1, Instant::now()) {
+            // From the index just forked on: it is no longer due, the next ones come first.
+            match self.slots.next_due(index, Instant::now()) {
                 Some(next) => index = next,
                 None => return,
             }
