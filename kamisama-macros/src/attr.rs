@@ -54,10 +54,11 @@ pub(crate) enum Key {
     BootTimeout,
     Runtime,
     WorkerThreads,
+    Log,
 }
 
 impl Key {
-    const ALL: [Key; 10] = [
+    const ALL: [Key; 11] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -68,6 +69,7 @@ impl Key {
         Key::BootTimeout,
         Key::Runtime,
         Key::WorkerThreads,
+        Key::Log,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -82,6 +84,7 @@ impl Key {
             Key::BootTimeout => "boot_timeout",
             Key::Runtime => "runtime",
             Key::WorkerThreads => "worker_threads",
+            Key::Log => "log",
         }
     }
 
@@ -105,6 +108,11 @@ impl Key {
                     ("multi_thread", "MultiThread"),
                 ],
             }),
+            Key::Log => Some(Names {
+                what: "log format",
+                enumeration: "LogFormat",
+                variants: &[("text", "Text"), ("json", "Json"), ("off", "Off")],
+            }),
             _ => None,
         }
     }
@@ -118,7 +126,12 @@ impl Key {
     /// (off) is a real setting, zero instances or a zero-second window is not.
     fn minimum(self) -> u64 {
         match self {
-            Key::RespawnLimit | Key::BackoffMax | Key::Timeout | Key::Restart | Key::Runtime => 0,
+            Key::RespawnLimit
+            | Key::BackoffMax
+            | Key::Timeout
+            | Key::Restart
+            | Key::Runtime
+            | Key::Log => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
@@ -150,6 +163,7 @@ impl Key {
             Key::BootTimeout => "120",
             Key::Runtime => "\"multi_thread\"",
             Key::WorkerThreads => "4",
+            Key::Log => "\"json\"",
         }
     }
 
@@ -158,6 +172,7 @@ impl Key {
         match (self, self.minimum()) {
             (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
             (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
+            (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }

@@ -83,6 +83,7 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::BootTimeout => quote_spanned!(span=> .boot_timeout(#seconds)),
         Key::Runtime => quote_spanned!(span=> .runtime(#value)),
         Key::WorkerThreads => quote_spanned!(span=> .worker_threads(#value)),
+        Key::Log => quote_spanned!(span=> .log_format(#value)),
     }
 }
 

@@ -43,6 +43,7 @@ use proc_macro::TokenStream;
 /// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
 /// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
 /// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
+/// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.

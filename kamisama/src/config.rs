@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) runtime: Runtime,
     /// Its threads, for a multi-thread runtime; `None` for one per core.
     pub(crate) worker_threads: Option<usize>,
+    /// How the master and its workers log.
+    pub(crate) log: LogFormat,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             hang_signal: libc::SIGABRT,
             runtime: Runtime::CurrentThread,
             worker_threads: None,
+            log: LogFormat::Text,
         }
     }
 }
@@ -207,6 +210,70 @@ impl fmt::Display for UnknownRuntime {
 }
 
 impl std::error::Error for UnknownRuntime {}
+
+/// How the master writes its log to stderr (and a worker its `worker-failed` line).
+///
+/// ```text
+/// text: kamisama[4242]: exited index=3 pid=4250 status=SIGKILL
+/// json: {"ts":"2026-11-30T01:02:03.456Z","level":"warn","event":"exited","master":4242,"index":3,"pid":4250,"status":"SIGKILL"}
+/// ```
+///
+/// A JSON line has the wall-clock time (`ts`, RFC 3339 in UTC), a `level` (`info`, `warn`
+/// or `error`), the event's stable name ([`Event::name`](crate::Event::name)), the master's
+/// pid, and the event's fields: numbers as numbers, durations in seconds, signals and exit
+/// statuses as their names (`"SIGKILL"`, `"0"`, `"panicked"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// One `key=value` line per event, for people and grep.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Nothing at all; [`Supervisor::on_event`](crate::Supervisor::on_event) still sees
+    /// every event.
+    Off,
+}
+
+impl LogFormat {
+    /// The name used by the attribute and `KAMISAMA_LOG`: `text`, `json` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+            LogFormat::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `text`, `json` or `off`.
+impl FromStr for LogFormat {
+    type Err = UnknownLogFormat;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [LogFormat::Text, LogFormat::Json, LogFormat::Off]
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or(UnknownLogFormat)
+    }
+}
+
+/// The error of parsing a [`LogFormat`] from a name it does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownLogFormat;
+
+impl fmt::Display for UnknownLogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `text`, `json` or `off`")
+    }
+}
+
+impl std::error::Error for UnknownLogFormat {}
 
 /// The error of parsing a [`Restart`] from a name it does not have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

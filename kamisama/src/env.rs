@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Restart, Runtime, MAX_INSTANCES};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -27,6 +27,8 @@ pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
 pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
 /// Overrides `worker_threads` (and makes the runtime `multi_thread`).
 pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
+/// Overrides the log format: `text`, `json` or `off`.
+pub(crate) const LOG: &str = "KAMISAMA_LOG";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -78,6 +80,9 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     if let Some(threads) = parse(&lookup, WORKER_THREADS, THREADS, |n: &usize| *n >= 1)? {
         overridden.runtime = Runtime::MultiThread;
         overridden.worker_threads = Some(threads);
+    }
+    if let Some(format) = parse::<LogFormat>(&lookup, LOG, "`text`, `json` or `off`", |_| true)? {
+        overridden.log = format;
     }
     *config = overridden;
     Ok(())
@@ -144,6 +149,7 @@ mod tests {
             (TIMEOUT, "20"),
             (BOOT_TIMEOUT, "90"),
             (WORKER_THREADS, "3"),
+            (LOG, "json"),
         ])
         .unwrap();
         assert_eq!(
@@ -159,6 +165,7 @@ mod tests {
                 boot_timeout: Duration::from_secs(90),
                 runtime: Runtime::MultiThread,
                 worker_threads: Some(3),
+                log: LogFormat::Json,
                 ..Config::default()
             }
         );
@@ -185,6 +192,7 @@ mod tests {
             (BOOT_TIMEOUT, "0"),
             (RUNTIME, "multi-thread"),
             (WORKER_THREADS, "0"),
+            (LOG, "yaml"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

@@ -3,8 +3,7 @@
 //! greppable line each.
 
 use crate::config::Restart;
-use nix::errno::Errno;
-use std::fmt::{self, Write};
+use std::fmt;
 use std::time::Duration;
 
 /// Something the master did or saw.
@@ -296,8 +295,58 @@ impl fmt::Display for SignalName {
     }
 }
 
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Event {
+    /// The event's stable name, as the log writes it: `started`, `spawned`, `exited`...
+    /// Names never change between versions; events may be added.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Spawned { .. } => "spawned",
+            Event::SpawnFailed { .. } => "spawn-failed",
+            Event::Exited { .. } => "exited",
+            Event::Done { .. } => "done",
+            Event::Reaped { .. } => "reaped",
+            Event::Respawning { .. } => "respawning",
+            Event::ScaledUp { .. } => "scaled-up",
+            Event::ScaledDown { .. } => "scaled-down",
+            Event::ScaleDownRefused { .. } => "scale-down-refused",
+            Event::RollingRestartStarted { .. } => "rolling-restart-started",
+            Event::Replacing { .. } => "replacing",
+            Event::RollingRestartFinished => "rolling-restart-finished",
+            Event::RollingRestartBusy => "rolling-restart-busy",
+            Event::Forwarded { .. } => "forwarded",
+            Event::Hung { .. } => "hung",
+            Event::Killed { .. } => "killed",
+            Event::ShutdownStarted { .. } => "shutdown-started",
+            Event::ShutdownRequested { .. } => "shutdown-requested",
+            Event::ShutdownForced { .. } => "shutdown-forced",
+            Event::GaveUp { .. } => "gave-up",
+            Event::AllDone { .. } => "all-done",
+            Event::ShutdownFinished { .. } => "shutdown-finished",
+        }
+    }
+
+    /// How much an operator should care: the `level` of a JSON log line.
+    pub(crate) fn level(&self) -> Level {
+        match self {
+            Event::SpawnFailed { .. } | Event::GaveUp { .. } => Level::Error,
+            Event::Hung { .. }
+            | Event::Killed { .. }
+            | Event::ScaleDownRefused { .. }
+            | Event::RollingRestartBusy
+            | Event::ShutdownForced { .. } => Level::Warn,
+            Event::Exited { status, .. } if !status.success() => Level::Warn,
+            Event::Done {
+                succeeded: false, ..
+            } => Level::Warn,
+            Event::AllDone { failed, .. } if *failed > 0 => Level::Warn,
+            _ => Level::Info,
+        }
+    }
+
+    /// Hands each of the event's fields to `field`, in the order the log writes them.
+    pub(crate) fn fields(&self, field: &mut dyn FnMut(&'static str, Value<'_>)) {
+        use Value::{Count, Flag, Signal, Span, Status, Text};
         match self {
             Event::Started {
                 instances,
@@ -307,199 +356,173 @@ impl fmt::Display for Event {
                 restart,
                 backoff_max,
                 timeout,
-            } => write!(
-                f,
-                "started instances={instances} respawn_limit={respawn_limit} \
-                 respawn_interval={} shutdown_timeout={} restart={restart} backoff_max={} \
-                 timeout={}",
-                Span(*respawn_interval),
-                Span(*shutdown_timeout),
-                Span(*backoff_max),
-                Span(*timeout)
-            ),
-            Event::Spawned { index, pid } => write!(f, "spawned index={index} pid={pid}"),
-            Event::SpawnFailed { index, errno } => write!(
-                f,
-                "spawn-failed index={index} error=\"{}\"",
-                std::io::Error::from_raw_os_error(*errno)
-            ),
+            } => {
+                field("instances", Count(*instances as u64));
+                field("respawn_limit", Count(u64::from(*respawn_limit)));
+                field("respawn_interval", Span(*respawn_interval));
+                field("shutdown_timeout", Span(*shutdown_timeout));
+                field("restart", Value::Word(restart.name()));
+                field("backoff_max", Span(*backoff_max));
+                field("timeout", Span(*timeout));
+            }
+            Event::Spawned { index, pid } | Event::Replacing { index, pid } => {
+                field("index", Count(*index as u64));
+                field("pid", Count(u64::from(*pid)));
+            }
+            Event::SpawnFailed { index, errno } => {
+                field("index", Count(*index as u64));
+                field("error", Value::Errno(*errno));
+            }
             Event::Exited { index, pid, status } => {
-                write!(f, "exited index={index} pid={pid} status={status}")
+                field("index", Count(*index as u64));
+                field("pid", Count(u64::from(*pid)));
+                field("status", Status(*status));
             }
             Event::Done { index, succeeded } => {
-                write!(f, "done index={index} succeeded={succeeded}")
+                field("index", Count(*index as u64));
+                field("succeeded", Flag(*succeeded));
             }
-            Event::Reaped { pid, status } => write!(f, "reaped pid={pid} status={status}"),
+            Event::Reaped { pid, status } => {
+                field("pid", Count(u64::from(*pid)));
+                field("status", Status(*status));
+            }
             Event::Respawning {
                 index,
                 respawns,
                 limit,
                 interval,
                 delay,
-            } => write!(
-                f,
-                "respawning index={index} respawns={respawns}/{limit} window={} delay={}",
-                Span(*interval),
-                Span(*delay)
-            ),
-            Event::ScaledUp { instances } => write!(f, "scaled-up instances={instances}"),
+            } => {
+                field("index", Count(*index as u64));
+                field("respawns", Count(u64::from(*respawns)));
+                field("limit", Count(u64::from(*limit)));
+                field("window", Span(*interval));
+                field("delay", Span(*delay));
+            }
+            Event::ScaledUp { instances } => field("instances", Count(*instances as u64)),
             Event::ScaledDown {
                 instances,
                 retiring,
-            } => write!(f, "scaled-down instances={instances} retiring={retiring}"),
-            Event::ScaleDownRefused { instances } => write!(
-                f,
-                "scale-down-refused instances={instances} reason=\"the last worker stays\""
-            ),
-            Event::RollingRestartStarted { workers } => {
-                write!(f, "rolling-restart-started workers={workers}")
+            } => {
+                field("instances", Count(*instances as u64));
+                field("retiring", Count(*retiring as u64));
             }
-            Event::Replacing { index, pid } => write!(f, "replacing index={index} pid={pid}"),
-            Event::RollingRestartFinished => f.write_str("rolling-restart-finished"),
-            Event::RollingRestartBusy => {
-                f.write_str("rolling-restart-busy reason=\"a rolling restart is running\"")
+            Event::ScaleDownRefused { instances } => {
+                field("instances", Count(*instances as u64));
+                field("reason", Text("the last worker stays"));
             }
-            Event::Forwarded { signal, workers } => write!(
-                f,
-                "forwarded signal={} workers={workers}",
-                SignalName(*signal)
-            ),
+            Event::RollingRestartStarted { workers } => field("workers", Count(*workers as u64)),
+            Event::RollingRestartFinished => {}
+            Event::RollingRestartBusy => field("reason", Text("a rolling restart is running")),
+            Event::Forwarded { signal, workers } => {
+                field("signal", Signal(*signal));
+                field("workers", Count(*workers as u64));
+            }
             Event::Hung {
                 index,
                 pid,
                 silent_for,
-            } => write!(
-                f,
-                "hung index={index} pid={pid} silent_for={}",
-                Span(*silent_for)
-            ),
+            } => {
+                field("index", Count(*index as u64));
+                field("pid", Count(u64::from(*pid)));
+                field("silent_for", Span(*silent_for));
+            }
             Event::Killed { index, pid, after } => {
-                write!(f, "killed index={index} pid={pid} after={}", Span(*after))
+                field("index", Count(*index as u64));
+                field("pid", Count(u64::from(*pid)));
+                field("after", Span(*after));
             }
-            Event::ShutdownStarted { signal, workers } => match signal {
-                Some(signal) => write!(
-                    f,
-                    "shutdown-started signal={} workers={workers}",
-                    SignalName(*signal)
-                ),
-                None => write!(f, "shutdown-started workers={workers}"),
-            },
-            Event::ShutdownRequested { signal } => {
-                write!(f, "shutdown-requested signal={}", SignalName(*signal))
+            Event::ShutdownStarted { signal, workers } => {
+                if let Some(signal) = signal {
+                    field("signal", Signal(*signal));
+                }
+                field("workers", Count(*workers as u64));
             }
-            Event::ShutdownForced { signal, workers } => write!(
-                f,
-                "shutdown-forced signal={} workers={workers}",
-                SignalName(*signal)
-            ),
-            Event::GaveUp { limit, interval } => write!(
-                f,
-                "gave-up reason=\"respawn limit exceeded\" respawn_limit={limit} \
-                 respawn_interval={}",
-                Span(*interval)
-            ),
-            Event::AllDone { failed } => write!(f, "all-done failed={failed}"),
-            Event::ShutdownFinished { exit_code } => {
-                write!(f, "shutdown-finished exit={exit_code}")
+            Event::ShutdownRequested { signal } => field("signal", Signal(*signal)),
+            Event::ShutdownForced { signal, workers } => {
+                field("signal", Signal(*signal));
+                field("workers", Count(*workers as u64));
             }
-        }
-    }
-}
-
-/// The master's log on stderr: one line per event, `kamisama[PID]: LINE`.
-///
-/// Lines are gathered and written together, once per turn of the master's loop (before it
-/// blocks) or when the buffer is full: each write to a pipe wakes whoever reads it (a
-/// journal, a terminal), which the fork path cannot afford for every worker it forks. A write
-/// is at most `PIPE_BUF` bytes, which a pipe takes whole, so lines from the master and its
-/// workers never interleave. The buffer lives on the master's stack, as the fork path must
-/// not allocate (see `Master`). A closed stderr stops nothing.
-pub(crate) struct Log {
-    pid: u32,
-    pending: Buffer<{ libc::PIPE_BUF }>,
-}
-
-impl Log {
-    pub(crate) fn new(pid: u32) -> Self {
-        Log {
-            pid,
-            pending: Buffer::default(),
-        }
-    }
-
-    /// Adds `line`, after writing what was gathered if it does not fit.
-    pub(crate) fn line(&mut self, line: impl fmt::Display) {
-        let mut one = Buffer::<320>::default();
-        let _ = writeln!(one, "kamisama[{}]: {line}", self.pid);
-        if self.pending.room() < one.len {
-            self.flush();
-        }
-        let _ = self.pending.write_str(one.as_str());
-    }
-
-    /// Writes every line gathered.
-    pub(crate) fn flush(&mut self) {
-        let mut bytes = self.pending.as_str().as_bytes();
-        while !bytes.is_empty() {
-            match nix::unistd::write(std::io::stderr(), bytes) {
-                Ok(written) => bytes = &bytes[written..],
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
+            Event::GaveUp { limit, interval } => {
+                field("reason", Text("respawn limit exceeded"));
+                field("respawn_limit", Count(u64::from(*limit)));
+                field("respawn_interval", Span(*interval));
             }
-        }
-        self.pending.len = 0;
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// Text built on the stack. What does not fit is cut short, and a cut line still ends with a
-/// newline.
-struct Buffer<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Default for Buffer<N> {
-    fn default() -> Self {
-        Buffer {
-            bytes: [0; N],
-            len: 0,
+            Event::AllDone { failed } => field("failed", Count(*failed as u64)),
+            Event::ShutdownFinished { exit_code } => field("exit", Count(u64::from(*exit_code))),
         }
     }
 }
 
-impl<const N: usize> Buffer<N> {
-    fn room(&self) -> usize {
-        N - self.len
-    }
+/// How much an operator should care about a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    Info,
+    Warn,
+    Error,
+}
 
-    fn as_str(&self) -> &str {
-        // Only whole `str`s are copied in, cut at a character boundary.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+impl Level {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
     }
 }
 
-impl<const N: usize> fmt::Write for Buffer<N> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        // Keep the last byte for the newline.
-        let room = N - 1 - self.len;
-        let mut taken = text.len().min(room);
-        while !text.is_char_boundary(taken) {
-            taken -= 1;
+/// The value of one field of a log line, typed for JSON and formatted for text.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Value<'a> {
+    Count(u64),
+    Flag(bool),
+    /// A duration: `60s`, `1.6s` in text; seconds in JSON.
+    Span(Duration),
+    /// A signal number: `SIGTERM` in text and JSON.
+    Signal(i32),
+    /// How a process ended: `0`, `SIGKILL`, `panicked`.
+    Status(ExitStatus),
+    /// A name from a fixed set, such as a restart policy: unquoted in text.
+    Word(&'a str),
+    /// Free text: quoted in text.
+    Text(&'a str),
+    /// What `Debug` says of a value, such as a worker's error: as it is in text (a string's
+    /// `Debug` is quoted already), as a string in JSON.
+    Debug(&'a str),
+    /// An errno, as `strerror` says it: quoted in text.
+    Errno(i32),
+}
+
+/// The text form: `3`, `true`, `60s`, `SIGTERM`, `panicked`, `always`, `"..."`.
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Value::Count(count) => write!(f, "{count}"),
+            Value::Flag(flag) => write!(f, "{flag}"),
+            Value::Span(duration) => Span(duration).fmt(f),
+            Value::Signal(signal) => SignalName(signal).fmt(f),
+            Value::Status(status) => status.fmt(f),
+            Value::Word(word) => f.write_str(word),
+            Value::Text(text) => write!(f, "\"{text}\""),
+            Value::Debug(text) => f.write_str(text),
+            Value::Errno(errno) => write!(f, "\"{}\"", std::io::Error::from_raw_os_error(errno)),
         }
-        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
-        self.len += taken;
-        if taken < text.len() {
-            self.bytes[self.len] = b'\n';
-            self.len += 1;
-            return Err(fmt::Error);
-        }
-        Ok(())
+    }
+}
+
+/// The log line without the `kamisama[PID]: ` prefix: the name, then `key=value` for each
+/// field, such as `spawned index=3 pid=4246`.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        let mut result = Ok(());
+        self.fields(&mut |key, value| {
+            if result.is_ok() {
+                result = write!(f, " {key}={value}");
+            }
+        });
+        result
     }
 }
 

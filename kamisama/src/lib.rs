@@ -101,7 +101,7 @@
 //! kamisama[4242]: spawned index=0 pid=4243
 //! kamisama[4242]: spawned index=1 pid=4244
 //! kamisama[4242]: exited index=1 pid=4244 status=SIGKILL
-//! kamisama[4242]: respawning index=1 respawns=1/3 window=60s delay=0s
+//! kamisama[4242]: respawning index=1 respawns=1 limit=3 window=60s delay=0s
 //! kamisama[4242]: spawned index=1 pid=4250
 //! kamisama[4242]: shutdown-started signal=SIGTERM workers=2
 //! kamisama[4242]: exited index=0 pid=4243 status=SIGTERM
@@ -184,6 +184,8 @@ mod error;
 #[cfg(target_os = "linux")]
 mod event;
 #[cfg(target_os = "linux")]
+mod log;
+#[cfg(target_os = "linux")]
 mod master;
 #[cfg(target_os = "linux")]
 mod procfs;
@@ -195,7 +197,9 @@ mod supervisor;
 mod worker;
 
 #[cfg(target_os = "linux")]
-pub use config::{Restart, Runtime, UnknownRestart, UnknownRuntime, MAX_INSTANCES};
+pub use config::{
+    LogFormat, Restart, Runtime, UnknownLogFormat, UnknownRestart, UnknownRuntime, MAX_INSTANCES,
+};
 #[cfg(target_os = "linux")]
 pub use error::Error;
 #[cfg(target_os = "linux")]

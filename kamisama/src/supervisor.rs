@@ -1,6 +1,6 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Restart, Runtime, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
 use crate::worker::heartbeat::Beats;
@@ -45,10 +45,10 @@ use std::time::Duration;
 /// `run` counts the threads in `/proc/self/task` and refuses to start otherwise
 /// ([`Error::Threaded`]). The master itself never starts a thread.
 #[must_use = "a Supervisor does nothing until `run` is called"]
+#[derive(Default)]
 pub struct Supervisor<'a> {
     config: Config,
     on_event: Option<OnEvent<'a>>,
-    log: bool,
 }
 
 /// How a master that started ended.
@@ -79,22 +79,11 @@ impl Outcome {
     }
 }
 
-impl Default for Supervisor<'_> {
-    fn default() -> Self {
-        Supervisor {
-            config: Config::default(),
-            on_event: None,
-            log: true,
-        }
-    }
-}
-
 impl fmt::Debug for Supervisor<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Supervisor")
             .field("config", &self.config)
             .field("on_event", &self.on_event.as_ref().map(|_| "FnMut(&Event)"))
-            .field("log", &self.log)
             .finish()
     }
 }
@@ -227,8 +216,16 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Whether the master writes its one line per event to stderr; default `true`.
+    /// `log(false)` is `log_format(LogFormat::Off)`.
     pub fn log(mut self, log: bool) -> Self {
-        self.log = log;
+        self.config.log = if log { LogFormat::Text } else { LogFormat::Off };
+        self
+    }
+
+    /// How the master writes its log, and a worker its `worker-failed` line: text (the
+    /// default), JSON lines, or nothing; see [`LogFormat`].
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.config.log = format;
         self
     }
 
@@ -266,7 +263,6 @@ impl<'a> Supervisor<'a> {
         let Supervisor {
             mut config,
             on_event,
-            log,
         } = self;
         env::apply(&mut config)?;
         config.validate()?;
@@ -291,7 +287,7 @@ impl<'a> Supervisor<'a> {
         };
         let outcome = Signals::install().map(|signals| {
             let beats = beats.as_ref();
-            Master::new(&config, worker, &signals, beats, on_event, log, pid_max).run()
+            Master::new(&config, worker, &signals, beats, on_event, pid_max).run()
         });
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome

@@ -12,7 +12,7 @@ fn the_attribute_sets_each_setting_in_its_place() {
     let mut master = Master::launch(EVERY_SETTING).start();
     master.wait_for_line(
         "started instances=2 respawn_limit=4 respawn_interval=5s shutdown_timeout=6s \
-         restart=on-failure backoff_max=7s",
+         restart=on-failure backoff_max=7s timeout=80s",
     );
     master.wait_for_workers(2);
     master.signal(Signal::SIGTERM);
@@ -29,10 +29,11 @@ fn environment_overrides_every_setting() {
         .env("KAMISAMA_SHUTDOWN_TIMEOUT", "9")
         .env("KAMISAMA_RESTART", "never")
         .env("KAMISAMA_BACKOFF_MAX", "10")
+        .env("KAMISAMA_TIMEOUT", "11")
         .start();
     master.wait_for_line(
         "started instances=6 respawn_limit=7 respawn_interval=8s shutdown_timeout=9s \
-         restart=never backoff_max=10s",
+         restart=never backoff_max=10s timeout=11s",
     );
     master.wait_for_workers(6);
     master.signal(Signal::SIGTERM);

@@ -459,7 +459,7 @@ fn a_passing_fork_failure_is_retried() {
     master.wait_for_line(
         "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
     );
-    master.wait_for_line("respawning index=3 respawns=1/100 window=60s delay=100ms");
+    master.wait_for_line("respawning index=3 respawns=1 limit=100 window=60s delay=100ms");
     limit.set_max(64);
     master.wait_for_workers(5);
     assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
@@ -514,7 +514,7 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
         .all(|line| line.ends_with("error=\"Resource temporarily unavailable (os error 11)\"")));
     for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
         master.wait_for_line(&format!(
-            "respawning index=3 respawns={respawns}/3 window=60s delay={delay}"
+            "respawning index=3 respawns={respawns} limit=3 window=60s delay={delay}"
         ));
     }
     master.wait_for_line("gave-up");

@@ -36,7 +36,7 @@ fn a_worker_that_stops_beating_is_hung_signalled_and_respawned() {
     assert!(silent < Duration::from_secs(2), "{hung}");
     // SIGABRT, which it does not handle, ends it: a crash, respawned and counted.
     master.wait_for_line(&format!("exited index=0 pid={} status=SIGABRT", before[&0]));
-    master.wait_for_line("respawning index=0 respawns=1/100");
+    master.wait_for_line("respawning index=0 respawns=1 limit=100");
     let after = master.wait_until("a new worker 0", || {
         master
             .workers()
@@ -70,7 +70,7 @@ fn a_worker_that_ignores_the_hang_signal_is_killed_after_a_second() {
     master.wait_for_line(&format!("hung index=0 pid={worker}"));
     master.wait_for_line(&format!("killed index=0 pid={worker} after=1s"));
     master.wait_for_line(&format!("exited index=0 pid={worker} status=SIGKILL"));
-    master.wait_for_line("respawning index=0 respawns=1/100");
+    master.wait_for_line("respawning index=0 respawns=1 limit=100");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

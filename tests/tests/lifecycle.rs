@@ -324,7 +324,7 @@ fn backoff_waits_the_delay_it_logs() {
     let delays = ["100ms", "200ms", "400ms", "800ms"];
     for (respawns, delay) in delays.iter().enumerate() {
         master.wait_for_line(&format!(
-            "respawns={}/1000 window=60s delay={delay}",
+            "respawns={} limit=1000 window=60s delay={delay}",
             respawns + 1
         ));
     }
@@ -350,7 +350,7 @@ fn backoff_does_not_hide_a_crash_loop_from_the_limit() {
     master.expect_exit_code(1);
     for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
         master.wait_for_line(&format!(
-            "respawning index=0 respawns={respawns}/3 window=60s delay={delay}"
+            "respawning index=0 respawns={respawns} limit=3 window=60s delay={delay}"
         ));
     }
     assert_eq!(master.count_lines("exited index=0"), 4);

@@ -7,7 +7,8 @@
 //! therefore leave a step undone.
 
 use crate::config::{Config, MAX_INSTANCES};
-use crate::event::{Event, ExitStatus, Log};
+use crate::event::{Event, ExitStatus, Level};
+use crate::log::Log;
 use crate::signals::Signals;
 use crate::worker::heartbeat::Beats;
 use crate::worker::{self, Setup, WorkerFn};
@@ -39,8 +40,6 @@ pub(crate) struct Master<'a, W, S> {
     signature: PhantomData<S>,
     setup: Setup<'a>,
     on_event: Option<OnEvent<'a>>,
-    /// Whether events go to the log.
-    log_events: bool,
     log: Log,
     /// How many workers should run now; TTIN and TTOU move it.
     instances: usize,
@@ -101,12 +100,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         signals: &'a Signals,
         beats: Option<&'a Beats>,
         on_event: Option<OnEvent<'a>>,
-        log: bool,
         pid_max: i32,
     ) -> Self {
         let pid = Pid::this();
         Master {
-            log: Log::new(pid.as_raw() as u32),
+            log: Log::new(pid.as_raw() as u32, config.log),
             config,
             worker,
             signature: PhantomData,
@@ -117,7 +115,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 beats,
             },
             on_event,
-            log_events: log,
             instances: config.instances,
             slots: Slots::new(config.instances),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
@@ -712,15 +709,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// caught and logged, and what it printed is flushed before the next fork. The log line is
     /// written before the master next blocks.
     fn emit(&mut self, event: Event) {
-        if self.log_events {
-            self.log.line(&event);
-        }
+        self.log.event(&event);
         if let Some(on_event) = &mut self.on_event {
             let call = panic::catch_unwind(AssertUnwindSafe(|| on_event(&event)));
             let _ = std::io::stdout().flush();
             if let Err(payload) = call {
                 std::mem::forget(payload);
-                self.log.line("event-callback-panicked");
+                self.log.note(Level::Error, "event-callback-panicked");
             }
         }
     }

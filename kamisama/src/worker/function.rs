@@ -1,7 +1,7 @@
 //! What a worker function may be: the signatures [`WorkerFn`] takes and the results
 //! [`WorkerResult`] turns into an exit status.
 
-use super::{report_failure, Worker};
+use super::Worker;
 use std::fmt::Debug;
 
 /// A function kamisama can run as a worker.
@@ -40,21 +40,21 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
 /// What a worker function may return.
 pub trait WorkerResult: sealed::Sealed<()> {
     #[doc(hidden)]
-    fn exit_code(self, index: usize) -> i32;
+    fn exit_code(self, worker: &Worker) -> i32;
 }
 
 impl WorkerResult for () {
-    fn exit_code(self, _index: usize) -> i32 {
+    fn exit_code(self, _worker: &Worker) -> i32 {
         0
     }
 }
 
 impl<E: Debug> WorkerResult for Result<(), E> {
-    fn exit_code(self, index: usize) -> i32 {
+    fn exit_code(self, worker: &Worker) -> i32 {
         match self {
             Ok(()) => 0,
             Err(error) => {
-                report_failure(index, &error);
+                worker.report_failure(&error);
                 1
             }
         }
@@ -65,7 +65,7 @@ impl<F: FnMut() -> R, R: WorkerResult> WorkerFn<fn() -> R> for F {
     const TAKES_HANDLE: bool = false;
 
     fn call(&mut self, worker: Worker) -> i32 {
-        self().exit_code(worker.index)
+        self().exit_code(&worker)
     }
 }
 
@@ -73,7 +73,7 @@ impl<F: FnMut(usize) -> R, R: WorkerResult> WorkerFn<fn(usize) -> R> for F {
     const TAKES_HANDLE: bool = false;
 
     fn call(&mut self, worker: Worker) -> i32 {
-        self(worker.index).exit_code(worker.index)
+        self(worker.index).exit_code(&worker)
     }
 }
 
@@ -81,8 +81,7 @@ impl<F: FnMut(Worker) -> R, R: WorkerResult> WorkerFn<fn(Worker) -> R> for F {
     const TAKES_HANDLE: bool = true;
 
     fn call(&mut self, worker: Worker) -> i32 {
-        let index = worker.index;
-        self(worker).exit_code(index)
+        self(worker.clone()).exit_code(&worker)
     }
 }
 

@@ -2,7 +2,8 @@
 
 use super::heartbeat;
 use super::stop::{self, Woken};
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
+use std::fmt::Debug;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -69,6 +70,9 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Worker {
     pub(super) index: usize,
+    /// For the worker's own `worker-failed` line.
+    pub(super) master: u32,
+    pub(super) log: LogFormat,
     /// The runtime an async worker builds.
     #[cfg(feature = "tokio")]
     pub(super) runtime: crate::Runtime,
@@ -80,10 +84,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    #[cfg_attr(not(feature = "tokio"), allow(unused_variables))]
-    pub(super) fn new(index: usize, config: &Config) -> Self {
+    /// Reports that the worker function failed with `error`, in the master's log format.
+    pub(super) fn report_failure(&self, error: &dyn Debug) {
+        crate::log::worker_failed(self.log, self.master, self.index, error);
+    }
+
+    pub(super) fn new(index: usize, master: u32, config: &Config) -> Self {
         Worker {
             index,
+            master,
+            log: config.log,
             #[cfg(feature = "tokio")]
             runtime: config.runtime,
             #[cfg(feature = "tokio")]

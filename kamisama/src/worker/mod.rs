@@ -8,7 +8,6 @@ use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
-use std::fmt::Debug;
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 
@@ -67,14 +66,14 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     }
     setup.signals.reset_in_worker();
     heartbeat::install(setup.beats.map(|beats| beats.slot(index)));
+    let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {
-            report_failure(index, &error);
+            handle.report_failure(&error);
             exit(1);
         }
     }
     Signals::unblock_in_worker();
-    let handle = Worker::new(index, setup.config);
     let code = match panic::catch_unwind(AssertUnwindSafe(|| worker.call(handle))) {
         Ok(code) => code,
         Err(payload) => {
@@ -85,14 +84,6 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     };
     let _ = std::io::stdout().flush();
     exit(code)
-}
-
-/// Writes `kamisama[PID]: worker-failed index=I error={error:?}` in one `write`, so that it
-/// does not interleave with other workers' output as `eprintln!`'s several writes can.
-pub(crate) fn report_failure(index: usize, error: &dyn Debug) {
-    let pid = std::process::id();
-    let line = format!("kamisama[{pid}]: worker-failed index={index} error={error:?}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Leaves the worker without running the master's atexit handlers or destructors.

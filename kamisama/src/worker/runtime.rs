@@ -2,7 +2,7 @@
 //! task that beats for it, and the future of its stop request.
 
 use super::function::sealed::Sealed;
-use super::{heartbeat, report_failure, stop, Worker, WorkerFn, WorkerResult};
+use super::{heartbeat, stop, Worker, WorkerFn, WorkerResult};
 use crate::Runtime;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -109,7 +109,7 @@ where
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            report_failure(worker.index, &error);
+            worker.report_failure(&error);
             return 1;
         }
     };
@@ -122,7 +122,7 @@ where
     });
     // The worker exits right after: waiting for tasks still running would only delay it.
     runtime.shutdown_background();
-    result.exit_code(worker.index)
+    result.exit_code(worker)
 }
 
 /// Beats for the worker as long as its runtime runs tasks.
