@@ -217,5 +217,5 @@ pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
 /// hang detection is off.
 #[cfg(target_os = "linux")]
 pub fn heartbeat() {
-    worker::heartbeat::beat();
+    worker::shared::beat();
 }

@@ -3,7 +3,7 @@
 use crate::config::{Config, LogFormat, Restart, Runtime, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
-use crate::worker::heartbeat::Beats;
+use crate::worker::shared::Beats;
 use crate::{env, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
 use nix::unistd::Pid;

@@ -10,7 +10,7 @@ use crate::config::{Config, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus, Level};
 use crate::log::Log;
 use crate::signals::Signals;
-use crate::worker::heartbeat::Beats;
+use crate::worker::shared::Beats;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
 use fleet::{Orphans, Stop};

@@ -2,7 +2,7 @@
 //! when each one is hung if it stays silent.
 
 use crate::config::Config;
-use crate::worker::heartbeat::{now_nanos, Beats, NOT_YET, WAITING};
+use crate::worker::shared::{now_nanos, Beats, NOT_YET, WAITING};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The public [`Worker`] handle: a worker's index and its cooperative stop.
 
-use super::heartbeat;
+use super::shared;
 use super::stop::{self, Woken};
 use crate::config::{Config, LogFormat};
 use std::fmt::Debug;
@@ -135,7 +135,7 @@ impl Worker {
     /// }
     /// ```
     pub fn heartbeat(&self) {
-        heartbeat::beat();
+        shared::beat();
     }
 
     /// Waits until `fd` (a socket, a pipe...) can be read without blocking, or a stop is
@@ -216,9 +216,9 @@ impl Worker {
 
 /// Runs a wait through the handle, during which the worker counts as alive.
 fn waiting<T>(wait: impl FnOnce() -> T) -> T {
-    heartbeat::waiting();
+    shared::waiting();
     let woken = wait();
-    heartbeat::beat();
+    shared::beat();
     woken
 }
 

@@ -13,9 +13,9 @@ use std::panic::{self, AssertUnwindSafe};
 
 mod function;
 mod handle;
-pub(crate) mod heartbeat;
 #[cfg(feature = "tokio")]
 mod runtime;
+pub(crate) mod shared;
 mod stop;
 
 pub use function::{WorkerFn, WorkerResult};
@@ -29,7 +29,7 @@ pub(crate) struct Setup<'a> {
     pub(crate) signals: &'a Signals,
     pub(crate) config: &'a Config,
     /// The signs of life, when hang detection is on.
-    pub(crate) beats: Option<&'a heartbeat::Beats>,
+    pub(crate) beats: Option<&'a shared::Beats>,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -65,7 +65,7 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
         exit(1);
     }
     setup.signals.reset_in_worker();
-    heartbeat::install(setup.beats.map(|beats| beats.slot(index)));
+    shared::install(setup.beats.map(|beats| beats.slot(index)));
     let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {

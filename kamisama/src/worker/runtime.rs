@@ -2,7 +2,7 @@
 //! task that beats for it, and the future of its stop request.
 
 use super::function::sealed::Sealed;
-use super::{heartbeat, stop, Worker, WorkerFn, WorkerResult};
+use super::{shared, stop, Worker, WorkerFn, WorkerResult};
 use crate::Runtime;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -128,7 +128,7 @@ where
 /// Beats for the worker as long as its runtime runs tasks.
 async fn beat_forever(every: Duration) {
     loop {
-        heartbeat::beat();
+        shared::beat();
         tokio::time::sleep(every).await;
     }
 }
