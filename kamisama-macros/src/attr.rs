@@ -55,10 +55,11 @@ pub(crate) enum Key {
     Runtime,
     WorkerThreads,
     Log,
+    Readiness,
 }
 
 impl Key {
-    const ALL: [Key; 11] = [
+    const ALL: [Key; 12] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -70,6 +71,7 @@ impl Key {
         Key::Runtime,
         Key::WorkerThreads,
         Key::Log,
+        Key::Readiness,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -85,6 +87,7 @@ impl Key {
             Key::Runtime => "runtime",
             Key::WorkerThreads => "worker_threads",
             Key::Log => "log",
+            Key::Readiness => "readiness",
         }
     }
 
@@ -113,6 +116,11 @@ impl Key {
                 enumeration: "LogFormat",
                 variants: &[("text", "Text"), ("json", "Json"), ("off", "Off")],
             }),
+            Key::Readiness => Some(Names {
+                what: "readiness",
+                enumeration: "Readiness",
+                variants: &[("forked", "Forked"), ("declared", "Declared")],
+            }),
             _ => None,
         }
     }
@@ -131,7 +139,8 @@ impl Key {
             | Key::Timeout
             | Key::Restart
             | Key::Runtime
-            | Key::Log => 0,
+            | Key::Log
+            | Key::Readiness => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
@@ -164,6 +173,7 @@ impl Key {
             Key::Runtime => "\"multi_thread\"",
             Key::WorkerThreads => "4",
             Key::Log => "\"json\"",
+            Key::Readiness => "\"declared\"",
         }
     }
 
@@ -173,6 +183,7 @@ impl Key {
             (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
             (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
+            (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }

@@ -84,6 +84,7 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::Runtime => quote_spanned!(span=> .runtime(#value)),
         Key::WorkerThreads => quote_spanned!(span=> .worker_threads(#value)),
         Key::Log => quote_spanned!(span=> .log_format(#value)),
+        Key::Readiness => quote_spanned!(span=> .readiness(#value)),
     }
 }
 

@@ -44,6 +44,7 @@ use proc_macro::TokenStream;
 /// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
 /// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
 /// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |
+/// | `readiness`        | `"forked"` | when a worker counts as ready: `"forked"`, or `"declared"` by `Worker::ready` |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.

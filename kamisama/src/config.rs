@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) worker_threads: Option<usize>,
     /// How the master and its workers log.
     pub(crate) log: LogFormat,
+    /// When a new worker counts as ready.
+    pub(crate) readiness: Readiness,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             runtime: Runtime::CurrentThread,
             worker_threads: None,
             log: LogFormat::Text,
+            readiness: Readiness::Forked,
         }
     }
 }
@@ -210,6 +213,58 @@ impl fmt::Display for UnknownRuntime {
 }
 
 impl std::error::Error for UnknownRuntime {}
+
+/// When a worker counts as ready: for the fleet to be reported ready to systemd
+/// (`READY=1`), and for a rolling restart to move on from an index to the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    /// As soon as it is forked.
+    #[default]
+    Forked,
+    /// Once it has called [`Worker::ready`](crate::Worker::ready), after its start-up work
+    /// (a server once it listens, a consumer once it is connected).
+    Declared,
+}
+
+impl Readiness {
+    /// The name used by the attribute and `KAMISAMA_READINESS`: `forked` or `declared`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Readiness::Forked => "forked",
+            Readiness::Declared => "declared",
+        }
+    }
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `forked` or `declared`.
+impl FromStr for Readiness {
+    type Err = UnknownReadiness;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Readiness::Forked, Readiness::Declared]
+            .into_iter()
+            .find(|readiness| readiness.name() == name)
+            .ok_or(UnknownReadiness)
+    }
+}
+
+/// The error of parsing a [`Readiness`] from a name it does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownReadiness;
+
+impl fmt::Display for UnknownReadiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `forked` or `declared`")
+    }
+}
+
+impl std::error::Error for UnknownReadiness {}
 
 /// How the master writes its log to stderr (and a worker its `worker-failed` line).
 ///

@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, LogFormat, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -29,6 +29,8 @@ pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
 pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
 /// Overrides the log format: `text`, `json` or `off`.
 pub(crate) const LOG: &str = "KAMISAMA_LOG";
+/// Overrides when a worker counts as ready: `forked` or `declared`.
+pub(crate) const READINESS: &str = "KAMISAMA_READINESS";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -83,6 +85,11 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     }
     if let Some(format) = parse::<LogFormat>(&lookup, LOG, "`text`, `json` or `off`", |_| true)? {
         overridden.log = format;
+    }
+    if let Some(readiness) =
+        parse::<Readiness>(&lookup, READINESS, "`forked` or `declared`", |_| true)?
+    {
+        overridden.readiness = readiness;
     }
     *config = overridden;
     Ok(())
@@ -150,6 +157,7 @@ mod tests {
             (BOOT_TIMEOUT, "90"),
             (WORKER_THREADS, "3"),
             (LOG, "json"),
+            (READINESS, "declared"),
         ])
         .unwrap();
         assert_eq!(
@@ -166,6 +174,7 @@ mod tests {
                 runtime: Runtime::MultiThread,
                 worker_threads: Some(3),
                 log: LogFormat::Json,
+                readiness: Readiness::Declared,
                 ..Config::default()
             }
         );
@@ -193,6 +202,7 @@ mod tests {
             (RUNTIME, "multi-thread"),
             (WORKER_THREADS, "0"),
             (LOG, "yaml"),
+            (READINESS, "ready"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

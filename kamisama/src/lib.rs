@@ -198,7 +198,8 @@ mod worker;
 
 #[cfg(target_os = "linux")]
 pub use config::{
-    LogFormat, Restart, Runtime, UnknownLogFormat, UnknownRestart, UnknownRuntime, MAX_INSTANCES,
+    LogFormat, Readiness, Restart, Runtime, UnknownLogFormat, UnknownReadiness, UnknownRestart,
+    UnknownRuntime, MAX_INSTANCES,
 };
 #[cfg(target_os = "linux")]
 pub use error::Error;

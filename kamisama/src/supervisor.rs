@@ -1,9 +1,9 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, LogFormat, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
 use crate::master::{Master, OnEvent};
 use crate::signals::Signals;
-use crate::worker::shared::Beats;
+use crate::worker::shared::SharedSlots;
 use crate::{env, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
 use nix::unistd::Pid;
@@ -191,6 +191,15 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// When a new worker counts as ready: as soon as it is forked (the default), or once it
+    /// calls [`Worker::ready`](crate::Worker::ready). The fleet is reported ready to systemd
+    /// once every worker is, and a rolling restart moves from an index to the next once the
+    /// replacement is.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.config.readiness = readiness;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -280,14 +289,14 @@ impl<'a> Supervisor<'a> {
         // Read while a file descriptor is sure to be free: with none to spare later, the master
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
-        let beats = if config.timeout.is_zero() {
+        let shared = if config.timeout.is_zero() && config.readiness == Readiness::Forked {
             None
         } else {
-            Some(Beats::map().map_err(|errno| Error::os("mmap", errno))?)
+            Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
         let outcome = Signals::install().map(|signals| {
-            let beats = beats.as_ref();
-            Master::new(&config, worker, &signals, beats, on_event, pid_max).run()
+            let shared = shared.as_ref();
+            Master::new(&config, worker, &signals, shared, on_event, pid_max).run()
         });
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome

@@ -766,3 +766,135 @@ impl Output {
         }
     }
 }
+
+/// A unix datagram socket that stands in for systemd's notification socket. A thread reads
+/// every message with its sender's credentials, and notes what was true as it came: the
+/// sender's live children, and the files in a witness directory.
+pub struct NotifySocket {
+    path: std::path::PathBuf,
+    messages: Arc<Mutex<Vec<Notification>>>,
+    arrived: Arc<Condvar>,
+}
+
+/// One message to the stand-in systemd.
+#[derive(Clone, Debug)]
+pub struct Notification {
+    /// The sender's pid, from its credentials.
+    pub pid: Pid,
+    /// The message, `KEY=VALUE` lines.
+    pub text: String,
+    /// When it came.
+    pub at: Instant,
+    /// How many live children the sender had as it came.
+    pub children: usize,
+    /// How many files the witness directory held as it came.
+    pub witnesses: usize,
+}
+
+impl Notification {
+    /// Whether the message has the line `line`, such as `READY=1`.
+    pub fn says(&self, line: &str) -> bool {
+        self.text.lines().any(|said| said == line)
+    }
+
+    /// The value of `key=` in the message, such as the text of `STATUS`.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.text
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+impl NotifySocket {
+    /// Binds a new socket at `path`; `witnesses` is the directory whose files are counted as
+    /// each message comes.
+    pub fn bind(path: std::path::PathBuf, witnesses: Option<std::path::PathBuf>) -> Self {
+        use nix::sys::socket::{setsockopt, sockopt::PassCred};
+        let _ = fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the socket");
+        setsockopt(&socket, PassCred, &true).expect("SO_PASSCRED");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("a read timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Condvar::new());
+        let (kept, woken) = (Arc::clone(&messages), Arc::clone(&arrived));
+        thread::spawn(move || loop {
+            let Some((pid, text)) = receive(&socket) else {
+                if Arc::strong_count(&kept) == 1 {
+                    return;
+                }
+                continue;
+            };
+            let children = children_of(pid)
+                .into_iter()
+                .filter(|p| is_alive(*p))
+                .count();
+            let witnesses = witnesses.as_ref().map_or(0, |dir| {
+                fs::read_dir(dir).map_or(0, |entries| entries.count())
+            });
+            let notification = Notification {
+                pid,
+                text,
+                at: Instant::now(),
+                children,
+                witnesses,
+            };
+            kept.lock().unwrap().push(notification);
+            woken.notify_all();
+        });
+        NotifySocket {
+            path,
+            messages,
+            arrived,
+        }
+    }
+
+    /// Its path, for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("a UTF-8 path")
+    }
+
+    /// Every message so far.
+    pub fn messages(&self) -> Vec<Notification> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits for the `nth` message (counted from 1) that has the line `line`.
+    pub fn wait_for(&self, line: &str, nth: usize) -> Notification {
+        let mut messages = self.messages.lock().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(found) = messages.iter().filter(|m| m.says(line)).nth(nth - 1) {
+                return found.clone();
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no {nth} messages saying {line}: {messages:#?}"));
+            messages = self.arrived.wait_timeout(messages, left).unwrap().0;
+        }
+    }
+}
+
+/// One datagram and its sender's pid, or `None` when none came in the read timeout.
+fn receive(socket: &std::os::unix::net::UnixDatagram) -> Option<(Pid, String)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let mut buffer = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let message = recvmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .ok()?;
+    let pid = message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmCredentials(credentials) => Some(Pid::from_raw(credentials.pid())),
+        _ => None,
+    })?;
+    let length = message.bytes;
+    let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+    Some((pid, text))
+}

@@ -6,26 +6,29 @@
 //! sweep for orphans during a shutdown). No order of signals, deaths and batches can
 //! therefore leave a step undone.
 
-use crate::config::{Config, MAX_INSTANCES};
+use crate::config::{Config, Readiness, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus, Level};
 use crate::log::Log;
 use crate::signals::Signals;
-use crate::worker::shared::Beats;
+use crate::worker::shared::SharedSlots;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
 use fleet::{Orphans, Stop};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use notify::{Notify, Phase, Summary};
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Slots, State, Stopping};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use watchdog::{Now, Watchdog, HANG_GRACE};
 
 mod fleet;
+mod notify;
 mod respawn;
 mod slots;
 mod watchdog;
@@ -51,6 +54,10 @@ pub(crate) struct Master<'a, W, S> {
     shutdown: Option<Shutdown>,
     orphans: Orphans,
     watchdog: Watchdog<'a>,
+    /// The service manager, when one started the master.
+    notify: Option<Notify>,
+    /// Whether every initial worker has been ready once.
+    ready_once: bool,
     /// A child was reaped since the last sweep, which may have handed its own children over.
     reaped: bool,
     /// Indices whose last worker failed and that are not forked again.
@@ -65,6 +72,10 @@ struct ForkRetry {
     failures: u32,
     not_before: Option<Instant>,
 }
+
+/// How often the master looks at the workers' readiness while something waits for it: a
+/// worker declares itself ready in shared memory, without waking the master.
+const READINESS_POLL: Duration = Duration::from_millis(20);
 
 /// The longest wait before a fork is retried, unless `backoff_max` is longer.
 const FORK_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -98,11 +109,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         config: &'a Config,
         worker: W,
         signals: &'a Signals,
-        beats: Option<&'a Beats>,
+        shared: Option<&'a SharedSlots>,
         on_event: Option<OnEvent<'a>>,
         pid_max: i32,
     ) -> Self {
         let pid = Pid::this();
+        let notify = Notify::from_env();
         Master {
             log: Log::new(pid.as_raw() as u32, config.log),
             config,
@@ -112,7 +124,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 master: pid,
                 signals,
                 config,
-                beats,
+                shared,
+                notify: notify.as_ref().map(Notify::fd),
             },
             on_event,
             instances: config.instances,
@@ -127,7 +140,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             rolling: None,
             shutdown: None,
             orphans: Orphans::new(pid_max),
-            watchdog: Watchdog::new(config, beats),
+            watchdog: Watchdog::new(config, shared),
+            notify,
+            ready_once: false,
             reaped: false,
             failed: 0,
         }
@@ -151,6 +166,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             let now = Now::read();
             self.kill_overdue(now.instant);
             self.detect_hangs(now);
+            let ping = self.tell_the_service_manager(now.instant);
             if let Some(outcome) = self.finished() {
                 self.emit(Event::ShutdownFinished {
                     exit_code: outcome.exit_code(),
@@ -161,6 +177,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.sweep(now.instant);
             let timeout = self
                 .next_deadline(now)
+                .into_iter()
+                .chain(ping)
+                .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
@@ -421,7 +440,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// and HUP in any order and batch cannot wedge it. Never two workers on one index,
     /// never more than one index down.
     fn advance_rolling_restart(&mut self) {
-        while let Some(rolling) = &mut self.rolling {
+        loop {
+            let ready = match self.rolling.as_ref().map(|rolling| rolling.index) {
+                Some(index) if index < self.slots.len() => self.is_ready(index),
+                Some(_) => true,
+                None => return,
+            };
+            let Some(rolling) = &mut self.rolling else {
+                return;
+            };
             rolling.end = rolling.end.min(self.instances);
             if rolling.index >= rolling.end {
                 self.rolling = None;
@@ -448,13 +475,84 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     self.stop(index, self.deadline());
                     return;
                 }
-                // The replacement runs, or the index is done with.
+                // The replacement runs, but is not ready yet.
+                State::Running { stop: None, .. } if !ready => return,
+                // The replacement runs and is ready, or the index is done with.
                 _ => {
                     rolling.index += 1;
                     rolling.replacing = false;
                 }
             }
         }
+    }
+
+    /// Whether the worker of `index`, if one runs and is not stopping, counts as ready.
+    fn is_ready(&self, index: usize) -> bool {
+        let State::Running {
+            pid, stop: None, ..
+        } = self.slots[index].state
+        else {
+            return false;
+        };
+        match (self.config.readiness, self.setup.shared) {
+            (Readiness::Declared, Some(shared)) => {
+                let ready = shared.slot(index).ready.load(Ordering::Relaxed);
+                ready == pid.as_raw() as u64
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether every index to run has a ready worker, or is done.
+    fn fleet_ready(&self) -> bool {
+        (0..self.instances)
+            .all(|index| self.is_ready(index) || matches!(self.slots[index].state, State::Done))
+    }
+
+    /// Whether something waits for a worker to declare itself ready, which it does without a
+    /// word to the master: the fleet's first readiness, or a rolling restart's replacement.
+    fn awaits_readiness(&self) -> bool {
+        self.config.readiness == Readiness::Declared
+            && self.shutdown.is_none()
+            && (!self.ready_once || self.rolling.is_some())
+    }
+
+    /// Where the fleet stands, for the service manager.
+    fn summary(&mut self, now: Instant) -> Summary {
+        self.ready_once |= self.fleet_ready();
+        let phase = if self.shutdown.is_some() {
+            Phase::Stopping
+        } else if self.rolling.is_some() {
+            Phase::Reloading
+        } else if self.ready_once {
+            Phase::Ready
+        } else {
+            Phase::Starting
+        };
+        let running = self.slots.live_workers();
+        let hung = self
+            .slots
+            .iter()
+            .filter(|slot| {
+                matches!(&slot.state, State::Running { stop: Some(stopping), .. } if stopping.hung)
+            })
+            .count();
+        Summary {
+            phase,
+            running,
+            instances: self.instances,
+            respawns: self.limiter.in_window(now),
+            window: self.limiter.interval(),
+            hung,
+        }
+    }
+
+    /// Tells the service manager what changed; returns when it must be told again (the
+    /// watchdog's next ping).
+    fn tell_the_service_manager(&mut self, now: Instant) -> Option<Instant> {
+        self.notify.as_ref()?;
+        let summary = self.summary(now);
+        self.notify.as_mut()?.update(&summary, now)
     }
 
     /// Sends `signal` to every live worker.
@@ -511,6 +609,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             requested: signal.is_some(),
             next_sweep: Instant::now(),
         });
+        // At once, with the workers still counted: a whole fleet may be reaped before the
+        // loop's next word to it.
+        self.tell_the_service_manager(Instant::now());
         self.sweep_now(Stop::Term);
     }
 
@@ -669,6 +770,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .fork_retry
             .not_before
             .filter(|_| self.slots.iter().any(|slot| slot.is_pending()));
+        let readiness = self
+            .awaits_readiness()
+            .then(|| now.instant.checked_add(READINESS_POLL))
+            .flatten();
         let watching = shutdown.is_none();
         self.slots
             .iter()
@@ -689,6 +794,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(kill_at)
             .chain(sweep)
             .chain(fork_retry)
+            .chain(readiness)
             .min()
     }
 

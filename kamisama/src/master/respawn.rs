@@ -38,6 +38,15 @@ impl RespawnLimiter {
         Some(respawns)
     }
 
+    /// How many respawns the window ending at `now` holds.
+    pub(crate) fn in_window(&self, now: Instant) -> usize {
+        let window_start = now.checked_sub(self.interval);
+        self.recent
+            .iter()
+            .filter(|at| window_start.map_or(true, |start| **at > start))
+            .count()
+    }
+
     pub(crate) fn limit(&self) -> u32 {
         self.limit
     }

@@ -2,7 +2,7 @@
 //! when each one is hung if it stays silent.
 
 use crate::config::Config;
-use crate::worker::shared::{now_nanos, Beats, NOT_YET, WAITING};
+use crate::worker::shared::{now_nanos, SharedSlots, NOT_YET, WAITING};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ pub(super) const HANG_GRACE: Duration = Duration::from_secs(1);
 
 pub(super) struct Watchdog<'a> {
     /// `None` when hang detection is off.
-    beats: Option<&'a Beats>,
+    shared: Option<&'a SharedSlots>,
     timeout: Duration,
     boot_timeout: Duration,
 }
@@ -59,9 +59,9 @@ impl Silence {
 }
 
 impl<'a> Watchdog<'a> {
-    pub(super) fn new(config: &Config, beats: Option<&'a Beats>) -> Self {
+    pub(super) fn new(config: &Config, shared: Option<&'a SharedSlots>) -> Self {
         Watchdog {
-            beats: beats.filter(|_| !config.timeout.is_zero()),
+            shared: shared.filter(|_| !config.timeout.is_zero()),
             timeout: config.timeout,
             boot_timeout: config.boot_timeout,
         }
@@ -69,15 +69,15 @@ impl<'a> Watchdog<'a> {
 
     /// Before `index` is forked: its new worker has shown no sign of life yet.
     pub(super) fn forking(&self, index: usize) {
-        if let Some(beats) = self.beats {
-            beats.slot(index).store(NOT_YET, Ordering::Relaxed);
+        if let Some(shared) = self.shared {
+            shared.slot(index).beat.store(NOT_YET, Ordering::Relaxed);
         }
     }
 
     /// The silence of the worker of `index`, forked at `started`; `None` when hang
     /// detection is off, or while the worker waits through its handle.
     pub(super) fn silence(&self, index: usize, started: Instant, now: Now) -> Option<Silence> {
-        let beat = self.beats?.slot(index).load(Ordering::Relaxed);
+        let beat = self.shared?.slot(index).beat.load(Ordering::Relaxed);
         let silence = match beat {
             WAITING => return None,
             NOT_YET => Silence {

@@ -138,6 +138,28 @@ impl Worker {
         shared::beat();
     }
 
+    /// Declares this worker ready, once its start-up work is done: with
+    /// [`Readiness::Declared`](crate::Readiness::Declared), the master reports the fleet ready
+    /// to systemd (`READY=1`) only once every worker has, and a rolling restart moves on to
+    /// the next index only once the replacement has, so that a server is never short of a
+    /// worker that listens. A store to memory the master shares: no system call.
+    ///
+    /// ```no_run
+    /// # fn connect_to_the_queue() {}
+    /// #[kamisama::main(instances = 4, readiness = "declared")]
+    /// fn worker(worker: kamisama::Worker) {
+    ///     let queue = connect_to_the_queue();
+    ///     worker.ready();
+    ///     while !worker.stop_requested() {
+    ///         // ... jobs from `queue` ...
+    /// #       worker.sleep(std::time::Duration::from_secs(1));
+    ///     }
+    /// }
+    /// ```
+    pub fn ready(&self) {
+        shared::ready();
+    }
+
     /// Waits until `fd` (a socket, a pipe...) can be read without blocking, or a stop is
     /// requested: `true` when it is readable (or at its end, or in error, which a read then
     /// reports), `false` on a stop, which wins when both come at once.

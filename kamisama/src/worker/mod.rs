@@ -9,6 +9,7 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
 mod function;
@@ -28,8 +29,10 @@ pub(crate) struct Setup<'a> {
     pub(crate) master: Pid,
     pub(crate) signals: &'a Signals,
     pub(crate) config: &'a Config,
-    /// The signs of life, when hang detection is on.
-    pub(crate) beats: Option<&'a shared::Beats>,
+    /// The memory shared with the workers, when the master watches hangs or readiness.
+    pub(crate) shared: Option<&'a shared::SharedSlots>,
+    /// The master's socket to the service manager, which a worker closes.
+    pub(crate) notify: Option<RawFd>,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -65,7 +68,12 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
         exit(1);
     }
     setup.signals.reset_in_worker();
-    shared::install(setup.beats.map(|beats| beats.slot(index)));
+    if let Some(fd) = setup.notify {
+        // SAFETY: the master's socket, which nothing in the worker uses; it leaves with
+        // `_exit`, without running the destructor that would close it again.
+        unsafe { libc::close(fd) };
+    }
+    shared::install(setup.shared.map(|shared| shared.slot(index)));
     let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {

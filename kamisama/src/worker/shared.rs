@@ -1,8 +1,9 @@
-//! Signs of life. The master maps one word per worker index in memory it shares with its
-//! workers (`MAP_SHARED`, inherited by every fork); a worker stores there the time of its
-//! last beat on the monotonic clock, so that a wall-clock jump changes nothing. A beat is a
-//! clock read, which the vDSO answers without entering the kernel, and a store: no system
-//! call. The master only reads.
+//! What a worker tells its master through memory they share: its signs of life and its
+//! readiness. The master maps two words per worker index (`MAP_SHARED`, inherited by every
+//! fork). A worker stores in the first the time of its last beat on the monotonic clock, so
+//! that a wall-clock jump changes nothing, and in the second its pid once it is ready. A beat
+//! is a clock read, which the vDSO answers without entering the kernel, and a store: no
+//! system call. The master only reads, but for clearing a slot before a fork.
 
 use crate::config::MAX_INSTANCES;
 use nix::errno::Errno;
@@ -16,18 +17,27 @@ pub(crate) const NOT_YET: u64 = 0;
 /// A slot's value while the worker waits through its handle (a sleep, an accept): alive.
 pub(crate) const WAITING: u64 = u64::MAX;
 
-/// The shared words, one per index; owned by the master, which unmaps them when it is done.
-pub(crate) struct Beats {
-    words: NonNull<AtomicU64>,
+/// One index's words.
+#[repr(C)]
+pub(crate) struct Words {
+    /// When the worker last showed a sign of life, or `NOT_YET`, or `WAITING`.
+    pub(crate) beat: AtomicU64,
+    /// The pid of the worker that declared itself ready, or 0.
+    pub(crate) ready: AtomicU64,
 }
 
-impl Beats {
-    /// Maps a word for every index there can be. Only the pages of indices in use are ever
-    /// touched, and so allocated: 4 KiB for 512 workers.
+/// The shared words of every index; owned by the master, which unmaps them when it is done.
+pub(crate) struct SharedSlots {
+    words: NonNull<Words>,
+}
+
+impl SharedSlots {
+    /// Maps the words of every index there can be. Only the pages of indices in use are ever
+    /// touched, and so allocated: 4 KiB for 256 workers.
     pub(crate) fn map() -> Result<Self, Errno> {
-        let length = NonZeroUsize::new(Beats::LENGTH).ok_or(Errno::EINVAL)?;
+        let length = NonZeroUsize::new(SharedSlots::LENGTH).ok_or(Errno::EINVAL)?;
         // SAFETY: a new anonymous mapping aliases nothing; it is zero-filled, and all-zero
-        // words are valid `AtomicU64`s (`NOT_YET`).
+        // words are valid `Words` (`NOT_YET`, not ready).
         let words = unsafe {
             mmap_anonymous(
                 None,
@@ -36,39 +46,47 @@ impl Beats {
                 MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
             )
         }?;
-        Ok(Beats {
+        Ok(SharedSlots {
             words: words.cast(),
         })
     }
 
-    const LENGTH: usize = MAX_INSTANCES * std::mem::size_of::<AtomicU64>();
+    const LENGTH: usize = MAX_INSTANCES * std::mem::size_of::<Words>();
 
-    /// The word of `index`, which is below `MAX_INSTANCES`.
-    pub(crate) fn slot(&self, index: usize) -> &AtomicU64 {
-        assert!(index < MAX_INSTANCES, "index {index} has no heartbeat slot");
-        // SAFETY: the mapping holds MAX_INSTANCES words and lives as long as `self`.
+    /// The words of `index`, which is below `MAX_INSTANCES`.
+    pub(crate) fn slot(&self, index: usize) -> &Words {
+        assert!(index < MAX_INSTANCES, "index {index} has no shared slot");
+        // SAFETY: the mapping holds MAX_INSTANCES slots and lives as long as `self`.
         unsafe { &*self.words.as_ptr().add(index) }
     }
 }
 
-impl Drop for Beats {
+impl Drop for SharedSlots {
     fn drop(&mut self) {
         // SAFETY: the mapping is this object's own, and no reference to it outlives `self`
         // in this process (a worker keeps its copy of the mapping, never this object).
-        let _ = unsafe { munmap(self.words.cast(), Beats::LENGTH) };
+        let _ = unsafe { munmap(self.words.cast(), SharedSlots::LENGTH) };
     }
 }
 
-/// This worker's slot, or null when hang detection is off.
-static SLOT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// This worker's slot, or null when the master watches neither hangs nor readiness.
+static SLOT: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
 
-/// In a new worker: beats go to `slot` from now on. The mapping is never unmapped in a
-/// worker, so the slot is valid for the rest of its life.
-pub(crate) fn install(slot: Option<&AtomicU64>) {
+/// In a new worker: beats and readiness go to `slot` from now on. The mapping is never
+/// unmapped in a worker, so the slot is valid for the rest of its life.
+pub(crate) fn install(slot: Option<&Words>) {
     let slot = slot.map_or(std::ptr::null_mut(), |slot| {
-        (slot as *const AtomicU64).cast_mut()
+        (slot as *const Words).cast_mut()
     });
     SLOT.store(slot, Ordering::Relaxed);
+}
+
+/// Declares this worker ready.
+pub(crate) fn ready() {
+    if let Some(slot) = own_slot() {
+        slot.ready
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+    }
 }
 
 /// A sign of life, now.
@@ -82,12 +100,16 @@ pub(crate) fn waiting() {
 }
 
 fn store(value: u64) {
-    let slot = SLOT.load(Ordering::Relaxed);
-    // SAFETY: `install` set it to a word of the shared mapping, valid for the worker's life,
-    // or left it null.
-    if let Some(slot) = unsafe { slot.as_ref() } {
-        slot.store(value, Ordering::Relaxed);
+    if let Some(slot) = own_slot() {
+        slot.beat.store(value, Ordering::Relaxed);
     }
+}
+
+fn own_slot() -> Option<&'static Words> {
+    let slot = SLOT.load(Ordering::Relaxed);
+    // SAFETY: `install` set it to a slot of the shared mapping, valid for the worker's life,
+    // or left it null.
+    unsafe { slot.as_ref() }
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC, which every process shares; never `NOT_YET` or `WAITING`.

@@ -1,0 +1,166 @@
+//! Speaking systemd's notification protocol. A datagram socket in the test stands in for
+//! systemd: it hears `READY=1` only once every worker is ready, `RELOADING=1` and `READY=1`
+//! around a rolling restart, `STOPPING=1` at a shutdown, a current `STATUS=`, and watchdog
+//! pings only while no worker is hung; every message comes from the master, and no worker
+//! inherits the variables.
+
+use kamisama_tests::{Master, NotifySocket};
+use nix::sys::signal::{kill, Signal};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DECLARED: &str = env!("CARGO_BIN_EXE_declared");
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn declared_readiness_reloading_and_stopping_are_told_in_order() {
+    let witnesses = scratch("systemd-declared");
+    let systemd = NotifySocket::bind(
+        scratch("systemd-declared-socket").join("notify"),
+        Some(witnesses.clone()),
+    );
+    let mut master = Master::launch(DECLARED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .start();
+    // Each of the three workers had declared itself ready when the fleet was.
+    let ready = systemd.wait_for("READY=1", 1);
+    assert_eq!(ready.witnesses, 3, "{ready:?}");
+    master.wait_for_workers(3);
+    // What a worker and anything it runs see; /proc/PID/environ keeps the block as it was
+    // at exec, which the master leaves untouched.
+    master.wait_for_lines("notify-socket=", 3);
+    assert_eq!(
+        master.count_lines("notify-socket=unset"),
+        3,
+        "{}",
+        master.transcript()
+    );
+    master.signal(Signal::SIGHUP);
+    let reloading = systemd.wait_for("RELOADING=1", 1);
+    let usec: u64 = reloading.value("MONOTONIC_USEC").unwrap().parse().unwrap();
+    let now = kamisama_tests::bench::monotonic_nanos() / 1000;
+    assert!(
+        usec <= now && now - usec < 60_000_000,
+        "{usec} against {now}"
+    );
+    // The rolling restart waited for each replacement to be ready before the next.
+    let ready_again = systemd.wait_for("READY=1", 2);
+    assert_eq!(ready_again.witnesses, 6, "{ready_again:?}");
+    master.wait_for_line("rolling-restart-finished");
+    master.signal(Signal::SIGTERM);
+    let stopping = systemd.wait_for("STOPPING=1", 1);
+    assert_eq!(stopping.value("STATUS"), Some("stopping: 3 workers left"));
+    master.expect_exit_code(0);
+    let messages = systemd.messages();
+    let told: Vec<&str> = messages
+        .iter()
+        .flat_map(|message| message.text.lines())
+        .filter(|line| ["READY=1", "RELOADING=1", "STOPPING=1"].contains(line))
+        .collect();
+    assert_eq!(told, ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]);
+    assert!(
+        messages.iter().all(|message| message.pid == master.pid()),
+        "{messages:#?}"
+    );
+}
+
+#[test]
+fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns() {
+    let systemd = NotifySocket::bind(scratch("systemd-forked").join("notify"), None);
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("KAMISAMA_INSTANCES", "5")
+        .start();
+    let ready = systemd.wait_for("READY=1", 1);
+    assert_eq!(ready.children, 5, "{ready:?}");
+    let workers = master.wait_for_workers(5);
+    kill(workers[&2], Signal::SIGKILL).unwrap();
+    master.wait_for_line("respawning index=2");
+    let status = |messages: Vec<kamisama_tests::Notification>| {
+        messages
+            .iter()
+            .filter_map(|message| message.value("STATUS").map(str::to_owned))
+            .next_back()
+    };
+    master.wait_until("the status to count the respawn", || {
+        let now = status(systemd.messages())?;
+        (now == "5/5 workers running, 1 respawns in the last 60s").then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn watchdog_pings_stop_while_a_worker_is_hung() {
+    let systemd = NotifySocket::bind(scratch("systemd-watchdog").join("notify"), None);
+    let mut master = Master::launch(HEARTBEATS)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "200000")
+        .env("KAMISAMA_TIMEOUT", "1")
+        .env("HANG", "0")
+        .env("IGNORE_ABRT", "1")
+        .start();
+    systemd.wait_for("WATCHDOG=1", 3);
+    // Hung, it ignores the hang signal and lives a second more, until SIGKILL.
+    master.wait_for_line("hung index=0");
+    master.wait_for_line("status=SIGKILL");
+    let pings_before = systemd
+        .messages()
+        .iter()
+        .filter(|message| message.says("WATCHDOG=1"))
+        .count();
+    systemd.wait_for("WATCHDOG=1", pings_before + 3);
+    let pings: Vec<_> = systemd
+        .messages()
+        .into_iter()
+        .filter(|message| message.says("WATCHDOG=1"))
+        .collect();
+    // Every 100 ms, but for about the second the worker was hung.
+    let longest = pings
+        .windows(2)
+        .map(|pair| pair[1].at - pair[0].at)
+        .max()
+        .unwrap();
+    assert!(longest >= Duration::from_millis(700), "{longest:?}");
+    let hung_status = systemd
+        .messages()
+        .iter()
+        .filter_map(|message| message.value("STATUS").map(str::to_owned))
+        .any(|status| status.ends_with(", 1 hung"));
+    assert!(hung_status, "{:#?}", systemd.messages());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_left_alone() {
+    let systemd = NotifySocket::bind(scratch("systemd-other-pid").join("notify"), None);
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_PID", "1")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    systemd.wait_for("READY=1", 1);
+    // Three turns of the loop at least, a good many pings' worth of time.
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGTERM);
+    let stopping = systemd.wait_for("STOPPING=1", 1);
+    assert_eq!(stopping.value("STATUS"), Some("stopping: 3 workers left"));
+    master.expect_exit_code(0);
+    let messages = systemd.messages();
+    assert!(
+        !messages.iter().any(|m| m.says("WATCHDOG=1")),
+        "{messages:#?}"
+    );
+}
