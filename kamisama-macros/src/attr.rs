@@ -24,6 +24,8 @@ pub(crate) struct Setting {
 
 pub(crate) enum Value {
     Integer(u64),
+    /// A path, as written.
+    Path(String),
     /// The variant of a `kamisama` enum that the string names.
     Variant {
         enumeration: &'static str,
@@ -56,10 +58,11 @@ pub(crate) enum Key {
     WorkerThreads,
     Log,
     Readiness,
+    StatusFile,
 }
 
 impl Key {
-    const ALL: [Key; 12] = [
+    const ALL: [Key; 13] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -72,6 +75,7 @@ impl Key {
         Key::WorkerThreads,
         Key::Log,
         Key::Readiness,
+        Key::StatusFile,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -88,6 +92,7 @@ impl Key {
             Key::WorkerThreads => "worker_threads",
             Key::Log => "log",
             Key::Readiness => "readiness",
+            Key::StatusFile => "status_file",
         }
     }
 
@@ -140,7 +145,8 @@ impl Key {
             | Key::Restart
             | Key::Runtime
             | Key::Log
-            | Key::Readiness => 0,
+            | Key::Readiness
+            | Key::StatusFile => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
@@ -174,6 +180,7 @@ impl Key {
             Key::WorkerThreads => "4",
             Key::Log => "\"json\"",
             Key::Readiness => "\"declared\"",
+            Key::StatusFile => "\"/run/app/status.json\"",
         }
     }
 
@@ -184,6 +191,7 @@ impl Key {
             (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
+            (Key::StatusFile, _) => "a path",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }
@@ -286,7 +294,12 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
                 variant,
             }
         }
-        (None, Lit::Int(literal)) => Value::Integer(parse_integer(key, literal)?),
+        (None, Lit::Str(path)) if key == Key::StatusFile && !path.value().is_empty() => {
+            Value::Path(path.value())
+        }
+        (None, Lit::Int(literal)) if key != Key::StatusFile => {
+            Value::Integer(parse_integer(key, literal)?)
+        }
         _ => return Err(wrong_kind()),
     };
     Ok(Setting {

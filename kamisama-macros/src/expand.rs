@@ -62,6 +62,11 @@ fn builder_call(setting: &Setting) -> TokenStream {
             literal.set_span(span);
             literal.into_token_stream()
         }
+        Value::Path(ref path) => {
+            let mut literal = Literal::string(path);
+            literal.set_span(span);
+            literal.into_token_stream()
+        }
         Value::Variant {
             enumeration,
             variant,
@@ -85,6 +90,7 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::WorkerThreads => quote_spanned!(span=> .worker_threads(#value)),
         Key::Log => quote_spanned!(span=> .log_format(#value)),
         Key::Readiness => quote_spanned!(span=> .readiness(#value)),
+        Key::StatusFile => quote_spanned!(span=> .status_file(#value)),
     }
 }
 

@@ -45,6 +45,7 @@ use proc_macro::TokenStream;
 /// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
 /// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |
 /// | `readiness`        | `"forked"` | when a worker counts as ready: `"forked"`, or `"declared"` by `Worker::ready` |
+/// | `status_file`      | none       | a JSON file with the live status of every worker, such as `"/run/app/status.json"` |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.

@@ -34,6 +34,8 @@ pub(crate) struct Config {
     pub(crate) log: LogFormat,
     /// When a new worker counts as ready.
     pub(crate) readiness: Readiness,
+    /// Where the master keeps its live status, if anywhere.
+    pub(crate) status_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             worker_threads: None,
             log: LogFormat::Text,
             readiness: Readiness::Forked,
+            status_file: None,
         }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
 pub(crate) const LOG: &str = "KAMISAMA_LOG";
 /// Overrides when a worker counts as ready: `forked` or `declared`.
 pub(crate) const READINESS: &str = "KAMISAMA_READINESS";
+/// Overrides where the master keeps its live status.
+pub(crate) const STATUS_FILE: &str = "KAMISAMA_STATUS_FILE";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -90,6 +92,11 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         parse::<Readiness>(&lookup, READINESS, "`forked` or `declared`", |_| true)?
     {
         overridden.readiness = readiness;
+    }
+    if let Some(path) = parse::<std::path::PathBuf>(&lookup, STATUS_FILE, "a path", |path| {
+        !path.as_os_str().is_empty()
+    })? {
+        overridden.status_file = Some(path);
     }
     *config = overridden;
     Ok(())

@@ -36,6 +36,13 @@ pub enum Error {
     /// a copy it cannot use. kamisama builds a runtime in each worker after the fork instead.
     /// Detected with the `tokio` feature only.
     AsyncRuntime,
+    /// The status file cannot be written: checked before anything is forked.
+    StatusFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The operating system refused a setup call.
     Os {
         /// The call, such as `signalfd`.
@@ -66,6 +73,13 @@ impl fmt::Display for Error {
                  entered before `run`); remove it: kamisama builds a runtime in each worker \
                  after the fork, never in the master",
             ),
+            Error::StatusFile { path, error } => {
+                write!(
+                    f,
+                    "cannot write the status file {}: {error}",
+                    path.display()
+                )
+            }
             Error::Os { call, error } => write!(f, "{call} failed: {error}"),
         }
     }
@@ -74,7 +88,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Os { error, .. } => Some(error),
+            Error::Os { error, .. } | Error::StatusFile { error, .. } => Some(error),
             _ => None,
         }
     }

@@ -139,7 +139,7 @@ fn format_line(
 }
 
 /// A value as JSON: numbers and booleans as such, durations in seconds, the rest as strings.
-struct Json<'a>(Value<'a>);
+pub(crate) struct Json<'a>(pub(crate) Value<'a>);
 
 impl fmt::Display for Json<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,7 +163,7 @@ impl fmt::Display for Json<'_> {
 }
 
 /// A string as a JSON string literal, escaped.
-struct JsonString<'a>(&'a str);
+pub(crate) struct JsonString<'a>(pub(crate) &'a str);
 
 impl fmt::Display for JsonString<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,7 +184,7 @@ impl fmt::Display for JsonString<'_> {
 }
 
 /// A wall-clock time as RFC 3339 in UTC, to the millisecond: `2026-11-30T01:02:03.456Z`.
-struct Timestamp(SystemTime);
+pub(crate) struct Timestamp(pub(crate) SystemTime);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

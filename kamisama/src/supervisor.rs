@@ -1,7 +1,7 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
 use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
-use crate::master::{Master, OnEvent};
+use crate::master::{Master, OnEvent, StatusFile};
 use crate::signals::Signals;
 use crate::worker::shared::SharedSlots;
 use crate::{env, procfs, Error, Event, WorkerFn};
@@ -200,6 +200,22 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// Keeps a live status of the fleet in `path`, a JSON file rewritten (atomically, by a
+    /// rename) whenever something happens: each index with its worker's pid, state
+    /// (`running`, `stopping`, `hung`, `backing-off`, `pending`, `done`), start time,
+    /// restarts and last exit status, and the fleet's phase and settings. Its directory must
+    /// exist and be writable; the master checks that before it forks anything.
+    ///
+    /// ```text
+    /// $ jq -r '.workers[] | "\(.index) \(.pid) \(.state) up \(now - .started | floor)s restarts \(.restarts) last \(.last_exit)"' /run/crunch/status.json
+    /// 0 4243 running up 3605s restarts 0 last null
+    /// 1 4250 running up 12s restarts 2 last SIGKILL
+    /// ```
+    pub fn status_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.status_file = Some(path.into());
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -281,6 +297,12 @@ impl<'a> Supervisor<'a> {
         }
         if let Some(threads @ 2..) = procfs::thread_count() {
             return Err(Error::Threaded { threads });
+        }
+        if let Some(path) = &config.status_file {
+            StatusFile::check(path).map_err(|error| Error::StatusFile {
+                path: path.clone(),
+                error,
+            })?;
         }
         let was_subreaper = prctl::get_child_subreaper().unwrap_or(false);
         // Orphans of a worker's subprocesses come back to the master, which reaps them and

@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use notify::{Notify, Phase, Summary};
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Slots, State, Stopping};
+pub(crate) use status::StatusFile;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
@@ -31,6 +32,7 @@ mod fleet;
 mod notify;
 mod respawn;
 mod slots;
+mod status;
 mod watchdog;
 
 /// The callback given every event.
@@ -56,6 +58,7 @@ pub(crate) struct Master<'a, W, S> {
     watchdog: Watchdog<'a>,
     /// The service manager, when one started the master.
     notify: Option<Notify>,
+    status: Option<StatusFile>,
     /// Whether every initial worker has been ready once.
     ready_once: bool,
     /// A child was reaped since the last sweep, which may have handed its own children over.
@@ -142,6 +145,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             orphans: Orphans::new(pid_max),
             watchdog: Watchdog::new(config, shared),
             notify,
+            status: config.status_file.as_deref().map(StatusFile::new),
             ready_once: false,
             reaped: false,
             failed: 0,
@@ -171,6 +175,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 self.emit(Event::ShutdownFinished {
                     exit_code: outcome.exit_code(),
                 });
+                self.write_status("stopped");
                 self.log.flush();
                 return outcome;
             }
@@ -181,6 +186,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 .chain(ping)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
+            let phase = self.summary(now.instant).phase.name();
+            self.write_status(phase);
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
             let _ = self.setup.signals.wait(timeout);
@@ -266,6 +273,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             _ => return,
         };
         self.slots[index].state = State::Pending { not_before: None };
+        self.slots[index].last_exit = Some(status);
         self.emit(Event::Exited {
             index,
             pid: pid.as_raw() as u32,
@@ -344,7 +352,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 Ok(pid) => {
                     self.fork_retry.failures = 0;
                     self.fork_retry.not_before = None;
-                    self.slots[index].state = State::Running {
+                    let slot = &mut self.slots[index];
+                    slot.forks = slot.forks.saturating_add(1);
+                    slot.state = State::Running {
                         pid,
                         started: Instant::now(),
                         stop: None,
@@ -553,6 +563,24 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.notify.as_ref()?;
         let summary = self.summary(now);
         self.notify.as_mut()?.update(&summary, now)
+    }
+
+    /// Rewrites the status file, if there is one and anything happened since.
+    fn write_status(&mut self, phase: &'static str) {
+        let Some(status) = &mut self.status else {
+            return;
+        };
+        let fleet = status::Fleet {
+            master: self.setup.master.as_raw() as u32,
+            phase,
+            config: self.config,
+            instances: self.instances,
+            respawns: self.limiter.in_window(Instant::now()),
+            slots: &self.slots,
+        };
+        // Checked before the first fork; a file system that fails later costs only the
+        // status, never the supervision.
+        let _ = status.write_if_changed(&fleet);
     }
 
     /// Sends `signal` to every live worker.
@@ -816,6 +844,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// written before the master next blocks.
     fn emit(&mut self, event: Event) {
         self.log.event(&event);
+        if let Some(status) = &mut self.status {
+            status.changed();
+        }
         if let Some(on_event) = &mut self.on_event {
             let call = panic::catch_unwind(AssertUnwindSafe(|| on_event(&event)));
             let _ = std::io::stdout().flush();

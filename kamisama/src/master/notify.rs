@@ -26,6 +26,18 @@ pub(super) enum Phase {
     Stopping,
 }
 
+impl Phase {
+    /// As the status file writes it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Reloading => "reloading",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
 /// What the master tells of the fleet, read once per turn of its loop.
 pub(super) struct Summary {
     pub(super) phase: Phase,

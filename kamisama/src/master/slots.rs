@@ -3,6 +3,7 @@
 //! Every page the master writes between two forks is copied once more after the second: the
 //! fork path therefore finds slots by scanning (reads are free) and allocates nothing.
 
+use crate::event::ExitStatus;
 use nix::unistd::Pid;
 use std::time::Instant;
 
@@ -14,6 +15,10 @@ pub(super) struct Slot {
     pub(super) state: State,
     /// Early deaths in a row, for the backoff.
     pub(super) early_deaths: u32,
+    /// Workers forked for this index so far, for the status.
+    pub(super) forks: u32,
+    /// How the last one ended, for the status.
+    pub(super) last_exit: Option<ExitStatus>,
 }
 
 pub(super) enum State {
@@ -45,6 +50,8 @@ impl Slot {
         Slot {
             state: State::Pending { not_before: None },
             early_deaths: 0,
+            forks: 0,
+            last_exit: None,
         }
     }
 
