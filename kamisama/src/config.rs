@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) readiness: Readiness,
     /// Where the master keeps its live status, if anywhere.
     pub(crate) status_file: Option<std::path::PathBuf>,
+    /// Whether `ps` shows what each process is.
+    pub(crate) process_titles: bool,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             log: LogFormat::Text,
             readiness: Readiness::Forked,
             status_file: None,
+            process_titles: true,
         }
     }
 }

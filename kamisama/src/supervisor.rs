@@ -3,6 +3,7 @@
 use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
 use crate::master::{Master, OnEvent, StatusFile};
 use crate::signals::Signals;
+use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
 use crate::{env, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
@@ -216,6 +217,17 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// Whether `ps` and `top` show each process's role: the master as
+    /// `NAME: master (17 workers)`, each worker as `NAME: worker 3` (and `comm` as `NAME:w3`).
+    /// Default `true`. The title is written over the memory of the command line, whose
+    /// arguments are first moved elsewhere, so that `std::env::args()` is unchanged; a title
+    /// longer than the original command line is cut short, and the environment is never
+    /// touched.
+    pub fn process_titles(mut self, process_titles: bool) -> Self {
+        self.config.process_titles = process_titles;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -316,9 +328,11 @@ impl<'a> Supervisor<'a> {
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
+        let titles = config.process_titles.then(Titles::take_over);
         let outcome = Signals::install().map(|signals| {
             let shared = shared.as_ref();
-            Master::new(&config, worker, &signals, shared, on_event, pid_max).run()
+            let titles = titles.as_ref();
+            Master::new(&config, worker, &signals, shared, titles, on_event, pid_max).run()
         });
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome

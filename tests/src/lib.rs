@@ -53,6 +53,12 @@ impl Launch {
         self
     }
 
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
     /// Puts the master in a process group of its own, as a shell does with a foreground job.
     pub fn own_process_group(mut self) -> Self {
         self.command.process_group(0);

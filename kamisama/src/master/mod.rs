@@ -10,6 +10,7 @@ use crate::config::{Config, Readiness, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus, Level};
 use crate::log::Log;
 use crate::signals::Signals;
+use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
@@ -113,6 +114,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         worker: W,
         signals: &'a Signals,
         shared: Option<&'a SharedSlots>,
+        titles: Option<&'a Titles>,
         on_event: Option<OnEvent<'a>>,
         pid_max: i32,
     ) -> Self {
@@ -128,6 +130,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 signals,
                 config,
                 shared,
+                titles,
                 notify: notify.as_ref().map(Notify::fd),
             },
             on_event,
@@ -162,6 +165,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             backoff_max: self.config.backoff_max,
             timeout: self.config.timeout,
         });
+        self.set_title();
         loop {
             self.reap();
             self.spawn_due();
@@ -399,6 +403,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
         self.instances += 1;
         self.slots.add(self.instances - 1);
+        self.set_title();
         self.emit(Event::ScaledUp {
             instances: self.instances,
         });
@@ -413,6 +418,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.instances -= 1;
+        self.set_title();
         let index = self.instances;
         self.emit(Event::ScaledDown {
             instances: self.instances,
@@ -563,6 +569,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.notify.as_ref()?;
         let summary = self.summary(now);
         self.notify.as_mut()?.update(&summary, now)
+    }
+
+    /// `NAME: master (17 workers)`, for `ps`.
+    fn set_title(&self) {
+        if let Some(titles) = self.setup.titles {
+            let instances = self.instances;
+            titles.set(
+                format_args!("master ({instances} workers)"),
+                format_args!("master"),
+            );
+        }
     }
 
     /// Rewrites the status file, if there is one and anything happened since.

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::event::PANIC_EXIT_CODE;
 use crate::signals::Signals;
+use crate::title::Titles;
 use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
@@ -33,6 +34,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) shared: Option<&'a shared::SharedSlots>,
     /// The master's socket to the service manager, which a worker closes.
     pub(crate) notify: Option<RawFd>,
+    /// The command line's memory, for the worker's title.
+    pub(crate) titles: Option<&'a Titles>,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -63,6 +66,9 @@ fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>
     // Ctrl-C in a terminal reaches only the master, which then stops the workers in order.
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let _ = prctl::set_pdeathsig(Signal::SIGTERM);
+    if let Some(titles) = setup.titles {
+        titles.set(format_args!("worker {index}"), format_args!("w{index}"));
+    }
     // The master may have died before the request above, and then no signal will ever come.
     if getppid() != setup.master {
         exit(1);

@@ -1,0 +1,160 @@
+//! Process titles: what `ps` and `top` show for the master (`crunch: master (17 workers)`)
+//! and each worker (`crunch: worker 3`).
+//!
+//! Two places hold a process's name. `comm`, 15 bytes, which `prctl(PR_SET_NAME)` sets and
+//! `top` shows (`crunch:w3`, `crunch:master`, the program's name cut to fit); and the command
+//! line, which the kernel reads from the memory where it put the
+//! program's arguments (`/proc/PID/cmdline`, shown by `ps`), so that rewriting that memory
+//! rewrites the title. std's `args()` reads the same memory, through the `argv` array: so,
+//! once, the master copies every argument to the heap and points `argv` at the copies, and
+//! `args()` goes on returning the arguments as they were. The environment, which the kernel
+//! put just after the arguments, is never touched, and nothing is written past the last
+//! argument's end, so a title longer than the original command line is cut short.
+//!
+//! `argv` itself comes from glibc, which passes it to the functions of `.init_array` (std gets
+//! it the same way); on other C libraries only `comm` is set.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::fmt::{self, Write};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+static ARGC: AtomicUsize = AtomicUsize::new(0);
+static ARGV: AtomicPtr<*mut c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// glibc calls the functions of `.init_array` with `argc`, `argv` and `envp`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[used]
+#[link_section = ".init_array.00099"]
+static CAPTURE_ARGV: extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) = capture_argv;
+
+#[cfg_attr(not(target_env = "gnu"), allow(dead_code))]
+extern "C" fn capture_argv(argc: c_int, argv: *mut *mut c_char, _envp: *mut *mut c_char) {
+    ARGC.store(usize::try_from(argc).unwrap_or(0), Ordering::Relaxed);
+    ARGV.store(argv, Ordering::Relaxed);
+}
+
+/// The memory that holds the command line, taken over for titles.
+#[derive(Debug)]
+pub(crate) struct Titles {
+    /// The program's name, from `argv[0]`: `crunch`.
+    name: String,
+    /// The arguments' memory, `None` when it could not be taken over (not glibc, or already
+    /// rewritten by someone else): then only `comm` is set.
+    area: Option<(*mut u8, usize)>,
+}
+
+impl Titles {
+    /// Takes the arguments' memory over. Called once, in the master, while it is the only
+    /// thread, before the first fork.
+    pub(crate) fn take_over() -> Self {
+        let argv = ARGV.load(Ordering::Relaxed);
+        let argc = ARGC.load(Ordering::Relaxed);
+        let arguments: Vec<*mut c_char> = if argv.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: `argv` is glibc's array of `argc` C strings, valid for the life of the
+            // process; only this single-threaded master reads or writes it now.
+            (0..argc).map(|i| unsafe { *argv.add(i) }).collect()
+        };
+        let name = arguments
+            .first()
+            .map(|first| {
+                // SAFETY: a C string of `argv`.
+                let path = unsafe { CStr::from_ptr(*first) }.to_string_lossy();
+                path.rsplit('/').next().unwrap_or_default().to_owned()
+            })
+            .unwrap_or_else(|| "kamisama".to_owned());
+        let area = contiguous_area(&arguments);
+        if area.is_some() {
+            for (i, argument) in arguments.iter().enumerate() {
+                // SAFETY: as above; the copy is leaked, so that it lives as long as `argv`
+                // points at it, and `argv[i]` is a valid place to store a pointer.
+                unsafe {
+                    let copy = CString::from(CStr::from_ptr(*argument)).into_raw();
+                    *argv.add(i) = copy;
+                }
+            }
+        }
+        Titles { name, area }
+    }
+
+    /// Sets this process's title to `NAME: what`, such as `crunch: worker 3`, and its `comm`
+    /// to `NAME:role`, such as `crunch:w3`, the name cut so that the role fits in 15 bytes.
+    /// Allocates nothing: a worker calls it right after its fork.
+    pub(crate) fn set(&self, what: fmt::Arguments<'_>, role: fmt::Arguments<'_>) {
+        let mut title = Text::<128>::default();
+        let _ = write!(title, "{}: {what}", self.name);
+        let mut short = Text::<16>::default();
+        let _ = write!(short, ":{role}");
+        let mut comm = Text::<16>::default();
+        let name = self.name.as_bytes();
+        let _ = comm.write_bytes(&name[..name.len().min(15 - short.len.min(15))]);
+        let _ = comm.write_bytes(&short.bytes[..short.len]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `Text` keeps
+        // its last byte NUL.
+        unsafe { libc::prctl(libc::PR_SET_NAME, comm.bytes.as_ptr(), 0, 0, 0) };
+        if let Some((start, length)) = self.area {
+            let shown = title.len.min(length - 1);
+            // SAFETY: the area is the arguments' memory, `length` bytes, which this process
+            // owns since `take_over` moved the arguments out; the title and the NULs that
+            // pad it stay inside it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(title.bytes.as_ptr(), start, shown);
+                std::ptr::write_bytes(start.add(shown), 0, length - shown);
+            }
+        }
+    }
+}
+
+// SAFETY: the area is only written by the process's single thread: the master before it
+// starts any, a worker right after its fork.
+unsafe impl Send for Titles {}
+// SAFETY: as above.
+unsafe impl Sync for Titles {}
+
+/// The memory from the first argument to the NUL that ends the last, if the arguments lie one
+/// after the other in it, as the kernel laid them out.
+fn contiguous_area(arguments: &[*mut c_char]) -> Option<(*mut u8, usize)> {
+    let first = *arguments.first()?;
+    let mut end = first;
+    for argument in arguments {
+        if *argument != end {
+            return None;
+        }
+        // SAFETY: a C string of `argv`; the next one starts after its NUL.
+        end = unsafe { argument.add(CStr::from_ptr(*argument).to_bytes().len() + 1) };
+    }
+    // SAFETY: both point into the same block of arguments.
+    let length = usize::try_from(unsafe { end.offset_from(first) }).ok()?;
+    (length > 1).then_some((first.cast(), length))
+}
+
+/// Text on the stack, cut short when too long; its last byte stays NUL.
+struct Text<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Text<N> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> fmt::Result {
+        let taken = bytes.len().min(N - 1 - self.len);
+        self.bytes[self.len..self.len + taken].copy_from_slice(&bytes[..taken]);
+        self.len += taken;
+        Ok(())
+    }
+}
+
+impl<const N: usize> Default for Text<N> {
+    fn default() -> Self {
+        Text {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> Write for Text<N> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.write_bytes(text.as_bytes())
+    }
+}
