@@ -208,6 +208,34 @@ fn as_pid_1_of_a_namespace_it_reaps_orphans_and_shuts_down() {
 }
 
 #[test]
+fn as_pid_1_of_a_container_it_reaps_a_burst_of_orphans() {
+    if !kamisama_tests::can_unshare_pid() {
+        kamisama_tests::skip(
+            "as_pid_1_of_a_container_it_reaps_a_burst_of_orphans",
+            "creating a PID namespace needs util-linux's unshare and CAP_SYS_ADMIN",
+        );
+        return;
+    }
+    // A PID namespace with its own /proc, as a container runtime makes one.
+    let mut master =
+        Master::launch_under(&["unshare", "--pid", "--fork", "--mount-proc"], SUPERVISED)
+            .env("FIXTURE", "orphan-burst")
+            .env("KAMISAMA_INSTANCES", "1")
+            .start();
+    master.wait_for_line("kamisama[1]: started");
+    master.wait_for_line("orphan-burst");
+    master.wait_for_lines("reaped pid=", 300);
+    master.wait_until("the worker alone and no zombie", || {
+        let children = children_of(master.pid());
+        (children.len() == 1 && is_alive(children[0])).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    // What the container runtime gets: the master's own exit status.
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
 fn output_buffered_before_run_is_written_once() {
     let mut master = Master::launch(BY_HAND).env("BY_HAND_GREETING", "1").start();
     master.wait_for_workers(2);
