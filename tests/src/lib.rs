@@ -23,9 +23,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
-/// How long any awaited condition may take before the test fails. Generous: CI machines are
-/// shared and slow, and a passing test never waits this long.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How long any awaited condition may take before the test fails: 20 seconds, generous, as
+/// CI machines are shared and slow and a passing test never waits this long.
+/// `KAMISAMA_TEST_DEADLINE` (in seconds) shortens it for a mutation run, where most mutants
+/// fail by waiting it out.
+pub fn deadline() -> Duration {
+    static DEADLINE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *DEADLINE.get_or_init(|| {
+        let seconds = std::env::var("KAMISAMA_TEST_DEADLINE").ok();
+        Duration::from_secs(seconds.and_then(|s| s.parse().ok()).unwrap_or(20))
+    })
+}
 
 const TREE_VAR: &str = "KAMISAMA_TEST_TREE";
 
@@ -238,7 +246,7 @@ impl Master {
 
     /// Waits until `count` lines contain `needle`, and returns the first `count`.
     pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
-        let found = self.output.wait_until(DEADLINE, |lines| {
+        let found = self.output.wait_until(deadline(), |lines| {
             let matching: Vec<String> = lines
                 .iter()
                 .filter(|line| line.contains(needle))
@@ -249,7 +257,8 @@ impl Master {
         });
         found.unwrap_or_else(|| {
             panic!(
-                "no {count} lines containing {needle:?} within {DEADLINE:?}; output:\n{}",
+                "no {count} lines containing {needle:?} within {:?}; output:\n{}",
+                deadline(),
                 self.transcript()
             )
         })
@@ -315,7 +324,8 @@ impl Master {
     pub fn wait_until<T>(&self, what: &str, condition: impl FnMut() -> Option<T>) -> T {
         poll_until(condition).unwrap_or_else(|| {
             panic!(
-                "waited {DEADLINE:?} for {what}; children: {:?}; output:\n{}",
+                "waited {:?} for {what}; children: {:?}; output:\n{}",
+                deadline(),
                 self.children(),
                 self.transcript()
             )
@@ -346,7 +356,8 @@ impl Master {
         let status = poll_until(|| child.try_wait().expect("wait for the master"));
         let status = status.unwrap_or_else(|| {
             panic!(
-                "the master did not exit within {DEADLINE:?}; output:\n{}",
+                "the master did not exit within {:?}; output:\n{}",
+                deadline(),
                 self.transcript()
             )
         });
@@ -354,7 +365,7 @@ impl Master {
         adopted().std_children.remove(&(self.child.id() as i32));
         // The pipes close when the last worker is gone too; then the output is complete.
         // A worker that outlives its master fails the test elsewhere, not here.
-        self.output.wait_closed(DEADLINE);
+        self.output.wait_closed(deadline());
         status
     }
 
@@ -426,9 +437,9 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Polls `condition` every few milliseconds until it returns `Some` or [`DEADLINE`] passes.
+/// Polls `condition` every few milliseconds until it returns `Some` or the [`deadline`] passes.
 pub fn poll_until<T>(mut condition: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + deadline();
     loop {
         if let Some(value) = condition() {
             return Some(value);
@@ -504,7 +515,7 @@ pub fn reap_orphan(pid: Pid) -> WaitStatus {
         reap_adopted();
         adopted().reaped.remove(&pid.as_raw())
     })
-    .unwrap_or_else(|| panic!("{pid} did not exit within {DEADLINE:?}"))
+    .unwrap_or_else(|| panic!("{pid} did not exit within {:?}", deadline()))
 }
 
 /// Every adopted orphan reaped so far and not yet claimed by [`reap_orphan`], with how it
@@ -682,9 +693,9 @@ impl Tree {
         processes_carrying(&self.token)
     }
 
-    /// Kills every process of the tree, until none is left or [`DEADLINE`] passes.
+    /// Kills every process of the tree, until none is left or the [`deadline`] passes.
     pub fn kill(&self) {
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + deadline();
         loop {
             let live = self.live();
             if live.is_empty() || Instant::now() > deadline {
@@ -869,7 +880,7 @@ impl NotifySocket {
     /// Waits for the `nth` message (counted from 1) that has the line `line`.
     pub fn wait_for(&self, line: &str, nth: usize) -> Notification {
         let mut messages = self.messages.lock().unwrap();
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + deadline();
         loop {
             if let Some(found) = messages.iter().filter(|m| m.says(line)).nth(nth - 1) {
                 return found.clone();
