@@ -26,6 +26,8 @@ pub(crate) enum Value {
     Integer(u64),
     /// A path, as written.
     Path(String),
+    /// Addresses, as written, each with its span.
+    Addresses(Vec<(String, Span)>),
     /// The variant of a `kamisama` enum that the string names.
     Variant {
         enumeration: &'static str,
@@ -59,10 +61,12 @@ pub(crate) enum Key {
     Log,
     Readiness,
     StatusFile,
+    Listen,
+    Backlog,
 }
 
 impl Key {
-    const ALL: [Key; 13] = [
+    const ALL: [Key; 15] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -76,6 +80,8 @@ impl Key {
         Key::Log,
         Key::Readiness,
         Key::StatusFile,
+        Key::Listen,
+        Key::Backlog,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -93,6 +99,8 @@ impl Key {
             Key::Log => "log",
             Key::Readiness => "readiness",
             Key::StatusFile => "status_file",
+            Key::Listen => "listen",
+            Key::Backlog => "backlog",
         }
     }
 
@@ -146,12 +154,14 @@ impl Key {
             | Key::Runtime
             | Key::Log
             | Key::Readiness
-            | Key::StatusFile => 0,
+            | Key::StatusFile
+            | Key::Listen => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
             | Key::BootTimeout
-            | Key::WorkerThreads => 1,
+            | Key::WorkerThreads
+            | Key::Backlog => 1,
         }
     }
 
@@ -161,6 +171,8 @@ impl Key {
             // kamisama::MAX_INSTANCES: Linux's PID_MAX_LIMIT.
             Key::Instances => 1 << 22,
             Key::RespawnLimit => u64::from(u32::MAX),
+            // kamisama's largest backlog: Linux's SOMAXCONN.
+            Key::Backlog => 4096,
             _ => u64::MAX,
         }
     }
@@ -181,6 +193,8 @@ impl Key {
             Key::Log => "\"json\"",
             Key::Readiness => "\"declared\"",
             Key::StatusFile => "\"/run/app/status.json\"",
+            Key::Listen => "\"127.0.0.1:8080\"",
+            Key::Backlog => "1024",
         }
     }
 
@@ -192,6 +206,7 @@ impl Key {
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
             (Key::StatusFile, _) => "a path",
+            (Key::Listen, _) => "an address or a list of them",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }
@@ -272,6 +287,14 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             ),
         )
     };
+    if key == Key::Listen {
+        return Ok(Setting {
+            key,
+            key_span: meta.path.span(),
+            value: Value::Addresses(addresses(&value).ok_or_else(wrong_kind)?),
+            span: value.span(),
+        });
+    }
     let Expr::Lit(ExprLit { lit, .. }) = &value else {
         return Err(wrong_kind());
     };
@@ -308,6 +331,21 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         value,
         span: lit.span(),
     })
+}
+
+/// `"127.0.0.1:8080"` or `["127.0.0.1:8080", "unix:/run/app.sock"]`: non-empty strings.
+fn addresses(value: &Expr) -> Option<Vec<(String, Span)>> {
+    let literal = |expr: &Expr| match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(address),
+            ..
+        }) if !address.value().is_empty() => Some((address.value(), address.span())),
+        _ => None,
+    };
+    match value {
+        Expr::Array(array) if !array.elems.is_empty() => array.elems.iter().map(literal).collect(),
+        single => literal(single).map(|address| vec![address]),
+    }
 }
 
 fn parse_integer(key: Key, literal: &syn::LitInt) -> syn::Result<u64> {

@@ -56,12 +56,21 @@ fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
 
 fn builder_call(setting: &Setting) -> TokenStream {
     let span = setting.span;
+    if let Value::Addresses(addresses) = &setting.value {
+        let calls = addresses.iter().map(|(address, span)| {
+            let mut literal = Literal::string(address);
+            literal.set_span(*span);
+            quote_spanned!(*span=> .listen(#literal))
+        });
+        return quote!(#(#calls)*);
+    }
     let value = match setting.value {
         Value::Integer(number) => {
             let mut literal = Literal::u64_unsuffixed(number);
             literal.set_span(span);
             literal.into_token_stream()
         }
+        Value::Addresses(_) => TokenStream::new(),
         Value::Path(ref path) => {
             let mut literal = Literal::string(path);
             literal.set_span(span);
@@ -91,6 +100,9 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::Log => quote_spanned!(span=> .log_format(#value)),
         Key::Readiness => quote_spanned!(span=> .readiness(#value)),
         Key::StatusFile => quote_spanned!(span=> .status_file(#value)),
+        Key::Backlog => quote_spanned!(span=> .backlog(#value)),
+        // Emitted above, one call per address.
+        Key::Listen => TokenStream::new(),
     }
 }
 

@@ -38,6 +38,10 @@ pub(crate) struct Config {
     pub(crate) status_file: Option<std::path::PathBuf>,
     /// Whether `ps` shows what each process is.
     pub(crate) process_titles: bool,
+    /// The addresses the master listens on for its workers.
+    pub(crate) listen: Vec<String>,
+    /// The length of each listener's queue of connections not yet accepted.
+    pub(crate) backlog: u32,
 }
 
 impl Default for Config {
@@ -58,6 +62,8 @@ impl Default for Config {
             readiness: Readiness::Forked,
             status_file: None,
             process_titles: true,
+            listen: Vec::new(),
+            backlog: 1024,
         }
     }
 }
@@ -87,6 +93,12 @@ impl Config {
             return Err(Error::InvalidConfig {
                 setting: "boot_timeout",
                 expected: "longer than zero",
+            });
+        }
+        if !(1..=libc::SOMAXCONN as u32).contains(&self.backlog) {
+            return Err(Error::InvalidConfig {
+                setting: "backlog",
+                expected: "at least 1 and at most 4096",
             });
         }
         if self.worker_threads == Some(0) {

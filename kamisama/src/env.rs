@@ -33,6 +33,10 @@ pub(crate) const LOG: &str = "KAMISAMA_LOG";
 pub(crate) const READINESS: &str = "KAMISAMA_READINESS";
 /// Overrides where the master keeps its live status.
 pub(crate) const STATUS_FILE: &str = "KAMISAMA_STATUS_FILE";
+/// Overrides the addresses to listen on, separated by commas.
+pub(crate) const LISTEN: &str = "KAMISAMA_LISTEN";
+/// Overrides the listeners' backlog.
+pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -97,6 +101,27 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         !path.as_os_str().is_empty()
     })? {
         overridden.status_file = Some(path);
+    }
+    if let Some(addresses) = parse::<String>(
+        &lookup,
+        LISTEN,
+        "addresses such as `127.0.0.1:8080,unix:/run/app.sock`",
+        |_| true,
+    )? {
+        overridden.listen = addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    if let Some(backlog) = parse(
+        &lookup,
+        BACKLOG,
+        "a whole number, at least 1 and at most 4096",
+        |n: &u32| (1..=4096).contains(n),
+    )? {
+        overridden.backlog = backlog;
     }
     *config = overridden;
     Ok(())

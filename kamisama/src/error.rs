@@ -36,6 +36,14 @@ pub enum Error {
     /// a copy it cannot use. kamisama builds a runtime in each worker after the fork instead.
     /// Detected with the `tokio` feature only.
     AsyncRuntime,
+    /// A listener could not be opened: the address is wrong, in use, or not ours to bind;
+    /// or the sockets handed over by `LISTEN_FDS` are not listening sockets.
+    Listen {
+        /// The address, as configured.
+        address: String,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The status file cannot be written: checked before anything is forked.
     StatusFile {
         /// The file.
@@ -73,6 +81,7 @@ impl fmt::Display for Error {
                  entered before `run`); remove it: kamisama builds a runtime in each worker \
                  after the fork, never in the master",
             ),
+            Error::Listen { address, error } => write!(f, "cannot listen on {address}: {error}"),
             Error::StatusFile { path, error } => {
                 write!(
                     f,
@@ -88,7 +97,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Os { error, .. } | Error::StatusFile { error, .. } => Some(error),
+            Error::Os { error, .. }
+            | Error::StatusFile { error, .. }
+            | Error::Listen { error, .. } => Some(error),
             _ => None,
         }
     }

@@ -32,6 +32,12 @@ pub enum Event {
         /// How long a worker may be silent before it is hung; zero when that is not watched.
         timeout: Duration,
     },
+    /// The fleet listens on this address, for its workers to accept on.
+    #[non_exhaustive]
+    Listening {
+        /// `127.0.0.1:8080` or `unix:/run/app.sock`.
+        address: String,
+    },
     /// A worker was forked.
     #[non_exhaustive]
     Spawned {
@@ -301,6 +307,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::Started { .. } => "started",
+            Event::Listening { .. } => "listening",
             Event::Spawned { .. } => "spawned",
             Event::SpawnFailed { .. } => "spawn-failed",
             Event::Exited { .. } => "exited",
@@ -365,6 +372,7 @@ impl Event {
                 field("backoff_max", Span(*backoff_max));
                 field("timeout", Span(*timeout));
             }
+            Event::Listening { address } => field("address", Value::Word(address)),
             Event::Spawned { index, pid } | Event::Replacing { index, pid } => {
                 field("index", Count(*index as u64));
                 field("pid", Count(u64::from(*pid)));

@@ -184,6 +184,8 @@ mod error;
 #[cfg(target_os = "linux")]
 mod event;
 #[cfg(target_os = "linux")]
+mod listen;
+#[cfg(target_os = "linux")]
 mod log;
 #[cfg(target_os = "linux")]
 mod master;
@@ -207,6 +209,8 @@ pub use config::{
 pub use error::Error;
 #[cfg(target_os = "linux")]
 pub use event::{Event, ExitStatus};
+#[cfg(target_os = "linux")]
+pub use listen::{Listener, Stream};
 #[cfg(target_os = "linux")]
 pub use supervisor::{Outcome, Supervisor};
 #[cfg(all(target_os = "linux", feature = "tokio"))]

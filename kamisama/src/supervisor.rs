@@ -5,7 +5,7 @@ use crate::master::{Master, OnEvent, StatusFile};
 use crate::signals::Signals;
 use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
-use crate::{env, procfs, Error, Event, WorkerFn};
+use crate::{env, listen, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
 use nix::unistd::Pid;
 use std::fmt;
@@ -228,6 +228,25 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// Listens on `address` for the workers: the master binds it once, before its first
+    /// fork, and every worker accepts on it ([`Worker::listeners`](crate::Worker::listeners),
+    /// [`Worker::accept`](crate::Worker::accept)). `127.0.0.1:8080`, `[::1]:8080`,
+    /// `localhost:8080`, or `unix:/run/app.sock`; call it once per address. TCP sockets get
+    /// `SO_REUSEADDR`; a Unix socket file left by a dead server is replaced. With systemd's
+    /// socket activation (`LISTEN_FDS`), the sockets systemd passes are used instead. A
+    /// failed bind stops the start with exit status 2, naming the address.
+    pub fn listen(mut self, address: impl Into<String>) -> Self {
+        self.config.listen.push(address.into());
+        self
+    }
+
+    /// The length of each listener's queue of connections not yet accepted; default 1024,
+    /// at most 4096 (the kernel may cap it lower, at `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.config.backlog = backlog;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -328,6 +347,7 @@ impl<'a> Supervisor<'a> {
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
+        listen::open(&config.listen, config.backlog)?;
         let titles = config.process_titles.then(Titles::take_over);
         let outcome = Signals::install().map(|signals| {
             let shared = shared.as_ref();

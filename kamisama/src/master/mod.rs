@@ -165,6 +165,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             backoff_max: self.config.backoff_max,
             timeout: self.config.timeout,
         });
+        for listener in crate::listen::listeners() {
+            self.emit(Event::Listening {
+                address: listener.to_string(),
+            });
+        }
         self.set_title();
         loop {
             self.reap();

@@ -3,6 +3,7 @@
 use super::shared;
 use super::stop::{self, Woken};
 use crate::config::{Config, LogFormat};
+use crate::listen::{Listener, Stream};
 use std::fmt::Debug;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -160,6 +161,27 @@ impl Worker {
         shared::ready();
     }
 
+    /// The fleet's listening sockets, in the order of the `listen` settings (or of the
+    /// sockets systemd passed): bound by the master before the first fork and shared by every
+    /// worker. Empty when none is configured.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    ///
+    /// #[kamisama::main(instances = 4, listen = "127.0.0.1:8080")]
+    /// fn worker(worker: kamisama::Worker) {
+    ///     let listener = &worker.listeners()[0];
+    ///     while let Some(connection) = worker.accept(listener) {
+    ///         if let Ok(mut stream) = connection {
+    ///             let _ = stream.write_all(b"hello\n");
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn listeners(&self) -> &'static [Listener] {
+        crate::listen::listeners()
+    }
+
     /// Waits until `fd` (a socket, a pipe...) can be read without blocking, or a stop is
     /// requested: `true` when it is readable (or at its end, or in error, which a read then
     /// reports), `false` on a stop, which wins when both come at once.
@@ -181,8 +203,9 @@ impl Worker {
         waiting(|| stop::wait(Some(fd.as_fd()), None)) == Woken::Ready
     }
 
-    /// Accepts the next connection on `listener` (a [`TcpListener`] or a [`UnixListener`]),
-    /// or returns `None` as soon as a stop is requested.
+    /// Accepts the next connection on `listener` (one of [`listeners`](Worker::listeners),
+    /// or a [`TcpListener`] or [`UnixListener`] of your own), or returns `None` as soon as a
+    /// stop is requested.
     ///
     /// The listener is put in non-blocking mode, for all the processes that share it: when
     /// several workers wait on one listener, each connection wakes them all and only one
@@ -244,7 +267,8 @@ fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     woken
 }
 
-/// A listening socket [`Worker::accept`] takes: [`TcpListener`] or [`UnixListener`].
+/// A listening socket [`Worker::accept`] takes: a [`Listener`] of the fleet, or a
+/// [`TcpListener`] or [`UnixListener`].
 pub trait Accept: AsFd + sealed::Sealed {
     /// What `accept` returns: the stream and the peer's address.
     type Connection;
@@ -254,6 +278,18 @@ pub trait Accept: AsFd + sealed::Sealed {
 
     #[doc(hidden)]
     fn accept_now(&self) -> io::Result<Self::Connection>;
+}
+
+impl Accept for Listener {
+    type Connection = Stream;
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        Listener::set_nonblocking(self, true)
+    }
+
+    fn accept_now(&self) -> io::Result<Self::Connection> {
+        Listener::accept_now(self)
+    }
 }
 
 impl Accept for TcpListener {
@@ -283,6 +319,7 @@ impl Accept for UnixListener {
 mod sealed {
     pub trait Sealed {}
 
+    impl Sealed for crate::Listener {}
     impl Sealed for std::net::TcpListener {}
     impl Sealed for std::os::unix::net::UnixListener {}
 }

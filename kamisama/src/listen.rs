@@ -1,0 +1,295 @@
+//! Listening sockets: bound once by the master before its first fork (or handed to it by
+//! systemd's socket activation, or by the master it upgrades), and shared by every worker.
+
+use crate::Error;
+use nix::sys::socket::{
+    bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
+};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// A listening socket of the fleet, shared by every worker: take it from
+/// [`Worker::listeners`](crate::Worker::listeners) and accept on it with
+/// [`Worker::accept`](crate::Worker::accept), which returns at once on a stop.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// A TCP socket, from `listen = "127.0.0.1:8080"`.
+    Tcp(TcpListener),
+    /// A Unix socket, from `listen = "unix:/run/app.sock"`.
+    Unix(UnixListener),
+}
+
+/// A connection accepted on a [`Listener`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stream {
+    /// From a TCP listener.
+    Tcp(TcpStream),
+    /// From a Unix listener.
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The TCP listener, if this is one: for `tokio::net::TcpListener::from_std`, after
+    /// `try_clone` and `set_nonblocking(true)`.
+    pub fn as_tcp(&self) -> Option<&TcpListener> {
+        match self {
+            Listener::Tcp(listener) => Some(listener),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// The Unix listener, if this is one.
+    pub fn as_unix(&self) -> Option<&UnixListener> {
+        match self {
+            Listener::Unix(listener) => Some(listener),
+            Listener::Tcp(_) => None,
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(listener) => listener.set_nonblocking(nonblocking),
+            Listener::Unix(listener) => listener.set_nonblocking(nonblocking),
+        }
+    }
+
+    pub(crate) fn accept_now(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(listener) => listener.accept().map(|(stream, _)| Stream::Tcp(stream)),
+            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Stream::Unix(stream)),
+        }
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
+        if !getsockopt(&fd, sockopt::AcceptConn)? {
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                "not a listening socket",
+            ));
+        }
+        let address: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+        Ok(match address.family() {
+            Some(AddressFamily::Unix) => Listener::Unix(UnixListener::from(fd)),
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                Listener::Tcp(TcpListener::from(fd))
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    "neither a TCP nor a Unix socket",
+                ))
+            }
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(listener) => listener.as_fd(),
+            Listener::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
+/// `127.0.0.1:8080` or `unix:/run/app.sock`.
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listener::Tcp(listener) => match listener.local_addr() {
+                Ok(address) => write!(f, "{address}"),
+                Err(_) => f.write_str("tcp:?"),
+            },
+            Listener::Unix(listener) => {
+                let address = listener.local_addr().ok();
+                let path = address.as_ref().and_then(|address| address.as_pathname());
+                match path {
+                    Some(path) => write!(f, "unix:{}", path.display()),
+                    None => f.write_str("unix:?"),
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Sets how long a read may block; see `TcpStream::set_read_timeout`.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.set_read_timeout(timeout),
+            Stream::Unix(stream) => stream.set_read_timeout(timeout),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.read(buffer),
+            Stream::Unix(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.write(buffer),
+            Stream::Unix(stream) => stream.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.flush(),
+            Stream::Unix(stream) => stream.flush(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(stream) => stream.as_fd(),
+            Stream::Unix(stream) => stream.as_fd(),
+        }
+    }
+}
+
+/// The fleet's listeners, set once by the master before its first fork; a worker inherits
+/// them with the rest of its memory.
+static LISTENERS: OnceLock<Vec<Listener>> = OnceLock::new();
+
+/// The fleet's listeners; empty when none was configured.
+pub(crate) fn listeners() -> &'static [Listener] {
+    LISTENERS.get().map_or(&[], Vec::as_slice)
+}
+
+/// The listeners the master starts with: the sockets a service manager (or the master this
+/// one upgrades) passed it through `LISTEN_FDS`, if any are meant for this process, else
+/// those of `addresses`, bound now. The `LISTEN_*` variables are removed from the environment
+/// either way, so that no worker inherits them.
+pub(crate) fn open(addresses: &[String], backlog: u32) -> Result<&'static [Listener], Error> {
+    let opened = match inherited()? {
+        Some(inherited) => inherited,
+        None => addresses
+            .iter()
+            .map(|address| bind_to(address, backlog))
+            .collect::<Result<_, _>>()?,
+    };
+    let _ = LISTENERS.set(opened);
+    Ok(listeners())
+}
+
+/// Parses and binds one `listen` address.
+fn bind_to(address: &str, backlog: u32) -> Result<Listener, Error> {
+    let failed = |error: io::Error| Error::Listen {
+        address: address.to_owned(),
+        error,
+    };
+    let backlog = i32::try_from(backlog)
+        .ok()
+        .and_then(|backlog| Backlog::new(backlog).ok())
+        .ok_or_else(|| {
+            failed(io::Error::new(
+                io::ErrorKind::Other,
+                "the backlog is too large",
+            ))
+        })?;
+    if let Some(path) = address.strip_prefix("unix:") {
+        return bind_unix(Path::new(path), backlog).map_err(failed);
+    }
+    let resolved: Vec<SocketAddr> = address.to_socket_addrs().map_err(failed)?.collect();
+    let mut last_error = io::Error::new(io::ErrorKind::Other, "no address to bind");
+    for address in resolved {
+        match bind_tcp(address, backlog) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(failed(last_error))
+}
+
+fn bind_tcp(address: SocketAddr, backlog: Backlog) -> io::Result<Listener> {
+    let family = match address {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // Bind again at once after a restart, past the old connections in TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(address))?;
+    listen(&fd, backlog)?;
+    Ok(Listener::Tcp(TcpListener::from(fd)))
+}
+
+fn bind_unix(path: &Path, backlog: Backlog) -> io::Result<Listener> {
+    // A socket file left by a master that is gone is replaced; one that still answers is a
+    // live server's, and binding fails on it as it should.
+    let stale = matches!(
+        UnixStream::connect(path),
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused
+    );
+    if stale {
+        std::fs::remove_file(path)?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&fd, backlog)?;
+    Ok(Listener::Unix(UnixListener::from(fd)))
+}
+
+/// The sockets `LISTEN_FDS` gives this process, from descriptor 3 on (systemd's socket
+/// activation protocol), or `None` when the variables are not set or are for another process
+/// (`LISTEN_PID`). They get close-on-exec, so that nothing a worker runs inherits them.
+fn inherited() -> Result<Option<Vec<Listener>>, Error> {
+    let count = std::env::var("LISTEN_FDS").ok();
+    let pid = std::env::var("LISTEN_PID").ok();
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        // The master is single-threaded, as changing the environment requires.
+        std::env::remove_var(var);
+    }
+    let (Some(count), Some(pid)) = (count, pid) else {
+        return Ok(None);
+    };
+    if pid.parse() != Ok(std::process::id()) {
+        return Ok(None);
+    }
+    let invalid = |error: io::Error| Error::Listen {
+        address: format!("LISTEN_FDS={count}"),
+        error,
+    };
+    let count: RawFd = count.parse().map_err(|_| {
+        invalid(io::Error::new(
+            io::ErrorKind::Other,
+            "not a number of descriptors",
+        ))
+    })?;
+    (3..3 + count)
+        .map(|raw| {
+            // SAFETY: the protocol hands this process descriptors 3 and up, open and its own,
+            // and nothing else in the process owns them.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD)?;
+            let cloexec =
+                nix::fcntl::FdFlag::from_bits_retain(flags) | nix::fcntl::FdFlag::FD_CLOEXEC;
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(cloexec))?;
+            Listener::from_fd(fd)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map(Some)
+        .map_err(invalid)
+}
