@@ -280,13 +280,14 @@ fn inherited() -> Result<Option<Vec<Listener>>, Error> {
     })?;
     (3..3 + count)
         .map(|raw| {
-            // SAFETY: the protocol hands this process descriptors 3 and up, open and its own,
-            // and nothing else in the process owns them.
+            // Made close-on-exec, which also tells whether it is open at all.
+            // SAFETY: fcntl with integer arguments on a number that may not be open.
+            if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the protocol hands this process descriptors 3 and up, open (checked
+            // above) and its own, and nothing else in the process owns them.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD)?;
-            let cloexec =
-                nix::fcntl::FdFlag::from_bits_retain(flags) | nix::fcntl::FdFlag::FD_CLOEXEC;
-            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(cloexec))?;
             Listener::from_fd(fd)
         })
         .collect::<io::Result<Vec<_>>>()

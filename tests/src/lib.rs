@@ -10,6 +10,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 pub mod bench;
+pub mod load;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -50,6 +51,8 @@ pub struct Master {
 /// What to start: a binary from this package, with its environment.
 pub struct Launch {
     command: Command,
+    /// A socket to hand to the master as descriptor 3, as systemd's socket activation does.
+    socket: Option<std::os::fd::RawFd>,
     /// The master's executable, when it runs under a wrapper such as `unshare`.
     wrapped: Option<std::path::PathBuf>,
 }
@@ -58,6 +61,15 @@ impl Launch {
     /// Sets an environment variable for the master (and so its workers).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.command.env(key, value);
+        self
+    }
+
+    /// Hands `socket` to the master as descriptor 3, with `LISTEN_FDS=1` (the master's
+    /// `LISTEN_PID` must come from a wrapper that knows its pid, such as
+    /// `sh -c 'LISTEN_PID=$$ exec "$0"'`).
+    pub fn socket(mut self, socket: &impl std::os::fd::AsRawFd) -> Self {
+        self.socket = Some(socket.as_raw_fd());
+        self.command.env("LISTEN_FDS", "1");
         self
     }
 
@@ -126,10 +138,11 @@ impl Launch {
     pub fn start(mut self) -> Master {
         become_subreaper();
         let tree = Tree::new();
-        // SAFETY: setrlimit and close_range are async-signal-safe, as code between fork and
-        // exec must be.
+        let socket = self.socket;
+        // SAFETY: setrlimit, close_range and dup2 are async-signal-safe, as code between fork
+        // and exec must be.
         unsafe {
-            self.command.pre_exec(|| {
+            self.command.pre_exec(move || {
                 // Crashing workers must not leave core files behind.
                 let none = libc::rlimit {
                     rlim_cur: 0,
@@ -143,6 +156,18 @@ impl Launch {
                     libc::c_uint::MAX,
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
+                // A copy at 3 has no close-on-exec: the master gets it. (Already at 3, it
+                // only needs the flag cleared.)
+                if let Some(socket) = socket {
+                    let at_three = if socket == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(socket, 3)
+                    };
+                    if at_three < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -197,6 +222,7 @@ impl Master {
         }
         Launch {
             command,
+            socket: None,
             wrapped: None,
         }
     }

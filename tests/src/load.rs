@@ -1,0 +1,237 @@
+//! A bounded HTTP load on loopback, for the servers' tests and benchmark: client threads that
+//! send `GET /` one request after another, on a new connection each or on kept-alive
+//! connections, until told to stop (or a minute has passed), and count how every request
+//! ended.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The longest a load runs, whatever the test does: the loops always end.
+const LONGEST: Duration = Duration::from_secs(60);
+
+/// A load under way.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    clients: Vec<JoinHandle<Tally>>,
+}
+
+/// How the requests of a load ended.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Answered with `200 OK`.
+    pub ok: u64,
+    /// Connections refused: nobody listened.
+    pub refused: u64,
+    /// Connections reset under a request.
+    pub reset: u64,
+    /// Connections closed before any byte of the answer.
+    pub empty: u64,
+    /// Anything else: a bad answer, a timeout.
+    pub errors: u64,
+    /// Each request's start and how long it took, answered or not.
+    pub requests: Vec<(Instant, Duration)>,
+    /// Connections each worker accepted, by the worker's pid (which its first answer names).
+    pub accepted: BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    /// Requests that did not get their answer.
+    pub fn failed(&self) -> u64 {
+        self.refused + self.reset + self.empty + self.errors
+    }
+
+    /// The `percent` percentile of the latency of requests started in `from..until`.
+    pub fn latency(&self, percent: usize, from: Instant, until: Instant) -> Option<Duration> {
+        let mut latencies: Vec<Duration> = self
+            .requests
+            .iter()
+            .filter(|(started, _)| (from..until).contains(started))
+            .map(|(_, took)| *took)
+            .collect();
+        latencies.sort_unstable();
+        let rank = (latencies.len() * percent).div_ceil(100).max(1) - 1;
+        latencies.get(rank).copied()
+    }
+
+    /// The longest time between two answers, over the whole load.
+    pub fn longest_gap(&self) -> Duration {
+        let mut ends: Vec<Instant> = self.requests.iter().map(|(at, took)| *at + *took).collect();
+        ends.sort_unstable();
+        ends.windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.reset += other.reset;
+        self.empty += other.empty;
+        self.errors += other.errors;
+        self.requests.extend(other.requests);
+        for (worker, count) in other.accepted {
+            *self.accepted.entry(worker).or_default() += count;
+        }
+    }
+}
+
+impl Load {
+    /// Starts `clients` client threads against `address`, each on kept-alive connections
+    /// (reopened when the server asks to close) or on a new connection per request.
+    pub fn start(address: SocketAddr, clients: usize, keep_alive: bool) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+                thread::spawn(move || client(address, keep_alive, &stop, &done))
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            clients,
+        }
+    }
+
+    /// Requests sent so far, answered or not.
+    pub fn requests(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests past those sent so far have been sent.
+    pub fn wait_for(&self, more: u64) {
+        let until = self.requests() + more;
+        let deadline = Instant::now() + crate::deadline();
+        while self.requests() < until {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled at {}",
+                self.requests()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops every client and adds up how their requests ended.
+    pub fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut tally = Tally::default();
+        for client in self.clients {
+            tally.add(client.join().expect("a load client"));
+        }
+        tally
+    }
+}
+
+/// One client's loop.
+fn client(address: SocketAddr, keep_alive: bool, stop: &AtomicBool, done: &AtomicU64) -> Tally {
+    let mut tally = Tally::default();
+    let began = Instant::now();
+    let mut connection: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) && began.elapsed() < LONGEST {
+        let started = Instant::now();
+        let fresh = connection.is_none();
+        let outcome = request(address, keep_alive, &mut connection);
+        tally.requests.push((started, started.elapsed()));
+        done.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(worker) => {
+                tally.ok += 1;
+                if fresh {
+                    *tally.accepted.entry(worker).or_default() += 1;
+                }
+            }
+            Err(Failure::Refused) => tally.refused += 1,
+            Err(Failure::Reset) => tally.reset += 1,
+            Err(Failure::Empty) => tally.empty += 1,
+            Err(Failure::Other(_)) => tally.errors += 1,
+        }
+    }
+    tally
+}
+
+enum Failure {
+    Refused,
+    Reset,
+    Empty,
+    Other(#[allow(dead_code)] String),
+}
+
+impl From<io::Error> for Failure {
+    fn from(error: io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => Failure::Refused,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
+            _ => Failure::Other(error.to_string()),
+        }
+    }
+}
+
+/// Sends one request and reads its answer; returns the pid of the worker that answered. The
+/// connection is kept for the next request when both sides want it.
+fn request(
+    address: SocketAddr,
+    keep_alive: bool,
+    connection: &mut Option<BufReader<TcpStream>>,
+) -> Result<u32, Failure> {
+    let mut reader = match connection.take() {
+        Some(reader) => reader,
+        None => {
+            let stream = TcpStream::connect(address)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            BufReader::new(stream)
+        }
+    };
+    let head = if keep_alive {
+        "GET / HTTP/1.1\r\nHost: load\r\n\r\n"
+    } else {
+        "GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n"
+    };
+    reader.get_mut().write_all(head.as_bytes())?;
+    let mut status = String::new();
+    if reader.read_line(&mut status)? == 0 {
+        return Err(Failure::Empty);
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(Failure::Other(status));
+    }
+    let (mut length, mut close) = (0, !keep_alive);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(Failure::Other("the answer's head was cut short".to_owned()));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("connection") {
+                close |= value.eq_ignore_ascii_case("close");
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body);
+    let worker = body
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next()?.parse().ok())
+        .unwrap_or(0);
+    if !close {
+        *connection = Some(reader);
+    }
+    Ok(worker)
+}

@@ -1,0 +1,115 @@
+//! Preforking servers: listeners bound once by the master and shared by every worker, bind
+//! errors, systemd's socket activation, and a rolling restart under load that loses no
+//! request. The server is `examples/hello_server.rs`.
+
+use kamisama_tests::load::Load;
+use kamisama_tests::{field, Master};
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+
+const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+
+/// Starts the hello server on a free port of loopback; returns it with its address.
+fn hello(instances: usize) -> (Master, SocketAddr) {
+    let master = Master::launch(HELLO)
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", &instances.to_string())
+        .start();
+    let address = listening(&master);
+    (master, address)
+}
+
+/// Waits until the master has forked `instances` workers, and returns their pids.
+fn spawned(master: &Master, instances: usize) -> BTreeSet<u32> {
+    master
+        .wait_for_lines("]: spawned index=", instances)
+        .iter()
+        .map(|line| field(line, "pid").unwrap().parse().unwrap())
+        .collect()
+}
+
+fn listening(master: &Master) -> SocketAddr {
+    let line = master.wait_for_line("listening address=");
+    field(&line, "address").unwrap().parse().unwrap()
+}
+
+#[test]
+fn one_listener_serves_every_worker() {
+    let (mut master, address) = hello(4);
+    let pids = spawned(&master, 4);
+    let load = Load::start(address, 4, false);
+    load.wait_for(200);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let answered: BTreeSet<u32> = tally.accepted.keys().copied().collect();
+    assert!(
+        answered.is_subset(&pids) && answered.len() >= 2,
+        "{answered:?} of {pids:?}"
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_bind_failure_stops_the_start_and_names_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let mut master = Master::launch(HELLO)
+        .env("KAMISAMA_LISTEN", &address.to_string())
+        .start();
+    master.expect_exit_code(2);
+    let error = master.wait_for_line("error: cannot listen on");
+    assert!(error.contains(&address.to_string()), "{error}");
+    assert!(error.contains("Address already in use"), "{error}");
+    assert_eq!(master.count_lines("spawned"), 0);
+}
+
+#[test]
+fn with_socket_activation_the_socket_passed_in_is_used() {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = socket.local_addr().unwrap();
+    // The master's own setting would bind elsewhere: the socket handed over wins.
+    let mut master = Master::launch_under(&["sh", "-c", "LISTEN_PID=$$ exec \"$0\""], HELLO)
+        .socket(&socket)
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    assert_eq!(listening(&master), address);
+    spawned(&master, 2);
+    drop(socket);
+    let load = Load::start(address, 2, true);
+    load.wait_for(50);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+/// Keeps `clients` clients busy on the hello server through a rolling restart, and checks
+/// that every one of their requests was answered.
+fn a_rolling_restart_under_load(keep_alive: bool) {
+    let (mut master, address) = hello(4);
+    spawned(&master, 4);
+    let load = Load::start(address, 8, keep_alive);
+    load.wait_for(500);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("rolling-restart-finished");
+    load.wait_for(500);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(tally.ok >= 1000);
+    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_request() {
+    a_rolling_restart_under_load(false);
+}
+
+#[test]
+fn a_rolling_restart_under_load_loses_no_request_on_kept_alive_connections() {
+    a_rolling_restart_under_load(true);
+}
