@@ -63,10 +63,11 @@ pub(crate) enum Key {
     StatusFile,
     Listen,
     Backlog,
+    UpgradeTimeout,
 }
 
 impl Key {
-    const ALL: [Key; 15] = [
+    const ALL: [Key; 16] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -82,6 +83,7 @@ impl Key {
         Key::StatusFile,
         Key::Listen,
         Key::Backlog,
+        Key::UpgradeTimeout,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -101,6 +103,7 @@ impl Key {
             Key::StatusFile => "status_file",
             Key::Listen => "listen",
             Key::Backlog => "backlog",
+            Key::UpgradeTimeout => "upgrade_timeout",
         }
     }
 
@@ -161,7 +164,8 @@ impl Key {
             | Key::ShutdownTimeout
             | Key::BootTimeout
             | Key::WorkerThreads
-            | Key::Backlog => 1,
+            | Key::Backlog
+            | Key::UpgradeTimeout => 1,
         }
     }
 
@@ -195,6 +199,7 @@ impl Key {
             Key::StatusFile => "\"/run/app/status.json\"",
             Key::Listen => "\"127.0.0.1:8080\"",
             Key::Backlog => "1024",
+            Key::UpgradeTimeout => "120",
         }
     }
 

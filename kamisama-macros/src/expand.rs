@@ -101,6 +101,7 @@ fn builder_call(setting: &Setting) -> TokenStream {
         Key::Readiness => quote_spanned!(span=> .readiness(#value)),
         Key::StatusFile => quote_spanned!(span=> .status_file(#value)),
         Key::Backlog => quote_spanned!(span=> .backlog(#value)),
+        Key::UpgradeTimeout => quote_spanned!(span=> .upgrade_timeout(#seconds)),
         // Emitted above, one call per address.
         Key::Listen => TokenStream::new(),
     }

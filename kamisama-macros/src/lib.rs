@@ -48,6 +48,7 @@ use proc_macro::TokenStream;
 /// | `status_file`      | none       | a JSON file with the live status of every worker, such as `"/run/app/status.json"` |
 /// | `listen`           | none       | addresses the master binds for its workers: `"127.0.0.1:8080"`, `"unix:/run/app.sock"`, or a list |
 /// | `backlog`          | `1024`     | each listener's queue of connections not yet accepted, at most 4096 |
+/// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.

@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) listen: Vec<String>,
     /// The length of each listener's queue of connections not yet accepted.
     pub(crate) backlog: u32,
+    /// How long the new generation of an upgrade has to get ready.
+    pub(crate) upgrade_timeout: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             process_titles: true,
             listen: Vec::new(),
             backlog: 1024,
+            upgrade_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) const STATUS_FILE: &str = "KAMISAMA_STATUS_FILE";
 pub(crate) const LISTEN: &str = "KAMISAMA_LISTEN";
 /// Overrides the listeners' backlog.
 pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
+/// Overrides `upgrade_timeout`, in seconds.
+pub(crate) const UPGRADE_TIMEOUT: &str = "KAMISAMA_UPGRADE_TIMEOUT";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -122,6 +124,9 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         |n: &u32| (1..=4096).contains(n),
     )? {
         overridden.backlog = backlog;
+    }
+    if let Some(seconds) = parse(&lookup, UPGRADE_TIMEOUT, SECONDS, at_least_one)? {
+        overridden.upgrade_timeout = Duration::from_secs(seconds);
     }
     *config = overridden;
     Ok(())

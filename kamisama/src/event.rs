@@ -210,6 +210,33 @@ pub enum Event {
         /// Indices whose last worker failed.
         failed: usize,
     },
+    /// USR2 started an upgrade: a new master runs the program again, from the path it was
+    /// started with, on the same listeners.
+    #[non_exhaustive]
+    UpgradeStarted {
+        /// The new master.
+        pid: u32,
+        /// The program it runs.
+        path: String,
+    },
+    /// USR2 came while an upgrade was under way, and was ignored.
+    #[non_exhaustive]
+    UpgradeBusy,
+    /// The new master's fleet is ready: this master stops its own workers and exits, and the
+    /// new one serves on.
+    #[non_exhaustive]
+    UpgradeHandingOver {
+        /// The new master.
+        pid: u32,
+    },
+    /// The new master did not get its fleet ready: it is stopped, and this master serves on.
+    #[non_exhaustive]
+    UpgradeFailed {
+        /// The new master, or 0 if none could be started.
+        pid: u32,
+        /// Why.
+        reason: String,
+    },
     /// Every child is reaped; the master returns with this exit status.
     #[non_exhaustive]
     ShutdownFinished {
@@ -330,6 +357,10 @@ impl Event {
             Event::GaveUp { .. } => "gave-up",
             Event::AllDone { .. } => "all-done",
             Event::ShutdownFinished { .. } => "shutdown-finished",
+            Event::UpgradeStarted { .. } => "upgrade-started",
+            Event::UpgradeBusy => "upgrade-busy",
+            Event::UpgradeHandingOver { .. } => "upgrade-handing-over",
+            Event::UpgradeFailed { .. } => "upgrade-failed",
         }
     }
 
@@ -341,6 +372,8 @@ impl Event {
             | Event::Killed { .. }
             | Event::ScaleDownRefused { .. }
             | Event::RollingRestartBusy
+            | Event::UpgradeBusy
+            | Event::UpgradeFailed { .. }
             | Event::ShutdownForced { .. } => Level::Warn,
             Event::Exited { status, .. } if !status.success() => Level::Warn,
             Event::Done {
@@ -458,6 +491,16 @@ impl Event {
             }
             Event::AllDone { failed } => field("failed", Count(*failed as u64)),
             Event::ShutdownFinished { exit_code } => field("exit", Count(u64::from(*exit_code))),
+            Event::UpgradeStarted { pid, path } => {
+                field("pid", Count(u64::from(*pid)));
+                field("path", Value::Word(path));
+            }
+            Event::UpgradeBusy => field("reason", Text("an upgrade is under way")),
+            Event::UpgradeHandingOver { pid } => field("pid", Count(u64::from(*pid))),
+            Event::UpgradeFailed { pid, reason } => {
+                field("pid", Count(u64::from(*pid)));
+                field("reason", Text(reason));
+            }
         }
     }
 }

@@ -70,8 +70,13 @@ impl Signals {
         Ok(signals)
     }
 
-    /// Blocks until a signal is pending or `timeout` has passed; `None` waits for ever.
-    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Result<(), Errno> {
+    /// Blocks until a signal is pending, `also` (if any) has an event, or `timeout` has passed;
+    /// `None` waits for ever.
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        also: Option<PollFd<'_>>,
+    ) -> Result<(), Errno> {
         let timeout = match timeout {
             None => PollTimeout::NONE,
             // Round up, or a wait for 0.4 ms would spin until the deadline.
@@ -80,8 +85,10 @@ impl Signals {
                 PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
+        let signals = || PollFd::new(self.fd.as_fd(), PollFlags::POLLIN);
+        let watched = if also.is_some() { 2 } else { 1 };
+        let mut fds = [signals(), also.unwrap_or_else(signals)];
+        match poll(&mut fds[..watched], timeout) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(errno) => Err(errno),
         }

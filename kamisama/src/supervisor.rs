@@ -1,7 +1,7 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
 use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
-use crate::master::{Master, OnEvent, StatusFile};
+use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile};
 use crate::signals::Signals;
 use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
@@ -58,6 +58,9 @@ pub struct Supervisor<'a> {
 pub enum Outcome {
     /// SIGTERM, SIGINT or SIGQUIT stopped the master and every worker. Exit status 0.
     Stopped,
+    /// An upgrade handed the listeners over to a new master, which runs on; this one stopped
+    /// its own workers. Exit status 0.
+    Upgraded,
     /// Workers died more often than the respawn limit allows, or a worker could not be
     /// forked; every worker was stopped. Exit status 1.
     GaveUp,
@@ -74,7 +77,7 @@ impl Outcome {
     /// The exit status [`Supervisor::run`] ends the process with.
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Stopped | Outcome::Finished { failed: 0 } => 0,
+            Outcome::Stopped | Outcome::Upgraded | Outcome::Finished { failed: 0 } => 0,
             Outcome::GaveUp | Outcome::Finished { .. } => 1,
         }
     }
@@ -247,6 +250,13 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// How long the new master of an upgrade (USR2, when the fleet listens) has to get its
+    /// fleet ready before the upgrade is rolled back; default 60 seconds.
+    pub fn upgrade_timeout(mut self, upgrade_timeout: Duration) -> Self {
+        self.config.upgrade_timeout = upgrade_timeout;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -348,11 +358,19 @@ impl<'a> Supervisor<'a> {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
         listen::open(&config.listen, config.backlog)?;
+        // Before the titles take the command line's memory over; `args()` is unchanged by
+        // them anyway.
+        let relaunch = Relaunch::from_start();
         let titles = config.process_titles.then(Titles::take_over);
         let outcome = Signals::install().map(|signals| {
-            let shared = shared.as_ref();
-            let titles = titles.as_ref();
-            Master::new(&config, worker, &signals, shared, titles, on_event, pid_max).run()
+            let resources = Resources {
+                signals: &signals,
+                shared: shared.as_ref(),
+                titles: titles.as_ref(),
+                pid_max,
+                relaunch: relaunch.as_ref(),
+            };
+            Master::new(&config, worker, resources, on_event).run()
         });
         let _ = prctl::set_child_subreaper(was_subreaper);
         outcome

@@ -375,6 +375,20 @@ impl Master {
     /// Waits for the master (or the program it runs under) to exit and returns its status,
     /// once everything the master and its workers wrote has been read.
     pub fn wait_exit(&mut self) -> ExitStatus {
+        let closed = self.status.is_some();
+        let status = self.wait_exit_alone();
+        if !closed {
+            // The pipes close when the last worker is gone too; then the output is complete.
+            // A worker that outlives its master fails the test elsewhere, not here.
+            self.output.wait_closed(deadline());
+        }
+        status
+    }
+
+    /// Waits for the master (or the program it runs under) to exit and returns its status,
+    /// while others may still write to its output: the new master of an upgrade, which
+    /// inherited it.
+    pub fn wait_exit_alone(&mut self) -> ExitStatus {
         if let Some(status) = self.status {
             return status;
         }
@@ -389,9 +403,6 @@ impl Master {
         });
         self.status = Some(status);
         adopted().std_children.remove(&(self.child.id() as i32));
-        // The pipes close when the last worker is gone too; then the output is complete.
-        // A worker that outlives its master fails the test elsewhere, not here.
-        self.output.wait_closed(deadline());
         status
     }
 
@@ -439,6 +450,22 @@ impl Drop for Master {
         // Orphans re-parented to this process are its children now: reap their zombies.
         reap_adopted();
     }
+}
+
+/// An empty directory of the calling test's own, named `name`, under cargo's scratch
+/// directory for integration tests.
+#[macro_export]
+macro_rules! scratch {
+    ($name:expr) => {
+        $crate::empty_dir(::std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join($name))
+    };
+}
+
+/// Empties `dir` (making it if need be), and returns it.
+pub fn empty_dir(dir: std::path::PathBuf) -> std::path::PathBuf {
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
 }
 
 /// Parses a fixture's `worker-started index=I pid=P` line (which may follow a partial line

@@ -49,9 +49,7 @@ impl Drop for SaySeedOnPanic {
 }
 
 fn run(seed: u64) {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{seed}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = kamisama_tests::scratch!(format!("chaos-{seed}"));
     let mut rng = Rng::new(seed);
     let instances = 2 + rng.below(3);
     let mut master = Master::launch(CHAOS)

@@ -46,8 +46,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "ExecStart=/usr/local/bin/crunch",
         &format!("ExecStart={}", env!("CARGO_BIN_EXE_supervised")),
     );
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-unit");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = kamisama_tests::scratch!("deploy-unit");
     let path = dir.join("crunch.service");
     std::fs::write(&path, unit).unwrap();
     let verify = Command::new("systemd-analyze")

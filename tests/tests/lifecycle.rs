@@ -138,9 +138,10 @@ fn an_err_is_printed_and_exits_1() {
 
 #[test]
 fn on_failure_retries_a_failed_shard_and_ends_when_all_are_done() {
-    let dir = scratch_dir("on-failure-batch");
+    let dir = kamisama_tests::scratch!("on-failure-batch");
+    let dir = dir.to_str().unwrap();
     let mut master = Master::launch(BATCH)
-        .env("BATCH_DIR", &dir)
+        .env("BATCH_DIR", dir)
         .env("FAIL_ONCE", "1")
         .start();
     master.expect_exit_code(0);
@@ -432,12 +433,4 @@ fn a_panicking_event_callback_does_not_break_supervision() {
     assert!(children_of(master.pid()).len() == 2);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
-}
-
-/// An empty directory of this test's own, under cargo's scratch directory for tests.
-fn scratch_dir(name: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.to_string_lossy().into_owned()
 }

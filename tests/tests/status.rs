@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 
 fn status_path(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("status.json")
+    kamisama_tests::scratch!(name).join("status.json")
 }
 
 /// The status as it is now; a reader never sees half a file, as the master renames a whole

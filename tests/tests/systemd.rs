@@ -4,27 +4,19 @@
 //! pings only while no worker is hung; every message comes from the master, and no worker
 //! inherits the variables.
 
-use kamisama_tests::{Master, NotifySocket};
+use kamisama_tests::{scratch, Master, NotifySocket};
 use nix::sys::signal::{kill, Signal};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const DECLARED: &str = env!("CARGO_BIN_EXE_declared");
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn declared_readiness_reloading_and_stopping_are_told_in_order() {
-    let witnesses = scratch("systemd-declared");
+    let witnesses = scratch!("systemd-declared");
     let systemd = NotifySocket::bind(
-        scratch("systemd-declared-socket").join("notify"),
+        scratch!("systemd-declared-socket").join("notify"),
         Some(witnesses.clone()),
     );
     let mut master = Master::launch(DECLARED)
@@ -75,7 +67,7 @@ fn declared_readiness_reloading_and_stopping_are_told_in_order() {
 
 #[test]
 fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns() {
-    let systemd = NotifySocket::bind(scratch("systemd-forked").join("notify"), None);
+    let systemd = NotifySocket::bind(scratch!("systemd-forked").join("notify"), None);
     let mut master = Master::launch(SUPERVISED)
         .env("NOTIFY_SOCKET", systemd.path())
         .env("KAMISAMA_INSTANCES", "5")
@@ -101,7 +93,7 @@ fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns
 
 #[test]
 fn watchdog_pings_stop_while_a_worker_is_hung() {
-    let systemd = NotifySocket::bind(scratch("systemd-watchdog").join("notify"), None);
+    let systemd = NotifySocket::bind(scratch!("systemd-watchdog").join("notify"), None);
     let mut master = Master::launch(HEARTBEATS)
         .env("NOTIFY_SOCKET", systemd.path())
         .env("WATCHDOG_USEC", "200000")
@@ -143,7 +135,7 @@ fn watchdog_pings_stop_while_a_worker_is_hung() {
 
 #[test]
 fn a_watchdog_meant_for_another_process_is_left_alone() {
-    let systemd = NotifySocket::bind(scratch("systemd-other-pid").join("notify"), None);
+    let systemd = NotifySocket::bind(scratch!("systemd-other-pid").join("notify"), None);
     let mut master = Master::launch(SUPERVISED)
         .env("NOTIFY_SOCKET", systemd.path())
         .env("WATCHDOG_USEC", "100000")

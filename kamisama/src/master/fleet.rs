@@ -82,6 +82,11 @@ impl Orphans {
         now + self.tick
     }
 
+    /// Whether `spare` is the master's only child.
+    pub(super) fn only_child_left(&self, spare: Pid) -> bool {
+        children(self.pid_max).iter().all(|pid| *pid == spare)
+    }
+
     /// Forgets a reaped child.
     pub(super) fn reaped(&mut self, pid: Pid) {
         self.signalled.retain(|(orphan, _)| *orphan != pid);

@@ -27,6 +27,8 @@ use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+pub(crate) use upgrade::Relaunch;
+use upgrade::{Heard, Takeover, Upgrade};
 use watchdog::{Now, Watchdog, HANG_GRACE};
 
 mod fleet;
@@ -34,10 +36,22 @@ mod notify;
 mod respawn;
 mod slots;
 mod status;
+mod upgrade;
 mod watchdog;
 
 /// The callback given every event.
 pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;
+
+/// What the master works with besides its settings, made before it starts.
+pub(crate) struct Resources<'a> {
+    pub(crate) signals: &'a Signals,
+    /// The memory shared with the workers, when hangs or readiness are watched.
+    pub(crate) shared: Option<&'a SharedSlots>,
+    pub(crate) titles: Option<&'a Titles>,
+    /// The largest pid, for finding children without /proc.
+    pub(crate) pid_max: i32,
+    pub(crate) relaunch: Option<&'a Relaunch>,
+}
 
 /// The master's whole state.
 pub(crate) struct Master<'a, W, S> {
@@ -60,6 +74,13 @@ pub(crate) struct Master<'a, W, S> {
     /// The service manager, when one started the master.
     notify: Option<Notify>,
     status: Option<StatusFile>,
+    /// How to start the program again, for an upgrade.
+    relaunch: Option<&'a Relaunch>,
+    upgrade: Option<Upgrade>,
+    /// The new master an upgrade handed over to, which this one's shutdown spares.
+    successor: Option<Pid>,
+    /// In a master an upgrade started, until the old master hands over.
+    takeover: Option<Takeover>,
     /// Whether every initial worker has been ready once.
     ready_once: bool,
     /// A child was reaped since the last sweep, which may have handed its own children over.
@@ -112,12 +133,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     pub(crate) fn new(
         config: &'a Config,
         worker: W,
-        signals: &'a Signals,
-        shared: Option<&'a SharedSlots>,
-        titles: Option<&'a Titles>,
+        resources: Resources<'a>,
         on_event: Option<OnEvent<'a>>,
-        pid_max: i32,
     ) -> Self {
+        let Resources {
+            signals,
+            shared,
+            titles,
+            pid_max,
+            relaunch,
+        } = resources;
         let pid = Pid::this();
         let notify = Notify::from_env();
         Master {
@@ -149,6 +174,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             watchdog: Watchdog::new(config, shared),
             notify,
             status: config.status_file.as_deref().map(StatusFile::new),
+            relaunch,
+            upgrade: None,
+            successor: None,
+            takeover: Takeover::from_env(),
             ready_once: false,
             reaped: false,
             failed: 0,
@@ -179,6 +208,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             let now = Now::read();
             self.kill_overdue(now.instant);
             self.detect_hangs(now);
+            self.watch_upgrade(now.instant);
+            self.take_over(now.instant);
             let ping = self.tell_the_service_manager(now.instant);
             if let Some(outcome) = self.finished() {
                 self.emit(Event::ShutdownFinished {
@@ -199,7 +230,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.write_status(phase);
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
-            let _ = self.setup.signals.wait(timeout);
+            let pipe = match (&self.upgrade, &self.takeover) {
+                (Some(upgrade), _) => upgrade.poll_fd(),
+                (None, Some(takeover)) => takeover.poll_fd(),
+                (None, None) => None,
+            };
+            let _ = self.setup.signals.wait(timeout, pipe);
             self.read_signals();
         }
     }
@@ -224,6 +260,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             Signal::SIGTTIN => self.scale_up(),
             Signal::SIGTTOU => self.scale_down(),
             Signal::SIGHUP => self.begin_rolling_restart(),
+            Signal::SIGUSR2 if !crate::listen::listeners().is_empty() => self.begin_upgrade(),
             Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
             // SIGCHLD: reaped before the batch.
             _ => {}
@@ -260,6 +297,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             };
             self.orphans.reaped(pid);
             self.reaped = true;
+            if self
+                .upgrade
+                .as_ref()
+                .is_some_and(|upgrade| upgrade.pid == pid)
+            {
+                self.upgrade_ended(status);
+            }
             match index {
                 Some(index) => self.on_exit(index, pid, status),
                 None => self.emit(Event::Reaped {
@@ -507,6 +551,138 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
+    /// USR2 with listeners: starts a new master on the same sockets, to take over once its
+    /// fleet is ready.
+    fn begin_upgrade(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        // One at a time: not while this master waits for a new one, nor while, itself started
+        // by an upgrade, it waits for the old one to hand over.
+        if self.upgrade.is_some() || self.taking_over() {
+            self.emit(Event::UpgradeBusy);
+            return;
+        }
+        let refusal = if self.setup.master.as_raw() == 1 {
+            Some("the master is PID 1: its exit would end the container; deploy a new image")
+        } else if self.relaunch.is_none() {
+            Some("the path the program was started with is unknown")
+        } else {
+            None
+        };
+        let (None, Some(relaunch)) = (refusal, self.relaunch) else {
+            let reason = refusal.unwrap_or_default().to_owned();
+            self.emit(Event::UpgradeFailed { pid: 0, reason });
+            return;
+        };
+        let passed_on = self.notify.as_ref().map_or(&[][..], Notify::passed_on);
+        let listeners = crate::listen::listeners();
+        match Upgrade::start(relaunch, listeners, passed_on, self.config.upgrade_timeout) {
+            Ok(upgrade) => {
+                self.emit(Event::UpgradeStarted {
+                    pid: upgrade.pid.as_raw() as u32,
+                    path: relaunch.path(),
+                });
+                self.upgrade = Some(upgrade);
+            }
+            Err(errno) => {
+                let reason = format!("fork: {errno}");
+                self.emit(Event::UpgradeFailed { pid: 0, reason });
+            }
+        }
+    }
+
+    /// Listens to the new master of an upgrade: hands over once it is ready, rolls back if
+    /// it went, or when it is late.
+    fn watch_upgrade(&mut self, now: Instant) {
+        let Some(upgrade) = &mut self.upgrade else {
+            return;
+        };
+        let late = upgrade.deadline.is_some_and(|deadline| deadline <= now);
+        match upgrade.hear() {
+            Heard::Ready => self.hand_over(),
+            Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
+            Heard::Nothing if late => {
+                let timeout = crate::event::Value::Span(self.config.upgrade_timeout);
+                self.roll_back(&format!("the new fleet was not ready within {timeout}"));
+            }
+            Heard::Nothing => {}
+        }
+    }
+
+    /// The new master's fleet is ready: make it the service's main process, and stop this
+    /// master's own workers (the new master is spared).
+    fn hand_over(&mut self) {
+        let Some(upgrade) = self.upgrade.take() else {
+            return;
+        };
+        let pid = upgrade.pid.as_raw() as u32;
+        self.emit(Event::UpgradeHandingOver { pid });
+        // The service manager and the status file are the new master's from now on.
+        if let Some(notify) = self.notify.take() {
+            notify.main_pid(pid);
+        }
+        self.status = None;
+        self.successor = Some(upgrade.pid);
+        // Closes the pipe: the new master takes over the service manager and the status file.
+        drop(upgrade);
+        self.begin_shutdown(None, Outcome::Upgraded);
+    }
+
+    /// Gives the upgrade up: the new master gets TERM (and stops its workers), SIGKILL after
+    /// `shutdown_timeout` if it is still there, and this master serves on.
+    fn roll_back(&mut self, reason: &str) {
+        let Some(upgrade) = &mut self.upgrade else {
+            return;
+        };
+        upgrade.give_up();
+        upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
+        let pid = upgrade.pid;
+        let _ = kill(pid, Signal::SIGTERM);
+        self.emit(Event::UpgradeFailed {
+            pid: pid.as_raw() as u32,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The new master of an upgrade exited (and was reaped).
+    fn upgrade_ended(&mut self, status: ExitStatus) {
+        let Some(upgrade) = &mut self.upgrade else {
+            return;
+        };
+        if upgrade.waiting() {
+            upgrade.give_up();
+            let pid = upgrade.pid.as_raw() as u32;
+            let reason = format!("the new master exited ({status}) before its fleet was ready");
+            self.emit(Event::UpgradeFailed { pid, reason });
+        }
+        self.upgrade = None;
+    }
+
+    /// Whether this master, started by an upgrade, waits for the old master to hand over.
+    fn taking_over(&mut self) -> bool {
+        if self.takeover.as_ref().is_some_and(Takeover::handed_over) {
+            self.takeover = None;
+        }
+        self.takeover.is_some()
+    }
+
+    /// In a master an upgrade started: once its fleet is ready, and has settled, says so to
+    /// the old master; once that one has handed over, is the service's main process.
+    fn take_over(&mut self, now: Instant) {
+        if !self.taking_over() || self.shutdown.is_some() || !self.fleet_ready() {
+            return;
+        }
+        let settled = self.config.readiness == Readiness::Declared
+            || (0..self.instances).all(|index| match &self.slots[index].state {
+                State::Running { started, .. } => now.duration_since(*started) >= upgrade::SETTLE,
+                _ => true,
+            });
+        if let Some(takeover) = self.takeover.as_mut().filter(|_| settled) {
+            takeover.say_ready();
+        }
+    }
+
     /// Whether the worker of `index`, if one runs and is not stopping, counts as ready.
     fn is_ready(&self, index: usize) -> bool {
         let State::Running {
@@ -533,9 +709,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Whether something waits for a worker to declare itself ready, which it does without a
     /// word to the master: the fleet's first readiness, or a rolling restart's replacement.
     fn awaits_readiness(&self) -> bool {
-        self.config.readiness == Readiness::Declared
-            && self.shutdown.is_none()
-            && (!self.ready_once || self.rolling.is_some())
+        let declared = self.config.readiness == Readiness::Declared
+            && (!self.ready_once || self.rolling.is_some());
+        let taking_over = self
+            .takeover
+            .as_ref()
+            .is_some_and(|takeover| !takeover.said_ready());
+        self.shutdown.is_none() && (declared || taking_over)
     }
 
     /// Where the fleet stands, for the service manager.
@@ -543,7 +723,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.ready_once |= self.fleet_ready();
         let phase = if self.shutdown.is_some() {
             Phase::Stopping
-        } else if self.rolling.is_some() {
+        } else if self.rolling.is_some() || self.upgrade.as_ref().is_some_and(Upgrade::waiting) {
             Phase::Reloading
         } else if self.ready_once {
             Phase::Ready
@@ -571,7 +751,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Tells the service manager what changed; returns when it must be told again (the
     /// watchdog's next ping).
     fn tell_the_service_manager(&mut self, now: Instant) -> Option<Instant> {
-        self.notify.as_ref()?;
+        if self.notify.is_none() || self.takeover.is_some() {
+            return None;
+        }
         let summary = self.summary(now);
         self.notify.as_mut()?.update(&summary, now)
     }
@@ -589,7 +771,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Rewrites the status file, if there is one and anything happened since.
     fn write_status(&mut self, phase: &'static str) {
-        let Some(status) = &mut self.status else {
+        let Some(status) = self.status.as_mut().filter(|_| self.takeover.is_none()) else {
             return;
         };
         let fleet = status::Fleet {
@@ -641,6 +823,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.rolling = None;
+        if let Some(upgrade) = &mut self.upgrade {
+            // The new master is a child like any other now: the sweep stops it.
+            upgrade.give_up();
+        }
         self.emit(Event::ShutdownStarted {
             signal: signal.map(|signal| signal as i32),
             workers: self.slots.live_workers(),
@@ -734,6 +920,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 }
             }
         }
+        if let Some(upgrade) = &mut self.upgrade {
+            if upgrade.kill_at.is_some_and(|kill_at| kill_at <= now) {
+                upgrade.kill_at = None;
+                let _ = kill(upgrade.pid, Signal::SIGKILL);
+            }
+        }
         let overdue = self
             .shutdown
             .as_ref()
@@ -802,9 +994,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn sweep_now(&mut self, stop: Stop) {
         self.reaped = false;
         let workers = self.slots.worker_pids();
-        let next = self
-            .orphans
-            .sweep(stop, |pid| workers.binary_search(&pid).is_ok());
+        let successor = self.successor;
+        let next = self.orphans.sweep(stop, |pid| {
+            workers.binary_search(&pid).is_ok() || Some(pid) == successor
+        });
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.next_sweep = next;
         }
@@ -824,6 +1017,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .awaits_readiness()
             .then(|| now.instant.checked_add(READINESS_POLL))
             .flatten();
+        let upgrade = self
+            .upgrade
+            .as_ref()
+            .and_then(|upgrade| upgrade.deadline.or(upgrade.kill_at));
         let watching = shutdown.is_none();
         self.slots
             .iter()
@@ -845,6 +1042,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(sweep)
             .chain(fork_retry)
             .chain(readiness)
+            .chain(upgrade)
             .min()
     }
 
@@ -853,7 +1051,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// remembered answer wrong.
     fn finished(&self) -> Option<Outcome> {
         let shutdown = self.shutdown.as_ref()?;
-        (!fleet::has_children()).then_some(shutdown.outcome)
+        let done = match self.successor {
+            None => !fleet::has_children(),
+            // The new master an upgrade handed over to is this one's child, and stays.
+            Some(successor) => {
+                self.slots.live_workers() == 0 && self.orphans.only_child_left(successor)
+            }
+        };
+        done.then_some(shutdown.outcome)
     }
 
     /// When a stop that starts now turns into SIGKILL; `None` when that is too far to count.

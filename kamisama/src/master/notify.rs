@@ -80,6 +80,8 @@ impl fmt::Display for Summary {
 pub(super) struct Notify {
     socket: UnixDatagram,
     address: SocketAddr,
+    /// The variables as found, for a new master an upgrade starts.
+    variables: Vec<(String, String)>,
     /// Half the watchdog's interval, when the service manager watches this process.
     ping_every: Option<Duration>,
     next_ping: Option<Instant>,
@@ -103,6 +105,10 @@ impl Notify {
         }
         let socket = socket?;
         let socket = socket.to_str()?;
+        let mut variables = vec![("NOTIFY_SOCKET".to_owned(), socket.to_owned())];
+        if let Some(usec) = &watchdog {
+            variables.push(("WATCHDOG_USEC".to_owned(), usec.clone()));
+        }
         let address = match socket.strip_prefix('@') {
             Some(name) => SocketAddr::from_abstract_name(name).ok()?,
             None => SocketAddr::from_pathname(socket).ok()?,
@@ -115,11 +121,27 @@ impl Notify {
         Some(Notify {
             socket: UnixDatagram::unbound().ok()?,
             address,
+            variables,
             ping_every,
             next_ping: ping_every.map(|_| Instant::now()),
             told: None,
             status: Text::default(),
         })
+    }
+
+    /// The variables a new master needs to speak to the service manager in turn, once it is
+    /// the main process (`WATCHDOG_PID` would name the old one, and is left out).
+    pub(super) fn passed_on(&self) -> &[(String, String)] {
+        &self.variables
+    }
+
+    /// Tells the service manager that `pid`, a new master, is the service's main process now.
+    pub(super) fn main_pid(&self, pid: u32) {
+        let mut message = Text::<64>::default();
+        let _ = writeln!(message, "MAINPID={pid}");
+        let _ = self
+            .socket
+            .send_to_addr(message.as_str().as_bytes(), &self.address);
     }
 
     /// The socket, which a worker closes as it starts.

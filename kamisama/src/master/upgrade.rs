@@ -1,0 +1,302 @@
+//! Zero-downtime upgrades of the binary (USR2, when the fleet listens).
+//!
+//! The master forks a child that execs the program again, from the path it was started with:
+//! after a deploy, `/proc/self/exe` names the old, deleted file, while the path names the new
+//! one (or the symlink swapped to it). The child gets the listening sockets at descriptors 3
+//! and up with `LISTEN_FDS` and `LISTEN_PID`, as systemd's socket activation hands them over,
+//! so the new master serves on the same sockets without binding; and the write end of a pipe,
+//! `KAMISAMA_UPGRADE_FD`, on which it writes one byte once its fleet is ready. The old master
+//! then stops its own workers, in-flight work first, and exits. End of file on the pipe before
+//! that byte (the new binary died), or no byte within `upgrade_timeout`, rolls the upgrade
+//! back: the new master gets TERM, and the old one goes on serving.
+
+use crate::listen::Listener;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long every worker of a new generation must have lived, when workers are ready once
+/// forked, for the generation to be ready: a binary whose workers crash at start is found
+/// out before the old generation stops.
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
+
+/// The variable that gives a new master the pipe to say it is ready on.
+const UPGRADE_FD: &str = "KAMISAMA_UPGRADE_FD";
+
+/// How to start the program again: the path it was started with, made absolute against the
+/// directory it was started in, and its arguments. Read once, at start.
+pub(crate) struct Relaunch {
+    path: CString,
+    arguments: Vec<CString>,
+}
+
+impl Relaunch {
+    pub(crate) fn from_start() -> Option<Self> {
+        let mut arguments = std::env::args_os();
+        let program = PathBuf::from(arguments.next()?);
+        let path = if program.is_absolute() {
+            program
+        } else if program.components().count() > 1 {
+            let here = std::env::current_dir().ok()?;
+            let within = program
+                .components()
+                .filter(|part| *part != Component::CurDir);
+            here.join(within.collect::<PathBuf>())
+        } else {
+            find_in_path(&program)?
+        };
+        let c_string = |text: OsString| CString::new(text.into_vec()).ok();
+        Some(Relaunch {
+            path: c_string(path.clone().into_os_string())?,
+            arguments: std::iter::once(path.into_os_string())
+                .chain(arguments)
+                .map(c_string)
+                .collect::<Option<_>>()?,
+        })
+    }
+
+    pub(super) fn path(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+}
+
+/// The file `name` names in `PATH`, as a shell would run it.
+fn find_in_path(name: &std::path::Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// An upgrade under way, as the old master sees it.
+pub(super) struct Upgrade {
+    /// The new master.
+    pub(super) pid: Pid,
+    /// Where it says it is ready; `None` once it said so, or failed.
+    ready: Option<File>,
+    /// When it must be ready by.
+    pub(super) deadline: Option<Instant>,
+    /// When a new master given up on gets SIGKILL, if it has not gone.
+    pub(super) kill_at: Option<Instant>,
+}
+
+/// What the pipe from the new master said.
+pub(super) enum Heard {
+    Nothing,
+    Ready,
+    /// It closed without a word: the new binary is gone.
+    Gone,
+}
+
+impl Upgrade {
+    /// Forks and execs the new master, with the listeners, the readiness pipe and `extra`
+    /// variables (those the old master took out of its own environment, such as
+    /// `NOTIFY_SOCKET`).
+    pub(super) fn start(
+        relaunch: &Relaunch,
+        listeners: &[Listener],
+        extra: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Upgrade, Errno> {
+        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let count = listeners.len();
+        let upgrade_fd = 3 + count as RawFd;
+        // The environment, prepared before the fork: the child only fills in its own pid.
+        let mut variables: Vec<CString> = std::env::vars_os()
+            .filter(|(key, _)| key != UPGRADE_FD)
+            .filter_map(|(key, value)| {
+                let mut pair = key.into_vec();
+                pair.push(b'=');
+                pair.extend(value.into_vec());
+                CString::new(pair).ok()
+            })
+            .collect();
+        variables.extend(
+            extra
+                .iter()
+                .chain(&[
+                    ("LISTEN_FDS".to_owned(), count.to_string()),
+                    (UPGRADE_FD.to_owned(), upgrade_fd.to_string()),
+                ])
+                .filter_map(|(key, value)| CString::new(format!("{key}={value}")).ok()),
+        );
+        // Ten digits, filled in by the child: a pid is below 2^22.
+        let mut listen_pid = *b"LISTEN_PID=0000000000\0";
+        let mut environment: Vec<*const libc::c_char> =
+            variables.iter().map(|variable| variable.as_ptr()).collect();
+        environment.push(listen_pid.as_ptr().cast());
+        environment.push(std::ptr::null());
+        let mut argv: Vec<*const libc::c_char> = relaunch
+            .arguments
+            .iter()
+            .map(|argument| argument.as_ptr())
+            .collect();
+        argv.push(std::ptr::null());
+        let sources: Vec<RawFd> = listeners
+            .iter()
+            .map(|listener| listener.as_fd().as_raw_fd())
+            .chain([write.as_raw_fd()])
+            .collect();
+        // SAFETY: the master is single-threaded, so the child inherits no lock another
+        // thread holds; the child only calls async-signal-safe functions and execs or exits.
+        match unsafe { fork() }? {
+            ForkResult::Parent { child } => Ok(Upgrade {
+                pid: child,
+                ready: Some(File::from(read)),
+                deadline: Instant::now().checked_add(timeout),
+                kill_at: None,
+            }),
+            ForkResult::Child => {
+                exec_new_master(relaunch, &sources, &argv, &environment, &mut listen_pid)
+            }
+        }
+    }
+
+    /// The pipe, to wait on with the signals; `None` once it said what it had to say.
+    pub(super) fn poll_fd(&self) -> Option<PollFd<'_>> {
+        let pipe = self.ready.as_ref()?;
+        Some(PollFd::new(pipe.as_fd(), PollFlags::POLLIN))
+    }
+
+    /// Whether the new master has yet to say it is ready (or to fail).
+    pub(super) fn waiting(&self) -> bool {
+        self.ready.is_some()
+    }
+
+    /// Reads what the new master said, without blocking. The pipe stays open after `Ready`:
+    /// closing it tells the new master that it is the service's main process, which the
+    /// old master does once it has told the service manager so.
+    pub(super) fn hear(&mut self) -> Heard {
+        let Some(pipe) = &mut self.ready else {
+            return Heard::Nothing;
+        };
+        let mut byte = [0u8; 1];
+        match pipe.read(&mut byte) {
+            Ok(1) => Heard::Ready,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Heard::Nothing,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => Heard::Nothing,
+            Ok(_) | Err(_) => {
+                self.give_up();
+                Heard::Gone
+            }
+        }
+    }
+
+    /// Stops waiting for the new master: it failed, or the master stops.
+    pub(super) fn give_up(&mut self) {
+        self.ready = None;
+        self.deadline = None;
+    }
+}
+
+/// In the forked child: the listeners at 3 and up, the pipe after them, a clean signal mask,
+/// and the new binary. Raw descriptors, buffers made before the fork, and async-signal-safe
+/// calls only.
+fn exec_new_master(
+    relaunch: &Relaunch,
+    sources: &[RawFd],
+    argv: &[*const libc::c_char],
+    environment: &[*const libc::c_char],
+    listen_pid: &mut [u8; 22],
+) -> ! {
+    // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec.
+    let mut moved = [0 as RawFd; 64];
+    for (i, source) in sources.iter().enumerate().take(moved.len()) {
+        // SAFETY: fcntl with integer arguments.
+        moved[i] = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, 100) };
+    }
+    for (i, fd) in moved.iter().take(sources.len()).enumerate() {
+        // SAFETY: dup2 and _exit with integer arguments.
+        unsafe {
+            if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                libc::_exit(127);
+            }
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    for digit in listen_pid[11..21].iter_mut().rev() {
+        *digit = b'0' + (pid % 10) as u8;
+        pid /= 10;
+    }
+    // SAFETY: a zeroed sigset_t is valid, emptied before use; `argv` and `environment` are
+    // null-terminated arrays of C strings that live until exec replaces the process.
+    unsafe {
+        let mut nothing: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut nothing);
+        libc::sigprocmask(libc::SIG_SETMASK, &nothing, std::ptr::null_mut());
+        libc::execve(relaunch.path.as_ptr(), argv.as_ptr(), environment.as_ptr());
+        libc::_exit(127)
+    }
+}
+
+/// A master an upgrade started, until the old master hands over: it says nothing to the
+/// service manager and writes no status file, both still the old master's, until then.
+pub(super) struct Takeover {
+    /// The write end of the old master's pipe.
+    pipe: File,
+    said_ready: bool,
+}
+
+impl Takeover {
+    /// The pipe the old master handed over, named by the environment (and removed from it, so
+    /// that no worker inherits it); `None` in a master no upgrade started.
+    pub(super) fn from_env() -> Option<Takeover> {
+        let fd = std::env::var(UPGRADE_FD).ok();
+        // The master is single-threaded, as changing the environment requires.
+        std::env::remove_var(UPGRADE_FD);
+        let fd: RawFd = fd?.parse().ok()?;
+        // SAFETY: fcntl with integer arguments; it also tells whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return None;
+        }
+        // SAFETY: the old master handed this descriptor over, open (checked above), to this
+        // process alone.
+        let pipe = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Some(Takeover {
+            pipe,
+            said_ready: false,
+        })
+    }
+
+    /// Tells the old master that the new fleet is ready. An old master already gone (the write
+    /// fails) has nothing left to hand over.
+    pub(super) fn say_ready(&mut self) {
+        if !self.said_ready {
+            let _ = self.pipe.write_all(b"R");
+            self.said_ready = true;
+        }
+    }
+
+    /// Whether it told the old master that the new fleet is ready.
+    pub(super) fn said_ready(&self) -> bool {
+        self.said_ready
+    }
+
+    /// What to wait on once the fleet is ready: the old master closes its end as it hands
+    /// over (or as it dies), which wakes a poll with an error on this end.
+    pub(super) fn poll_fd(&self) -> Option<PollFd<'_>> {
+        self.said_ready
+            .then(|| PollFd::new(self.pipe.as_fd(), PollFlags::empty()))
+    }
+
+    /// Whether the old master closed its end: this master is the service's main process now.
+    pub(super) fn handed_over(&self) -> bool {
+        let Some(fd) = self.poll_fd() else {
+            return false;
+        };
+        let mut fds = [fd];
+        let closed = PollFlags::POLLERR | PollFlags::POLLHUP;
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+            && fds[0]
+                .revents()
+                .is_some_and(|revents| revents.intersects(closed))
+    }
+}

@@ -1,0 +1,316 @@
+//! Zero-downtime upgrades: USR2 starts the binary found at the master's path on the same
+//! listeners, hands over once its fleet is ready, and rolls back when the new binary dies or
+//! is late. The server is `examples/hello_server.rs`, run from a path of the test's own so
+//! that a deploy can rename a new file over it, as package managers and deploy tools do.
+
+use kamisama_tests::load::{Load, Tally};
+use kamisama_tests::{
+    children_of, field, is_alive, parent_of, reap_orphan, scratch, Master, NotifySocket,
+};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+
+type Pids = BTreeSet<u32>;
+
+/// The hello server installed at `dir/app`.
+struct Deployment {
+    dir: PathBuf,
+}
+
+impl Deployment {
+    fn new(name: &str) -> Self {
+        let deployment = Deployment {
+            dir: scratch!(name),
+        };
+        deployment.install(&fs::read(HELLO).unwrap());
+        deployment
+    }
+
+    fn app(&self) -> String {
+        self.dir.join("app").to_str().unwrap().to_owned()
+    }
+
+    /// Writes `program` next to the installed one and renames it over it: the running
+    /// binary's file is then deleted, and the path names the new one.
+    fn install(&self, program: &[u8]) {
+        let new = self.dir.join("app.new");
+        fs::write(&new, program).unwrap();
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::rename(&new, self.dir.join("app")).unwrap();
+    }
+
+    /// Installs a shell script in place of the server.
+    fn install_script(&self, script: &str) {
+        self.install(format!("#!/bin/sh\n{script}\n").as_bytes());
+    }
+
+    /// Starts the installed server on a free port of loopback; returns it with its address
+    /// and its workers.
+    fn start(&self, instances: usize, settings: &[(&str, &str)]) -> (Master, SocketAddr, Pids) {
+        let mut launch = Master::launch(&self.app())
+            .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+            .env("KAMISAMA_INSTANCES", &instances.to_string());
+        for (key, value) in settings {
+            launch = launch.env(key, value);
+        }
+        let master = launch.start();
+        let line = master.wait_for_line("listening address=");
+        let address = field(&line, "address").unwrap().parse().unwrap();
+        let workers = spawned_by(&master, master.pid(), instances);
+        (master, address, workers)
+    }
+}
+
+/// Waits until the master `pid` has forked `instances` workers, and returns their pids.
+fn spawned_by(output: &Master, pid: Pid, instances: usize) -> Pids {
+    output
+        .wait_for_lines(&format!("kamisama[{pid}]: spawned index="), instances)
+        .iter()
+        .map(|line| field(line, "pid").unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Sends USR2 and returns the new master's pid.
+fn upgrade(output: &Master, master: Pid) -> Pid {
+    nix::sys::signal::kill(master, Signal::SIGUSR2).unwrap();
+    let line = output.wait_for_line(&format!("kamisama[{master}]: upgrade-started"));
+    Pid::from_raw(field(&line, "pid").unwrap().parse().unwrap())
+}
+
+/// The file a process runs, as /proc tells: ` (deleted)` at the end once a deploy replaced it.
+fn exe(pid: u32) -> String {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    exe.to_string_lossy().into_owned()
+}
+
+/// The live children of `pid`.
+fn live_children(pid: Pid) -> Pids {
+    let children = children_of(pid)
+        .into_iter()
+        .filter(|child| is_alive(*child));
+    children.map(|child| child.as_raw() as u32).collect()
+}
+
+/// Stops a new master, now the test's own adopted child, and checks how it ended.
+fn stop_successor(successor: Pid) {
+    nix::sys::signal::kill(successor, Signal::SIGTERM).unwrap();
+    assert_eq!(reap_orphan(successor), WaitStatus::Exited(successor, 0));
+}
+
+/// A short load, all of it answered by workers in `workers`.
+fn answered_by(address: SocketAddr, workers: &Pids) -> Tally {
+    let load = Load::start(address, 2, false);
+    load.wait_for(20);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let answering: Pids = tally.accepted.keys().copied().collect();
+    assert!(
+        answering.is_subset(workers),
+        "{answering:?} not of {workers:?}"
+    );
+    tally
+}
+
+#[test]
+fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
+    let deployment = Deployment::new("upgrade-hand-over");
+    let (mut master, address, _) = deployment.start(2, &[]);
+    let old = master.pid();
+    deployment.install(&fs::read(HELLO).unwrap());
+    assert!(exe(old.as_raw() as u32).ends_with(" (deleted)"));
+    let successor = upgrade(&master, old);
+    let line = master.wait_for_line(&format!("kamisama[{successor}]: listening address="));
+    assert_eq!(field(&line, "address"), Some(&*address.to_string()));
+    let workers = spawned_by(&master, successor, 2);
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    // The new generation runs the new file; nothing of the old one is left.
+    for worker in &workers {
+        assert_eq!(exe(*worker), deployment.app());
+    }
+    let mut alive: Vec<u32> = master
+        .tree()
+        .iter()
+        .map(|pid| pid.as_raw() as u32)
+        .collect();
+    alive.sort_unstable();
+    let mut expected: Vec<u32> = workers.iter().copied().collect();
+    expected.push(successor.as_raw() as u32);
+    expected.sort_unstable();
+    assert_eq!(alive, expected, "{}", master.transcript());
+    answered_by(address, &workers);
+    // The test process, a subreaper, adopted the new master when the old one exited.
+    assert_eq!(parent_of(successor), Some(Pid::this()));
+    stop_successor(successor);
+    master.expect_tree_gone();
+}
+
+/// Keeps clients busy on the hello server through an upgrade, and checks that every one of
+/// their requests was answered.
+fn an_upgrade_under_load(name: &str, keep_alive: bool) {
+    let deployment = Deployment::new(name);
+    let (mut master, address, _) = deployment.start(4, &[]);
+    let old = master.pid();
+    let load = Load::start(address, 8, keep_alive);
+    load.wait_for(300);
+    deployment.install(&fs::read(HELLO).unwrap());
+    let successor = upgrade(&master, old);
+    let workers = spawned_by(&master, successor, 4);
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    load.wait_for(300);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(
+        tally.accepted.keys().any(|pid| workers.contains(pid)),
+        "{tally:?}"
+    );
+    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    stop_successor(successor);
+}
+
+#[test]
+fn an_upgrade_under_load_loses_no_request() {
+    an_upgrade_under_load("upgrade-load", false);
+}
+
+#[test]
+fn an_upgrade_under_load_loses_no_request_on_kept_alive_connections() {
+    an_upgrade_under_load("upgrade-load-keep-alive", true);
+}
+
+#[test]
+fn a_new_binary_that_dies_at_start_is_rolled_back() {
+    let deployment = Deployment::new("upgrade-dies");
+    let (mut master, address, workers) = deployment.start(2, &[]);
+    deployment.install_script("exit 3");
+    let successor = upgrade(&master, master.pid());
+    let failed = master.wait_for_line("upgrade-failed");
+    assert_eq!(field(&failed, "pid"), Some(&*successor.to_string()));
+    master.wait_until("the new master to be reaped", || {
+        (!is_alive(successor) && parent_of(successor).is_none()).then_some(())
+    });
+    // The old generation serves on, untouched.
+    assert_eq!(live_children(master.pid()), workers);
+    answered_by(address, &workers);
+    assert_eq!(master.count_lines("shutdown-started"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_new_master_that_is_never_ready_is_stopped_and_killed_if_it_must() {
+    let deployment = Deployment::new("upgrade-late");
+    let settings = [
+        ("KAMISAMA_UPGRADE_TIMEOUT", "1"),
+        ("KAMISAMA_SHUTDOWN_TIMEOUT", "1"),
+    ];
+    let (mut master, address, workers) = deployment.start(2, &settings);
+    // It ignores TERM, too: the old master must kill it.
+    deployment.install_script("trap '' TERM\nexec sleep 60");
+    let successor = upgrade(&master, master.pid());
+    // One upgrade at a time.
+    master.signal(Signal::SIGUSR2);
+    master.wait_for_line("upgrade-busy");
+    let failed = master.wait_for_line("upgrade-failed");
+    assert!(failed.contains("not ready within 1s"), "{failed}");
+    let reaped = master.wait_for_line(&format!("reaped pid={successor}"));
+    assert_eq!(field(&reaped, "status"), Some("SIGKILL"), "{reaped}");
+    assert_eq!(live_children(master.pid()), workers);
+    answered_by(address, &workers);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_shutdown_during_an_upgrade_stops_the_new_master_too() {
+    let deployment = Deployment::new("upgrade-shutdown");
+    let (mut master, _, _) = deployment.start(2, &[]);
+    deployment.install_script("exec sleep 60");
+    let successor = upgrade(&master, master.pid());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    assert!(!is_alive(successor));
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_new_master_can_be_upgraded_in_turn() {
+    let deployment = Deployment::new("upgrade-twice");
+    let (mut master, address, _) = deployment.start(2, &[]);
+    let first = master.pid();
+    let second = upgrade(&master, first);
+    master.wait_for_line(&format!("kamisama[{first}]: shutdown-finished"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    let third = upgrade(&master, second);
+    let workers = spawned_by(&master, third, 2);
+    master.wait_for_line(&format!("kamisama[{second}]: shutdown-finished exit=0"));
+    assert_eq!(reap_orphan(second), WaitStatus::Exited(second, 0));
+    answered_by(address, &workers);
+    stop_successor(third);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn the_service_manager_is_told_of_the_new_main_process() {
+    let deployment = Deployment::new("upgrade-systemd");
+    let systemd = NotifySocket::bind(scratch!("upgrade-systemd-socket").join("notify"), None);
+    let (mut master, _, _) = deployment.start(2, &[("NOTIFY_SOCKET", systemd.path())]);
+    let old = master.pid();
+    systemd.wait_for("READY=1", 1);
+    let successor = upgrade(&master, old);
+    let reloading = systemd.wait_for("RELOADING=1", 1);
+    let main_pid = systemd.wait_for(&format!("MAINPID={successor}"), 1);
+    let ready = systemd.wait_for("READY=1", 2);
+    assert_eq!((reloading.pid, main_pid.pid), (old, old));
+    assert_eq!(ready.pid, successor);
+    assert!(ready.at >= main_pid.at);
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
+    systemd.wait_for("STOPPING=1", 1);
+    // The old master said nothing after it handed over: no STOPPING=1 of its own, and
+    // nothing from the new master before it was the main process.
+    let messages = systemd.messages();
+    let handed_over = messages
+        .iter()
+        .position(|m| m.says(&format!("MAINPID={successor}")));
+    let (before, after) = messages.split_at(handed_over.unwrap() + 1);
+    assert!(before.iter().all(|m| m.pid == old), "{messages:#?}");
+    assert!(after.iter().all(|m| m.pid == successor), "{messages:#?}");
+}
+
+#[test]
+fn as_pid_1_of_a_container_the_master_refuses_to_upgrade() {
+    if !kamisama_tests::can_unshare_pid() {
+        kamisama_tests::skip(
+            "as_pid_1_of_a_container_the_master_refuses_to_upgrade",
+            "creating a PID namespace needs util-linux's unshare and CAP_SYS_ADMIN",
+        );
+        return;
+    }
+    let deployment = Deployment::new("upgrade-pid-1");
+    let mut master = Master::launch_under(&["unshare", "--pid", "--fork"], &deployment.app())
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    spawned_by(&master, Pid::from_raw(1), 2);
+    let workers = live_children(master.pid());
+    master.signal(Signal::SIGUSR2);
+    let failed = master.wait_for_line("kamisama[1]: upgrade-failed pid=0");
+    assert!(failed.contains("PID 1"), "{failed}");
+    assert_eq!(master.count_lines("upgrade-started"), 0);
+    assert_eq!(live_children(master.pid()), workers);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
