@@ -76,20 +76,38 @@
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
 //! | `HUP` | rolling restart: replace the workers one index at a time, each stopped before its replacement is forked |
-//! | `USR1`, `USR2` | forwarded to every worker |
+//! | `USR2`, when the fleet listens | upgrade: start the binary now at the master's path on the same sockets, hand over once its fleet is ready, roll back if it is not (see [Servers](#servers-and-upgrades)) |
+//! | `USR1`, and `USR2` without listeners | forwarded to every worker |
 //! | `KILL`, or any death of the master | every worker gets `TERM` from the kernel (`PR_SET_PDEATHSIG`) |
 //!
 //! Ctrl-C in a terminal sends `INT` to the master only (workers are in their own process
 //! groups), and the master then stops the workers in order.
+//!
+//! # Servers and upgrades
+//!
+//! With `listen` ([`Supervisor::listen`]), the master binds each address once, before it
+//! forks, or takes the sockets systemd's socket activation hands it (`LISTEN_FDS`); every
+//! worker accepts on them ([`Worker::listeners`], [`Worker::accept`]), so a worker that
+//! stops or dies takes no socket with it, and a rolling restart loses no connection.
+//!
+//! `USR2` then upgrades the binary without a moment where nobody accepts: the master starts
+//! the program again from the path it was started with (where a deploy has installed the new
+//! one), handing it the listening sockets. Once the new master's fleet is ready, the old one
+//! tells systemd `MAINPID=` the new one, stops its own workers as in a shutdown and exits 0
+//! ([`Outcome::Upgraded`]). If the new binary exits first, or is not ready within
+//! [`Supervisor::upgrade_timeout`], it is stopped and the old fleet serves on. A master that
+//! is PID 1 refuses, as its exit would end the container.
 //!
 //! # Configuration
 //!
 //! Settings come from the attribute (or the [`Supervisor`] builder) and can be overridden at
 //! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`,
 //! `KAMISAMA_SHUTDOWN_TIMEOUT`, `KAMISAMA_RESTART`, `KAMISAMA_BACKOFF_MAX`,
-//! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_RUNTIME` and
-//! `KAMISAMA_WORKER_THREADS` (durations in seconds). An invalid value stops the program before anything is forked, with exit status 2
-//! and a message naming the variable and the value.
+//! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_RUNTIME`,
+//! `KAMISAMA_WORKER_THREADS`, `KAMISAMA_LOG`, `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`,
+//! `KAMISAMA_LISTEN`, `KAMISAMA_BACKLOG` and `KAMISAMA_UPGRADE_TIMEOUT` (durations in
+//! seconds). An invalid value stops the program before anything is forked, with exit status
+//! 2 and a message naming the variable and the value.
 //!
 //! # Observing
 //!

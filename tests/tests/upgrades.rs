@@ -122,7 +122,9 @@ fn answered_by(address: SocketAddr, workers: &Pids) -> Tally {
 #[test]
 fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
     let deployment = Deployment::new("upgrade-hand-over");
-    let (mut master, address, _) = deployment.start(2, &[]);
+    let status = deployment.dir.join("status.json");
+    let settings = [("KAMISAMA_STATUS_FILE", status.to_str().unwrap())];
+    let (mut master, address, _) = deployment.start(2, &settings);
     let old = master.pid();
     deployment.install(&fs::read(HELLO).unwrap());
     assert!(exe(old.as_raw() as u32).ends_with(" (deleted)"));
@@ -150,6 +152,14 @@ fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
     expected.sort_unstable();
     assert_eq!(alive, expected, "{}", master.transcript());
     answered_by(address, &workers);
+    // The status file is the new master's.
+    let says = format!("{{\"master\":{successor},\"phase\":\"ready\"");
+    master.wait_until("the new master's status file", || {
+        fs::read_to_string(&status)
+            .ok()?
+            .starts_with(&says)
+            .then_some(())
+    });
     // The test process, a subreaper, adopted the new master when the old one exited.
     assert_eq!(parent_of(successor), Some(Pid::this()));
     stop_successor(successor);

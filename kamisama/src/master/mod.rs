@@ -28,7 +28,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 pub(crate) use upgrade::Relaunch;
-use upgrade::{Heard, Takeover, Upgrade};
+use upgrade::{Takeover, Upgrade};
 use watchdog::{Now, Watchdog, HANG_GRACE};
 
 mod fleet;
@@ -548,138 +548,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     rolling.replacing = false;
                 }
             }
-        }
-    }
-
-    /// USR2 with listeners: starts a new master on the same sockets, to take over once its
-    /// fleet is ready.
-    fn begin_upgrade(&mut self) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        // One at a time: not while this master waits for a new one, nor while, itself started
-        // by an upgrade, it waits for the old one to hand over.
-        if self.upgrade.is_some() || self.taking_over() {
-            self.emit(Event::UpgradeBusy);
-            return;
-        }
-        let refusal = if self.setup.master.as_raw() == 1 {
-            Some("the master is PID 1: its exit would end the container; deploy a new image")
-        } else if self.relaunch.is_none() {
-            Some("the path the program was started with is unknown")
-        } else {
-            None
-        };
-        let (None, Some(relaunch)) = (refusal, self.relaunch) else {
-            let reason = refusal.unwrap_or_default().to_owned();
-            self.emit(Event::UpgradeFailed { pid: 0, reason });
-            return;
-        };
-        let passed_on = self.notify.as_ref().map_or(&[][..], Notify::passed_on);
-        let listeners = crate::listen::listeners();
-        match Upgrade::start(relaunch, listeners, passed_on, self.config.upgrade_timeout) {
-            Ok(upgrade) => {
-                self.emit(Event::UpgradeStarted {
-                    pid: upgrade.pid.as_raw() as u32,
-                    path: relaunch.path(),
-                });
-                self.upgrade = Some(upgrade);
-            }
-            Err(errno) => {
-                let reason = format!("fork: {errno}");
-                self.emit(Event::UpgradeFailed { pid: 0, reason });
-            }
-        }
-    }
-
-    /// Listens to the new master of an upgrade: hands over once it is ready, rolls back if
-    /// it went, or when it is late.
-    fn watch_upgrade(&mut self, now: Instant) {
-        let Some(upgrade) = &mut self.upgrade else {
-            return;
-        };
-        let late = upgrade.deadline.is_some_and(|deadline| deadline <= now);
-        match upgrade.hear() {
-            Heard::Ready => self.hand_over(),
-            Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
-            Heard::Nothing if late => {
-                let timeout = crate::event::Value::Span(self.config.upgrade_timeout);
-                self.roll_back(&format!("the new fleet was not ready within {timeout}"));
-            }
-            Heard::Nothing => {}
-        }
-    }
-
-    /// The new master's fleet is ready: make it the service's main process, and stop this
-    /// master's own workers (the new master is spared).
-    fn hand_over(&mut self) {
-        let Some(upgrade) = self.upgrade.take() else {
-            return;
-        };
-        let pid = upgrade.pid.as_raw() as u32;
-        self.emit(Event::UpgradeHandingOver { pid });
-        // The service manager and the status file are the new master's from now on.
-        if let Some(notify) = self.notify.take() {
-            notify.main_pid(pid);
-        }
-        self.status = None;
-        self.successor = Some(upgrade.pid);
-        // Closes the pipe: the new master takes over the service manager and the status file.
-        drop(upgrade);
-        self.begin_shutdown(None, Outcome::Upgraded);
-    }
-
-    /// Gives the upgrade up: the new master gets TERM (and stops its workers), SIGKILL after
-    /// `shutdown_timeout` if it is still there, and this master serves on.
-    fn roll_back(&mut self, reason: &str) {
-        let Some(upgrade) = &mut self.upgrade else {
-            return;
-        };
-        upgrade.give_up();
-        upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
-        let pid = upgrade.pid;
-        let _ = kill(pid, Signal::SIGTERM);
-        self.emit(Event::UpgradeFailed {
-            pid: pid.as_raw() as u32,
-            reason: reason.to_owned(),
-        });
-    }
-
-    /// The new master of an upgrade exited (and was reaped).
-    fn upgrade_ended(&mut self, status: ExitStatus) {
-        let Some(upgrade) = &mut self.upgrade else {
-            return;
-        };
-        if upgrade.waiting() {
-            upgrade.give_up();
-            let pid = upgrade.pid.as_raw() as u32;
-            let reason = format!("the new master exited ({status}) before its fleet was ready");
-            self.emit(Event::UpgradeFailed { pid, reason });
-        }
-        self.upgrade = None;
-    }
-
-    /// Whether this master, started by an upgrade, waits for the old master to hand over.
-    fn taking_over(&mut self) -> bool {
-        if self.takeover.as_ref().is_some_and(Takeover::handed_over) {
-            self.takeover = None;
-        }
-        self.takeover.is_some()
-    }
-
-    /// In a master an upgrade started: once its fleet is ready, and has settled, says so to
-    /// the old master; once that one has handed over, is the service's main process.
-    fn take_over(&mut self, now: Instant) {
-        if !self.taking_over() || self.shutdown.is_some() || !self.fleet_ready() {
-            return;
-        }
-        let settled = self.config.readiness == Readiness::Declared
-            || (0..self.instances).all(|index| match &self.slots[index].state {
-                State::Running { started, .. } => now.duration_since(*started) >= upgrade::SETTLE,
-                _ => true,
-            });
-        if let Some(takeover) = self.takeover.as_mut().filter(|_| settled) {
-            takeover.say_ready();
         }
     }
 
