@@ -1,6 +1,7 @@
 //! Preforking servers: listeners bound once by the master and shared by every worker, bind
 //! errors, systemd's socket activation, and a rolling restart under load that loses no
-//! request. The server is `examples/hello_server.rs`.
+//! request. The servers are `examples/hello_server.rs` (threads) and
+//! `examples/async_hello_server.rs` (tokio).
 
 use kamisama_tests::load::Load;
 use kamisama_tests::{field, Master};
@@ -9,10 +10,11 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
 
-/// Starts the hello server on a free port of loopback; returns it with its address.
-fn hello(instances: usize) -> (Master, SocketAddr) {
-    let master = Master::launch(HELLO)
+/// Starts a hello server on a free port of loopback; returns it with its address.
+fn hello(server: &str, instances: usize) -> (Master, SocketAddr) {
+    let master = Master::launch(server)
         .env("KAMISAMA_LISTEN", "127.0.0.1:0")
         .env("KAMISAMA_INSTANCES", &instances.to_string())
         .start();
@@ -34,9 +36,8 @@ fn listening(master: &Master) -> SocketAddr {
     field(&line, "address").unwrap().parse().unwrap()
 }
 
-#[test]
-fn one_listener_serves_every_worker() {
-    let (mut master, address) = hello(4);
+fn one_listener_serves_every_worker(server: &str) {
+    let (mut master, address) = hello(server, 4);
     let pids = spawned(&master, 4);
     let load = Load::start(address, 4, false);
     load.wait_for(200);
@@ -49,6 +50,16 @@ fn one_listener_serves_every_worker() {
     );
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+}
+
+#[test]
+fn one_listener_serves_every_thread_worker() {
+    one_listener_serves_every_worker(HELLO);
+}
+
+#[test]
+fn one_listener_serves_every_async_worker() {
+    one_listener_serves_every_worker(ASYNC_HELLO);
 }
 
 #[test]
@@ -86,10 +97,10 @@ fn with_socket_activation_the_socket_passed_in_is_used() {
     master.expect_exit_code(0);
 }
 
-/// Keeps `clients` clients busy on the hello server through a rolling restart, and checks
-/// that every one of their requests was answered.
-fn a_rolling_restart_under_load(keep_alive: bool) {
-    let (mut master, address) = hello(4);
+/// Keeps clients busy on a hello server through a rolling restart, and checks that every one
+/// of their requests was answered.
+fn a_rolling_restart_under_load(server: &str, keep_alive: bool) {
+    let (mut master, address) = hello(server, 4);
     spawned(&master, 4);
     let load = Load::start(address, 8, keep_alive);
     load.wait_for(500);
@@ -106,10 +117,42 @@ fn a_rolling_restart_under_load(keep_alive: bool) {
 
 #[test]
 fn a_rolling_restart_under_load_loses_no_request() {
-    a_rolling_restart_under_load(false);
+    a_rolling_restart_under_load(HELLO, false);
 }
 
 #[test]
 fn a_rolling_restart_under_load_loses_no_request_on_kept_alive_connections() {
-    a_rolling_restart_under_load(true);
+    a_rolling_restart_under_load(HELLO, true);
+}
+
+#[test]
+fn a_rolling_restart_of_async_workers_under_load_loses_no_request() {
+    a_rolling_restart_under_load(ASYNC_HELLO, false);
+}
+
+#[test]
+fn a_rolling_restart_of_async_workers_under_load_loses_no_request_on_kept_alive_connections() {
+    a_rolling_restart_under_load(ASYNC_HELLO, true);
+}
+
+#[test]
+fn sockets_passed_to_another_process_are_not_taken() {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = socket.local_addr().unwrap();
+    // LISTEN_PID names another process (this one): the descriptor is not the master's to use.
+    let mut master = Master::launch(HELLO)
+        .socket(&socket)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", &std::process::id().to_string())
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let address = listening(&master);
+    assert_ne!(address, passed);
+    spawned(&master, 1);
+    let load = Load::start(address, 1, false);
+    load.wait_for(10);
+    assert_eq!(load.stop().failed(), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
 }

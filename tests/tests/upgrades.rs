@@ -17,20 +17,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
 
 type Pids = BTreeSet<u32>;
 
-/// The hello server installed at `dir/app`.
+/// A hello server installed at `dir/app`.
 struct Deployment {
     dir: PathBuf,
 }
 
 impl Deployment {
     fn new(name: &str) -> Self {
+        Deployment::of(HELLO, name)
+    }
+
+    fn of(server: &str, name: &str) -> Self {
         let deployment = Deployment {
             dir: scratch!(name),
         };
-        deployment.install(&fs::read(HELLO).unwrap());
+        deployment.install(&fs::read(server).unwrap());
         deployment
     }
 
@@ -166,15 +171,15 @@ fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
     master.expect_tree_gone();
 }
 
-/// Keeps clients busy on the hello server through an upgrade, and checks that every one of
+/// Keeps clients busy on a hello server through an upgrade, and checks that every one of
 /// their requests was answered.
-fn an_upgrade_under_load(name: &str, keep_alive: bool) {
-    let deployment = Deployment::new(name);
+fn an_upgrade_under_load(server: &str, name: &str, keep_alive: bool) {
+    let deployment = Deployment::of(server, name);
     let (mut master, address, _) = deployment.start(4, &[]);
     let old = master.pid();
     let load = Load::start(address, 8, keep_alive);
     load.wait_for(300);
-    deployment.install(&fs::read(HELLO).unwrap());
+    deployment.install(&fs::read(server).unwrap());
     let successor = upgrade(&master, old);
     let workers = spawned_by(&master, successor, 4);
     assert_eq!(master.wait_exit_alone().code(), Some(0));
@@ -191,12 +196,22 @@ fn an_upgrade_under_load(name: &str, keep_alive: bool) {
 
 #[test]
 fn an_upgrade_under_load_loses_no_request() {
-    an_upgrade_under_load("upgrade-load", false);
+    an_upgrade_under_load(HELLO, "upgrade-load", false);
 }
 
 #[test]
 fn an_upgrade_under_load_loses_no_request_on_kept_alive_connections() {
-    an_upgrade_under_load("upgrade-load-keep-alive", true);
+    an_upgrade_under_load(HELLO, "upgrade-load-keep-alive", true);
+}
+
+#[test]
+fn an_upgrade_of_async_workers_under_load_loses_no_request() {
+    an_upgrade_under_load(ASYNC_HELLO, "upgrade-load-async", false);
+}
+
+#[test]
+fn an_upgrade_of_async_workers_under_load_loses_no_request_on_kept_alive_connections() {
+    an_upgrade_under_load(ASYNC_HELLO, "upgrade-load-async-keep-alive", true);
 }
 
 #[test]
