@@ -10,6 +10,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 pub mod bench;
+pub mod deployment;
 pub mod load;
 
 use nix::sys::signal::{kill, killpg, Signal};

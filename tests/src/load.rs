@@ -38,6 +38,8 @@ pub struct Tally {
     pub requests: Vec<(Instant, Duration)>,
     /// Connections each worker accepted, by the worker's pid (which its first answer names).
     pub accepted: BTreeMap<u32, u64>,
+    /// Requests each worker answered, by the worker's pid.
+    pub served: BTreeMap<u32, u64>,
 }
 
 impl Tally {
@@ -61,7 +63,18 @@ impl Tally {
 
     /// The longest time between two answers, over the whole load.
     pub fn longest_gap(&self) -> Duration {
-        let mut ends: Vec<Instant> = self.requests.iter().map(|(at, took)| *at + *took).collect();
+        self.longest_gap_in(None)
+    }
+
+    /// The longest time between two answers that came in `from..until`, or over the whole
+    /// load.
+    pub fn longest_gap_in(&self, window: Option<(Instant, Instant)>) -> Duration {
+        let mut ends: Vec<Instant> = self
+            .requests
+            .iter()
+            .map(|(at, took)| *at + *took)
+            .filter(|end| window.is_none_or(|(from, until)| (from..until).contains(end)))
+            .collect();
         ends.sort_unstable();
         ends.windows(2)
             .map(|pair| pair[1] - pair[0])
@@ -78,6 +91,9 @@ impl Tally {
         self.requests.extend(other.requests);
         for (worker, count) in other.accepted {
             *self.accepted.entry(worker).or_default() += count;
+        }
+        for (worker, count) in other.served {
+            *self.served.entry(worker).or_default() += count;
         }
     }
 }
@@ -145,6 +161,7 @@ fn client(address: SocketAddr, keep_alive: bool, stop: &AtomicBool, done: &Atomi
         match outcome {
             Ok(worker) => {
                 tally.ok += 1;
+                *tally.served.entry(worker).or_default() += 1;
                 if fresh {
                     *tally.accepted.entry(worker).or_default() += 1;
                 }

@@ -3,6 +3,7 @@
 //! is late. The server is `examples/hello_server.rs`, run from a path of the test's own so
 //! that a deploy can rename a new file over it, as package managers and deploy tools do.
 
+use kamisama_tests::deployment::{spawned_by, upgrade, Deployment, Pids};
 use kamisama_tests::load::{Load, Tally};
 use kamisama_tests::{
     children_of, field, is_alive, parent_of, reap_orphan, scratch, Master, NotifySocket,
@@ -10,84 +11,15 @@ use kamisama_tests::{
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use std::collections::BTreeSet;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
 const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
 
-type Pids = BTreeSet<u32>;
-
-/// A hello server installed at `dir/app`.
-struct Deployment {
-    dir: PathBuf,
-}
-
-impl Deployment {
-    fn new(name: &str) -> Self {
-        Deployment::of(HELLO, name)
-    }
-
-    fn of(server: &str, name: &str) -> Self {
-        let deployment = Deployment {
-            dir: scratch!(name),
-        };
-        deployment.install(&fs::read(server).unwrap());
-        deployment
-    }
-
-    fn app(&self) -> String {
-        self.dir.join("app").to_str().unwrap().to_owned()
-    }
-
-    /// Writes `program` next to the installed one and renames it over it: the running
-    /// binary's file is then deleted, and the path names the new one.
-    fn install(&self, program: &[u8]) {
-        let new = self.dir.join("app.new");
-        fs::write(&new, program).unwrap();
-        fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::rename(&new, self.dir.join("app")).unwrap();
-    }
-
-    /// Installs a shell script in place of the server.
-    fn install_script(&self, script: &str) {
-        self.install(format!("#!/bin/sh\n{script}\n").as_bytes());
-    }
-
-    /// Starts the installed server on a free port of loopback; returns it with its address
-    /// and its workers.
-    fn start(&self, instances: usize, settings: &[(&str, &str)]) -> (Master, SocketAddr, Pids) {
-        let mut launch = Master::launch(&self.app())
-            .env("KAMISAMA_LISTEN", "127.0.0.1:0")
-            .env("KAMISAMA_INSTANCES", &instances.to_string());
-        for (key, value) in settings {
-            launch = launch.env(key, value);
-        }
-        let master = launch.start();
-        let line = master.wait_for_line("listening address=");
-        let address = field(&line, "address").unwrap().parse().unwrap();
-        let workers = spawned_by(&master, master.pid(), instances);
-        (master, address, workers)
-    }
-}
-
-/// Waits until the master `pid` has forked `instances` workers, and returns their pids.
-fn spawned_by(output: &Master, pid: Pid, instances: usize) -> Pids {
-    output
-        .wait_for_lines(&format!("kamisama[{pid}]: spawned index="), instances)
-        .iter()
-        .map(|line| field(line, "pid").unwrap().parse().unwrap())
-        .collect()
-}
-
-/// Sends USR2 and returns the new master's pid.
-fn upgrade(output: &Master, master: Pid) -> Pid {
-    nix::sys::signal::kill(master, Signal::SIGUSR2).unwrap();
-    let line = output.wait_for_line(&format!("kamisama[{master}]: upgrade-started"));
-    Pid::from_raw(field(&line, "pid").unwrap().parse().unwrap())
+/// The threaded hello server, installed in a scratch directory named `name`.
+fn deploy(name: &str) -> Deployment {
+    Deployment::new(scratch!(name), HELLO)
 }
 
 /// The file a process runs, as /proc tells: ` (deleted)` at the end once a deploy replaced it.
@@ -126,7 +58,7 @@ fn answered_by(address: SocketAddr, workers: &Pids) -> Tally {
 
 #[test]
 fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
-    let deployment = Deployment::new("upgrade-hand-over");
+    let deployment = deploy("upgrade-hand-over");
     let status = deployment.dir.join("status.json");
     let settings = [("KAMISAMA_STATUS_FILE", status.to_str().unwrap())];
     let (mut master, address, _) = deployment.start(2, &settings);
@@ -174,7 +106,7 @@ fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
 /// Keeps clients busy on a hello server through an upgrade, and checks that every one of
 /// their requests was answered.
 fn an_upgrade_under_load(server: &str, name: &str, keep_alive: bool) {
-    let deployment = Deployment::of(server, name);
+    let deployment = Deployment::new(scratch!(name), server);
     let (mut master, address, _) = deployment.start(4, &[]);
     let old = master.pid();
     let load = Load::start(address, 8, keep_alive);
@@ -216,7 +148,7 @@ fn an_upgrade_of_async_workers_under_load_loses_no_request_on_kept_alive_connect
 
 #[test]
 fn a_new_binary_that_dies_at_start_is_rolled_back() {
-    let deployment = Deployment::new("upgrade-dies");
+    let deployment = deploy("upgrade-dies");
     let (mut master, address, workers) = deployment.start(2, &[]);
     deployment.install_script("exit 3");
     let successor = upgrade(&master, master.pid());
@@ -235,7 +167,7 @@ fn a_new_binary_that_dies_at_start_is_rolled_back() {
 
 #[test]
 fn a_new_master_that_is_never_ready_is_stopped_and_killed_if_it_must() {
-    let deployment = Deployment::new("upgrade-late");
+    let deployment = deploy("upgrade-late");
     let settings = [
         ("KAMISAMA_UPGRADE_TIMEOUT", "1"),
         ("KAMISAMA_SHUTDOWN_TIMEOUT", "1"),
@@ -259,7 +191,7 @@ fn a_new_master_that_is_never_ready_is_stopped_and_killed_if_it_must() {
 
 #[test]
 fn a_shutdown_during_an_upgrade_stops_the_new_master_too() {
-    let deployment = Deployment::new("upgrade-shutdown");
+    let deployment = deploy("upgrade-shutdown");
     let (mut master, _, _) = deployment.start(2, &[]);
     deployment.install_script("exec sleep 60");
     let successor = upgrade(&master, master.pid());
@@ -271,7 +203,7 @@ fn a_shutdown_during_an_upgrade_stops_the_new_master_too() {
 
 #[test]
 fn a_new_master_can_be_upgraded_in_turn() {
-    let deployment = Deployment::new("upgrade-twice");
+    let deployment = deploy("upgrade-twice");
     let (mut master, address, _) = deployment.start(2, &[]);
     let first = master.pid();
     let second = upgrade(&master, first);
@@ -288,7 +220,7 @@ fn a_new_master_can_be_upgraded_in_turn() {
 
 #[test]
 fn the_service_manager_is_told_of_the_new_main_process() {
-    let deployment = Deployment::new("upgrade-systemd");
+    let deployment = deploy("upgrade-systemd");
     let systemd = NotifySocket::bind(scratch!("upgrade-systemd-socket").join("notify"), None);
     let (mut master, _, _) = deployment.start(2, &[("NOTIFY_SOCKET", systemd.path())]);
     let old = master.pid();
@@ -323,7 +255,7 @@ fn as_pid_1_of_a_container_the_master_refuses_to_upgrade() {
         );
         return;
     }
-    let deployment = Deployment::new("upgrade-pid-1");
+    let deployment = deploy("upgrade-pid-1");
     let mut master = Master::launch_under(&["unshare", "--pid", "--fork"], &deployment.app())
         .env("KAMISAMA_LISTEN", "127.0.0.1:0")
         .env("KAMISAMA_INSTANCES", "2")
