@@ -1,4 +1,0 @@
-#[kamisama::main]
-fn worker(worker: &kamisama::Worker) {
-    println!("{}", worker.index());
-}
