@@ -10,6 +10,17 @@ use syn::{Error, Expr, ExprLit, Lit, Token};
 /// The arguments as written, each value checked and kept with its span.
 pub(crate) struct Args {
     pub(crate) settings: Vec<Setting>,
+    /// Where the generated paths start: `::kamisama`, or the path `crate = "..."` gives, for
+    /// a crate renamed in Cargo.toml.
+    pub(crate) krate: TokenStream,
+}
+
+impl Args {
+    /// The crate's name where the user's crate calls it: the last segment of its path.
+    pub(crate) fn crate_name(&self) -> String {
+        let path = self.krate.to_string().replace(' ', "");
+        path.rsplit("::").next().unwrap_or("kamisama").to_owned()
+    }
 }
 
 /// One `key = value` argument.
@@ -64,10 +75,11 @@ pub(crate) enum Key {
     Listen,
     Backlog,
     UpgradeTimeout,
+    Crate,
 }
 
 impl Key {
-    const ALL: [Key; 16] = [
+    const ALL: [Key; 17] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -84,6 +96,7 @@ impl Key {
         Key::Listen,
         Key::Backlog,
         Key::UpgradeTimeout,
+        Key::Crate,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -104,6 +117,7 @@ impl Key {
             Key::Listen => "listen",
             Key::Backlog => "backlog",
             Key::UpgradeTimeout => "upgrade_timeout",
+            Key::Crate => "crate",
         }
     }
 
@@ -158,7 +172,8 @@ impl Key {
             | Key::Log
             | Key::Readiness
             | Key::StatusFile
-            | Key::Listen => 0,
+            | Key::Listen
+            | Key::Crate => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
@@ -200,6 +215,7 @@ impl Key {
             Key::Listen => "\"127.0.0.1:8080\"",
             Key::Backlog => "1024",
             Key::UpgradeTimeout => "120",
+            Key::Crate => "\"km\"",
         }
     }
 
@@ -211,6 +227,7 @@ impl Key {
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
             (Key::StatusFile, _) => "a path",
+            (Key::Crate, _) => "the path of the kamisama crate",
             (Key::Listen, _) => "an address or a list of them",
             (_, 0) => "a whole number",
             _ => "a positive integer",
@@ -219,6 +236,30 @@ impl Key {
 
     fn from_name(name: &str) -> Option<Key> {
         Key::ALL.into_iter().find(|key| key.name() == name)
+    }
+
+    /// The key `written` is most likely a slip for: a word other supervisors use for it, or
+    /// the nearest name within a few edits.
+    fn near(written: &str) -> Option<Key> {
+        const OTHER_NAMES: [(&str, Key); 8] = [
+            ("workers", Key::Instances),
+            ("processes", Key::Instances),
+            ("worker_processes", Key::Instances),
+            ("max_restarts", Key::RespawnLimit),
+            ("graceful_timeout", Key::ShutdownTimeout),
+            ("kill_timeout", Key::ShutdownTimeout),
+            ("bind", Key::Listen),
+            ("address", Key::Listen),
+        ];
+        let written = written.to_lowercase().replace('-', "_");
+        if let Some((_, key)) = OTHER_NAMES.iter().find(|(name, _)| *name == written) {
+            return Some(*key);
+        }
+        let (distance, key) = Key::ALL
+            .into_iter()
+            .map(|key| (edit_distance(&written, key.name()), key))
+            .min_by_key(|(distance, _)| *distance)?;
+        (distance <= (key.name().len() / 3).max(1)).then_some(key)
     }
 }
 
@@ -249,10 +290,17 @@ pub(crate) fn parse(args: TokenStream) -> syn::Result<Args> {
     if let Err(error) = parser.parse2(args) {
         report(error);
     }
-    match errors {
-        Some(errors) => Err(errors),
-        None => Ok(Args { settings }),
+    if let Some(errors) = errors {
+        return Err(errors);
     }
+    let krate = settings
+        .iter()
+        .find_map(|setting| match (&setting.key, &setting.value) {
+            (Key::Crate, Value::Path(path)) => path.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or_else(|| quote::quote!(::kamisama));
+    Ok(Args { settings, krate })
 }
 
 /// Parses one `key = value`. The value is consumed even when the key is wrong, so that parsing
@@ -265,16 +313,22 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         .map(ToString::to_string)
         .unwrap_or_default();
     let Some(key) = Key::from_name(&name) else {
-        let expected = Key::ALL
-            .iter()
-            .map(|key| format!("`{}`", key.name()))
-            .collect::<Vec<_>>()
-            .join(", ");
         let written = meta.path.to_token_stream().to_string().replace(' ', "");
-        return Err(Error::new_spanned(
-            &meta.path,
-            format!("unknown argument `{written}`; expected one of {expected}"),
-        ));
+        let message = match Key::near(&written) {
+            Some(key) => format!(
+                "unknown argument `{written}`; did you mean `{}`?",
+                key.name()
+            ),
+            None => {
+                let expected = Key::ALL
+                    .iter()
+                    .map(|key| format!("`{}`", key.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("unknown argument `{written}`; expected one of {expected}")
+            }
+        };
+        return Err(Error::new_spanned(&meta.path, message));
     };
     if earlier.iter().any(|setting| setting.key == key) {
         return Err(Error::new_spanned(
@@ -301,6 +355,24 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         });
     }
     let Expr::Lit(ExprLit { lit, .. }) = &value else {
+        let computed = matches!(
+            value,
+            Expr::Path(_) | Expr::Binary(_) | Expr::Call(_) | Expr::Macro(_)
+        );
+        let integer = key.names().is_none() && !matches!(key, Key::StatusFile | Key::Crate);
+        if computed && integer {
+            // A constant or an expression: an attribute sees tokens, not values.
+            let written = value.to_token_stream().to_string();
+            return Err(Error::new_spanned(
+                &value,
+                format!(
+                    "`{name}` takes a literal, such as `{name} = {}`: an attribute cannot \
+                     evaluate `{written}`; to compute it, call the builder from a `main` of \
+                     your own, as the documentation of `Supervisor` shows",
+                    key.example()
+                ),
+            ));
+        }
         return Err(wrong_kind());
     };
     let value = match (key.names(), lit) {
@@ -325,7 +397,11 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         (None, Lit::Str(path)) if key == Key::StatusFile && !path.value().is_empty() => {
             Value::Path(path.value())
         }
-        (None, Lit::Int(literal)) if key != Key::StatusFile => {
+        (None, Lit::Str(path)) if key == Key::Crate => {
+            path.parse::<syn::Path>().map_err(|_| wrong_kind())?;
+            Value::Path(path.value())
+        }
+        (None, Lit::Int(literal)) if !matches!(key, Key::StatusFile | Key::Crate) => {
             Value::Integer(parse_integer(key, literal)?)
         }
         _ => return Err(wrong_kind()),
@@ -336,6 +412,23 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         value,
         span: lit.span(),
     })
+}
+
+/// The Levenshtein distance between `a` and `b`: the fewest insertions, deletions and
+/// substitutions of a character that turn one into the other.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// `"127.0.0.1:8080"` or `["127.0.0.1:8080", "unix:/run/app.sock"]`: non-empty strings.

@@ -2,12 +2,17 @@
 
 use crate::attr::{self, Args, Key, Setting, Value};
 use crate::valid;
-use proc_macro2::{Ident, Literal, TokenStream};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
-use syn::ItemFn;
+use syn::spanned::Spanned;
+use syn::{ItemFn, ReturnType};
 
 pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
-    let checked = match (attr::parse(args), valid::worker(item.clone())) {
+    let args = attr::parse(args);
+    let krate = args
+        .as_ref()
+        .map_or("kamisama".to_owned(), Args::crate_name);
+    let checked = match (args, valid::worker(item.clone(), &krate)) {
         (Ok(args), Ok(worker)) => valid::settings_fit(&args, &worker).map(|()| (args, worker)),
         (Err(mut error), Err(other)) => {
             error.combine(other);
@@ -22,17 +27,28 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// The function as written, plus a `main` that is one call chain on the public builder.
+///
+/// Every token the macro makes has the macro's own span, so that paths resolve at the macro's
+/// site and lints see generated code; only the values the user wrote keep their span, for
+/// errors to point at them.
 fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
     let name = &worker.sig.ident;
-    let settings = args.settings.iter().map(builder_call);
+    let krate = &args.krate;
+    let settings = args
+        .settings
+        .iter()
+        .map(|setting| builder_call(krate, setting));
     let function = match &worker.sig.asyncness {
         // Through a macro of the runtime crate, which without its `tokio` feature is an error
         // that says so, at the `async`.
-        Some(token) => quote_spanned!(token.span=> ::kamisama::__async_worker!(#name)),
-        None => quote!(#name),
+        Some(token) => {
+            let krate = respanned(krate, token.span);
+            quote_spanned!(token.span=> #krate::__async_worker!(#name))
+        }
+        None => adapted(krate, worker),
     };
     let run = quote! {
-        ::kamisama::Supervisor::new()
+        #krate::Supervisor::new()
             #(#settings)*
             .run(#function)
     };
@@ -54,13 +70,56 @@ fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
     }
 }
 
-fn builder_call(setting: &Setting) -> TokenStream {
+/// `tokens` with every span set to `span` (async code exists from edition 2018 on, where
+/// paths from the user's span resolve as the macro's do).
+fn respanned(tokens: &TokenStream, span: Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+/// The worker as the builder takes it: the function itself, or, for one that takes the handle
+/// by reference or never returns (`-> !`), a closure of the signature the builder takes.
+fn adapted(krate: &TokenStream, worker: &ItemFn) -> TokenStream {
+    let name = &worker.sig.ident;
+    let never = valid::never_returns(worker);
+    let by_reference = valid::takes_handle_by_reference(worker);
+    if !never && !by_reference {
+        // A result whose error is not `Debug` is the one way a checked signature can fail the
+        // builder's bound: the error points at the return type.
+        let mut name = name.clone();
+        if let ReturnType::Type(_, ty) = &worker.sig.output {
+            name.set_span(ty.span());
+        }
+        return quote!(#name);
+    }
+    let returns = if never { quote!(-> ()) } else { quote!() };
+    // Hygienic: the user's own names, the function's included, stay visible through it.
+    let argument = Ident::new("argument", Span::mixed_site());
+    match worker.sig.inputs.first() {
+        None => quote!(|| #returns { #name() }),
+        Some(_) if by_reference => {
+            quote!(|#argument: #krate::Worker| #returns { #name(&#argument) })
+        }
+        Some(_) if valid::takes_handle(worker) => {
+            quote!(|#argument: #krate::Worker| #returns { #name(#argument) })
+        }
+        Some(_) => quote!(|#argument: usize| #returns { #name(#argument) }),
+    }
+}
+
+fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
     let span = setting.span;
     if let Value::Addresses(addresses) = &setting.value {
         let calls = addresses.iter().map(|(address, span)| {
             let mut literal = Literal::string(address);
             literal.set_span(*span);
-            quote_spanned!(*span=> .listen(#literal))
+            quote!(.listen(#literal))
         });
         return quote!(#(#calls)*);
     }
@@ -80,30 +139,31 @@ fn builder_call(setting: &Setting) -> TokenStream {
             enumeration,
             variant,
         } => {
-            let enumeration = Ident::new(enumeration, span);
+            let enumeration = Ident::new(enumeration, Span::call_site());
             let variant = Ident::new(variant, span);
-            quote_spanned!(span=> ::kamisama::#enumeration::#variant)
+            quote!(#krate::#enumeration::#variant)
         }
     };
-    let seconds = quote_spanned!(span=> ::core::time::Duration::from_secs(#value));
+    // `::std`, found in the crate root of every edition; `::core` is not, in 2015.
+    let seconds = quote!(::std::time::Duration::from_secs(#value));
     match setting.key {
-        Key::Instances => quote_spanned!(span=> .instances(#value)),
-        Key::RespawnLimit => quote_spanned!(span=> .respawn_limit(#value)),
-        Key::RespawnInterval => quote_spanned!(span=> .respawn_interval(#seconds)),
-        Key::ShutdownTimeout => quote_spanned!(span=> .shutdown_timeout(#seconds)),
-        Key::Restart => quote_spanned!(span=> .restart(#value)),
-        Key::BackoffMax => quote_spanned!(span=> .backoff_max(#seconds)),
-        Key::Timeout => quote_spanned!(span=> .timeout(#seconds)),
-        Key::BootTimeout => quote_spanned!(span=> .boot_timeout(#seconds)),
-        Key::Runtime => quote_spanned!(span=> .runtime(#value)),
-        Key::WorkerThreads => quote_spanned!(span=> .worker_threads(#value)),
-        Key::Log => quote_spanned!(span=> .log_format(#value)),
-        Key::Readiness => quote_spanned!(span=> .readiness(#value)),
-        Key::StatusFile => quote_spanned!(span=> .status_file(#value)),
-        Key::Backlog => quote_spanned!(span=> .backlog(#value)),
-        Key::UpgradeTimeout => quote_spanned!(span=> .upgrade_timeout(#seconds)),
-        // Emitted above, one call per address.
-        Key::Listen => TokenStream::new(),
+        Key::Instances => quote!(.instances(#value)),
+        Key::RespawnLimit => quote!(.respawn_limit(#value)),
+        Key::RespawnInterval => quote!(.respawn_interval(#seconds)),
+        Key::ShutdownTimeout => quote!(.shutdown_timeout(#seconds)),
+        Key::Restart => quote!(.restart(#value)),
+        Key::BackoffMax => quote!(.backoff_max(#seconds)),
+        Key::Timeout => quote!(.timeout(#seconds)),
+        Key::BootTimeout => quote!(.boot_timeout(#seconds)),
+        Key::Runtime => quote!(.runtime(#value)),
+        Key::WorkerThreads => quote!(.worker_threads(#value)),
+        Key::Log => quote!(.log_format(#value)),
+        Key::Readiness => quote!(.readiness(#value)),
+        Key::StatusFile => quote!(.status_file(#value)),
+        Key::Backlog => quote!(.backlog(#value)),
+        Key::UpgradeTimeout => quote!(.upgrade_timeout(#seconds)),
+        // Emitted above, one call per address; `crate` is where the paths start.
+        Key::Listen | Key::Crate => TokenStream::new(),
     }
 }
 

@@ -18,14 +18,14 @@ use proc_macro::TokenStream;
 /// fn worker(index: usize) {
 ///     loop {
 ///         println!("worker {index}: crunching data...");
-///         std::thread::sleep(std::time::Duration::from_secs(60));
+///         std::thread::sleep(std::time::Duration::from_secs(5));
 ///     }
 /// }
 /// ```
 ///
 /// The binary's `main` forks 17 workers, each running `worker(index)` with its own `index` in
 /// `0..17`, and supervises them: a worker that dies is respawned with the same index, and the
-/// master obeys the signals described in the [crate documentation](index.html#signals).
+/// master obeys the signals described in the [crate documentation](https://docs.rs/kamisama/latest/kamisama/#signals).
 ///
 /// # Arguments
 ///
@@ -37,7 +37,7 @@ use proc_macro::TokenStream;
 /// | `respawn_limit`    | `3`        | respawns allowed within `respawn_interval` before giving up    |
 /// | `respawn_interval` | `60`       | the sliding window for `respawn_limit`, in seconds, at least 1 |
 /// | `shutdown_timeout` | `10`       | seconds a stopping worker gets before SIGKILL, at least 1      |
-/// | `restart`          | `"always"` | `"always"`, `"on-failure"` or `"never"`: see [`Restart`](enum.Restart.html) |
+/// | `restart`          | `"always"` | `"always"`, `"on-failure"` or `"never"`: see [`Restart`](https://docs.rs/kamisama/latest/kamisama/enum.Restart.html) |
 /// | `backoff_max`      | `0`        | the longest wait before respawning a crash-looping index, in seconds; 0 is off |
 /// | `timeout`          | `0`        | seconds a worker may show no sign of life before it is hung; 0 is off |
 /// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
@@ -49,17 +49,24 @@ use proc_macro::TokenStream;
 /// | `listen`           | none       | addresses the master binds for its workers: `"127.0.0.1:8080"`, `"unix:/run/app.sock"`, or a list |
 /// | `backlog`          | `1024`     | each listener's queue of connections not yet accepted, at most 4096 |
 /// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
+/// | `crate`            | `"kamisama"` | the crate's path where Cargo.toml renames it: `crate = "km"` |
 ///
 /// Each can be overridden at run time with an environment variable such as
 /// `KAMISAMA_INSTANCES` or `KAMISAMA_RESTART`.
 ///
 /// # The worker function
 ///
-/// It takes nothing, its index (`index: usize`) or a handle (`worker: kamisama::Worker`, for
-/// a [cooperative stop](struct.Worker.html)), and returns `()` or `Result<(), E>` with
-/// `E: Debug`. It may be named `main`. It cannot be `unsafe` or generic. It may be `async`
-/// with kamisama's `tokio` feature: each worker then runs it on a runtime of its own (see
+/// It takes nothing, its index (`index: usize`) or a handle (`worker: kamisama::Worker`, or
+/// `&kamisama::Worker`, for a
+/// [cooperative stop](https://docs.rs/kamisama/latest/kamisama/struct.Worker.html)), and
+/// returns `()`, `Result<(), E>` with `E: Debug`, or `!` (it never returns). It may be named
+/// `main`. It cannot be `unsafe`, `extern`, generic, nor have lifetime parameters or a `where`
+/// clause. It may be `async` with kamisama's `tokio` feature (taking the handle by value, and
+/// returning `()` or a `Result`): each worker then runs it on a runtime of its own (see
 /// `kamisama::Async`); `#[tokio::main]` is not needed, and is an error next to this attribute.
+///
+/// Values are literals, checked as the crate compiles: a constant (`instances = WORKERS`) is
+/// an error that says to compute it with the builder instead.
 ///
 /// ```no_run
 /// #[kamisama::main(instances = 8, restart = "on-failure", backoff_max = 30)]
@@ -73,7 +80,7 @@ use proc_macro::TokenStream;
 /// fn worker(worker: kamisama::Worker) {
 ///     while !worker.stop_requested() {
 ///         println!("worker {}: one job", worker.index());
-///         worker.sleep(std::time::Duration::from_secs(60));
+///         worker.sleep(std::time::Duration::from_secs(30));
 ///     }
 /// }
 /// ```
@@ -81,7 +88,7 @@ use proc_macro::TokenStream;
 /// # Expansion
 ///
 /// The attribute keeps the function as written and adds a `main` that calls the public
-/// [`Supervisor`](struct.Supervisor.html) builder, so the example above is the same as:
+/// [`Supervisor`](https://docs.rs/kamisama/latest/kamisama/struct.Supervisor.html) builder, so the example above is the same as:
 ///
 /// ```no_run
 /// fn worker(index: usize) {

@@ -5,7 +5,8 @@ use proc_macro2::TokenStream;
 use syn::{Error, FnArg, ItemFn, ReturnType, Safety, Type};
 
 /// Parses `item` as a function and checks its signature, reporting every mistake at once.
-pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
+/// `krate` is the name the kamisama crate has in the user's crate, for `krate::Worker`.
+pub(crate) fn worker(item: TokenStream, krate: &str) -> syn::Result<ItemFn> {
     let function: ItemFn = syn::parse2(item.clone()).map_err(|_| {
         Error::new_spanned(
             item,
@@ -32,18 +33,37 @@ pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
             "the worker function cannot be `unsafe`",
         ));
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+    if let Some(abi) = &sig.abi {
         errors.push(Error::new_spanned(
-            &sig.generics,
-            "the worker function cannot be generic",
+            abi,
+            "the worker function cannot have a foreign ABI: remove the `extern`; a worker is a \
+             Rust function that kamisama calls in each worker process",
         ));
     }
-    check_inputs(&function, &mut errors);
+    if !sig.generics.params.is_empty() {
+        errors.push(Error::new_spanned(
+            &sig.generics,
+            "the worker function cannot be generic, nor take lifetime parameters",
+        ));
+    } else if let Some(clause) = &sig.generics.where_clause {
+        errors.push(Error::new_spanned(
+            clause,
+            "the worker function cannot have a `where` clause: it is not generic",
+        ));
+    }
+    check_inputs(&function, krate, &mut errors);
     if let ReturnType::Type(_, ty) = &sig.output {
-        if !is_unit(ty) && !is_result(ty) {
+        let never = matches!(**ty, Type::Never(_));
+        if never && sig.asyncness.is_some() {
             errors.push(Error::new_spanned(
                 ty,
-                "the worker function returns `()` or `Result<(), E>`",
+                "an `async` worker returns `()` or `Result<(), E>`; to never return, loop \
+                 without returning and leave the return type out",
+            ));
+        } else if !is_unit(ty) && !is_result(ty) && !never {
+            errors.push(Error::new_spanned(
+                ty,
+                "the worker function returns `()`, `Result<(), E>` or `!`",
             ));
         }
     }
@@ -56,22 +76,52 @@ pub(crate) fn worker(item: TokenStream) -> syn::Result<ItemFn> {
     }
 }
 
+/// Whether the worker never returns: `-> !`.
+pub(crate) fn never_returns(worker: &ItemFn) -> bool {
+    matches!(&worker.sig.output, ReturnType::Type(_, ty) if matches!(**ty, Type::Never(_)))
+}
+
+/// Whether the worker takes the handle, by value or by reference (a checked signature).
+pub(crate) fn takes_handle(worker: &ItemFn) -> bool {
+    matches!(worker.sig.inputs.first(), Some(FnArg::Typed(arg)) if !is_usize(&arg.ty))
+}
+
+/// Whether the worker takes the handle by reference, `worker: &kamisama::Worker` (a checked
+/// signature).
+pub(crate) fn takes_handle_by_reference(worker: &ItemFn) -> bool {
+    matches!(worker.sig.inputs.first(), Some(FnArg::Typed(arg)) if matches!(*arg.ty, Type::Reference(_)))
+}
+
 /// The worker takes nothing, its index as a `usize`, or a `kamisama::Worker` handle.
-fn check_inputs(function: &ItemFn, errors: &mut Vec<Error>) {
+fn check_inputs(function: &ItemFn, krate: &str, errors: &mut Vec<Error>) {
     const SIGNATURES: &str = "`fn worker()`, `fn worker(index: usize)` or \
-                              `fn worker(worker: kamisama::Worker)`";
+                              `fn worker(worker: kamisama::Worker)` (or `&kamisama::Worker`)";
     let mut inputs = function.sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(receiver)) => errors.push(Error::new_spanned(
             receiver,
             format!("the worker function cannot take `self`; write {SIGNATURES}"),
         )),
-        Some(FnArg::Typed(arg)) if !is_usize(&arg.ty) && !is_worker(&arg.ty) => {
-            errors.push(Error::new_spanned(
-                &arg.ty,
-                "the worker takes its index as `index: usize`, or a handle as \
-                 `worker: kamisama::Worker`",
-            ));
+        Some(FnArg::Typed(arg)) if !is_usize(&arg.ty) && !is_worker(&arg.ty, krate) => {
+            let by_reference = match &*arg.ty {
+                Type::Reference(reference) if reference.mutability.is_none() => {
+                    Some(&reference.elem).filter(|ty| is_worker(ty, krate))
+                }
+                _ => None,
+            };
+            if by_reference.is_none() {
+                errors.push(Error::new_spanned(
+                    &arg.ty,
+                    "the worker takes its index as `index: usize`, or a handle as \
+                     `worker: kamisama::Worker` or `worker: &kamisama::Worker`",
+                ));
+            } else if function.sig.asyncness.is_some() {
+                errors.push(Error::new_spanned(
+                    &arg.ty,
+                    "an `async` worker takes its handle by value, `worker: kamisama::Worker`, \
+                     as its future owns it",
+                ));
+            }
         }
         _ => {}
     }
@@ -87,8 +137,8 @@ fn is_usize(ty: &Type) -> bool {
     matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("usize"))
 }
 
-/// `Worker`, `kamisama::Worker` or `::kamisama::Worker`.
-fn is_worker(ty: &Type) -> bool {
+/// `Worker`, `kamisama::Worker` or `::kamisama::Worker` (with the crate's own name).
+fn is_worker(ty: &Type, krate: &str) -> bool {
     let Type::Path(path) = ty else {
         return false;
     };
@@ -106,7 +156,7 @@ fn is_worker(ty: &Type) -> bool {
     path.qself.is_none()
         && plain
         && matches!(segments.as_slice(), [w] | [_, w] if w == "Worker")
-        && (segments.len() == 1 || segments[0] == "kamisama")
+        && (segments.len() == 1 || segments[0] == krate)
 }
 
 /// Any `Result<...>`: the compiler checks the rest through `kamisama::WorkerResult`.

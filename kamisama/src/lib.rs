@@ -5,7 +5,7 @@
 //! fn worker(index: usize) {
 //!     loop {
 //!         println!("worker {index}: crunching data...");
-//!         std::thread::sleep(std::time::Duration::from_secs(60));
+//!         std::thread::sleep(std::time::Duration::from_secs(5));
 //!     }
 //! }
 //! ```

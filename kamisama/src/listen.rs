@@ -70,10 +70,7 @@ impl Listener {
 
     fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
         if !getsockopt(&fd, sockopt::AcceptConn)? {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "not a listening socket",
-            ));
+            return Err(io::Error::other("not a listening socket"));
         }
         let address: SockaddrStorage = getsockname(fd.as_raw_fd())?;
         Ok(match address.family() {
@@ -81,12 +78,7 @@ impl Listener {
             Some(AddressFamily::Inet | AddressFamily::Inet6) => {
                 Listener::Tcp(TcpListener::from(fd))
             }
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    "neither a TCP nor a Unix socket",
-                ))
-            }
+            _ => return Err(io::Error::other("neither a TCP nor a Unix socket")),
         })
     }
 }
@@ -198,17 +190,12 @@ fn bind_to(address: &str, backlog: u32) -> Result<Listener, Error> {
     let backlog = i32::try_from(backlog)
         .ok()
         .and_then(|backlog| Backlog::new(backlog).ok())
-        .ok_or_else(|| {
-            failed(io::Error::new(
-                io::ErrorKind::Other,
-                "the backlog is too large",
-            ))
-        })?;
+        .ok_or_else(|| failed(io::Error::other("the backlog is too large")))?;
     if let Some(path) = address.strip_prefix("unix:") {
         return bind_unix(Path::new(path), backlog).map_err(failed);
     }
     let resolved: Vec<SocketAddr> = address.to_socket_addrs().map_err(failed)?.collect();
-    let mut last_error = io::Error::new(io::ErrorKind::Other, "no address to bind");
+    let mut last_error = io::Error::other("no address to bind");
     for address in resolved {
         match bind_tcp(address, backlog) {
             Ok(listener) => return Ok(listener),
@@ -272,12 +259,9 @@ fn inherited() -> Result<Option<Vec<Listener>>, Error> {
         address: format!("LISTEN_FDS={count}"),
         error,
     };
-    let count: RawFd = count.parse().map_err(|_| {
-        invalid(io::Error::new(
-            io::ErrorKind::Other,
-            "not a number of descriptors",
-        ))
-    })?;
+    let count: RawFd = count
+        .parse()
+        .map_err(|_| invalid(io::Error::other("not a number of descriptors")))?;
     (3..3 + count)
         .map(|raw| {
             // Made close-on-exec, which also tells whether it is open at all.

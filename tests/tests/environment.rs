@@ -92,3 +92,17 @@ fn a_process_with_threads_is_refused() {
     master.wait_for_line("error: the process already runs 2 threads");
     assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
 }
+
+#[test]
+fn a_worker_that_never_returns_and_borrows_its_handle_runs() {
+    // The fixture's status file is a path that cannot be written: the override replaces it.
+    let status = kamisama_tests::scratch!("never-returning").join("status.json");
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_pedantic-never"))
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
+        .start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.wait_for_lines("never-returning index=", 2);
+    master.expect_exit_code(0);
+    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+}

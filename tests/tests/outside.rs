@@ -12,14 +12,19 @@ use std::process::Command;
 /// `features`; its build directory is kept between runs, so that only the first one
 /// compiles the dependencies.
 fn project(name: &str, features: &str, main: &str) -> PathBuf {
+    project_as(name, "2021", "kamisama", features, main)
+}
+
+/// The same, in `edition`, with kamisama under the name `alias`.
+fn project_as(name: &str, edition: &str, alias: &str, features: &str, main: &str) -> PathBuf {
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = scratch.join(name);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let kamisama = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kamisama");
     let manifest = format!(
-        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-         [dependencies]\nkamisama = {{ path = {:?}, features = [{features}] }}\n\n\
-         [workspace]\n",
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"{edition}\"\n\n\
+         [dependencies]\n{alias} = {{ package = \"kamisama\", path = {:?}, \
+         features = [{features}] }}\n\n[workspace]\n",
         kamisama.canonicalize().unwrap()
     );
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
@@ -44,25 +49,80 @@ fn build(dir: &Path) -> (bool, String) {
     (output.status.success(), said)
 }
 
+/// Runs the binary a project built, checks that it forks `instances` workers, which say
+/// `worker-started`, and stops it.
+fn run(name: &str, instances: usize) {
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("outside-target/debug")
+        .join(name);
+    let mut master = Master::launch(binary.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", &instances.to_string())
+        .start();
+    master.wait_for_workers(instances);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+/// The README's first example, as it is written there.
+fn readme_example() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme.find("```rust\n").unwrap() + "```rust\n".len();
+    let length = readme[start..].find("```").unwrap();
+    readme[start..start + length].to_owned()
+}
+
 #[test]
 fn the_readme_example_builds_and_runs_in_a_project_of_its_own() {
+    // Its workers print their own line first, which the harness waits for.
+    let main = readme_example().replacen(
+        "loop {",
+        "println!(\"worker-started index={index} pid={}\", std::process::id());\n    loop {",
+        1,
+    );
+    assert!(main.contains("worker-started"), "{main}");
+    let dir = project("readme-example", "", &main);
+    let (built, said) = build(&dir);
+    assert!(built, "{said}");
+    run("readme-example", 2);
+}
+
+#[test]
+fn a_crate_renamed_in_cargo_toml_names_itself_in_the_attribute() {
     let main = r#"
-#[kamisama::main(instances = 2, respawn_limit = 10, respawn_interval = 60)]
-fn worker(index: usize) {
-    println!("worker-started index={index} pid={}", std::process::id());
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(60));
+#[km::main(instances = 2, restart = "always", crate = "km")]
+fn worker(worker: km::Worker) {
+    println!("worker-started index={} pid={}", worker.index(), std::process::id());
+    while !worker.stop_requested() {
+        worker.sleep(std::time::Duration::from_secs(30));
     }
 }
 "#;
-    let dir = project("readme-example", "", main);
+    let dir = project_as("renamed-crate", "2021", "km", "", main);
     let (built, said) = build(&dir);
     assert!(built, "{said}");
-    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("outside-target/debug/readme-example");
-    let mut master = Master::launch(binary.to_str().unwrap()).start();
-    master.wait_for_workers(2);
-    master.signal(Signal::SIGTERM);
-    master.expect_exit_code(0);
+    run("renamed-crate", 2);
+}
+
+#[test]
+fn an_edition_2015_crate_uses_the_attribute() {
+    // In 2015, `::core` is not in the crate root: the expansion must not need it.
+    let main = r#"
+extern crate kamisama;
+
+#[kamisama::main(instances = 2, respawn_interval = 60, restart = "on-failure")]
+fn worker(index: usize) {
+    println!("worker-started index={} pid={}", index, std::process::id());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+"#;
+    let dir = project_as("edition-2015", "2015", "kamisama", "", main);
+    let (built, said) = build(&dir);
+    assert!(built, "{said}");
+    run("edition-2015", 2);
 }
 
 #[test]

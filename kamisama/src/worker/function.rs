@@ -29,6 +29,14 @@ use std::fmt::Debug;
 ///     }
 /// });
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a worker function kamisama can run",
+    label = "not a worker function",
+    note = "a worker is `fn()`, `fn(index: usize)` or `fn(worker: kamisama::Worker)`, and returns \
+            `()` or `Result<(), E>` where `E: Debug`, which prints the error when it fails",
+    note = "a closure names its argument's type, `|index: usize|` or `|worker: kamisama::Worker|`, \
+            and its return type if it never returns: `|index: usize| -> () {{ loop {{ ... }} }}`"
+)]
 pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
     #[doc(hidden)]
     const TAKES_HANDLE: bool;
@@ -38,6 +46,11 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
 }
 
 /// What a worker function may return.
+#[diagnostic::on_unimplemented(
+    message = "a worker function cannot return `{Self}`",
+    label = "a worker returns `()` or `Result<(), E>` where `E: Debug`",
+    note = "the error type must implement `Debug`: the worker prints it when it fails"
+)]
 pub trait WorkerResult: sealed::Sealed<()> {
     #[doc(hidden)]
     fn exit_code(self, worker: &Worker) -> i32;

@@ -50,6 +50,7 @@ impl<F, Fut, R> Sealed<AsyncSignature<fn() -> R>> for Async<F> where F: FnMut() 
 impl<F, Fut, R> Sealed<AsyncSignature<fn(usize) -> R>> for Async<F> where F: FnMut(usize) -> Fut {}
 impl<F, Fut, R> Sealed<AsyncSignature<fn(Worker) -> R>> for Async<F> where F: FnMut(Worker) -> Fut {}
 
+#[diagnostic::do_not_recommend]
 impl<F, Fut, R> WorkerFn<AsyncSignature<fn() -> R>> for Async<F>
 where
     F: FnMut() -> Fut,
@@ -63,6 +64,7 @@ where
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<F, Fut, R> WorkerFn<AsyncSignature<fn(usize) -> R>> for Async<F>
 where
     F: FnMut(usize) -> Fut,
@@ -76,6 +78,7 @@ where
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<F, Fut, R> WorkerFn<AsyncSignature<fn(Worker) -> R>> for Async<F>
 where
     F: FnMut(Worker) -> Fut,

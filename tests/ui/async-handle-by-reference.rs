@@ -1,0 +1,4 @@
+#[kamisama::main]
+async fn worker(worker: &kamisama::Worker) {
+    println!("{}", worker.index());
+}

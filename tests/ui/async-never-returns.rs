@@ -1,0 +1,4 @@
+#[kamisama::main]
+async fn worker() -> ! {
+    loop {}
+}

@@ -1,0 +1,2 @@
+#[kamisama::main(crate = "not a path")]
+fn worker() {}

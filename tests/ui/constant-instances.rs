@@ -1,0 +1,4 @@
+const WORKERS: usize = 4;
+
+#[kamisama::main(instances = WORKERS)]
+fn worker() {}

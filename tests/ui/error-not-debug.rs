@@ -1,0 +1,7 @@
+struct NotDebug;
+
+#[kamisama::main]
+fn worker(index: usize) -> Result<(), NotDebug> {
+    let _ = index;
+    Err(NotDebug)
+}

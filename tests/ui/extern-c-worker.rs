@@ -1,0 +1,2 @@
+#[kamisama::main]
+extern "C" fn worker() {}

@@ -1,0 +1,4 @@
+#[kamisama::main]
+fn worker(worker: &mut kamisama::Worker) {
+    println!("{}", worker.index());
+}

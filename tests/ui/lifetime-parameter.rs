@@ -1,0 +1,2 @@
+#[kamisama::main]
+fn worker<'a>() {}

@@ -1,0 +1,2 @@
+#[kamisama::main(colour = 3)]
+fn worker() {}

@@ -1,0 +1,6 @@
+#[kamisama::main]
+fn worker()
+where
+    u8: Copy,
+{
+}
