@@ -8,6 +8,12 @@ use std::time::Duration;
 /// The most workers a master runs: the largest number of processes Linux allows at all
 /// (`PID_MAX_LIMIT`, 2^22 on 64-bit systems), so that a setting no machine can run is refused
 /// before anything is allocated or forked.
+///
+/// ```no_run
+/// # fn worker(_: usize) {}
+/// let wanted: usize = std::env::var("WORKERS").ok().and_then(|n| n.parse().ok()).unwrap_or(4);
+/// kamisama::Supervisor::new().instances(wanted.min(kamisama::MAX_INSTANCES)).run(worker);
+/// ```
 pub const MAX_INSTANCES: usize = 1 << 22;
 
 /// Everything the master needs to know before it forks.
@@ -126,6 +132,13 @@ impl Config {
 /// counted as failures, whatever the policy. With `OnFailure` and `Never`, the master exits
 /// once no worker runs and none will be forked again: with status 0 if the last worker of
 /// every index succeeded, 1 otherwise.
+///
+/// ```
+/// use kamisama::Restart;
+///
+/// assert_eq!("on-failure".parse(), Ok(Restart::OnFailure));
+/// assert_eq!(Restart::default(), Restart::Always);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Restart {
     /// Always fork it again, whatever its exit status: a pool of long-running workers.
@@ -141,6 +154,10 @@ pub enum Restart {
 impl Restart {
     /// The name used by the attribute and `KAMISAMA_RESTART`: `always`, `on-failure`,
     /// `never`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::Restart::OnFailure.name(), "on-failure");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Restart::Always => "always",
@@ -185,6 +202,13 @@ impl FromStr for Restart {
 /// per core in every worker, many more threads than cores. Parallelism comes from the
 /// processes; a worker that needs threads of its own asks for them with
 /// [`worker_threads`](crate::Supervisor::worker_threads).
+///
+/// ```
+/// use kamisama::Runtime;
+///
+/// assert_eq!("multi_thread".parse(), Ok(Runtime::MultiThread));
+/// assert_eq!(Runtime::default(), Runtime::CurrentThread);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Runtime {
     /// tokio's `current_thread` runtime: the worker's own thread runs every task.
@@ -197,6 +221,10 @@ pub enum Runtime {
 impl Runtime {
     /// The name used by the attribute and `KAMISAMA_RUNTIME`: `current_thread` or
     /// `multi_thread`, as in `#[tokio::main(flavor = ...)]`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::Runtime::MultiThread.name(), "multi_thread");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Runtime::CurrentThread => "current_thread",
@@ -224,6 +252,10 @@ impl FromStr for Runtime {
 }
 
 /// The error of parsing a [`Runtime`] from a name it does not have.
+///
+/// ```
+/// assert!("threads".parse::<kamisama::Runtime>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownRuntime;
 
@@ -237,6 +269,13 @@ impl std::error::Error for UnknownRuntime {}
 
 /// When a worker counts as ready: for the fleet to be reported ready to systemd
 /// (`READY=1`), and for a rolling restart to move on from an index to the next.
+///
+/// ```
+/// use kamisama::Readiness;
+///
+/// assert_eq!("declared".parse(), Ok(Readiness::Declared));
+/// assert_eq!(Readiness::default(), Readiness::Forked);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Readiness {
     /// As soon as it is forked.
@@ -249,6 +288,10 @@ pub enum Readiness {
 
 impl Readiness {
     /// The name used by the attribute and `KAMISAMA_READINESS`: `forked` or `declared`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::Readiness::Declared.name(), "declared");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Readiness::Forked => "forked",
@@ -276,6 +319,10 @@ impl FromStr for Readiness {
 }
 
 /// The error of parsing a [`Readiness`] from a name it does not have.
+///
+/// ```
+/// assert!("soon".parse::<kamisama::Readiness>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownReadiness;
 
@@ -312,6 +359,10 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// The name used by the attribute and `KAMISAMA_LOG`: `text`, `json` or `off`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::LogFormat::Json.name(), "json");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             LogFormat::Text => "text",
@@ -340,6 +391,11 @@ impl FromStr for LogFormat {
 }
 
 /// The error of parsing a [`LogFormat`] from a name it does not have.
+///
+/// ```no_run
+/// let error = "xml".parse::<kamisama::LogFormat>().unwrap_err();
+/// println!("KAMISAMA_LOG: {error}");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownLogFormat;
 
@@ -352,6 +408,11 @@ impl fmt::Display for UnknownLogFormat {
 impl std::error::Error for UnknownLogFormat {}
 
 /// The error of parsing a [`Restart`] from a name it does not have.
+///
+/// ```no_run
+/// let error = "sometimes".parse::<kamisama::Restart>().unwrap_err();
+/// println!("KAMISAMA_RESTART: {error}");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownRestart;
 

@@ -6,6 +6,17 @@ use std::fmt;
 ///
 /// Every variant names the input at fault. [`Supervisor::run`](crate::Supervisor::run) prints it
 /// and exits with status 2.
+///
+/// ```no_run
+/// # fn worker(_: usize) {}
+/// match kamisama::Supervisor::new().try_run(worker) {
+///     Err(kamisama::Error::InvalidEnv { var, value, .. }) => {
+///         eprintln!("fix {var}: {value:?} is not usable");
+///     }
+///     Err(error) => eprintln!("{error}"),
+///     Ok(_) => {}
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {

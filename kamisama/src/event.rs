@@ -9,8 +9,30 @@ use std::time::Duration;
 /// Something the master did or saw.
 ///
 /// Its `Display` is the master's log line without the `kamisama[PID]: ` prefix, such as
-/// `spawned index=3 pid=4246`. Pids are as `std::process::id` gives them; signals are their
-/// numbers, as in `libc::SIGTERM`.
+/// `spawned index=3 pid=4246`, and [`name`](Event::name) its first word, which never changes.
+/// Pids are as `std::process::id` gives them; signals are their numbers, as in
+/// `libc::SIGTERM`.
+///
+/// New kinds of events may come in a minor version, so a `match` ends with `_ =>`; the
+/// fields of each kind are complete (a pattern names them without `..`), but for
+/// [`Started`](Event::Started), which gains a field with each new setting:
+///
+/// ```
+/// use kamisama::Event;
+///
+/// fn watch(event: &Event, crashes: &mut u64) {
+///     match event {
+///         Event::Exited { index, pid, status } if !status.success() => {
+///             *crashes += 1;
+///             eprintln!("worker {index} (pid {pid}) failed: {status}");
+///         }
+///         Event::GaveUp { limit, interval } => {
+///             eprintln!("more than {limit} respawns in {interval:?}: giving up");
+///         }
+///         _ => {}
+///     }
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -33,13 +55,11 @@ pub enum Event {
         timeout: Duration,
     },
     /// The fleet listens on this address, for its workers to accept on.
-    #[non_exhaustive]
     Listening {
         /// `127.0.0.1:8080` or `unix:/run/app.sock`.
         address: String,
     },
     /// A worker was forked.
-    #[non_exhaustive]
     Spawned {
         /// Its index.
         index: usize,
@@ -53,7 +73,6 @@ pub enum Event {
     ///
     /// [`Respawning`]: Event::Respawning
     /// [`GaveUp`]: Event::GaveUp
-    #[non_exhaustive]
     SpawnFailed {
         /// The index that could not be forked.
         index: usize,
@@ -61,7 +80,6 @@ pub enum Event {
         errno: i32,
     },
     /// A worker ended.
-    #[non_exhaustive]
     Exited {
         /// Its index.
         index: usize,
@@ -71,7 +89,6 @@ pub enum Event {
         status: ExitStatus,
     },
     /// An index is done: the restart policy does not fork it again.
-    #[non_exhaustive]
     Done {
         /// The index.
         index: usize,
@@ -79,7 +96,6 @@ pub enum Event {
         succeeded: bool,
     },
     /// A process that was not a worker (an orphan handed to the master) ended.
-    #[non_exhaustive]
     Reaped {
         /// Its pid.
         pid: u32,
@@ -87,7 +103,6 @@ pub enum Event {
         status: ExitStatus,
     },
     /// A worker that ended by itself will be forked again, after `delay`.
-    #[non_exhaustive]
     Respawning {
         /// Its index.
         index: usize,
@@ -101,13 +116,11 @@ pub enum Event {
         delay: Duration,
     },
     /// SIGTTIN added a worker.
-    #[non_exhaustive]
     ScaledUp {
         /// Workers to run now.
         instances: usize,
     },
     /// SIGTTOU retired the worker with the highest index.
-    #[non_exhaustive]
     ScaledDown {
         /// Workers to run now.
         instances: usize,
@@ -115,19 +128,16 @@ pub enum Event {
         retiring: usize,
     },
     /// SIGTTOU with one worker left, which stays.
-    #[non_exhaustive]
     ScaleDownRefused {
         /// Workers to run, still.
         instances: usize,
     },
     /// SIGHUP started replacing every worker, one index at a time.
-    #[non_exhaustive]
     RollingRestartStarted {
         /// Live workers to replace.
         workers: usize,
     },
     /// The rolling restart stops this worker, to fork its replacement once it has exited.
-    #[non_exhaustive]
     Replacing {
         /// Its index.
         index: usize,
@@ -135,13 +145,10 @@ pub enum Event {
         pid: u32,
     },
     /// Every worker due for replacement was replaced.
-    #[non_exhaustive]
     RollingRestartFinished,
     /// SIGHUP came during a rolling restart, and was ignored.
-    #[non_exhaustive]
     RollingRestartBusy,
     /// SIGUSR1 or SIGUSR2 was sent on to every live worker.
-    #[non_exhaustive]
     Forwarded {
         /// The signal.
         signal: i32,
@@ -150,7 +157,6 @@ pub enum Event {
     },
     /// A worker showed no sign of life for `timeout` (or `boot_timeout` after its fork): it
     /// gets the hang signal now, SIGKILL a second later, and is respawned as a crash.
-    #[non_exhaustive]
     Hung {
         /// Its index.
         index: usize,
@@ -161,7 +167,6 @@ pub enum Event {
     },
     /// A worker asked to stop was still alive at its deadline, or a hung worker at the end of
     /// its grace, and got SIGKILL.
-    #[non_exhaustive]
     Killed {
         /// Its index.
         index: usize,
@@ -172,7 +177,6 @@ pub enum Event {
     },
     /// The master stops every worker: on a signal, or with none after giving up or when
     /// every index is done.
-    #[non_exhaustive]
     ShutdownStarted {
         /// The signal that asked for it.
         signal: Option<i32>,
@@ -182,13 +186,11 @@ pub enum Event {
     /// TERM, INT or QUIT came from outside during a shutdown the master began itself (it gave
     /// up, or every index is done). The shutdown goes on as it was; a second TERM or INT
     /// forces it.
-    #[non_exhaustive]
     ShutdownRequested {
         /// The signal.
         signal: i32,
     },
     /// A second TERM or INT from outside: everything left gets SIGKILL now.
-    #[non_exhaustive]
     ShutdownForced {
         /// The signal.
         signal: i32,
@@ -196,7 +198,6 @@ pub enum Event {
         workers: usize,
     },
     /// Workers died more often than the respawn limit allows.
-    #[non_exhaustive]
     GaveUp {
         /// The respawn limit.
         limit: u32,
@@ -205,14 +206,12 @@ pub enum Event {
     },
     /// No worker runs and none will be forked again (restart policies `on-failure` and
     /// `never`).
-    #[non_exhaustive]
     AllDone {
         /// Indices whose last worker failed.
         failed: usize,
     },
     /// USR2 started an upgrade: a new master runs the program again, from the path it was
     /// started with, on the same listeners.
-    #[non_exhaustive]
     UpgradeStarted {
         /// The new master.
         pid: u32,
@@ -220,17 +219,14 @@ pub enum Event {
         path: String,
     },
     /// USR2 came while an upgrade was under way, and was ignored.
-    #[non_exhaustive]
     UpgradeBusy,
     /// The new master's fleet is ready: this master stops its own workers and exits, and the
     /// new one serves on.
-    #[non_exhaustive]
     UpgradeHandingOver {
         /// The new master.
         pid: u32,
     },
     /// The new master did not get its fleet ready: it is stopped, and this master serves on.
-    #[non_exhaustive]
     UpgradeFailed {
         /// The new master, or 0 if none could be started.
         pid: u32,
@@ -238,7 +234,6 @@ pub enum Event {
         reason: String,
     },
     /// Every child is reaped; the master returns with this exit status.
-    #[non_exhaustive]
     ShutdownFinished {
         /// The exit status.
         exit_code: u8,
@@ -246,6 +241,16 @@ pub enum Event {
 }
 
 /// How a process ended.
+///
+/// ```no_run
+/// use kamisama::{Event, ExitStatus};
+///
+/// fn on_event(event: &Event) {
+///     if let Event::Exited { status: ExitStatus::Signal(signal), index, .. } = event {
+///         eprintln!("worker {index} was killed by signal {signal}");
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitStatus {
     /// It exited with this code. 101 is the code of a panic.
@@ -269,11 +274,20 @@ impl ExitStatus {
     }
 
     /// Whether the process exited with code 0.
+    ///
+    /// ```
+    /// assert!(kamisama::ExitStatus::Code(0).success());
+    /// assert!(!kamisama::ExitStatus::Signal(libc::SIGKILL).success());
+    /// ```
     pub fn success(self) -> bool {
         self == ExitStatus::Code(0)
     }
 
     /// Whether the process exited with the code of a panic, 101.
+    ///
+    /// ```
+    /// assert!(kamisama::ExitStatus::Code(101).panicked());
+    /// ```
     pub fn panicked(self) -> bool {
         self == ExitStatus::Code(PANIC_EXIT_CODE)
     }
@@ -331,6 +345,12 @@ impl fmt::Display for SignalName {
 impl Event {
     /// The event's stable name, as the log writes it: `started`, `spawned`, `exited`...
     /// Names never change between versions; events may be added.
+    ///
+    /// ```
+    /// let event = kamisama::Event::Spawned { index: 3, pid: 4246 };
+    /// assert_eq!(event.name(), "spawned");
+    /// assert_eq!(event.to_string(), "spawned index=3 pid=4246");
+    /// ```
     pub fn name(&self) -> &'static str {
         match self {
             Event::Started { .. } => "started",

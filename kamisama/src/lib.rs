@@ -130,6 +130,108 @@
 //! `status` is an exit code, a signal name, or `panicked` (exit code 101). Workers' own
 //! stdout and stderr pass through untouched.
 //!
+//! # Recipes
+//!
+//! Each compiles as written; `examples/` in the repository has them as whole programs.
+//!
+//! **A queue worker that never drops a job.** TERM (a shutdown, a rolling restart) waits for
+//! the job in hand; the nap between jobs ends at once.
+//!
+//! ```no_run
+//! # fn next_job(_index: usize) -> Option<u64> { None }
+//! # fn run(_job: u64) -> Result<(), std::io::Error> { Ok(()) }
+//! #[kamisama::main(instances = 4, shutdown_timeout = 30)]
+//! fn worker(worker: &kamisama::Worker) -> Result<(), std::io::Error> {
+//!     while !worker.stop_requested() {
+//!         match next_job(worker.index()) {
+//!             Some(job) => run(job)?,
+//!             None => worker.sleep(std::time::Duration::from_secs(5)),
+//!         }
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! **Batch shards with an exit status.** Each index runs once; a failed shard is retried
+//! with a backoff, within the respawn limit; the program exits 0 once every shard has
+//! succeeded, 1 if one could not.
+//!
+//! ```no_run
+//! # fn process_shard(_shard: usize, _of: usize) -> Result<(), String> { Ok(()) }
+//! #[kamisama::main(instances = 8, restart = "on-failure", respawn_limit = 5, backoff_max = 30)]
+//! fn shard(index: usize) -> Result<(), String> {
+//!     process_shard(index, 8)
+//! }
+//! ```
+//!
+//! **A preforking server.** The master binds once; the workers accept on the same socket, and
+//! a rolling restart (`HUP`) or an upgrade (`USR2`) loses no connection.
+//!
+//! ```no_run
+//! use std::io::Write;
+//!
+//! #[kamisama::main(instances = 4, listen = "127.0.0.1:8080", readiness = "declared")]
+//! fn worker(worker: &kamisama::Worker) {
+//!     let listener = &worker.listeners()[0];
+//!     worker.ready();
+//!     while let Some(connection) = worker.accept(listener) {
+//!         if let Ok(mut stream) = connection {
+//!             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi\n");
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! **Events into `tracing` or `log`, or as JSON lines.** The callback runs in the master
+//! with every event; turn the master's own lines off when something else writes them.
+//!
+//! ```no_run
+//! # fn crunch(_index: usize) {}
+//! use kamisama::{Event, Supervisor};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Supervisor::new()
+//!         .instances(4)
+//!         .log(false)
+//!         .on_event(|event: &Event| match event {
+//!             Event::Exited { status, .. } if !status.success() => {
+//!                 tracing::warn!(event = event.name(), "{event}");
+//!             }
+//!             _ => log::info!("{event}"),
+//!         })
+//!         .run(crunch)
+//! }
+//! ```
+//!
+//! `#[kamisama::main(log = "json")]` (or `KAMISAMA_LOG=json`) writes one JSON object per
+//! event instead, for a log pipeline.
+//!
+//! **Under systemd and Kubernetes.** The master speaks systemd's notification protocol:
+//!
+//! ```ini
+//! [Service]
+//! Type=notify
+//! ExecStart=/usr/local/bin/crunch
+//! ExecReload=/bin/kill -HUP $MAINPID
+//! KillMode=mixed
+//! TimeoutStopSec=20
+//! WatchdogSec=30
+//! ```
+//!
+//! and in a container it is a fine PID 1, whose status file answers a readiness probe:
+//!
+//! ```yaml
+//! containers:
+//!   - name: crunch
+//!     image: crunch:latest
+//!     env: [{ name: KAMISAMA_STATUS_FILE, value: /tmp/status.json }]
+//!     readinessProbe:
+//!       exec: { command: ["grep", "-q", "\"phase\":\"ready\"", "/tmp/status.json"] }
+//! terminationGracePeriodSeconds: 20
+//! ```
+//!
+//! `examples/deploy` in the repository has the whole files, checked by the tests.
+//!
 //! # Limitations
 //!
 //! - Signals of one kind coalesce while the master is busy: a burst of ten `TTIN` in a few
@@ -240,6 +342,19 @@ pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
 /// A sign of life for hang detection, from a worker function that does not take the
 /// [`Worker`] handle; the same as [`Worker::heartbeat`]. Does nothing in the master, or when
 /// hang detection is off.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # fn crunch_one_batch(_index: usize) {}
+/// #[kamisama::main(instances = 4, timeout = 30)]
+/// fn worker(index: usize) {
+///     loop {
+///         crunch_one_batch(index); // well under 30 seconds each
+///         kamisama::heartbeat();
+///     }
+/// }
+/// ```
 #[cfg(target_os = "linux")]
 pub fn heartbeat() {
     worker::shared::beat();

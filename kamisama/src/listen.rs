@@ -17,6 +17,19 @@ use std::sync::OnceLock;
 /// A listening socket of the fleet, shared by every worker: take it from
 /// [`Worker::listeners`](crate::Worker::listeners) and accept on it with
 /// [`Worker::accept`](crate::Worker::accept), which returns at once on a stop.
+///
+/// ```no_run
+/// #[kamisama::main(listen = ["127.0.0.1:8080", "unix:/run/app.sock"])]
+/// fn worker(worker: &kamisama::Worker) {
+///     for listener in worker.listeners() {
+///         match listener {
+///             kamisama::Listener::Tcp(tcp) => println!("TCP on {:?}", tcp.local_addr()),
+///             kamisama::Listener::Unix(_) => println!("Unix on {listener}"),
+///             _ => {}
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Listener {
@@ -27,6 +40,20 @@ pub enum Listener {
 }
 
 /// A connection accepted on a [`Listener`].
+///
+/// ```no_run
+/// use std::io::{Read, Write};
+///
+/// #[kamisama::main(listen = "127.0.0.1:7000")]
+/// fn worker(worker: &kamisama::Worker) {
+///     while let Some(Ok(mut stream)) = worker.accept(&worker.listeners()[0]) {
+///         let mut byte = [0; 1];
+///         if stream.read(&mut byte).is_ok() {
+///             let _ = stream.write_all(&byte); // an echo, one byte
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Stream {
@@ -39,6 +66,17 @@ pub enum Stream {
 impl Listener {
     /// The TCP listener, if this is one: for `tokio::net::TcpListener::from_std`, after
     /// `try_clone` and `set_nonblocking(true)`.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "127.0.0.1:8080")]
+    /// fn worker(worker: &kamisama::Worker) -> std::io::Result<()> {
+    ///     if let Some(tcp) = worker.listeners()[0].as_tcp() {
+    ///         let own = tcp.try_clone()?; // for tokio::net::TcpListener::from_std
+    ///         own.set_nonblocking(true)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn as_tcp(&self) -> Option<&TcpListener> {
         match self {
             Listener::Tcp(listener) => Some(listener),
@@ -47,6 +85,15 @@ impl Listener {
     }
 
     /// The Unix listener, if this is one.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "unix:/run/app.sock")]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     if let Some(unix) = worker.listeners()[0].as_unix() {
+    ///         println!("{:?}", unix.local_addr());
+    ///     }
+    /// }
+    /// ```
     pub fn as_unix(&self) -> Option<&UnixListener> {
         match self {
             Listener::Unix(listener) => Some(listener),
@@ -114,6 +161,18 @@ impl fmt::Display for Listener {
 
 impl Stream {
     /// Sets how long a read may block; see `TcpStream::set_read_timeout`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// #[kamisama::main(listen = "127.0.0.1:8080")]
+    /// fn worker(worker: &kamisama::Worker) -> std::io::Result<()> {
+    ///     while let Some(stream) = worker.accept(&worker.listeners()[0]) {
+    ///         stream?.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(stream) => stream.set_read_timeout(timeout),

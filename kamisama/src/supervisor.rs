@@ -53,6 +53,18 @@ pub struct Supervisor<'a> {
 }
 
 /// How a master that started ended.
+///
+/// ```no_run
+/// # fn worker(_: usize) {}
+/// use kamisama::Outcome;
+///
+/// match kamisama::Supervisor::new().try_run(worker) {
+///     Ok(Outcome::GaveUp) => eprintln!("workers died too often"),
+///     Ok(Outcome::Finished { failed, .. }) => println!("done, {failed} failed"),
+///     Ok(_) => {}
+///     Err(error) => eprintln!("{error}"),
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -75,6 +87,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// The exit status [`Supervisor::run`] ends the process with.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// let outcome = kamisama::Supervisor::new().try_run(worker);
+    /// if let Ok(outcome) = outcome {
+    ///     std::process::exit(i32::from(outcome.exit_code()));
+    /// }
+    /// ```
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Stopped | Outcome::Upgraded | Outcome::Finished { failed: 0 } => 0,
@@ -96,12 +116,22 @@ impl<'a> Supervisor<'a> {
     /// A supervisor with the default settings: one instance, always restarted, at most 3
     /// respawns within 60 seconds, no backoff, and 10 seconds for a worker to stop before
     /// SIGKILL.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().instances(4).run(worker);
+    /// ```
     pub fn new() -> Self {
         Supervisor::default()
     }
 
     /// How many workers run at once, with indices `0..instances`. At least 1 and at most
     /// [`MAX_INSTANCES`](crate::MAX_INSTANCES); default 1.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().instances(17).run(worker);
+    /// ```
     pub fn instances(mut self, instances: usize) -> Self {
         self.config.instances = instances;
         self
@@ -110,6 +140,11 @@ impl<'a> Supervisor<'a> {
     /// How many respawns the master allows within
     /// [`respawn_interval`](Supervisor::respawn_interval) before it gives up; 0 makes the first
     /// death fatal. Default 3.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().respawn_limit(10).run(worker);
+    /// ```
     pub fn respawn_limit(mut self, respawn_limit: u32) -> Self {
         self.config.respawn_limit = respawn_limit;
         self
@@ -117,6 +152,16 @@ impl<'a> Supervisor<'a> {
 
     /// The sliding window over which [`respawn_limit`](Supervisor::respawn_limit) counts.
     /// Longer than zero; default 60 seconds.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .respawn_limit(10)
+    ///     .respawn_interval(Duration::from_secs(300))
+    ///     .run(worker);
+    /// ```
     pub fn respawn_interval(mut self, respawn_interval: Duration) -> Self {
         self.config.respawn_interval = respawn_interval;
         self
@@ -124,12 +169,24 @@ impl<'a> Supervisor<'a> {
 
     /// How long a worker asked to stop (by a shutdown, SIGTTOU or a rolling restart) may take
     /// before it gets SIGKILL. Longer than zero; default 10 seconds.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().shutdown_timeout(Duration::from_secs(30)).run(worker);
+    /// ```
     pub fn shutdown_timeout(mut self, shutdown_timeout: Duration) -> Self {
         self.config.shutdown_timeout = shutdown_timeout;
         self
     }
 
     /// When a worker that exited by itself is forked again; default [`Restart::Always`].
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().restart(kamisama::Restart::OnFailure).run(worker);
+    /// ```
     pub fn restart(mut self, restart: Restart) -> Self {
         self.config.restart = restart;
         self
@@ -142,6 +199,13 @@ impl<'a> Supervisor<'a> {
     ///
     /// The respawn limit counts a respawn when the death is seen, not when the fork happens,
     /// so backoff slows a crash loop without hiding it from the limit.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().backoff_max(Duration::from_secs(30)).run(worker);
+    /// ```
     pub fn backoff_max(mut self, backoff_max: Duration) -> Self {
         self.config.backoff_max = backoff_max;
         self
@@ -161,6 +225,17 @@ impl<'a> Supervisor<'a> {
     /// and, for an async worker, a task its runtime runs on its own. A beat costs no system
     /// call. The master wakes only when a worker's deadline may have passed, about once per
     /// `timeout` for the whole fleet; with hang detection off it never wakes while idle.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// kamisama::Supervisor::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .run(|worker: kamisama::Worker| loop {
+    ///         worker.heartbeat(); // at least every 30 seconds
+    ///         # break;
+    ///     });
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self
@@ -168,6 +243,16 @@ impl<'a> Supervisor<'a> {
 
     /// How long a new worker may take to show its first sign of life, when hang detection is
     /// on: start-up work is not a hang. Longer than zero; default 60 seconds.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .boot_timeout(Duration::from_secs(300))
+    ///     .run(worker);
+    /// ```
     pub fn boot_timeout(mut self, boot_timeout: Duration) -> Self {
         self.config.boot_timeout = boot_timeout;
         self
@@ -175,6 +260,16 @@ impl<'a> Supervisor<'a> {
 
     /// The signal a hung worker gets first, such as `libc::SIGABRT` (the default) or
     /// `libc::SIGQUIT`; SIGKILL follows a second later.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .hang_signal(libc::SIGQUIT)
+    ///     .run(worker);
+    /// ```
     pub fn hang_signal(mut self, signal: i32) -> Self {
         self.config.hang_signal = signal;
         self
@@ -182,6 +277,11 @@ impl<'a> Supervisor<'a> {
 
     /// The tokio runtime each `kamisama::Async` worker builds after its fork; default
     /// [`Runtime::CurrentThread`], which explains why. Sync workers build none.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().runtime(kamisama::Runtime::MultiThread).run(worker);
+    /// ```
     pub fn runtime(mut self, runtime: Runtime) -> Self {
         self.config.runtime = runtime;
         self
@@ -189,6 +289,11 @@ impl<'a> Supervisor<'a> {
 
     /// Gives each async worker a [`Runtime::MultiThread`] runtime of `threads` threads.
     /// At least 1.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().worker_threads(2).run(worker);
+    /// ```
     pub fn worker_threads(mut self, threads: usize) -> Self {
         self.config.runtime = Runtime::MultiThread;
         self.config.worker_threads = Some(threads);
@@ -199,6 +304,16 @@ impl<'a> Supervisor<'a> {
     /// calls [`Worker::ready`](crate::Worker::ready). The fleet is reported ready to systemd
     /// once every worker is, and a rolling restart moves from an index to the next once the
     /// replacement is.
+    ///
+    /// ```no_run
+    /// kamisama::Supervisor::new()
+    ///     .readiness(kamisama::Readiness::Declared)
+    ///     .run(|worker: kamisama::Worker| {
+    ///         // ... connect, warm caches ...
+    ///         worker.ready();
+    ///         // ... serve ...
+    ///     });
+    /// ```
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.config.readiness = readiness;
         self
@@ -215,6 +330,11 @@ impl<'a> Supervisor<'a> {
     /// 0 4243 running up 3605s restarts 0 last null
     /// 1 4250 running up 12s restarts 2 last SIGKILL
     /// ```
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().status_file("/run/crunch/status.json").run(worker);
+    /// ```
     pub fn status_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.status_file = Some(path.into());
         self
@@ -226,6 +346,11 @@ impl<'a> Supervisor<'a> {
     /// arguments are first moved elsewhere, so that `std::env::args()` is unchanged; a title
     /// longer than the original command line is cut short, and the environment is never
     /// touched.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().process_titles(false).run(worker);
+    /// ```
     pub fn process_titles(mut self, process_titles: bool) -> Self {
         self.config.process_titles = process_titles;
         self
@@ -238,6 +363,18 @@ impl<'a> Supervisor<'a> {
     /// `SO_REUSEADDR`; a Unix socket file left by a dead server is replaced. With systemd's
     /// socket activation (`LISTEN_FDS`), the sockets systemd passes are used instead. A
     /// failed bind stops the start with exit status 2, naming the address.
+    ///
+    /// ```no_run
+    /// kamisama::Supervisor::new()
+    ///     .instances(4)
+    ///     .listen("127.0.0.1:8080")
+    ///     .listen("unix:/run/app.sock")
+    ///     .run(|worker: kamisama::Worker| {
+    ///         for listener in worker.listeners() {
+    ///             println!("listening on {listener}");
+    ///         }
+    ///     });
+    /// ```
     pub fn listen(mut self, address: impl Into<String>) -> Self {
         self.config.listen.push(address.into());
         self
@@ -245,6 +382,11 @@ impl<'a> Supervisor<'a> {
 
     /// The length of each listener's queue of connections not yet accepted; default 1024,
     /// at most 4096 (the kernel may cap it lower, at `net.core.somaxconn`).
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().listen("127.0.0.1:8080").backlog(4096).run(worker);
+    /// ```
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.config.backlog = backlog;
         self
@@ -252,6 +394,16 @@ impl<'a> Supervisor<'a> {
 
     /// How long the new master of an upgrade (USR2, when the fleet listens) has to get its
     /// fleet ready before the upgrade is rolled back; default 60 seconds.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .listen("127.0.0.1:8080")
+    ///     .upgrade_timeout(Duration::from_secs(120))
+    ///     .run(worker);
+    /// ```
     pub fn upgrade_timeout(mut self, upgrade_timeout: Duration) -> Self {
         self.config.upgrade_timeout = upgrade_timeout;
         self
@@ -264,14 +416,17 @@ impl<'a> Supervisor<'a> {
     /// master aborts, and its workers stop on their death signal).
     ///
     /// ```no_run
-    /// use std::cell::Cell;
+    /// use kamisama::Event;
     ///
-    /// let respawns = Cell::new(0);
+    /// let mut crashes = 0;
     /// kamisama::Supervisor::new()
     ///     .instances(4)
-    ///     .on_event(|event| {
-    ///         if let kamisama::Event::Respawning { .. } = event {
-    ///             respawns.set(respawns.get() + 1);
+    ///     .on_event(move |event| {
+    ///         if let Event::Exited { index, status, .. } = event {
+    ///             if !status.success() {
+    ///                 crashes += 1;
+    ///                 eprintln!("alert: crash {crashes}, worker {index} ended with {status}");
+    ///             }
     ///         }
     ///     })
     ///     .run(|index: usize| println!("worker {index}"));
@@ -283,6 +438,11 @@ impl<'a> Supervisor<'a> {
 
     /// Whether the master writes its one line per event to stderr; default `true`.
     /// `log(false)` is `log_format(LogFormat::Off)`.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().log(false).run(worker);
+    /// ```
     pub fn log(mut self, log: bool) -> Self {
         self.config.log = if log { LogFormat::Text } else { LogFormat::Off };
         self
@@ -290,6 +450,11 @@ impl<'a> Supervisor<'a> {
 
     /// How the master writes its log, and a worker its `worker-failed` line: text (the
     /// default), JSON lines, or nothing; see [`LogFormat`].
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().log_format(kamisama::LogFormat::Json).run(worker);
+    /// ```
     pub fn log_format(mut self, format: LogFormat) -> Self {
         self.config.log = format;
         self
@@ -301,6 +466,13 @@ impl<'a> Supervisor<'a> {
     /// forked).
     ///
     /// This is [`try_run`](Supervisor::try_run) for a `main` function.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// fn main() -> std::process::ExitCode {
+    ///     kamisama::Supervisor::new().instances(4).run(worker)
+    /// }
+    /// ```
     pub fn run<W: WorkerFn<S>, S>(self, worker: W) -> ExitCode {
         match self.try_run(worker) {
             Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -325,6 +497,14 @@ impl<'a> Supervisor<'a> {
     /// Before forking anything: an invalid environment value or setting, other threads in the
     /// process (see [Threads](Supervisor#threads)), a tokio runtime running in it (with the
     /// `tokio` feature), or a refused setup call.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// match kamisama::Supervisor::new().instances(4).try_run(worker) {
+    ///     Ok(outcome) => println!("the fleet ended: {outcome:?}"),
+    ///     Err(error) => eprintln!("could not start: {error}"),
+    /// }
+    /// ```
     pub fn try_run<W: WorkerFn<S>, S>(self, worker: W) -> Result<Outcome, Error> {
         let Supervisor {
             mut config,

@@ -51,6 +51,16 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
     label = "a worker returns `()` or `Result<(), E>` where `E: Debug`",
     note = "the error type must implement `Debug`: the worker prints it when it fails"
 )]
+///
+/// ```no_run
+/// #[derive(Debug)]
+/// struct QueueDown;
+///
+/// #[kamisama::main]
+/// fn worker() -> Result<(), QueueDown> {
+///     Err(QueueDown) // worker-failed index=0 error=QueueDown, exit status 1
+/// }
+/// ```
 pub trait WorkerResult: sealed::Sealed<()> {
     #[doc(hidden)]
     fn exit_code(self, worker: &Worker) -> i32;

@@ -106,16 +106,45 @@ impl Worker {
     }
 
     /// The worker's index, in `0..instances`.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(instances = 4)]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     println!("shard {} of 4", worker.index());
+    /// }
+    /// ```
     pub fn index(&self) -> usize {
         self.index
     }
 
     /// Whether the master (or the kernel, on the master's death) asked this worker to stop.
+    ///
+    /// ```no_run
+    /// # fn one_job() {}
+    /// #[kamisama::main(instances = 4)]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         one_job();
+    ///     }
+    /// }
+    /// ```
     pub fn stop_requested(&self) -> bool {
         stop::requested()
     }
 
     /// Sleeps for `duration`, or until a stop is requested, whichever comes first.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// #[kamisama::main]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         println!("tick");
+    ///         worker.sleep(Duration::from_secs(30)); // returns at once on a stop
+    ///     }
+    /// }
+    /// ```
     pub fn sleep(&self, duration: Duration) {
         waiting(|| stop::wait(None, Some(duration)));
     }
@@ -212,6 +241,21 @@ impl Worker {
     /// gets it; the others go back to waiting instead of blocking in `accept` where a stop
     /// cannot reach them. The connection itself is in blocking mode (on Linux, an accepted
     /// socket does not inherit the listener's).
+    ///
+    /// ```no_run
+    /// use std::net::TcpListener;
+    /// use std::io::Write;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:8080")?; // before run: shared by all
+    /// kamisama::Supervisor::new().instances(4).run(|worker: kamisama::Worker| {
+    ///     while let Some(connection) = worker.accept(&listener) {
+    ///         if let Ok((mut stream, _peer)) = connection {
+    ///             let _ = stream.write_all(b"hello\n");
+    ///         }
+    ///     }
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn accept<L: Accept>(&self, listener: &L) -> Option<io::Result<L::Connection>> {
         if let Err(error) = listener.set_nonblocking() {
             return Some(Err(error));
@@ -254,6 +298,16 @@ impl Worker {
 
     /// A file descriptor that becomes readable when a stop is requested, to wait on with the
     /// worker's own `poll`, `epoll` or async runtime. Do not read from it.
+    ///
+    /// ```no_run
+    /// use std::os::fd::AsRawFd;
+    ///
+    /// #[kamisama::main]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     // Register it with an event loop of your own, beside its other descriptors.
+    ///     println!("stop requests on fd {}", worker.stop_fd().as_raw_fd());
+    /// }
+    /// ```
     pub fn stop_fd(&self) -> BorrowedFd<'_> {
         stop::fd()
     }
@@ -269,6 +323,16 @@ fn waiting<T>(wait: impl FnOnce() -> T) -> T {
 
 /// A listening socket [`Worker::accept`] takes: a [`Listener`] of the fleet, or a
 /// [`TcpListener`] or [`UnixListener`].
+///
+/// ```no_run
+/// fn serve<L: kamisama::Accept>(worker: &kamisama::Worker, listener: &L) -> usize {
+///     let mut accepted = 0;
+///     while let Some(Ok(_connection)) = worker.accept(listener) {
+///         accepted += 1;
+///     }
+///     accepted
+/// }
+/// ```
 pub trait Accept: AsFd + sealed::Sealed {
     /// What `accept` returns: the stream and the peer's address.
     type Connection;
