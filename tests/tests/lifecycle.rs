@@ -222,6 +222,30 @@ fn hup_replaces_every_worker_once_one_index_at_a_time() {
 }
 
 #[test]
+fn a_rolling_restart_waits_for_a_slow_worker_to_exit_before_the_next_index() {
+    // Declared readiness has the master look again every few milliseconds during the
+    // restart: each look comes while a worker takes its time to finish.
+    let witnesses = kamisama_tests::scratch!("rolling-linger");
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_declared"))
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("READY_MS", "20")
+        .env("LINGER_MS", "150")
+        .start();
+    master.wait_for_lines("worker-started", 3);
+    master.wait_until_blocked();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("rolling-restart-finished");
+    let log = master_log(&master);
+    for index in 0..2 {
+        let exited = position(&log, &format!("exited index={index} "));
+        let next = position(&log, &format!("replacing index={}", index + 1));
+        assert!(exited < next, "{log:#?}");
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn term_during_a_rolling_restart_shuts_down_promptly() {
     // Each worker takes 2 s to finish its job, so the restart is still on index 0.
     let mut master = Master::launch(COOPERATIVE).env("JOB_MS", "2000").start();

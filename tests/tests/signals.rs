@@ -208,3 +208,43 @@ fn killing_the_master_terminates_every_worker() {
     }
     master.expect_tree_gone();
 }
+
+#[test]
+fn scaling_signals_during_a_shutdown_change_nothing() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "ignore-term")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
+        .start();
+    master.wait_for_workers(2);
+    master.signal(Signal::SIGTERM);
+    master.wait_for_line("shutdown-started");
+    // The master logs nothing for them: each is sent once the master has woken for the one
+    // before and gone back to sleep.
+    for signal in [Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGHUP] {
+        let switches = master.context_switches();
+        master.signal(signal);
+        master.wait_until("the master to act on it", || {
+            let done = master.context_switches() > switches
+                && kamisama_tests::state(master.pid()) == Some('S');
+            done.then_some(())
+        });
+    }
+    assert_eq!(master.children().len(), 2, "{}", master.transcript());
+    for event in [
+        "scaled-up",
+        "scaled-down",
+        "spawned index=2",
+        "rolling-restart-started",
+    ] {
+        assert_eq!(
+            master.count_lines(event),
+            0,
+            "{event}: {}",
+            master.transcript()
+        );
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}

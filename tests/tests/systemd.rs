@@ -75,6 +75,24 @@ fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns
     let ready = systemd.wait_for("READY=1", 1);
     assert_eq!(ready.children, 5, "{ready:?}");
     let workers = master.wait_for_workers(5);
+    // The master's socket to systemd is its own: no worker holds it.
+    let sockets = |pid: nix::unistd::Pid| -> Vec<String> {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|link| link.to_string_lossy().into_owned())
+            .filter(|link| link.starts_with("socket:"))
+            .collect()
+    };
+    let own = sockets(master.pid());
+    assert!(!own.is_empty());
+    for worker in workers.values() {
+        let shared: Vec<_> = sockets(*worker)
+            .into_iter()
+            .filter(|s| own.contains(s))
+            .collect();
+        assert!(shared.is_empty(), "worker {worker} holds {shared:?}");
+    }
     kill(workers[&2], Signal::SIGKILL).unwrap();
     master.wait_for_line("respawning index=2");
     let status = |messages: Vec<kamisama_tests::Notification>| {
@@ -87,6 +105,13 @@ fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns
         let now = status(systemd.messages())?;
         (now == "5/5 workers running, 1 respawns in the last 60s").then_some(())
     });
+    // A fleet that lost a worker and got it back was ready all along: READY=1 came once.
+    let readies = systemd
+        .messages()
+        .iter()
+        .filter(|m| m.says("READY=1"))
+        .count();
+    assert_eq!(readies, 1, "{:#?}", systemd.messages());
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -101,7 +126,23 @@ fn watchdog_pings_stop_while_a_worker_is_hung() {
         .env("HANG", "0")
         .env("IGNORE_ABRT", "1")
         .start();
-    systemd.wait_for("WATCHDOG=1", 3);
+    systemd.wait_for("WATCHDOG=1", 5);
+    // Every half of WATCHDOG_USEC: the median gap between the first pings, which a loaded
+    // machine may stretch now and then, is well under the whole of it.
+    let mut gaps: Vec<Duration> = systemd
+        .messages()
+        .iter()
+        .filter(|message| message.says("WATCHDOG=1"))
+        .take(5)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|pair| pair[1].at - pair[0].at)
+        .collect();
+    gaps.sort_unstable();
+    assert!(
+        gaps[gaps.len() / 2] < Duration::from_millis(180),
+        "{gaps:?}"
+    );
     // Hung, it ignores the hang signal and lives a second more, until SIGKILL.
     master.wait_for_line("hung index=0");
     master.wait_for_line("status=SIGKILL");
