@@ -174,15 +174,17 @@ fn watchdog_pings_stop_while_a_worker_is_hung() {
     master.expect_exit_code(0);
 }
 
-#[test]
-fn a_watchdog_meant_for_another_process_is_left_alone() {
-    let systemd = NotifySocket::bind(scratch!("systemd-other-pid").join("notify"), None);
-    let mut master = Master::launch(SUPERVISED)
+/// Runs a fleet with the watchdog variables `watchdog`, which ask for no ping from it, and
+/// checks that none comes.
+fn no_watchdog(name: &str, watchdog: &[(&str, &str)]) {
+    let systemd = NotifySocket::bind(scratch!(name).join("notify"), None);
+    let mut launch = Master::launch(SUPERVISED)
         .env("NOTIFY_SOCKET", systemd.path())
-        .env("WATCHDOG_USEC", "100000")
-        .env("WATCHDOG_PID", "1")
-        .env("KAMISAMA_INSTANCES", "2")
-        .start();
+        .env("KAMISAMA_INSTANCES", "2");
+    for (key, value) in watchdog {
+        launch = launch.env(key, value);
+    }
+    let mut master = launch.start();
     systemd.wait_for("READY=1", 1);
     // Three turns of the loop at least, a good many pings' worth of time.
     master.signal(Signal::SIGTTIN);
@@ -196,4 +198,17 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
         !messages.iter().any(|m| m.says("WATCHDOG=1")),
         "{messages:#?}"
     );
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_left_alone() {
+    no_watchdog(
+        "systemd-other-pid",
+        &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")],
+    );
+}
+
+#[test]
+fn a_watchdog_of_zero_microseconds_is_off() {
+    no_watchdog("systemd-zero-watchdog", &[("WATCHDOG_USEC", "0")]);
 }

@@ -229,3 +229,25 @@ impl<const N: usize> Write for Text<N> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Text;
+    use std::fmt::Write;
+
+    #[test]
+    fn text_keeps_what_fits_and_cuts_between_characters() {
+        let mut text = Text::<8>::default();
+        assert!(write!(text, "abc").is_ok());
+        assert!(write!(text, "dé").is_ok());
+        assert_eq!((text.as_str(), text.len), ("abcdé", 6));
+        // Two bytes left: `é` fits, `f` does not, and the message is cut after `é`.
+        assert!(write!(text, "éf").is_err());
+        assert_eq!(text.as_str(), "abcdéé");
+        // None left: nothing more is taken, not even half of a character.
+        assert!(write!(text, "x").is_err());
+        let mut text = Text::<3>::default();
+        assert!(write!(text, "aé€").is_err());
+        assert_eq!(text.as_str(), "aé");
+    }
+}
