@@ -164,12 +164,16 @@ fn watchdog_pings_stop_while_a_worker_is_hung() {
         .max()
         .unwrap();
     assert!(longest >= Duration::from_millis(700), "{longest:?}");
-    let hung_status = systemd
-        .messages()
+    let messages = systemd.messages();
+    let hung_at = messages
         .iter()
-        .filter_map(|message| message.value("STATUS").map(str::to_owned))
-        .any(|status| status.ends_with(", 1 hung"));
-    assert!(hung_status, "{:#?}", systemd.messages());
+        .position(|m| m.value("STATUS").is_some_and(|s| s.ends_with(", 1 hung")));
+    let first_ping = messages.iter().position(|m| m.says("WATCHDOG=1"));
+    // Pings came while the fleet was healthy, before the worker was hung.
+    assert!(
+        first_ping.is_some() && first_ping < hung_at,
+        "{messages:#?}"
+    );
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
