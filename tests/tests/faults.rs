@@ -525,6 +525,12 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
         .start();
     let first = master.wait_for_line("spawn-failed");
     let failed = Instant::now();
+    // Wake the master often meanwhile (a SIGCHLD with no child to reap changes nothing): a
+    // wakeup during a backoff must not bring a retry forward.
+    while master.count_lines("gave-up") == 0 && failed.elapsed() < Duration::from_secs(5) {
+        let _ = nix::sys::signal::kill(master.pid(), Signal::SIGCHLD);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     master.wait_for_line("gave-up");
     // The retries waited 0.1 + 0.2 + 0.4 s in all; the first line may have come a little
     // late, never early. (That a retry never comes before its time, at the same instant

@@ -1,6 +1,23 @@
 //! Every shutdown ends: whatever the workers' process trees do (new sessions and process
 //! groups, a worker that leaves its group, daemons, a PID namespace without its own /proc, no
 //! file descriptor to spare), the master stops all of it and exits, leaving nothing behind.
+//!
+//! Mutants of `master/fleet.rs` and of `Master::sweep` that cargo-mutants finds alive, and
+//! why no test can kill them (they change how soon or how often, never whether):
+//!
+//! - `Master::sweep` lists the master's children at once when its last worker is gone,
+//!   rather than on the next 100 ms tick: every mutant of that condition leaves the tick to
+//!   do the same, a little later, and these tests assert outcomes, not latencies (the
+//!   benchmark measures shutdown time).
+//! - `Orphans::sweep` skips an orphan that already had the signals (`*orphan == pid`,
+//!   `*had >= stop`): without the check it sends TERM and CONT again at each sweep, which
+//!   changes nothing for the process. Its tick (`* 10`, `+`) spaces out sweeps that scan
+//!   every pid; the spacing is not an outcome.
+//! - `Orphans::reaped` forgets a reaped orphan: without it, a later orphan that reused the
+//!   pid in the same shutdown would miss its TERM, and still get KILL at the deadline.
+//! - `stop_worker`'s `&=` becoming `|=`: a worker not yet reaped accepts any signal (a
+//!   zombie too), and KILL is a single signal, so the two agree on every call it gets.
+//! - `peek`'s `WEXITED | WNOHANG | WNOWAIT` with `^`: the flags are distinct bits.
 
 use kamisama_tests::{children_of, field, is_alive, parse_started, process_group_of, Master};
 use nix::sys::signal::{kill, Signal};
