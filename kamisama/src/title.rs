@@ -78,32 +78,53 @@ impl Titles {
         Titles { name, area }
     }
 
-    /// Sets this process's title to `NAME: what`, such as `crunch: worker 3`, and its `comm`
-    /// to `NAME:role`, such as `crunch:w3`, the name cut so that the role fits in 15 bytes.
-    /// Allocates nothing: a worker calls it right after its fork.
+    /// Sets this process's title to `NAME: what`, such as `crunch: master (17 workers)`, and
+    /// its `comm` to `NAME:role`, such as `crunch:master`.
     pub(crate) fn set(&self, what: fmt::Arguments<'_>, role: fmt::Arguments<'_>) {
-        let mut title = Text::<128>::default();
-        let _ = write!(title, "{}: {what}", self.name);
+        self.apply(&self.render(what, role));
+    }
+
+    /// The title `NAME: what`, and the `comm` `NAME:role`, the name cut so that the role fits
+    /// in 15 bytes. The master renders a worker's before the fork, so that the worker, which
+    /// applies it, runs none of the formatting code: each page of code a new process runs is
+    /// a page fault on its way to the worker function.
+    pub(crate) fn render(&self, what: fmt::Arguments<'_>, role: fmt::Arguments<'_>) -> Title {
+        let mut title = Title::default();
+        let _ = write!(title.line, "{}: {what}", self.name);
         let mut short = Text::<16>::default();
         let _ = write!(short, ":{role}");
-        let mut comm = Text::<16>::default();
         let name = self.name.as_bytes();
-        let _ = comm.write_bytes(&name[..name.len().min(15 - short.len.min(15))]);
-        let _ = comm.write_bytes(&short.bytes[..short.len]);
+        let _ = title
+            .comm
+            .write_bytes(&name[..name.len().min(15 - short.len.min(15))]);
+        let _ = title.comm.write_bytes(&short.bytes[..short.len]);
+        title
+    }
+
+    /// Sets this process's title and `comm`. Allocates nothing and formats nothing: a worker
+    /// calls it right after its fork.
+    pub(crate) fn apply(&self, title: &Title) {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `Text` keeps
         // its last byte NUL.
-        unsafe { libc::prctl(libc::PR_SET_NAME, comm.bytes.as_ptr(), 0, 0, 0) };
+        unsafe { libc::prctl(libc::PR_SET_NAME, title.comm.bytes.as_ptr(), 0, 0, 0) };
         if let Some((start, length)) = self.area {
-            let shown = title.len.min(length - 1);
+            let shown = title.line.len.min(length - 1);
             // SAFETY: the area is the arguments' memory, `length` bytes, which this process
             // owns since `take_over` moved the arguments out; the title and the NULs that
             // pad it stay inside it.
             unsafe {
-                std::ptr::copy_nonoverlapping(title.bytes.as_ptr(), start, shown);
+                std::ptr::copy_nonoverlapping(title.line.bytes.as_ptr(), start, shown);
                 std::ptr::write_bytes(start.add(shown), 0, length - shown);
             }
         }
     }
+}
+
+/// A title rendered, ready to apply.
+#[derive(Default)]
+pub(crate) struct Title {
+    line: Text<128>,
+    comm: Text<16>,
 }
 
 // SAFETY: the area is only written by the process's single thread: the master before it

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::event::PANIC_EXIT_CODE;
 use crate::signals::Signals;
-use crate::title::Titles;
+use crate::title::{Title, Titles};
 use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
@@ -47,6 +47,9 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
     worker: &mut W,
     setup: &Setup<'_>,
 ) -> Result<Pid, Errno> {
+    let title = setup
+        .titles
+        .map(|titles| titles.render(format_args!("worker {index}"), format_args!("w{index}")));
     // SAFETY: the master is single-threaded (checked before its first fork), so the child
     // inherits no lock that another thread holds; the child runs `run_worker`, which never
     // returns.
@@ -57,17 +60,22 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
             let _ = setpgid(child, child);
             Ok(child)
         }
-        ForkResult::Child => run_worker(index, worker, setup),
+        ForkResult::Child => run_worker(index, worker, setup, title.as_ref()),
     }
 }
 
-fn run_worker<W: WorkerFn<S>, S>(index: usize, worker: &mut W, setup: &Setup<'_>) -> ! {
+fn run_worker<W: WorkerFn<S>, S>(
+    index: usize,
+    worker: &mut W,
+    setup: &Setup<'_>,
+    title: Option<&Title>,
+) -> ! {
     // Its own process group, so that a stop reaches the worker's own subprocesses too, and
     // Ctrl-C in a terminal reaches only the master, which then stops the workers in order.
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let _ = prctl::set_pdeathsig(Signal::SIGTERM);
-    if let Some(titles) = setup.titles {
-        titles.set(format_args!("worker {index}"), format_args!("w{index}"));
+    if let (Some(titles), Some(title)) = (setup.titles, title) {
+        titles.apply(title);
     }
     // The master may have died before the request above, and then no signal will ever come.
     if getppid() != setup.master {

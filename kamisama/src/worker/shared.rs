@@ -75,10 +75,11 @@ static SLOT: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
 /// In a new worker: beats and readiness go to `slot` from now on. The mapping is never
 /// unmapped in a worker, so the slot is valid for the rest of its life.
 pub(crate) fn install(slot: Option<&Words>) {
-    let slot = slot.map_or(std::ptr::null_mut(), |slot| {
-        (slot as *const Words).cast_mut()
-    });
-    SLOT.store(slot, Ordering::Relaxed);
+    // Without a slot, nothing is written: the master never set one, and a store of null
+    // over null would still copy the page after the fork.
+    if let Some(slot) = slot {
+        SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
+    }
 }
 
 /// Declares this worker ready.
