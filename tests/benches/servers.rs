@@ -8,6 +8,7 @@
 //! ```
 //!
 //! Each figure is the median of three runs; failed requests are the sum over all of them.
+//! `ONLY_FAIRNESS=1` runs the fairness table alone.
 
 use kamisama_tests::deployment::{upgrade, Deployment};
 use kamisama_tests::load::{Load, Tally};
