@@ -79,8 +79,10 @@ pub fn spawned_by(output: &Master, pid: Pid, instances: usize) -> Pids {
 
 /// Sends USR2 to the master `master` and returns the new master's pid.
 pub fn upgrade(output: &Master, master: Pid) -> Pid {
+    let started = format!("kamisama[{master}]: upgrade-started");
+    let before = output.count_lines(&started);
     kill(master, Signal::SIGUSR2).expect("signal the master");
-    let line = output.wait_for_line(&format!("kamisama[{master}]: upgrade-started"));
+    let line = output.wait_for_lines(&started, before + 1).remove(before);
     let pid = field(&line, "pid").and_then(|pid| pid.parse().ok());
     Pid::from_raw(pid.unwrap_or_else(|| panic!("no pid in {line:?}")))
 }

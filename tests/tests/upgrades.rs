@@ -161,8 +161,16 @@ fn a_new_binary_that_dies_at_start_is_rolled_back() {
     assert_eq!(live_children(master.pid()), workers);
     answered_by(address, &workers);
     assert_eq!(master.count_lines("shutdown-started"), 0);
-    master.signal(Signal::SIGTERM);
-    master.expect_exit_code(0);
+    // The failed upgrade is over: a fixed release goes through.
+    deployment.install(&fs::read(HELLO).unwrap());
+    let old = master.pid();
+    let successor = upgrade(&master, old);
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    assert_eq!(master.count_lines("upgrade-busy"), 0);
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
 }
 
 #[test]
