@@ -1,6 +1,12 @@
 //! Blocking calls that still stop: workers idle in `Worker::accept` or
 //! `Worker::wait_readable` leave at once when a stop is requested. Each fixture gives its
 //! workers an hour to stop, so a test that ends at all proves it.
+//!
+//! cargo-mutants finds `set_nonblocking` in the `Accept` impls replaced by `Ok(())` alive:
+//! a listener left blocking only hurts a worker that `poll` woke for a connection another
+//! worker then took, in the microseconds between its `poll` and its `accept` (poll checks the
+//! queue again before it returns); no test can hold a worker in that window, so the race test
+//! below catches the mutant only by luck.
 
 use kamisama_tests::{field, Master};
 use nix::sys::signal::Signal;
@@ -30,21 +36,48 @@ fn a_rolling_restart_of_workers_idle_in_accept_is_prompt() {
 }
 
 #[test]
-fn accept_hands_out_connections() {
-    let mut master = Master::launch(ACCEPTOR).start();
+fn accept_hands_out_connections_and_losing_the_race_is_invisible() {
+    let mut master = Master::launch(ACCEPTOR)
+        .env("KAMISAMA_INSTANCES", "4")
+        .start();
     let port = field(&master.wait_for_line("listening port="), "port")
         .unwrap()
         .to_owned();
-    master.wait_for_lines("waiting index=", 2);
-    for _ in 0..10 {
+    master.wait_for_lines("waiting index=", 4);
+    // Each connection wakes every worker and one gets it: the others go back to waiting,
+    // neither told of an error nor stuck in a blocking accept.
+    for _ in 0..40 {
         let stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
         let mut greeting = String::new();
         BufReader::new(stream).read_line(&mut greeting).unwrap();
         assert!(greeting.starts_with("hello from "), "{greeting:?}");
     }
+    // An hour to stop, and stopped at once: none was left blocked in accept.
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    assert_eq!(
+        master.count_lines("accept-error"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    assert_eq!(master.count_lines("worker-stopping"), 4);
+}
+
+#[test]
+fn an_accept_that_fails_tells_the_worker() {
+    let master = Master::launch(ACCEPTOR)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("NO_FD", "1")
+        .start();
+    let port = field(&master.wait_for_line("listening port="), "port")
+        .unwrap()
+        .to_owned();
+    master.wait_for_lines("waiting index=", 1);
+    let _connection = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+    let error = master.wait_for_line("accept-error index=0");
+    assert!(error.contains("Too many open files"), "{error}");
 }
 
 #[test]

@@ -312,3 +312,25 @@ fn a_worker_starts_with_a_clean_process_state() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_worker_that_takes_nothing_exits_with_its_result() {
+    let no_argument = env!("CARGO_BIN_EXE_no-argument");
+    let mut master = Master::launch(no_argument).start();
+    master.expect_exit_code(0);
+    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+    let mut master = Master::launch(no_argument).env("FAIL", "1").start();
+    master.expect_exit_code(1);
+    assert_eq!(
+        master.count_lines(" status=1"),
+        2,
+        "{}",
+        master.transcript()
+    );
+    assert_eq!(
+        master.count_lines("worker-failed"),
+        2,
+        "{}",
+        master.transcript()
+    );
+}

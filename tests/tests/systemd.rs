@@ -19,13 +19,19 @@ fn declared_readiness_reloading_and_stopping_are_told_in_order() {
         scratch!("systemd-declared-socket").join("notify"),
         Some(witnesses.clone()),
     );
+    let launched = std::time::Instant::now();
     let mut master = Master::launch(DECLARED)
         .env("NOTIFY_SOCKET", systemd.path())
         .env("READY_DIR", witnesses.to_str().unwrap())
         .start();
-    // Each of the three workers had declared itself ready when the fleet was.
+    // Each of the three workers had declared itself ready when the fleet was, after its
+    // 300 ms of start-up (`Worker::sleep`, which a stop would cut short, and nothing else).
     let ready = systemd.wait_for("READY=1", 1);
     assert_eq!(ready.witnesses, 3, "{ready:?}");
+    assert!(
+        ready.at - launched >= Duration::from_millis(300),
+        "{ready:?}"
+    );
     master.wait_for_workers(3);
     // What a worker and anything it runs see; /proc/PID/environ keeps the block as it was
     // at exec, which the master leaves untouched.
