@@ -41,6 +41,28 @@ fn an_async_worker_of_its_index_runs_and_stops() {
 }
 
 #[test]
+fn an_async_worker_awaiting_its_stop_does_not_wake_up() {
+    let mut master = Master::launch(BY_HAND).start();
+    let workers = master.wait_for_workers(2);
+    let worker = workers[&0];
+    let switches = || {
+        kamisama_tests::status_field(worker, "voluntary_ctxt_switches").unwrap()
+            + kamisama_tests::status_field(worker, "nonvoluntary_ctxt_switches").unwrap()
+    };
+    // Settled in its reactor, waiting on the stop pipe and an hour's timer.
+    master.wait_until("the worker to block", || {
+        (kamisama_tests::state(worker) == Some('S')).then_some(())
+    });
+    let before = switches();
+    // Nothing here can become true sooner: the property is that nothing happens in a window.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let woke = switches() - before;
+    assert!(woke <= 1, "the idle worker woke up {woke} times");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn an_async_worker_with_the_handle_stops_cooperatively() {
     let master = run_and_stop("handle");
     // TERM reached the worker as a stop request, which completed `stopped()`.
