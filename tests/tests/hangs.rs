@@ -1,6 +1,9 @@
 //! Hang detection: a worker silent for `timeout` (or `boot_timeout` after its fork) gets the
 //! hang signal, then SIGKILL, and is respawned as a crash; a worker that shows signs of life
 //! in time never is. How close to the deadline detection comes is measured in the benchmark.
+//!
+//! cargo-mutants finds `|` turned into `^` between the flags of the shared mapping
+//! (`SharedSlots::map`) alive: the flags are distinct bits, so the two are the same.
 
 use kamisama_tests::{field, Master};
 use nix::sys::signal::Signal;
