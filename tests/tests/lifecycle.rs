@@ -458,3 +458,14 @@ fn a_panicking_event_callback_does_not_break_supervision() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_program_a_cooperative_worker_runs_inherits_no_descriptor_of_kamisama() {
+    let mut master = Master::launch(COOPERATIVE).env("LIST_FDS", "1").start();
+    // Standard input, output and error, and `ls`'s own directory: not the stop pipe.
+    for line in master.wait_for_lines("subprocess-fds index=", 2) {
+        assert_eq!(field(&line, "fds"), Some("0,1,2,3"), "{line}");
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
