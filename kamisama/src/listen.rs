@@ -229,6 +229,11 @@ pub(crate) fn listeners() -> &'static [Listener] {
 /// those of `addresses`, bound now. The `LISTEN_*` variables are removed from the environment
 /// either way, so that no worker inherits them.
 pub(crate) fn open(addresses: &[String], backlog: u32) -> Result<&'static [Listener], Error> {
+    // Bound once per process: `Worker::listeners` lends them for the process's life, and a
+    // later run serves the same sockets.
+    if let Some(open) = LISTENERS.get() {
+        return Ok(open);
+    }
     let opened = match inherited()? {
         Some(inherited) => inherited,
         None => addresses
@@ -236,8 +241,10 @@ pub(crate) fn open(addresses: &[String], backlog: u32) -> Result<&'static [Liste
             .map(|address| bind_to(address, backlog))
             .collect::<Result<_, _>>()?,
     };
-    let _ = LISTENERS.set(opened);
-    Ok(listeners())
+    if opened.is_empty() {
+        return Ok(&[]);
+    }
+    Ok(LISTENERS.get_or_init(|| opened))
 }
 
 /// Parses and binds one `listen` address.

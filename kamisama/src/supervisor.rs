@@ -364,6 +364,10 @@ impl<'a> Supervisor<'a> {
     /// socket activation (`LISTEN_FDS`), the sockets systemd passes are used instead. A
     /// failed bind stops the start with exit status 2, naming the address.
     ///
+    /// The sockets stay open for the rest of the process's life, as the workers'
+    /// `listeners()` are `'static`: a program that calls [`try_run`](Supervisor::try_run)
+    /// again serves the same sockets, bound by its first run that listened.
+    ///
     /// ```no_run
     /// kamisama::Supervisor::new()
     ///     .instances(4)
@@ -525,10 +529,6 @@ impl<'a> Supervisor<'a> {
                 error,
             })?;
         }
-        let was_subreaper = prctl::get_child_subreaper().unwrap_or(false);
-        // Orphans of a worker's subprocesses come back to the master, which reaps them and
-        // stops them at shutdown instead of leaving them to init.
-        prctl::set_child_subreaper(true).map_err(|errno| Error::os("prctl", errno))?;
         // Read while a file descriptor is sure to be free: with none to spare later, the master
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
@@ -542,6 +542,11 @@ impl<'a> Supervisor<'a> {
         // them anyway.
         let relaunch = Relaunch::from_start();
         let titles = config.process_titles.then(Titles::take_over);
+        // Last, so that a refusal above leaves the process as it was. Orphans of a worker's
+        // subprocesses come back to the master, which reaps them and stops them at shutdown
+        // instead of leaving them to init.
+        let was_subreaper = prctl::get_child_subreaper().unwrap_or(false);
+        prctl::set_child_subreaper(true).map_err(|errno| Error::os("prctl", errno))?;
         let outcome = Signals::install().map(|signals| {
             let resources = Resources {
                 signals: &signals,

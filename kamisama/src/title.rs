@@ -41,6 +41,8 @@ pub(crate) struct Titles {
     /// The arguments' memory, `None` when it could not be taken over (not glibc, or already
     /// rewritten by someone else): then only `comm` is set.
     area: Option<(*mut u8, usize)>,
+    /// The `comm` the process had before, given back at the end.
+    comm: [u8; 16],
 }
 
 impl Titles {
@@ -75,7 +77,10 @@ impl Titles {
                 }
             }
         }
-        Titles { name, area }
+        let mut comm = [0; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, to the buffer.
+        unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr(), 0, 0, 0) };
+        Titles { name, area, comm }
     }
 
     /// Sets this process's title to `NAME: what`, such as `crunch: master (17 workers)`, and
@@ -115,6 +120,32 @@ impl Titles {
             unsafe {
                 std::ptr::copy_nonoverlapping(title.line.bytes.as_ptr(), start, shown);
                 std::ptr::write_bytes(start.add(shown), 0, length - shown);
+            }
+        }
+    }
+}
+
+/// Gives the command line and `comm` back, for a program that goes on after
+/// `Supervisor::try_run`. Only the master drops its `Titles`: a worker leaves with `_exit`.
+impl Drop for Titles {
+    fn drop(&mut self) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `comm` came
+        // from PR_GET_NAME, which ends it with a NUL.
+        unsafe { libc::prctl(libc::PR_SET_NAME, self.comm.as_ptr(), 0, 0, 0) };
+        let Some((mut place, _)) = self.area else {
+            return;
+        };
+        let argv = ARGV.load(Ordering::Relaxed);
+        for i in 0..ARGC.load(Ordering::Relaxed) {
+            // SAFETY: since `take_over`, `argv[i]` is a copy made by `CString::into_raw`, and
+            // the arguments, written back one after the other, fill the area exactly as the
+            // kernel laid them out; `argv[i]` points at its own again, and the copy is freed.
+            unsafe {
+                let copy = CString::from_raw(*argv.add(i));
+                let bytes = copy.as_bytes_with_nul();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), place, bytes.len());
+                *argv.add(i) = place.cast();
+                place = place.add(bytes.len());
             }
         }
     }

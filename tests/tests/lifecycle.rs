@@ -469,3 +469,74 @@ fn a_program_a_cooperative_worker_runs_inherits_no_descriptor_of_kamisama() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+/// What the `returning` fixture printed: its `held` lines (what the process held before the
+/// first run and after each) and its `outcome` lines.
+fn returning(launch: Launch) -> (Vec<String>, Vec<String>, String) {
+    let mut master = launch.start();
+    master.expect_exit_code(0);
+    let transcript = master.transcript();
+    let lines = |prefix: &str| -> Vec<String> {
+        transcript
+            .lines()
+            .filter_map(|line| line.strip_prefix(prefix).map(str::to_owned))
+            .collect()
+    };
+    let (held, outcomes) = (lines("held "), lines("outcome "));
+    assert_eq!((held.len(), outcomes.len()), (3, 2), "{transcript}");
+    (held, outcomes, transcript)
+}
+
+const RETURNING: &str = env!("CARGO_BIN_EXE_returning");
+
+#[test]
+fn try_run_gives_the_process_back_as_it_found_it() {
+    let launch = Master::launch(RETURNING).arg("an argument");
+    let (held, outcomes, transcript) = returning(launch);
+    assert_eq!(outcomes, ["Ok(Finished { failed: 0 })"; 2], "{transcript}");
+    // The same descriptors, no shared page, no blocked signal, no subreaper flag, no child
+    // and the same names (the master's title given back) after each run as before the
+    // first: a program may run a fleet again, or go on to something else.
+    assert!(held.iter().all(|after| after == &held[0]), "{transcript}");
+    let nothing = "shared_mappings=0 blocked=0000000000000000 subreaper=0 children=[] \
+                   comm=returning cmdline=";
+    assert!(held[0].contains(nothing), "{transcript}");
+    assert!(held[0].contains(r#"\0an argument\0""#), "{transcript}");
+}
+
+#[test]
+fn a_second_run_in_one_process_serves_the_sockets_of_the_first() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let launch = Master::launch(RETURNING).env("RETURNING_LISTEN", &address);
+    let (held, outcomes, transcript) = returning(launch);
+    assert_eq!(outcomes, ["Ok(Finished { failed: 0 })"; 2], "{transcript}");
+    let handed: Vec<&str> = transcript
+        .lines()
+        .filter_map(|line| line.strip_prefix("handed port="))
+        .collect();
+    assert_eq!(handed, [port.to_string().as_str(); 6], "{transcript}");
+    // The socket stays open for the process's life, as `Worker::listeners` promises; the
+    // second run binds nothing more.
+    assert_eq!(held[1], held[2], "{transcript}");
+    assert!(held[1].contains("subreaper=0"), "{transcript}");
+}
+
+#[test]
+fn a_run_that_cannot_listen_leaves_the_process_as_it_was() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let address = taken.local_addr().expect("its address").to_string();
+    let launch = Master::launch(RETURNING).env("RETURNING_LISTEN", &address);
+    let (held, outcomes, transcript) = returning(launch);
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| outcome.starts_with("Err(Listen")),
+        "{transcript}"
+    );
+    assert!(held.iter().all(|after| after == &held[0]), "{transcript}");
+    assert!(held[0].contains("subreaper=0"), "{transcript}");
+}
