@@ -1,5 +1,8 @@
 //! The live status file: what each index runs and how it has gone, rewritten as things
 //! happen, read here with a JSON parser.
+//!
+//! cargo-mutants finds `>` turned into `>=` in `RespawnLimiter::in_window` alive: the two
+//! differ only for a respawn exactly one `respawn_interval` old to the nanosecond.
 
 use kamisama_tests::Master;
 use nix::sys::signal::{kill, Signal};
@@ -61,6 +64,11 @@ fn the_status_follows_respawns_scaling_and_a_rolling_restart() {
     });
     assert_eq!(status["workers"][1]["last_exit"], "SIGKILL");
     assert_eq!(status["respawns_in_window"], 1);
+    kill(workers[&0], Signal::SIGKILL).unwrap();
+    let status = wait_for_status(&master, &path, "index 0 respawned", |status| {
+        status["workers"][0]["restarts"] == 1 && status["running"] == 3
+    });
+    assert_eq!(status["respawns_in_window"], 2);
 
     master.signal(Signal::SIGTTIN);
     wait_for_status(&master, &path, "a fourth worker", |status| {
@@ -71,8 +79,11 @@ fn the_status_follows_respawns_scaling_and_a_rolling_restart() {
     let status = wait_for_status(&master, &path, "every index replaced", |status| {
         (0..4).all(|index| status["workers"][index]["last_exit"] == "SIGTERM")
     });
+    assert_eq!(status["workers"][0]["restarts"], 2);
     assert_eq!(status["workers"][1]["restarts"], 2);
     assert_eq!(status["workers"][3]["restarts"], 1);
+    // The rolling restart's replacements are not respawns: the window holds the two kills.
+    assert_eq!(status["respawns_in_window"], 2);
 
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
