@@ -6,7 +6,9 @@
 //! a listener left blocking only hurts a worker that `poll` woke for a connection another
 //! worker then took, in the microseconds between its `poll` and its `accept` (poll checks the
 //! queue again before it returns); no test can hold a worker in that window, so the race test
-//! below catches the mutant only by luck.
+//! below catches the mutant only by luck. In `stop::wait`, `&&` turned into `||` in the last
+//! check lives for the same reason: it differs only when a stop comes between `poll`'s
+//! return and that check while the descriptor is readable too.
 
 use kamisama_tests::{field, Master};
 use nix::sys::signal::Signal;

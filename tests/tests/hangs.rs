@@ -3,7 +3,11 @@
 //! in time never is. How close to the deadline detection comes is measured in the benchmark.
 //!
 //! cargo-mutants finds `|` turned into `^` between the flags of the shared mapping
-//! (`SharedSlots::map`) alive: the flags are distinct bits, so the two are the same.
+//! (`SharedSlots::map`) alive: the flags are distinct bits, so the two are the same. The
+//! mapping's length (`MAX_INSTANCES * size_of::<Words>()`) with `+` or `/` for `*` is short
+//! only for indices past 16383, a fleet no test machine can fork; `now_nanos`'s clamp with
+//! `*` for `+` or `/` for `-` lets 0 or `u64::MAX` through, which a monotonic clock in
+//! nanoseconds shows only in its first nanosecond and after 584 years.
 
 use kamisama_tests::{field, Master};
 use nix::sys::signal::Signal;

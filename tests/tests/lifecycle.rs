@@ -1,5 +1,11 @@
 //! The lifecycle beyond respawning: cooperative stops, worker results, restart policies,
 //! rolling restarts, forwarded signals, backoff and the event callback.
+//!
+//! cargo-mutants finds these alive in `worker/stop.rs`, the stop request's setup: the `-1`
+//! that the stop pipe's descriptors start as turned into `1` (`install` overwrites them
+//! before any `Worker` exists); `O_CLOEXEC | O_NONBLOCK` turned into `^` (distinct bits);
+//! and the watchdog's rounding up to whole seconds with `>=` or `==` for `>`, which arm the
+//! alarm of a whole-second timeout one second late, past the bound the master itself keeps.
 
 use kamisama_tests::{children_of, field, Launch, Master};
 use nix::sys::signal::Signal;
@@ -9,6 +15,8 @@ const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const COOPERATIVE: &str = env!("CARGO_BIN_EXE_cooperative");
 const BATCH: &str = env!("CARGO_BIN_EXE_batch");
 const EVENTS: &str = env!("CARGO_BIN_EXE_events");
+const BY_HAND: &str = env!("CARGO_BIN_EXE_by-hand");
+const RETURNING: &str = env!("CARGO_BIN_EXE_returning");
 
 /// The master's own log lines, without their `kamisama[PID]: ` prefix.
 fn master_log(master: &Master) -> Vec<String> {
@@ -107,6 +115,26 @@ fn an_orphaned_worker_that_ignores_its_stop_request_is_ended_by_its_watchdog() {
         .start();
     let workers = master.wait_for_workers(2);
     master.wait_for_lines("job-started", 2);
+    master.signal(Signal::SIGKILL);
+    master.wait_exit();
+    for pid in workers.values() {
+        let status = kamisama_tests::reap_orphan(*pid);
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(*pid, Signal::SIGALRM, false)
+        );
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
+fn the_watchdog_of_a_shutdown_timeout_under_a_second_is_armed_for_one() {
+    // Half a second, from the builder: `alarm` counts whole seconds, and a timeout rounded
+    // down to none would arm nothing.
+    let mut master = Master::launch(BY_HAND)
+        .env("BY_HAND_STUBBORN_MS", "500")
+        .start();
+    let workers = master.wait_for_workers(2);
     master.signal(Signal::SIGKILL);
     master.wait_exit();
     for pid in workers.values() {
@@ -487,7 +515,6 @@ fn returning(launch: Launch) -> (Vec<String>, Vec<String>, String) {
     (held, outcomes, transcript)
 }
 
-const RETURNING: &str = env!("CARGO_BIN_EXE_returning");
 
 #[test]
 fn try_run_gives_the_process_back_as_it_found_it() {
