@@ -515,7 +515,6 @@ fn returning(launch: Launch) -> (Vec<String>, Vec<String>, String) {
     (held, outcomes, transcript)
 }
 
-
 #[test]
 fn try_run_gives_the_process_back_as_it_found_it() {
     let launch = Master::launch(RETURNING).arg("an argument");
