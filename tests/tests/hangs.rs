@@ -10,7 +10,7 @@
 //! nanoseconds shows only in its first nanosecond and after 584 years.
 
 use kamisama_tests::{field, Master};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, Signal};
 use std::time::Duration;
 
 const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
@@ -138,6 +138,22 @@ fn start_up_has_its_own_allowance_and_a_worker_that_never_beats_is_hung() {
         "{}",
         master.transcript()
     );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_respawned_worker_has_the_start_up_allowance_again() {
+    // Every worker's first beat comes 1.5 s after its fork, past the timeout of 1 s but
+    // within the boot allowance of 60 s. Judged by the last beat of the worker it replaces,
+    // the new one would be hung before its first.
+    let mut master = watched("1").env("BOOT_MS", "1500").start();
+    let before = master.wait_for_workers(2);
+    master.wait_for_line("beat index=0 n=2");
+    kill(before[&0], Signal::SIGKILL).unwrap();
+    master.wait_for_line(&format!("exited index=0 pid={} status=SIGKILL", before[&0]));
+    master.wait_for_lines("beat index=0 n=2", 2);
+    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
