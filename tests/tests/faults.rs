@@ -558,3 +558,39 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
     master.expect_tree_gone();
     drop(master);
 }
+
+#[test]
+fn a_rolling_restart_waits_for_a_replacement_whose_fork_fails() {
+    let name = format!("kamisama-test-rolling-{}", std::process::id());
+    let Some(limit) = PidsLimit::new(&name, 64) else {
+        kamisama_tests::skip(
+            "a_rolling_restart_waits_for_a_replacement_whose_fork_fails",
+            NO_PIDS_LIMIT,
+        );
+        return;
+    };
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "3")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100")
+        .in_cgroup(&limit.procs())
+        .start();
+    let before = master.wait_for_workers(3);
+    // Room for the four processes there are, not for a fifth: once the old worker of index 0
+    // is gone, its replacement's fork fails until the limit is raised.
+    limit.set_max(3);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_lines("spawn-failed index=0 ", 2);
+    limit.set_max(64);
+    master.wait_for_line("rolling-restart-finished");
+    let after = master.wait_for_workers(3);
+    assert!(after.iter().all(|(index, pid)| before[index] != *pid));
+    // Never more than one index down: index 1 was stopped only once index 0 ran again.
+    let transcript = master.transcript();
+    let at = |needle: &str| transcript.find(needle).unwrap_or(usize::MAX);
+    let respawned = at(&format!("spawned index=0 pid={}", after[&0]));
+    assert!(respawned < at("replacing index=1 "), "{transcript}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+    drop(master);
+}
