@@ -9,10 +9,9 @@
 //!   rather than on the next 100 ms tick: every mutant of that condition leaves the tick to
 //!   do the same, a little later, and these tests assert outcomes, not latencies (the
 //!   benchmark measures shutdown time).
-//! - `Orphans::sweep` skips an orphan that already had the signals (`*orphan == pid`,
-//!   `*had >= stop`): without the check it sends TERM and CONT again at each sweep, which
-//!   changes nothing for the process. Its tick (`* 10`, `+`) spaces out sweeps that scan
-//!   every pid; the spacing is not an outcome.
+//! - `Orphans::sweep`'s tick (`* 10`, `+`) spaces out sweeps that scan every pid; the
+//!   spacing is not an outcome. (That it skips an orphan that already had the signals is:
+//!   a second TERM means "now" to many programs.)
 //! - `Orphans::reaped` forgets a reaped orphan: without it, a later orphan that reused the
 //!   pid in the same shutdown would miss its TERM, and still get KILL at the deadline.
 //! - `stop_worker`'s `&=` becoming `|=`: a worker not yet reaped accepts any signal (a
@@ -189,4 +188,44 @@ fn term_during_a_shutdown_the_master_began_itself_does_not_force_it() {
     master.expect_exit_code(1);
     master.wait_for_line("shutdown-forced signal=SIGTERM workers=1");
     assert!(master.tree().is_empty(), "left behind: {:?}", master.tree());
+}
+
+#[test]
+fn a_stopping_worker_gets_one_term_however_long_it_takes() {
+    // Each worker takes a second to stop, through ten sweeps for orphans: none of them may
+    // take a worker for an orphan and TERM it again, which many programs read as "now".
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "count-term")
+        .start();
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    for index in 0..3 {
+        let terms = master.count_lines(&format!("got-term index={index}"));
+        assert_eq!(terms, 1, "index {index}:\n{}", master.transcript());
+    }
+    master.expect_tree_gone();
+}
+
+#[test]
+fn an_orphan_gets_one_term_however_long_it_takes() {
+    // The same for what the master adopted: an orphan that takes a second to stop is swept
+    // ten times, and signalled at the first sweep only.
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "counting-orphan")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let orphan = pid_in(&master.wait_for_line("counting-orphan pid="));
+    master.wait_until("the orphan adopted", || {
+        children_of(master.pid()).contains(&orphan).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    assert_eq!(
+        master.count_lines("orphan-got-term"),
+        1,
+        "{}",
+        master.transcript()
+    );
+    master.expect_tree_gone();
 }
