@@ -103,3 +103,48 @@ fn a_status_file_that_cannot_be_written_stops_the_start() {
     assert!(error.contains("No such file or directory"), "{error}");
     assert_eq!(master.count_lines("spawned"), 0);
 }
+
+#[test]
+fn retired_indices_leave_the_status_and_one_added_back_is_forked_again() {
+    let path = status_path("status-retired");
+    // Workers that ignore TERM: each retiring worker runs until the test kills it, so the
+    // test picks the order in which they go.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "4")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "60")
+        .env("FIXTURE", "ignore-term")
+        .start();
+    let before = master.wait_for_workers(4);
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=3 retiring=3");
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=2 retiring=2");
+    // Index 2 goes first: its slot stays, behind index 3's, still stopping.
+    kill(before[&2], Signal::SIGKILL).unwrap();
+    master.wait_for_line(&format!("exited index=2 pid={}", before[&2]));
+    let status = wait_for_status(&master, &path, "index 2 retired", |status| {
+        status["workers"][2]["state"] == "retired"
+    });
+    assert_eq!(status["workers"][3]["state"], "stopping");
+    // Added back while index 3 still stops: index 2 is free, and forked again.
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_lines("spawned index=2 ", 2);
+    kill(before[&3], Signal::SIGKILL).unwrap();
+    master.wait_for_line(&format!("exited index=3 pid={}", before[&3]));
+    let status = wait_for_status(&master, &path, "index 3 gone", |status| {
+        status["workers"]
+            .as_array()
+            .is_some_and(|workers| workers.len() == 3)
+    });
+    assert_eq!(status["instances"], 3);
+    assert_eq!(status["running"], 3);
+    for index in 0..3 {
+        assert_eq!(status["workers"][index]["state"], "running", "{status}");
+    }
+    // A second TERM forces the workers that ignore the first.
+    master.signal(Signal::SIGTERM);
+    master.wait_for_line("shutdown-started");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
