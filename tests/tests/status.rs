@@ -2,7 +2,8 @@
 //! happen, read here with a JSON parser.
 //!
 //! cargo-mutants finds `>` turned into `>=` in `RespawnLimiter::in_window` alive: the two
-//! differ only for a respawn exactly one `respawn_interval` old to the nanosecond.
+//! differ only for a respawn exactly one `respawn_interval` old to the nanosecond. Nor can a
+//! test tell `Slots::trim`'s `>` from `>=`: no slot below `instances` is ever retired.
 
 use kamisama_tests::Master;
 use nix::sys::signal::{kill, Signal};
