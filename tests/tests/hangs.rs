@@ -68,13 +68,21 @@ fn a_hang_counts_against_the_respawn_limit() {
 
 #[test]
 fn a_worker_that_ignores_the_hang_signal_is_killed_after_a_second() {
+    let status = kamisama_tests::scratch!("hang-ignored").join("status.json");
     let mut master = watched("1")
         .env("HANG", "0")
         .env("IGNORE_ABRT", "1")
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
         .start();
     let worker = master.wait_for_workers(2)[&0];
     // It ignores SIGABRT: the hang signal changes nothing, the SIGKILL after it does.
     master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    // Meanwhile the status says so.
+    let hung = format!(r#"{{"index":0,"state":"hung","pid":{worker},"#);
+    master.wait_until("the status to say hung", || {
+        let text = std::fs::read_to_string(&status).ok()?;
+        text.contains(&hung).then_some(())
+    });
     master.wait_for_line(&format!("killed index=0 pid={worker} after=1s"));
     master.wait_for_line(&format!("exited index=0 pid={worker} status=SIGKILL"));
     master.wait_for_line("respawning index=0 respawns=1 limit=100");

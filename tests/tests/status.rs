@@ -3,12 +3,15 @@
 //!
 //! cargo-mutants finds `>` turned into `>=` in `RespawnLimiter::in_window` alive: the two
 //! differ only for a respawn exactly one `respawn_interval` old to the nanosecond. Nor can a
-//! test tell `Slots::trim`'s `>` from `>=`: no slot below `instances` is ever retired.
+//! test tell `Slots::trim`'s `>` from `>=`: no slot below `instances` is ever retired. And a
+//! backoff that has ended is never in a status (`*at > now` with `>=` or `true`): the file
+//! is written at the end of a turn of the loop, after that turn's forks.
 
 use kamisama_tests::Master;
 use nix::sys::signal::{kill, Signal};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 
@@ -23,6 +26,19 @@ fn read(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text}"))
 }
 
+/// A status timestamp (`started`), in seconds since the Unix epoch.
+fn unix_seconds(value: &Value) -> f64 {
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"))
+}
+
+fn unix_seconds_of(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
 /// Waits until the status satisfies `condition`, and returns it.
 fn wait_for_status(
     master: &Master,
@@ -31,14 +47,17 @@ fn wait_for_status(
     condition: impl Fn(&Value) -> bool,
 ) -> Value {
     master.wait_until(what, || {
-        let status = read(path);
-        condition(&status).then_some(status)
+        // Not there before the master has written it.
+        path.exists()
+            .then(|| read(path))
+            .filter(|status| condition(status))
     })
 }
 
 #[test]
 fn the_status_follows_respawns_scaling_and_a_rolling_restart() {
     let path = status_path("status-follows");
+    let launched = SystemTime::now();
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
         .env("KAMISAMA_INSTANCES", "3")
@@ -56,13 +75,21 @@ fn the_status_follows_respawns_scaling_and_a_rolling_restart() {
         assert_eq!(worker["state"], "running");
         assert_eq!(worker["restarts"], 0);
         assert!(worker["last_exit"].is_null());
-        assert!(worker["started"].as_f64().unwrap() > 1.7e9, "{worker}");
+        let started = unix_seconds(&worker["started"]);
+        assert!(started >= unix_seconds_of(launched) - 0.002, "{worker}");
+        assert!(started <= unix_seconds_of(SystemTime::now()), "{worker}");
     }
+    let first_started = unix_seconds(&status["workers"][0]["started"]);
 
+    // A while later, the next rewrite still says index 0 started when it did.
+    let later = Instant::now() + Duration::from_millis(200);
+    master.wait_until("200 ms", || (Instant::now() >= later).then_some(()));
     kill(workers[&1], Signal::SIGKILL).unwrap();
     let status = wait_for_status(&master, &path, "index 1 respawned", |status| {
         status["workers"][1]["restarts"] == 1 && status["running"] == 3
     });
+    let started = unix_seconds(&status["workers"][0]["started"]);
+    assert!((started - first_started).abs() <= 0.002, "{status}");
     assert_eq!(status["workers"][1]["last_exit"], "SIGKILL");
     assert_eq!(status["respawns_in_window"], 1);
     kill(workers[&0], Signal::SIGKILL).unwrap();
@@ -146,6 +173,26 @@ fn retired_indices_leave_the_status_and_one_added_back_is_forked_again() {
     // A second TERM forces the workers that ignore the first.
     master.signal(Signal::SIGTERM);
     master.wait_for_line("shutdown-started");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn an_index_waiting_out_its_backoff_is_backing_off() {
+    let path = status_path("status-backing-off");
+    // A worker that exits at once, with backoff: 100 ms, 200 ms, 400 ms... before each fork.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_BACKOFF_MAX", "30")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100")
+        .env("FIXTURE", "exit-3")
+        .start();
+    let status = wait_for_status(&master, &path, "index 0 backing off", |status| {
+        status["workers"][0]["state"] == "backing-off"
+    });
+    assert!(status["workers"][0]["pid"].is_null(), "{status}");
+    assert_eq!(status["workers"][0]["last_exit"], "3", "{status}");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
