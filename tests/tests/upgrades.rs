@@ -2,6 +2,10 @@
 //! listeners, hands over once its fleet is ready, and rolls back when the new binary dies or
 //! is late. The server is `examples/hello_server.rs`, run from a path of the test's own so
 //! that a deploy can rename a new file over it, as package managers and deploy tools do.
+//!
+//! cargo-mutants finds `take_over`'s first `||` turned into `&&` alive: the two differ only
+//! for a new master that is shutting down with a ready fleet, and a shutdown stops every
+//! worker first, so that its fleet is never ready.
 
 use kamisama_tests::deployment::{spawned_by, upgrade, Deployment, Pids};
 use kamisama_tests::load::{Load, Tally};
@@ -16,6 +20,7 @@ use std::net::SocketAddr;
 
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
 const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 
 /// The threaded hello server, installed in a scratch directory named `name`.
 fn deploy(name: &str) -> Deployment {
@@ -171,6 +176,58 @@ fn a_new_binary_that_dies_at_start_is_rolled_back() {
     assert_eq!(master.count_lines("upgrade-busy"), 0);
     assert_eq!(master.wait_exit_alone().code(), Some(0));
     stop_successor(successor);
+}
+
+#[test]
+fn workers_ready_once_forked_must_have_lived_a_second_before_the_hand_over() {
+    let deployment = deploy("upgrade-settle");
+    let (master, _, _) = deployment.start(2, &[]);
+    // A fleet whose workers are ready once forked (the `supervised` fixture's sleepers).
+    deployment.install(&fs::read(SUPERVISED).unwrap());
+    let old = master.pid();
+    let successor = upgrade(&master, old);
+    spawned_by(&master, successor, 2);
+    let forked = std::time::Instant::now();
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    // A second after the forks, less the time the test took to see them.
+    let waited = forked.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "{waited:?}"
+    );
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    stop_successor(successor);
+}
+
+#[test]
+fn a_new_fleet_with_a_worker_that_keeps_crashing_is_never_handed_over() {
+    let deployment = deploy("upgrade-crashing-index");
+    // Index 0 of the new fleet exits at once, again and again, with a growing backoff
+    // between forks; index 1 runs on. The fleet is never whole for a second.
+    let settings = [
+        ("FIXTURE", "crash-index-0"),
+        ("KAMISAMA_BACKOFF_MAX", "30"),
+        ("KAMISAMA_RESPAWN_LIMIT", "100"),
+        ("KAMISAMA_UPGRADE_TIMEOUT", "3"),
+    ];
+    let (mut master, address, workers) = deployment.start(2, &settings);
+    deployment.install(&fs::read(SUPERVISED).unwrap());
+    let successor = upgrade(&master, master.pid());
+    let failed = master.wait_for_line("upgrade-failed");
+    assert!(failed.contains("not ready within 3s"), "{failed}");
+    assert_eq!(
+        master.count_lines("upgrade-handing-over"),
+        0,
+        "{}",
+        master.transcript()
+    );
+    master.wait_for_line(&format!("reaped pid={successor}"));
+    assert_eq!(live_children(master.pid()), workers);
+    answered_by(address, &workers);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
 }
 
 #[test]
