@@ -74,6 +74,12 @@ impl Launch {
         self
     }
 
+    /// Starts the master in `dir`, where a relative program path is found too.
+    pub fn current_dir(mut self, dir: &std::path::Path) -> Self {
+        self.command.current_dir(dir);
+        self
+    }
+
     /// Adds a command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.command.arg(arg);

@@ -231,6 +231,42 @@ fn a_new_fleet_with_a_worker_that_keeps_crashing_is_never_handed_over() {
 }
 
 #[test]
+fn a_master_started_by_a_relative_path_or_through_path_upgrades_to_that_file() {
+    for (name, program) in [("upgrade-relative", "./app"), ("upgrade-in-path", "app")] {
+        let deployment = deploy(name);
+        let launch = Master::launch(program)
+            .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+            .env("KAMISAMA_INSTANCES", "1");
+        let launch = if program.contains('/') {
+            launch.current_dir(&deployment.dir)
+        } else {
+            // Found through PATH, from a directory that holds no such file.
+            let path = std::env::var("PATH").unwrap_or_default();
+            let path = format!("{}:{path}", deployment.dir.display());
+            launch
+                .env("PATH", &path)
+                .current_dir(std::path::Path::new("/"))
+        };
+        let master = launch.start();
+        let old = master.pid();
+        spawned_by(&master, old, 1);
+        let successor = upgrade(&master, old);
+        let started = master.wait_for_line(&format!("kamisama[{old}]: upgrade-started"));
+        assert_eq!(
+            field(&started, "path"),
+            Some(&*deployment.app()),
+            "{started}"
+        );
+        master.wait_for_line(&format!(
+            "kamisama[{old}]: upgrade-handing-over pid={successor}"
+        ));
+        assert_eq!(exe(successor.as_raw() as u32), deployment.app());
+        master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+        stop_successor(successor);
+    }
+}
+
+#[test]
 fn a_new_master_that_is_never_ready_is_stopped_and_killed_if_it_must() {
     let deployment = deploy("upgrade-late");
     let settings = [
