@@ -5,7 +5,11 @@
 //!
 //! cargo-mutants finds `take_over`'s first `||` turned into `&&` alive: the two differ only
 //! for a new master that is shutting down with a ready fleet, and a shutdown stops every
-//! worker first, so that its fleet is never ready.
+//! worker first, so that its fleet is never ready. Nor can a test tell apart: the readiness
+//! pipe's `O_CLOEXEC | O_NONBLOCK` with `^` (distinct bits); `Upgrade::hear`'s guards on
+//! `WouldBlock` and `Interrupted` made `true` or `false` (a non-blocking pipe's read fails
+//! with EAGAIN alone); `dup2(..) < 0` with `== 0` or `<= 0` in the child (a `dup2` onto
+//! descriptor 3 or more returns that descriptor or -1, and fails only on a bad descriptor).
 
 use kamisama_tests::deployment::{spawned_by, upgrade, Deployment, Pids};
 use kamisama_tests::load::{Load, Tally};
@@ -162,6 +166,7 @@ fn a_new_binary_that_dies_at_start_is_rolled_back() {
     master.wait_until("the new master to be reaped", || {
         (!is_alive(successor) && parent_of(successor).is_none()).then_some(())
     });
+    assert_eq!(master.count_lines("upgrade-failed"), 1);
     // The old generation serves on, untouched.
     assert_eq!(live_children(master.pid()), workers);
     answered_by(address, &workers);
@@ -284,6 +289,8 @@ fn a_new_master_that_is_never_ready_is_stopped_and_killed_if_it_must() {
     assert!(failed.contains("not ready within 1s"), "{failed}");
     let reaped = master.wait_for_line(&format!("reaped pid={successor}"));
     assert_eq!(field(&reaped, "status"), Some("SIGKILL"), "{reaped}");
+    // Said once: its end, long after it failed, is no second failure.
+    assert_eq!(master.count_lines("upgrade-failed"), 1);
     assert_eq!(live_children(master.pid()), workers);
     answered_by(address, &workers);
     master.signal(Signal::SIGTERM);
