@@ -222,3 +222,17 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
 fn a_watchdog_of_zero_microseconds_is_off() {
     no_watchdog("systemd-zero-watchdog", &[("WATCHDOG_USEC", "0")]);
 }
+
+#[test]
+fn an_upgrade_descriptor_that_is_not_open_is_no_upgrade() {
+    // A stray KAMISAMA_UPGRADE_FD naming no open descriptor: the master is no new master
+    // waiting for an old one to hand over, and tells systemd it is ready as any other.
+    let systemd = NotifySocket::bind(scratch!("systemd-stray-upgrade-fd").join("notify"), None);
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("KAMISAMA_UPGRADE_FD", "99")
+        .start();
+    systemd.wait_for("READY=1", 1);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

@@ -9,7 +9,10 @@
 //! pipe's `O_CLOEXEC | O_NONBLOCK` with `^` (distinct bits); `Upgrade::hear`'s guards on
 //! `WouldBlock` and `Interrupted` made `true` or `false` (a non-blocking pipe's read fails
 //! with EAGAIN alone); `dup2(..) < 0` with `== 0` or `<= 0` in the child (a `dup2` onto
-//! descriptor 3 or more returns that descriptor or -1, and fails only on a bad descriptor).
+//! descriptor 3 or more returns that descriptor or -1, and fails only on a bad descriptor);
+//! `Takeover::handed_over`'s `POLLERR | POLLHUP` with `^`; and `Takeover::said_ready` made
+//! `false`, which only keeps a new master waking for readiness in the milliseconds between
+//! its word and the old master's hand-over.
 
 use kamisama_tests::deployment::{spawned_by, upgrade, Deployment, Pids};
 use kamisama_tests::load::{Load, Tally};
