@@ -109,12 +109,19 @@ fn a_cooperative_worker_whose_master_dies_still_stops() {
 fn an_orphaned_worker_that_ignores_its_stop_request_is_ended_by_its_watchdog() {
     // A job of an hour, never interrupted; with no master left to send SIGKILL, the worker's
     // own alarm ends it after the shutdown timeout.
-    let mut master = Master::launch(COOPERATIVE)
+    let master = Master::launch(COOPERATIVE)
         .env("JOB_MS", "3600000")
         .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
         .start();
-    let workers = master.wait_for_workers(2);
+    master.wait_for_workers(2);
     master.wait_for_lines("job-started", 2);
+    each_orphan_ends_by_its_alarm(master);
+}
+
+/// Kills the master, whose workers ignore the stop request their death signal brings, and
+/// checks that each orphan's own alarm ends it.
+fn each_orphan_ends_by_its_alarm(mut master: Master) {
+    let workers = master.wait_for_workers(2);
     master.signal(Signal::SIGKILL);
     master.wait_exit();
     for pid in workers.values() {
@@ -131,20 +138,10 @@ fn an_orphaned_worker_that_ignores_its_stop_request_is_ended_by_its_watchdog() {
 fn the_watchdog_of_a_shutdown_timeout_under_a_second_is_armed_for_one() {
     // Half a second, from the builder: `alarm` counts whole seconds, and a timeout rounded
     // down to none would arm nothing.
-    let mut master = Master::launch(BY_HAND)
+    let master = Master::launch(BY_HAND)
         .env("BY_HAND_STUBBORN_MS", "500")
         .start();
-    let workers = master.wait_for_workers(2);
-    master.signal(Signal::SIGKILL);
-    master.wait_exit();
-    for pid in workers.values() {
-        let status = kamisama_tests::reap_orphan(*pid);
-        assert_eq!(
-            status,
-            nix::sys::wait::WaitStatus::Signaled(*pid, Signal::SIGALRM, false)
-        );
-    }
-    master.expect_tree_gone();
+    each_orphan_ends_by_its_alarm(master);
 }
 
 #[test]
