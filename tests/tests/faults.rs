@@ -468,13 +468,19 @@ impl Drop for PidsLimit {
     }
 }
 
-const NO_PIDS_LIMIT: &str = "needs a writable cgroup v1 pids hierarchy (root)";
+/// A pids limit of `max` for the test `test`, or `None`, said as a skip, where the machine
+/// gives none.
+fn pids_limit(test: &str, max: usize) -> Option<PidsLimit> {
+    let limit = PidsLimit::new(&format!("kamisama-{test}-{}", std::process::id()), max);
+    if limit.is_none() {
+        kamisama_tests::skip(test, "needs a writable cgroup v1 pids hierarchy (root)");
+    }
+    limit
+}
 
 #[test]
 fn a_passing_fork_failure_is_retried() {
-    let name = format!("kamisama-test-passing-{}", std::process::id());
-    let Some(limit) = PidsLimit::new(&name, 4) else {
-        kamisama_tests::skip("a_passing_fork_failure_is_retried", NO_PIDS_LIMIT);
+    let Some(limit) = pids_limit("a_passing_fork_failure_is_retried", 4) else {
         return;
     };
     // The master and three workers fit; the fourth fork fails with EAGAIN until the limit
@@ -511,12 +517,10 @@ fn a_passing_fork_failure_is_retried() {
 
 #[test]
 fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
-    let name = format!("kamisama-test-persists-{}", std::process::id());
-    let Some(limit) = PidsLimit::new(&name, 4) else {
-        kamisama_tests::skip(
-            "a_fork_failure_that_persists_gives_up_and_stops_every_worker",
-            NO_PIDS_LIMIT,
-        );
+    let Some(limit) = pids_limit(
+        "a_fork_failure_that_persists_gives_up_and_stops_every_worker",
+        4,
+    ) else {
         return;
     };
     let mut master = Master::launch(SUPERVISED)
@@ -561,12 +565,10 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
 
 #[test]
 fn a_rolling_restart_waits_for_a_replacement_whose_fork_fails() {
-    let name = format!("kamisama-test-rolling-{}", std::process::id());
-    let Some(limit) = PidsLimit::new(&name, 64) else {
-        kamisama_tests::skip(
-            "a_rolling_restart_waits_for_a_replacement_whose_fork_fails",
-            NO_PIDS_LIMIT,
-        );
+    let Some(limit) = pids_limit(
+        "a_rolling_restart_waits_for_a_replacement_whose_fork_fails",
+        64,
+    ) else {
         return;
     };
     let mut master = Master::launch(SUPERVISED)
