@@ -306,6 +306,14 @@ impl Master {
             .count()
     }
 
+    /// Asserts that exactly `count` lines written so far contain `needle`; a failure shows
+    /// the whole transcript.
+    #[track_caller]
+    pub fn expect_lines(&self, needle: &str, count: usize) {
+        let counted = self.count_lines(needle);
+        assert_eq!(counted, count, "{needle:?} in:\n{}", self.transcript());
+    }
+
     /// How many workers the master wants now, from its last `started` or `scaled-*` line.
     pub fn instances_asked(&self) -> usize {
         self.transcript()

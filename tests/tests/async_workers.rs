@@ -21,23 +21,13 @@ fn run_and_stop(signature: &str) -> Master {
 #[test]
 fn an_async_worker_without_arguments_runs_and_stops() {
     let master = run_and_stop("none");
-    assert_eq!(
-        master.count_lines("status=SIGTERM"),
-        2,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("status=SIGTERM", 2);
 }
 
 #[test]
 fn an_async_worker_of_its_index_runs_and_stops() {
     let master = run_and_stop("index");
-    assert_eq!(
-        master.count_lines("status=SIGTERM"),
-        2,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("status=SIGTERM", 2);
 }
 
 #[test]
@@ -67,7 +57,7 @@ fn an_async_worker_with_the_handle_stops_cooperatively() {
     let master = run_and_stop("handle");
     // TERM reached the worker as a stop request, which completed `stopped()`.
     assert_eq!(master.count_lines("worker-stopping"), 2);
-    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+    master.expect_lines("status=0", 2);
 }
 
 #[test]
@@ -82,7 +72,7 @@ fn a_stop_during_an_await_lets_the_job_in_hand_finish() {
         master.wait_for_line(&format!("worker-stopping index={index} jobs=1"));
         master.wait_for_line(&format!("exited index={index} pid={pid} status=0"));
     }
-    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    master.expect_lines("killed", 0);
 }
 
 #[test]
@@ -125,7 +115,7 @@ fn a_runtime_in_the_master_is_refused() {
         .start();
     master.expect_exit_code(2);
     master.wait_for_line("error: a tokio runtime is running in the master");
-    assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
+    master.expect_lines("spawned", 0);
 }
 
 #[test]
@@ -142,12 +132,7 @@ fn an_executor_blocked_by_a_task_is_hung_and_a_busy_one_is_not() {
         "exited index=1 pid={} status=SIGABRT",
         workers[&1]
     ));
-    assert_eq!(
-        master.count_lines("hung index=0"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("hung index=0", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

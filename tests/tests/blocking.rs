@@ -29,7 +29,7 @@ fn a_rolling_restart_of_workers_idle_in_accept_is_prompt() {
     for (index, pid) in &before {
         master.wait_for_line(&format!("exited index={index} pid={pid} status=0"));
     }
-    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    master.expect_lines("killed", 0);
     let after = master.wait_for_workers(4);
     assert!(after.iter().all(|(index, pid)| before[index] != *pid));
     master.signal(Signal::SIGTERM);
@@ -57,13 +57,8 @@ fn accept_hands_out_connections_and_losing_the_race_is_invisible() {
     // An hour to stop, and stopped at once: none was left blocked in accept.
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
-    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
-    assert_eq!(
-        master.count_lines("accept-error"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("killed", 0);
+    master.expect_lines("accept-error", 0);
     assert_eq!(master.count_lines("worker-stopping"), 4);
 }
 
@@ -90,5 +85,5 @@ fn workers_waiting_to_read_leave_at_once_on_term() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     assert_eq!(master.count_lines("worker-stopping"), 2);
-    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+    master.expect_lines("status=0", 2);
 }

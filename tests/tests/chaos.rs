@@ -121,13 +121,8 @@ fn run(seed: u64) {
         master.transcript()
     );
     assert!(master.tree().is_empty(), "left behind: {:?}", master.tree());
-    assert_eq!(
-        master.count_lines("DUPLICATE"),
-        0,
-        "{}",
-        master.transcript()
-    );
-    assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    master.expect_lines("DUPLICATE", 0);
+    master.expect_lines("gave-up", 0);
     one_worker_per_index_by_the_log(&master);
     let _ = std::fs::remove_dir_all(&dir);
 }

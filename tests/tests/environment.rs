@@ -63,13 +63,8 @@ fn an_invalid_value_stops_before_anything_is_forked() {
             message.contains(&format!("{var}={value:?}")),
             "{var}={value:?}: {message}"
         );
-        assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
-        assert_eq!(
-            master.count_lines("worker-started"),
-            0,
-            "{}",
-            master.transcript()
-        );
+        master.expect_lines("spawned", 0);
+        master.expect_lines("worker-started", 0);
         master.expect_tree_gone();
     }
 }
@@ -90,7 +85,7 @@ fn a_process_with_threads_is_refused() {
     let mut master = Master::launch(BY_HAND).env("BY_HAND_THREAD", "1").start();
     master.expect_exit_code(2);
     master.wait_for_line("error: the process already runs 2 threads");
-    assert_eq!(master.count_lines("spawned"), 0, "{}", master.transcript());
+    master.expect_lines("spawned", 0);
 }
 
 #[test]
@@ -104,5 +99,5 @@ fn a_worker_that_never_returns_and_borrows_its_handle_runs() {
     master.signal(Signal::SIGTERM);
     master.wait_for_lines("never-returning index=", 2);
     master.expect_exit_code(0);
-    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    master.expect_lines("killed", 0);
 }

@@ -331,12 +331,7 @@ fn ttin_during_a_retirement_waits_for_the_index_to_be_free() {
             .filter(|now| now.len() == 2 && now[&1] != before[&1])
     });
     assert_eq!(after[&0], before[&0]);
-    assert_eq!(
-        master.count_lines("respawning"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("respawning", 0);
     master.shut_down_now();
     master.expect_exit_code(0);
 }
@@ -428,12 +423,7 @@ fn a_crash_read_in_one_batch_with_a_hup_is_a_crash() {
     master.expect_exit_code(1);
     master.wait_for_line("exited index=0 pid=");
     master.wait_for_line("gave-up");
-    assert_eq!(
-        master.count_lines("replacing"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("replacing", 0);
     master.expect_tree_gone();
 }
 
@@ -496,7 +486,7 @@ fn a_passing_fork_failure_is_retried() {
     master.wait_for_line("respawning index=3 respawns=1 limit=100 window=60s delay=100ms");
     limit.set_max(64);
     master.wait_for_workers(5);
-    assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    master.expect_lines("gave-up", 0);
     // A fork that succeeds clears the failures: the next failure waits 100 ms again.
     let failures = master.count_lines("spawn-failed");
     limit.set_max(6);

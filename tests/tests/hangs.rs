@@ -109,7 +109,7 @@ fn workers_that_beat_in_time_are_never_hung() {
     master.wait_for_line("beat index=1 n=10");
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     hogs.into_iter().for_each(|hog| hog.join().unwrap());
-    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.expect_lines("hung", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -123,7 +123,7 @@ fn waiting_through_the_handle_counts_as_alive() {
         .start();
     master.wait_for_line("beat index=0 n=2");
     master.wait_for_line("beat index=1 n=2");
-    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.expect_lines("hung", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -140,12 +140,7 @@ fn start_up_has_its_own_allowance_and_a_worker_that_never_beats_is_hung() {
     master.wait_for_line("beat index=0 n=1");
     let hung = master.wait_for_line(&format!("hung index=1 pid={}", workers[&1]));
     assert!(silent_for(&hung) >= Duration::from_secs(2), "{hung}");
-    assert_eq!(
-        master.count_lines("hung index=0"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("hung index=0", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -161,7 +156,7 @@ fn a_respawned_worker_has_the_start_up_allowance_again() {
     kill(before[&0], Signal::SIGKILL).unwrap();
     master.wait_for_line(&format!("exited index=0 pid={} status=SIGKILL", before[&0]));
     master.wait_for_lines("beat index=0 n=2", 2);
-    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.expect_lines("hung", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -173,7 +168,7 @@ fn without_a_timeout_nothing_is_watched() {
     master.wait_for_line("timeout=0s");
     master.wait_for_workers(2);
     master.wait_for_line("beat index=1 n=6");
-    assert_eq!(master.count_lines("hung"), 0, "{}", master.transcript());
+    master.expect_lines("hung", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

@@ -77,7 +77,7 @@ fn a_long_nap_is_cut_short(launch: Launch) {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.wait_for_lines("worker-stopping", 2);
-    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+    master.expect_lines("status=0", 2);
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn never_runs_each_index_once_and_exits_1_if_one_failed() {
         .env("EXIT_3", "3")
         .start();
     master.expect_exit_code(1);
-    assert_eq!(master.count_lines("spawned"), 4, "{}", master.transcript());
+    master.expect_lines("spawned", 4);
     assert_eq!(master.count_lines("respawning"), 0);
     master.wait_for_line("done index=3 succeeded=false");
     master.wait_for_line("all-done failed=1");
@@ -460,12 +460,7 @@ fn log_false_silences_the_master_but_not_the_callback() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.wait_for_line("event: shutdown-finished exit=0");
-    assert_eq!(
-        master.count_lines("kamisama["),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("kamisama[", 0);
 }
 
 #[test]

@@ -221,11 +221,6 @@ fn an_orphan_gets_one_term_however_long_it_takes() {
     });
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
-    assert_eq!(
-        master.count_lines("orphan-got-term"),
-        1,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("orphan-got-term", 1);
     master.expect_tree_gone();
 }

@@ -24,12 +24,7 @@ fn graceful_shutdown(signal: Signal) {
     for (index, pid) in &workers {
         master.wait_for_line(&format!("exited index={index} pid={pid} status=SIGTERM"));
     }
-    assert_eq!(
-        master.count_lines("respawning"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("respawning", 0);
     master.wait_for_line("shutdown-finished exit=0");
     master.expect_tree_gone();
 }
@@ -167,12 +162,7 @@ fn ttin_adds_a_worker_and_ttou_retires_the_highest_index() {
     master.signal(Signal::SIGTTIN);
     let regrown = master.wait_for_workers(3);
     assert_ne!(regrown[&2], grown[&2]);
-    assert_eq!(
-        master.count_lines("respawning"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("respawning", 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

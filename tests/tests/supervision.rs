@@ -50,7 +50,7 @@ fn starts_every_instance_as_a_direct_child_with_a_dense_index() {
     // Read once the master is gone: the log and the workers' lines come by different pipes.
     for (index, pid) in &workers {
         let spawned = format!("spawned index={index} pid={pid}");
-        assert_eq!(master.count_lines(&spawned), 1, "{}", master.transcript());
+        master.expect_lines(&spawned, 1);
     }
     assert_eq!(master.count_lines("spawned"), 5);
     master.expect_tree_gone();
@@ -157,7 +157,7 @@ fn deaths_spaced_wider_than_the_interval_never_give_up() {
         let respawned = Instant::now();
         std::thread::sleep(interval.saturating_sub(respawned.elapsed()) + interval / 10);
     }
-    assert_eq!(master.count_lines("gave-up"), 0, "{}", master.transcript());
+    master.expect_lines("gave-up", 0);
     master.wait_for_lines("respawns=1 limit=1", 3);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
@@ -318,19 +318,9 @@ fn a_worker_that_takes_nothing_exits_with_its_result() {
     let no_argument = env!("CARGO_BIN_EXE_no-argument");
     let mut master = Master::launch(no_argument).start();
     master.expect_exit_code(0);
-    assert_eq!(master.count_lines("status=0"), 2, "{}", master.transcript());
+    master.expect_lines("status=0", 2);
     let mut master = Master::launch(no_argument).env("FAIL", "1").start();
     master.expect_exit_code(1);
-    assert_eq!(
-        master.count_lines(" status=1"),
-        2,
-        "{}",
-        master.transcript()
-    );
-    assert_eq!(
-        master.count_lines("worker-failed"),
-        2,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines(" status=1", 2);
+    master.expect_lines("worker-failed", 2);
 }

@@ -36,12 +36,7 @@ fn declared_readiness_reloading_and_stopping_are_told_in_order() {
     // What a worker and anything it runs see; /proc/PID/environ keeps the block as it was
     // at exec, which the master leaves untouched.
     master.wait_for_lines("notify-socket=", 3);
-    assert_eq!(
-        master.count_lines("notify-socket=unset"),
-        3,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("notify-socket=unset", 3);
     master.signal(Signal::SIGHUP);
     let reloading = systemd.wait_for("RELOADING=1", 1);
     let usec: u64 = reloading.value("MONOTONIC_USEC").unwrap().parse().unwrap();

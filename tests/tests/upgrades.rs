@@ -134,7 +134,7 @@ fn an_upgrade_under_load(server: &str, name: &str, keep_alive: bool) {
         tally.accepted.keys().any(|pid| workers.contains(pid)),
         "{tally:?}"
     );
-    assert_eq!(master.count_lines("killed"), 0, "{}", master.transcript());
+    master.expect_lines("killed", 0);
     stop_successor(successor);
 }
 
@@ -225,12 +225,7 @@ fn a_new_fleet_with_a_worker_that_keeps_crashing_is_never_handed_over() {
     let successor = upgrade(&master, master.pid());
     let failed = master.wait_for_line("upgrade-failed");
     assert!(failed.contains("not ready within 3s"), "{failed}");
-    assert_eq!(
-        master.count_lines("upgrade-handing-over"),
-        0,
-        "{}",
-        master.transcript()
-    );
+    master.expect_lines("upgrade-handing-over", 0);
     master.wait_for_line(&format!("reaped pid={successor}"));
     assert_eq!(live_children(master.pid()), workers);
     answered_by(address, &workers);
