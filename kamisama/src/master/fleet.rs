@@ -97,15 +97,16 @@ impl Orphans {
 /// has left that group. Returns whether the worker got it.
 ///
 /// The group holds the worker's subprocesses, which a stop must reach too. A worker that
-/// moved to another group is signalled alone: that group is not the fleet's to stop.
+/// moved to another group is signalled alone: that group is not the fleet's to stop. So is a
+/// worker just forked, which has not made its group yet.
 pub(super) fn stop_worker(pid: Pid, stop: Stop) -> bool {
     let mut to_group = true;
     for signal in stop.signals() {
         to_group &= killpg(pid, *signal).is_ok();
     }
     // Asked after the group was signalled: a worker still in it has had the signals.
-    if getpgid(Some(pid)) == Ok(pid) {
-        return to_group;
+    if to_group && getpgid(Some(pid)) == Ok(pid) {
+        return true;
     }
     let mut to_worker = true;
     for signal in stop.signals() {

@@ -54,12 +54,10 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
     // inherits no lock that another thread holds; the child runs `run_worker`, which never
     // returns.
     match unsafe { fork() }? {
-        ForkResult::Parent { child } => {
-            // The worker does the same: whichever runs first, the group exists before the
-            // master can signal it.
-            let _ = setpgid(child, child);
-            Ok(child)
-        }
+        // The worker makes its own process group. The master does not do it for it, as
+        // shells do: a worker that moves to another group at once would be moved back. A stop
+        // that comes before the group exists reaches the worker itself (`fleet::stop_worker`).
+        ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => run_worker(index, worker, setup, title.as_ref()),
     }
 }
