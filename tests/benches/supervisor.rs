@@ -324,13 +324,7 @@ fn idle_footprint(rows: &mut Vec<Row>) {
             running.await_workers(INSTANCES);
             running.await_blocked();
             let master = running.master_pid();
-            let switches = || {
-                status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
-                    + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
-            };
-            let before = switches();
-            thread::sleep(WINDOW);
-            wakeups[which] += (switches() - before) as f64 / (WINDOW.as_secs_f64() * RUNS as f64);
+            wakeups[which] += wakeups_per_second(master, WINDOW) / RUNS as f64;
             rss[which].push(status_field(master, "VmRSS").unwrap_or(0));
             own[which].push(rollup_kib(master, &["Anonymous"]));
             let workers = running.workers.values();
@@ -367,6 +361,17 @@ fn idle_footprint(rows: &mut Vec<Row>) {
         private[1],
         Unit::KiB,
     ));
+}
+
+/// How often an idle `master` wakes up, in context switches per second over `window`.
+fn wakeups_per_second(master: Pid, window: Duration) -> f64 {
+    let switches = || {
+        status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
+            + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
+    };
+    let before = switches();
+    thread::sleep(window);
+    (switches() - before) as f64 / window.as_secs_f64()
 }
 
 /// The sum of `fields` of a process's /proc/PID/smaps_rollup, in KiB.
@@ -460,14 +465,7 @@ fn hang_detection(rows: &mut Vec<Row>) {
         let (mut running, _) = Running::start(subject, 17);
         running.await_workers(17);
         running.await_blocked();
-        let master = running.master_pid();
-        let switches = || {
-            status_field(master, "voluntary_ctxt_switches").unwrap_or(0)
-                + status_field(master, "nonvoluntary_ctxt_switches").unwrap_or(0)
-        };
-        let before = switches();
-        thread::sleep(WINDOW);
-        wakeups[which] = (switches() - before) as f64 / WINDOW.as_secs_f64();
+        wakeups[which] = wakeups_per_second(running.master_pid(), WINDOW);
         running.shut_down();
     }
     rows.push(row(

@@ -78,9 +78,10 @@ fn a_worker_ignoring_term_is_killed_after_shutdown_timeout() {
     master.expect_tree_gone();
 }
 
-#[test]
-fn a_second_term_kills_at_once() {
-    let mut master = Master::launch(SUPERVISED)
+/// A master of two workers that ignore TERM, at the start of a shutdown whose timeout is an
+/// hour.
+fn shutting_down_for_an_hour() -> Master {
+    let master = Master::launch(SUPERVISED)
         .env("FIXTURE", "ignore-term")
         .env("KAMISAMA_INSTANCES", "2")
         .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
@@ -88,6 +89,12 @@ fn a_second_term_kills_at_once() {
     master.wait_for_workers(2);
     master.signal(Signal::SIGTERM);
     master.wait_for_line("shutdown-started");
+    master
+}
+
+#[test]
+fn a_second_term_kills_at_once() {
+    let mut master = shutting_down_for_an_hour();
     master.signal(Signal::SIGTERM);
     // Well before the hour-long timeout: the test's deadline is seconds.
     master.expect_exit_code(0);
@@ -201,14 +208,7 @@ fn killing_the_master_terminates_every_worker() {
 
 #[test]
 fn scaling_signals_during_a_shutdown_change_nothing() {
-    let mut master = Master::launch(SUPERVISED)
-        .env("FIXTURE", "ignore-term")
-        .env("KAMISAMA_INSTANCES", "2")
-        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "3600")
-        .start();
-    master.wait_for_workers(2);
-    master.signal(Signal::SIGTERM);
-    master.wait_for_line("shutdown-started");
+    let mut master = shutting_down_for_an_hour();
     // The master logs nothing for them: each is sent once the master has woken for the one
     // before and gone back to sleep.
     for signal in [Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGHUP] {
