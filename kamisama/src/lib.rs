@@ -316,6 +316,8 @@ mod signals;
 #[cfg(target_os = "linux")]
 mod supervisor;
 #[cfg(target_os = "linux")]
+mod text;
+#[cfg(target_os = "linux")]
 mod title;
 #[cfg(target_os = "linux")]
 mod worker;

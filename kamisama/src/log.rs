@@ -3,6 +3,7 @@
 
 use crate::config::LogFormat;
 use crate::event::{Event, Level, Value};
+use crate::text::Text;
 use nix::errno::Errno;
 use std::fmt::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,16 +45,16 @@ impl Log {
         if format_line(&mut line, self.format, self.master, level, name, fields).is_none() {
             return;
         }
-        if self.pending.room() < line.len {
+        if self.pending.0.room() < line.0.len() {
             self.flush();
         }
-        let _ = self.pending.write_str(line.as_str());
+        let _ = self.pending.write_str(line.0.as_str());
     }
 
     /// Writes every line gathered.
     pub(crate) fn flush(&mut self) {
-        write_all(self.pending.as_str().as_bytes());
-        self.pending.len = 0;
+        write_all(self.pending.0.as_str().as_bytes());
+        self.pending.0.clear();
     }
 }
 
@@ -233,51 +234,16 @@ fn write_all(mut bytes: &[u8]) {
     }
 }
 
-/// Text built on the stack. What does not fit is cut short, and a cut line still ends with a
-/// newline.
-struct Buffer<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Default for Buffer<N> {
-    fn default() -> Self {
-        Buffer {
-            bytes: [0; N],
-            len: 0,
-        }
-    }
-}
-
-impl<const N: usize> Buffer<N> {
-    fn room(&self) -> usize {
-        N - self.len
-    }
-
-    fn as_str(&self) -> &str {
-        // Only whole `str`s are copied in, cut at a character boundary.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
+/// Log lines on the stack. A line cut short still ends with a newline: the last byte is kept
+/// for it.
+#[derive(Default)]
+struct Buffer<const N: usize>(Text<N>);
 
 impl<const N: usize> fmt::Write for Buffer<N> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        // Keep the last byte for the newline.
-        let room = (N - 1).saturating_sub(self.len);
-        let mut taken = text.len().min(room);
-        while !text.is_char_boundary(taken) {
-            taken -= 1;
-        }
-        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
-        self.len += taken;
-        if taken < text.len() {
-            if self.len < N {
-                self.bytes[self.len] = b'\n';
-                self.len += 1;
-            }
-            return Err(fmt::Error);
-        }
-        Ok(())
+        self.0.push_within(text, N - 1).inspect_err(|_| {
+            let _ = self.0.push_within("\n", N);
+        })
     }
 }
 

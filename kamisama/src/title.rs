@@ -14,6 +14,7 @@
 //! `argv` itself comes from glibc, which passes it to the functions of `.init_array` (std gets
 //! it the same way); on other C libraries only `comm` is set.
 
+use crate::text::Text;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt::{self, Write};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -96,29 +97,28 @@ impl Titles {
     pub(crate) fn render(&self, what: fmt::Arguments<'_>, role: fmt::Arguments<'_>) -> Title {
         let mut title = Title::default();
         let _ = write!(title.line, "{}: {what}", self.name);
-        let mut short = Text::<16>::default();
+        let mut short = Text::<15>::default();
         let _ = write!(short, ":{role}");
-        let name = self.name.as_bytes();
-        let _ = title
-            .comm
-            .write_bytes(&name[..name.len().min(15 - short.len.min(15))]);
-        let _ = title.comm.write_bytes(&short.bytes[..short.len]);
+        let _ = title.comm.push_within(&self.name, 15 - short.len());
+        let _ = title.comm.write_str(short.as_str());
         title
     }
 
     /// Sets this process's title and `comm`. Allocates nothing and formats nothing: a worker
     /// calls it right after its fork.
     pub(crate) fn apply(&self, title: &Title) {
-        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `Text` keeps
-        // its last byte NUL.
-        unsafe { libc::prctl(libc::PR_SET_NAME, title.comm.bytes.as_ptr(), 0, 0, 0) };
+        let mut comm = [0u8; 16];
+        comm[..title.comm.len()].copy_from_slice(title.comm.as_bytes());
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes: `comm` holds
+        // at most 15, and a NUL after them.
+        unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr(), 0, 0, 0) };
         if let Some((start, length)) = self.area {
-            let shown = title.line.len.min(length - 1);
+            let shown = title.line.len().min(length - 1);
             // SAFETY: the area is the arguments' memory, `length` bytes, which this process
             // owns since `take_over` moved the arguments out; the title and the NULs that
             // pad it stay inside it.
             unsafe {
-                std::ptr::copy_nonoverlapping(title.line.bytes.as_ptr(), start, shown);
+                std::ptr::copy_nonoverlapping(title.line.as_bytes().as_ptr(), start, shown);
                 std::ptr::write_bytes(start.add(shown), 0, length - shown);
             }
         }
@@ -154,8 +154,9 @@ impl Drop for Titles {
 /// A title rendered, ready to apply.
 #[derive(Default)]
 pub(crate) struct Title {
-    line: Text<128>,
-    comm: Text<16>,
+    line: Text<127>,
+    /// Without the NUL that ends it.
+    comm: Text<15>,
 }
 
 // SAFETY: the area is only written by the process's single thread: the master before it
@@ -179,34 +180,4 @@ fn contiguous_area(arguments: &[*mut c_char]) -> Option<(*mut u8, usize)> {
     // SAFETY: both point into the same block of arguments.
     let length = usize::try_from(unsafe { end.offset_from(first) }).ok()?;
     (length > 1).then_some((first.cast(), length))
-}
-
-/// Text on the stack, cut short when too long; its last byte stays NUL.
-struct Text<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Text<N> {
-    fn write_bytes(&mut self, bytes: &[u8]) -> fmt::Result {
-        let taken = bytes.len().min(N - 1 - self.len);
-        self.bytes[self.len..self.len + taken].copy_from_slice(&bytes[..taken]);
-        self.len += taken;
-        Ok(())
-    }
-}
-
-impl<const N: usize> Default for Text<N> {
-    fn default() -> Self {
-        Text {
-            bytes: [0; N],
-            len: 0,
-        }
-    }
-}
-
-impl<const N: usize> Write for Text<N> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        self.write_bytes(text.as_bytes())
-    }
 }

@@ -8,6 +8,7 @@
 //! that no worker inherits them and writes to the socket, and it keeps one socket for its
 //! whole life rather than opening one per message.
 
+use crate::text::Text;
 use crate::worker::shared::now_nanos;
 use std::fmt::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -191,63 +192,5 @@ impl Notify {
                 .send_to_addr(message.as_str().as_bytes(), &self.address);
         }
         self.next_ping
-    }
-}
-
-/// Text on the stack, cut short when too long: the loop must not allocate for this.
-struct Text<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Default for Text<N> {
-    fn default() -> Self {
-        Text {
-            bytes: [0; N],
-            len: 0,
-        }
-    }
-}
-
-impl<const N: usize> Text<N> {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
-
-impl<const N: usize> Write for Text<N> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        let mut taken = text.len().min(N - self.len);
-        while !text.is_char_boundary(taken) {
-            taken -= 1;
-        }
-        self.bytes[self.len..self.len + taken].copy_from_slice(&text.as_bytes()[..taken]);
-        self.len += taken;
-        if taken < text.len() {
-            return Err(fmt::Error);
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Text;
-    use std::fmt::Write;
-
-    #[test]
-    fn text_keeps_what_fits_and_cuts_between_characters() {
-        let mut text = Text::<8>::default();
-        assert!(write!(text, "abc").is_ok());
-        assert!(write!(text, "dé").is_ok());
-        assert_eq!((text.as_str(), text.len), ("abcdé", 6));
-        // Two bytes left: `é` fits, `f` does not, and the message is cut after `é`.
-        assert!(write!(text, "éf").is_err());
-        assert_eq!(text.as_str(), "abcdéé");
-        // None left: nothing more is taken, not even half of a character.
-        assert!(write!(text, "x").is_err());
-        let mut text = Text::<3>::default();
-        assert!(write!(text, "aé€").is_err());
-        assert_eq!(text.as_str(), "aé");
     }
 }
