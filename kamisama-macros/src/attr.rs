@@ -67,6 +67,7 @@ pub(crate) enum Key {
     BackoffMax,
     Timeout,
     BootTimeout,
+    HangGrace,
     Runtime,
     WorkerThreads,
     Log,
@@ -79,7 +80,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 17] = [
+    const ALL: [Key; 18] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -88,6 +89,7 @@ impl Key {
         Key::BackoffMax,
         Key::Timeout,
         Key::BootTimeout,
+        Key::HangGrace,
         Key::Runtime,
         Key::WorkerThreads,
         Key::Log,
@@ -109,6 +111,7 @@ impl Key {
             Key::BackoffMax => "backoff_max",
             Key::Timeout => "timeout",
             Key::BootTimeout => "boot_timeout",
+            Key::HangGrace => "hang_grace",
             Key::Runtime => "runtime",
             Key::WorkerThreads => "worker_threads",
             Key::Log => "log",
@@ -178,6 +181,7 @@ impl Key {
             | Key::RespawnInterval
             | Key::ShutdownTimeout
             | Key::BootTimeout
+            | Key::HangGrace
             | Key::WorkerThreads
             | Key::Backlog
             | Key::UpgradeTimeout => 1,
@@ -207,6 +211,7 @@ impl Key {
             Key::BackoffMax => "30",
             Key::Timeout => "30",
             Key::BootTimeout => "120",
+            Key::HangGrace => "5",
             Key::Runtime => "\"multi_thread\"",
             Key::WorkerThreads => "4",
             Key::Log => "\"json\"",

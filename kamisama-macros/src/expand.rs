@@ -155,6 +155,7 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::BackoffMax => quote!(.backoff_max(#seconds)),
         Key::Timeout => quote!(.timeout(#seconds)),
         Key::BootTimeout => quote!(.boot_timeout(#seconds)),
+        Key::HangGrace => quote!(.hang_grace(#seconds)),
         Key::Runtime => quote!(.runtime(#value)),
         Key::WorkerThreads => quote!(.worker_threads(#value)),
         Key::Log => quote!(.log_format(#value)),

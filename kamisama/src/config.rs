@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) boot_timeout: Duration,
     /// What a hung worker gets first.
     pub(crate) hang_signal: i32,
+    /// How long a hung worker has after the hang signal, before SIGKILL.
+    pub(crate) hang_grace: Duration,
     /// The runtime an async worker builds.
     pub(crate) runtime: Runtime,
     /// Its threads, for a multi-thread runtime; `None` for one per core.
@@ -64,6 +66,7 @@ impl Default for Config {
             timeout: Duration::ZERO,
             boot_timeout: Duration::from_secs(60),
             hang_signal: libc::SIGABRT,
+            hang_grace: Duration::from_secs(1),
             runtime: Runtime::CurrentThread,
             worker_threads: None,
             log: LogFormat::Text,
@@ -101,6 +104,12 @@ impl Config {
         if self.boot_timeout.is_zero() {
             return Err(Error::InvalidConfig {
                 setting: "boot_timeout",
+                expected: "longer than zero",
+            });
+        }
+        if self.hang_grace.is_zero() {
+            return Err(Error::InvalidConfig {
+                setting: "hang_grace",
                 expected: "longer than zero",
             });
         }

@@ -23,6 +23,8 @@ pub(crate) const BACKOFF_MAX: &str = "KAMISAMA_BACKOFF_MAX";
 pub(crate) const TIMEOUT: &str = "KAMISAMA_TIMEOUT";
 /// Overrides `boot_timeout`, in seconds.
 pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
+/// Overrides `hang_grace`, in seconds.
+pub(crate) const HANG_GRACE: &str = "KAMISAMA_HANG_GRACE";
 /// Overrides `runtime`: `current_thread` or `multi_thread`.
 pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
 /// Overrides `worker_threads` (and makes the runtime `multi_thread`).
@@ -83,6 +85,9 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     }
     if let Some(seconds) = parse(&lookup, BOOT_TIMEOUT, SECONDS, at_least_one)? {
         overridden.boot_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = parse(&lookup, HANG_GRACE, SECONDS, at_least_one)? {
+        overridden.hang_grace = Duration::from_secs(seconds);
     }
     if let Some(runtime) = parse::<Runtime>(&lookup, RUNTIME, RUNTIMES, |_| true)? {
         overridden.runtime = runtime;
@@ -192,6 +197,7 @@ mod tests {
             (BACKOFF_MAX, "30"),
             (TIMEOUT, "20"),
             (BOOT_TIMEOUT, "90"),
+            (HANG_GRACE, "4"),
             (WORKER_THREADS, "3"),
             (LOG, "json"),
             (READINESS, "declared"),
@@ -208,6 +214,7 @@ mod tests {
                 backoff_max: Duration::from_secs(30),
                 timeout: Duration::from_secs(20),
                 boot_timeout: Duration::from_secs(90),
+                hang_grace: Duration::from_secs(4),
                 runtime: Runtime::MultiThread,
                 worker_threads: Some(3),
                 log: LogFormat::Json,
@@ -236,6 +243,7 @@ mod tests {
             (BACKOFF_MAX, "-3"),
             (TIMEOUT, "soon"),
             (BOOT_TIMEOUT, "0"),
+            (HANG_GRACE, "0"),
             (RUNTIME, "multi-thread"),
             (WORKER_THREADS, "0"),
             (LOG, "yaml"),

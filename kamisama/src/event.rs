@@ -156,7 +156,7 @@ pub enum Event {
         workers: usize,
     },
     /// A worker showed no sign of life for `timeout` (or `boot_timeout` after its fork): it
-    /// gets the hang signal now, SIGKILL a second later, and is respawned as a crash.
+    /// gets the hang signal now, SIGKILL `hang_grace` later, and is respawned as a crash.
     Hung {
         /// Its index.
         index: usize,

@@ -214,9 +214,9 @@ impl<'a> Supervisor<'a> {
     /// Turns on hang detection: a worker that shows no sign of life for `timeout` is hung.
     /// The master logs it (`hung index=... pid=... silent_for=...`), sends it
     /// [`hang_signal`](Supervisor::hang_signal) (SIGABRT by default, which leaves a core
-    /// dump or runs a backtrace hook), SIGKILL a second later if it is still there, and
-    /// respawns it like any crash, counted by the respawn limit. Zero, the default, turns it
-    /// off.
+    /// dump or runs a backtrace hook), SIGKILL [`hang_grace`](Supervisor::hang_grace) (a
+    /// second) later if it is still there, and respawns it like any crash, counted by the
+    /// respawn limit. Zero, the default, turns it off.
     ///
     /// Signs of life: [`Worker::heartbeat`](crate::Worker::heartbeat) (or
     /// [`heartbeat`](crate::heartbeat) without the handle); the time a worker spends
@@ -224,7 +224,10 @@ impl<'a> Supervisor<'a> {
     /// [`accept`](crate::Worker::accept), [`wait_readable`](crate::Worker::wait_readable));
     /// and, for an async worker, a task its runtime runs on its own. A beat costs no system
     /// call. The master wakes only when a worker's deadline may have passed, about once per
-    /// `timeout` for the whole fleet; with hang detection off it never wakes while idle.
+    /// `timeout` for the whole fleet (a beat wakes nobody, so while a worker waits through
+    /// its handle the master looks at it again once per `timeout`); with hang detection off
+    /// it never wakes while idle. A worker stopped (SIGSTOP) while it waits is hung once it
+    /// has been seen stopped for a `timeout`: within two of the stop.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -258,8 +261,26 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// How long a hung worker has, once it got the hang signal, before SIGKILL: the time the
+    /// signal has to act, such as a core dump or a backtrace to write. Longer than zero;
+    /// default 1 second.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .hang_grace(Duration::from_secs(30)) // a core dump of a large worker takes a while
+    ///     .run(worker);
+    /// ```
+    pub fn hang_grace(mut self, hang_grace: Duration) -> Self {
+        self.config.hang_grace = hang_grace;
+        self
+    }
+
     /// The signal a hung worker gets first, such as `libc::SIGABRT` (the default) or
-    /// `libc::SIGQUIT`; SIGKILL follows a second later.
+    /// `libc::SIGQUIT`; SIGKILL follows after [`hang_grace`](Supervisor::hang_grace).
     ///
     /// ```no_run
     /// use std::time::Duration;

@@ -172,3 +172,122 @@ fn without_a_timeout_nothing_is_watched() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_hang_after_a_wait_through_the_handle_is_found_when_every_worker_waited() {
+    // The only worker waits through its handle for longer than the timeout, as an idle
+    // server in `accept` does, then stops showing signs of life: the master, which had
+    // nothing else to watch, must still find it hung a timeout after the wait.
+    let mut master = watched("1")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("WAIT_THEN_SILENT_MS", "1500")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    master.wait_for_line("waited index=0");
+    let hung = master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    let silent = silent_for(&hung);
+    assert!(silent >= Duration::from_secs(1), "{hung}");
+    assert!(silent < Duration::from_secs(2), "{hung}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_hang_after_a_wait_is_found_beside_a_worker_that_beats() {
+    // Worker 0 beats only after each wait through its handle, three times, then goes
+    // silent; worker 1 beats on. The beat that ends each wait is what shows it alive.
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("SLEEP_THROUGH_HANDLE", "1")
+        .start();
+    let worker = master.wait_for_workers(2)[&0];
+    master.wait_for_line("silent index=0");
+    master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    master.expect_lines("hung index=1", 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_worker_stopped_while_it_waits_through_the_handle_is_hung() {
+    // It beats once, then waits a minute in `Worker::sleep`, where SIGSTOP finds it.
+    let mut master = watched("1")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("SLEEP_THROUGH_HANDLE", "1")
+        .env("BEAT_MS", "60000")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    master.wait_for_line("beat index=0 n=1");
+    kill(worker, Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    let hung = master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    // Seen stopped at the master's next look, at most a timeout later, and hung once it has
+    // stayed so for a timeout: within two.
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "hung {took:?} after SIGSTOP: {hung}"
+    );
+    assert!(
+        took < Duration::from_millis(2900),
+        "hung {took:?} after SIGSTOP: {hung}"
+    );
+    // The hang signal acts (a core dump needs the process running), and the worker ends.
+    master.wait_for_line(&format!("exited index=0 pid={worker} status=SIGABRT"));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+/// The time from a worker's `hung` line to its `killed` line, both read as they arrive.
+fn hung_to_killed(master: &Master, index: usize) -> Duration {
+    master.wait_for_line(&format!("hung index={index}"));
+    let hung = std::time::Instant::now();
+    let killed = master.wait_for_line(&format!("killed index={index}"));
+    let took = hung.elapsed();
+    assert!(killed.contains("after="), "{killed}");
+    took
+}
+
+#[test]
+fn a_hung_worker_gets_sigkill_a_second_after_the_hang_signal() {
+    // Not sooner (the hang signal has its second to act), and not much later: the grace is
+    // a second, not the shutdown timeout of five.
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("IGNORE_ABRT", "1")
+        .start();
+    let took = hung_to_killed(&master, 0);
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed {took:?} after the hang"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "killed {took:?} after the hang"
+    );
+    master.wait_for_line("killed index=0 pid=");
+    master.wait_for_line("after=1s");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn hang_grace_sets_the_time_before_sigkill() {
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("IGNORE_ABRT", "1")
+        .env("KAMISAMA_HANG_GRACE", "3")
+        .start();
+    let took = hung_to_killed(&master, 0);
+    assert!(
+        took >= Duration::from_millis(2900),
+        "killed {took:?} after the hang"
+    );
+    assert!(
+        took < Duration::from_millis(4500),
+        "killed {took:?} after the hang"
+    );
+    master.wait_for_line("after=3s");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

@@ -127,15 +127,34 @@ pub(super) fn peek_exited() -> Result<Option<Pid>, Errno> {
     peek(libc::P_ALL, 0)
 }
 
+/// Whether the child `pid` is stopped (SIGSTOP, or a stop signal's default action). Asked
+/// without taking the stop's report, so that it answers the same until the child is
+/// continued; one process, not the child list, is looked at.
+pub(super) fn is_stopped(pid: Pid) -> bool {
+    let flags = libc::WSTOPPED | libc::WNOHANG | libc::WNOWAIT;
+    matches!(
+        wait_id(libc::P_PID, pid.as_raw() as libc::id_t, flags),
+        Ok(Some(_))
+    )
+}
+
 /// Whether any child is left, exited or not.
 pub(super) fn has_children() -> bool {
     peek_exited() != Err(Errno::ECHILD)
 }
 
 fn peek(id_type: libc::idtype_t, id: libc::id_t) -> Result<Option<Pid>, Errno> {
+    wait_id(id_type, id, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+}
+
+/// `waitid` with `flags` (which hold `WNOHANG`): the pid of the child it reported, if any.
+fn wait_id(
+    id_type: libc::idtype_t,
+    id: libc::id_t,
+    flags: libc::c_int,
+) -> Result<Option<Pid>, Errno> {
     // SAFETY: a zeroed siginfo is a valid out-parameter for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
     loop {
         // SAFETY: `info` is valid for the call.
         match Errno::result(unsafe { libc::waitid(id_type, id, &mut info, flags) }) {

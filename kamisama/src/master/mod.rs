@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 pub(crate) use upgrade::Relaunch;
 use upgrade::{Takeover, Upgrade};
-use watchdog::{Now, Watchdog, HANG_GRACE};
+use watchdog::{Now, Verdict, Watch, Watchdog};
 
 mod fleet;
 mod notify;
@@ -411,6 +411,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                         pid,
                         started: Instant::now(),
                         stop: None,
+                        watch: Watch::default(),
                     };
                     self.emit(Event::Spawned {
                         index,
@@ -775,7 +776,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 stopping.kill_at = None;
                 let pid = *pid;
                 let after = if stopping.hung {
-                    HANG_GRACE
+                    self.watchdog.grace
                 } else {
                     self.config.shutdown_timeout
                 };
@@ -815,28 +816,33 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 pid,
                 started,
                 stop: stop @ None,
+                watch,
             } = &mut self.slots[index].state
             else {
                 continue;
             };
-            let Some(silence) = self.watchdog.silence(index, *started, now) else {
-                continue;
-            };
-            if silence.ends().map_or(true, |ends| ends > now.instant) {
+            if !watch.due(now.instant) {
                 continue;
             }
+            let Verdict::Hung { silent_for } =
+                self.watchdog.look(index, *pid, *started, watch, now)
+            else {
+                continue;
+            };
             *stop = Some(Stopping {
-                kill_at: now.instant.checked_add(HANG_GRACE),
+                kill_at: now.instant.checked_add(self.watchdog.grace),
                 hung: true,
             });
             let pid = *pid;
             // Through libc: the hang signal may be a real-time one, which nix cannot name.
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid.as_raw(), self.config.hang_signal) };
+            // A worker stopped (SIGSTOP) acts on it only once continued: a core dump, say.
+            let _ = kill(pid, Signal::SIGCONT);
             self.emit(Event::Hung {
                 index,
                 pid: pid.as_raw() as u32,
-                silent_for: now.instant - silence.since,
+                silent_for,
             });
         }
     }
@@ -892,17 +898,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let watching = shutdown.is_none();
         self.slots
             .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| match &slot.state {
+            .filter_map(|slot| match &slot.state {
                 State::Running {
                     stop: Some(stopping),
                     ..
                 } => stopping.kill_at,
                 State::Running {
-                    started,
-                    stop: None,
-                    ..
-                } if watching => self.watchdog.silence(index, *started, now)?.wake_at(),
+                    stop: None, watch, ..
+                } if watching => watch.next_look,
                 State::Pending { not_before } => *not_before,
                 _ => None,
             })

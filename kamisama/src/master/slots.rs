@@ -3,6 +3,7 @@
 //! Every page the master writes between two forks is copied once more after the second: the
 //! fork path therefore finds slots by scanning (reads are free) and allocates nothing.
 
+use super::watchdog::Watch;
 use crate::event::ExitStatus;
 use nix::unistd::Pid;
 use std::time::Instant;
@@ -29,6 +30,8 @@ pub(super) enum State {
         started: Instant,
         /// Set once the master asked the worker to stop, so that its exit is no crash.
         stop: Option<Stopping>,
+        /// What hang detection keeps of it.
+        watch: Watch,
     },
     /// Not forked again: the restart policy is done with this index, or the master is
     /// shutting down.

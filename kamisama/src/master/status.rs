@@ -115,7 +115,9 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
 /// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,...}`.
 fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: SystemTime) {
     let (state, pid, since) = match &slot.state {
-        State::Running { pid, started, stop } => {
+        State::Running {
+            pid, started, stop, ..
+        } => {
             let state = match stop {
                 None => "running",
                 Some(stopping) if stopping.hung => "hung",

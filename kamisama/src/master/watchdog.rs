@@ -1,19 +1,26 @@
 //! Hang detection: reading the workers' signs of life (see `worker::heartbeat`) and saying
-//! when each one is hung if it stays silent.
+//! when each one is hung.
+//!
+//! A beat is a store to shared memory, which wakes nobody: the master learns of it only by
+//! looking. So each worker has a moment when the master must look at it again, kept between
+//! looks ([`Watch`]): when its silence would make it hung, or, while it cannot be judged yet (it
+//! has not beaten since its fork, or it waits through its handle), a timeout from now, so
+//! that a beat that comes meanwhile, and then a silence, is judged a timeout after that beat.
 
+use super::fleet;
 use crate::config::Config;
 use crate::worker::shared::{now_nanos, SharedSlots, NOT_YET, WAITING};
+use nix::unistd::Pid;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// How long a hung worker has, after the hang signal, to leave its trace before SIGKILL.
-pub(super) const HANG_GRACE: Duration = Duration::from_secs(1);
 
 pub(super) struct Watchdog<'a> {
     /// `None` when hang detection is off.
     shared: Option<&'a SharedSlots>,
     timeout: Duration,
     boot_timeout: Duration,
+    /// How long a hung worker has, after the hang signal, to leave its trace before SIGKILL.
+    pub(super) grace: Duration,
 }
 
 /// The time now on both clocks: the master's `Instant` and the workers' raw monotonic
@@ -33,29 +40,31 @@ impl Now {
     }
 }
 
-/// A worker's silence: since when, and how long it may last.
-pub(super) struct Silence {
-    pub(super) since: Instant,
-    allowed: Duration,
-    /// When to read its slot again before the silence ends: a worker that has not shown its
-    /// first sign of life may show it at any moment, then stop, and its deadline is then a
-    /// timeout after that, not the end of its boot allowance.
-    look_again: Option<Instant>,
+/// What the watchdog keeps of one worker between two looks; a new worker starts with the
+/// default, to be looked at on the master's next turn.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Watch {
+    /// When to look at the worker again; `None` for at once, or for never (hang detection
+    /// is off).
+    pub(super) next_look: Option<Instant>,
+    /// Since when it has been seen stopped (SIGSTOP) while it waits through its handle,
+    /// where it shows no silence, as a wait counts as alive.
+    stopped_since: Option<Instant>,
 }
 
-impl Silence {
-    /// When the silence makes the worker hung; `None` for a moment too far to count.
-    pub(super) fn ends(&self) -> Option<Instant> {
-        self.since.checked_add(self.allowed)
+impl Watch {
+    /// Whether the worker is due for a look at `now`.
+    pub(super) fn due(&self, now: Instant) -> bool {
+        self.next_look.map_or(true, |at| at <= now)
     }
+}
 
-    /// When the master must wake to judge this worker again.
-    pub(super) fn wake_at(&self) -> Option<Instant> {
-        match (self.ends(), self.look_again) {
-            (Some(ends), Some(again)) => Some(ends.min(again)),
-            (ends, again) => ends.or(again),
-        }
-    }
+/// What a look at a worker found.
+pub(super) enum Verdict {
+    /// Alive, or not to be judged yet.
+    Alive,
+    /// Silent for this long, longer than it may be.
+    Hung { silent_for: Duration },
 }
 
 impl<'a> Watchdog<'a> {
@@ -64,6 +73,7 @@ impl<'a> Watchdog<'a> {
             shared: shared.filter(|_| !config.timeout.is_zero()),
             timeout: config.timeout,
             boot_timeout: config.boot_timeout,
+            grace: config.hang_grace,
         }
     }
 
@@ -74,26 +84,59 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// The silence of the worker of `index`, forked at `started`; `None` when hang
-    /// detection is off, or while the worker waits through its handle.
-    pub(super) fn silence(&self, index: usize, started: Instant, now: Now) -> Option<Silence> {
-        let beat = self.shared?.slot(index).beat.load(Ordering::Relaxed);
-        let silence = match beat {
-            WAITING => return None,
-            NOT_YET => Silence {
-                since: started,
-                allowed: self.boot_timeout,
-                look_again: now.instant.checked_add(self.timeout),
-            },
+    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung, and when
+    /// to look again (in `watch`). Nothing when hang detection is off.
+    pub(super) fn look(
+        &self,
+        index: usize,
+        pid: Pid,
+        started: Instant,
+        watch: &mut Watch,
+        now: Now,
+    ) -> Verdict {
+        let Some(shared) = self.shared else {
+            watch.next_look = None;
+            return Verdict::Alive;
+        };
+        let look_again = now.instant.checked_add(self.timeout);
+        let beat = shared.slot(index).beat.load(Ordering::Relaxed);
+        let (since, allowed) = match beat {
+            // A wait through the handle counts as alive, but for a worker stopped in it: a
+            // stopped process is silent from the first look that saw it stopped.
+            WAITING => {
+                if !fleet::is_stopped(pid) {
+                    *watch = Watch {
+                        next_look: look_again,
+                        stopped_since: None,
+                    };
+                    return Verdict::Alive;
+                }
+                let since = *watch.stopped_since.get_or_insert(now.instant);
+                (since, self.timeout)
+            }
+            // Its first sign of life may come at any moment, then a silence, judged a timeout
+            // after that sign: look again a timeout from now, if that comes first.
+            NOT_YET => (started, self.boot_timeout),
             beat => {
                 let ago = Duration::from_nanos(now.nanos.saturating_sub(beat));
-                Silence {
-                    since: now.instant.checked_sub(ago)?,
-                    allowed: self.timeout,
-                    look_again: None,
-                }
+                (
+                    now.instant.checked_sub(ago).unwrap_or(started),
+                    self.timeout,
+                )
             }
         };
-        Some(silence)
+        let ends = since.checked_add(allowed);
+        if ends.is_some_and(|ends| ends <= now.instant) {
+            watch.next_look = None;
+            return Verdict::Hung {
+                silent_for: now.instant - since,
+            };
+        }
+        watch.next_look = match (ends, beat) {
+            (Some(ends), NOT_YET) => look_again.map(|again| again.min(ends)).or(Some(ends)),
+            (ends, NOT_YET) => look_again.or(ends),
+            (ends, _) => ends,
+        };
+        Verdict::Alive
     }
 }
