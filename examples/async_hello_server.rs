@@ -32,7 +32,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 )]
 async fn worker(worker: kamisama::Worker) -> io::Result<()> {
     let Some(listener) = worker.listeners().first().and_then(|l| l.as_tcp()) else {
-        eprintln!("async_hello_server: no TCP listener (KAMISAMA_LISTEN is empty)");
+        eprintln!("async_hello_server: no TCP listener");
         return Ok(());
     };
     // The worker's own descriptor of the shared socket, for tokio's reactor.

@@ -32,7 +32,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 )]
 fn worker(worker: kamisama::Worker) {
     let Some(listener) = worker.listeners().first() else {
-        eprintln!("hello_server: no listener (KAMISAMA_LISTEN is empty)");
+        eprintln!("hello_server: no listener");
         return;
     };
     let worker = Arc::new(worker);

@@ -109,18 +109,13 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     })? {
         overridden.status_file = Some(path);
     }
-    if let Some(addresses) = parse::<String>(
+    if let Some(addresses) = parse::<Addresses>(
         &lookup,
         LISTEN,
         "addresses such as `127.0.0.1:8080,unix:/run/app.sock`",
-        |_| true,
+        |addresses| !addresses.0.is_empty(),
     )? {
-        overridden.listen = addresses
-            .split(',')
-            .map(str::trim)
-            .filter(|address| !address.is_empty())
-            .map(str::to_owned)
-            .collect();
+        overridden.listen = addresses.0;
     }
     if let Some(backlog) = parse(
         &lookup,
@@ -142,6 +137,22 @@ const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
 const RUNTIMES: &str = "`current_thread` or `multi_thread`";
 const THREADS: &str = "a whole number of threads, at least 1";
+
+/// A comma-separated list of addresses, each trimmed, empty ones left out.
+struct Addresses(Vec<String>);
+
+impl FromStr for Addresses {
+    type Err = std::convert::Infallible;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        let addresses = list
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+            .map(str::to_owned);
+        Ok(Addresses(addresses.collect()))
+    }
+}
 
 /// Reads `var` as a `T` that passes `valid`; `None` when it is not set.
 fn parse<T: FromStr>(
@@ -248,11 +259,22 @@ mod tests {
             (WORKER_THREADS, "0"),
             (LOG, "yaml"),
             (READINESS, "ready"),
+            (LISTEN, ""),
+            (LISTEN, " , "),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
             assert!(error.contains(&format!("{value:?}")), "{error}");
         }
+    }
+
+    #[test]
+    fn listen_addresses_are_trimmed() {
+        let config = apply_vars(&[(LISTEN, " 127.0.0.1:80 ,unix:/run/a.sock,, [::1]:8080")]);
+        assert_eq!(
+            config.unwrap().listen,
+            ["127.0.0.1:80", "unix:/run/a.sock", "[::1]:8080"]
+        );
     }
 
     #[test]

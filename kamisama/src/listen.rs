@@ -10,6 +10,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -285,14 +286,31 @@ fn bind_tcp(address: SocketAddr, backlog: Backlog) -> io::Result<Listener> {
 }
 
 fn bind_unix(path: &Path, backlog: Backlog) -> io::Result<Listener> {
+    if path.as_os_str().is_empty() {
+        return Err(io::Error::other(
+            "no path: a socket without one is one no client can find",
+        ));
+    }
     // A socket file left by a master that is gone is replaced; one that still answers is a
-    // live server's, and binding fails on it as it should.
-    let stale = matches!(
-        UnixStream::connect(path),
-        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused
-    );
-    if stale {
-        std::fs::remove_file(path)?;
+    // live server's, and binding fails on it as it should. Anything else at the path is
+    // not ours to delete.
+    match std::fs::symlink_metadata(path) {
+        Ok(found) if !found.file_type().is_socket() => {
+            return Err(io::Error::other(format!(
+                "not a socket but {}; only a socket file is replaced",
+                describe(found.file_type())
+            )));
+        }
+        Ok(_) => {
+            let stale = matches!(
+                UnixStream::connect(path),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused
+            );
+            if stale {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Err(_) => {}
     }
     let fd = socket(
         AddressFamily::Unix,
@@ -303,6 +321,21 @@ fn bind_unix(path: &Path, backlog: Backlog) -> io::Result<Listener> {
     bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     listen(&fd, backlog)?;
     Ok(Listener::Unix(UnixListener::from(fd)))
+}
+
+/// What a file that is not a socket is, for an error.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device"
+    }
 }
 
 /// The sockets `LISTEN_FDS` gives this process, from descriptor 3 on (systemd's socket
@@ -325,10 +358,14 @@ fn inherited() -> Result<Option<Vec<Listener>>, Error> {
         address: format!("LISTEN_FDS={count}"),
         error,
     };
-    let count: RawFd = count
-        .parse()
-        .map_err(|_| invalid(io::Error::other("not a number of descriptors")))?;
-    (3..3 + count)
+    // Zero, as sd_listen_fds reads it, is no socket passed: the settings are bound instead.
+    let last = match count.parse::<RawFd>() {
+        Ok(0) => return Ok(None),
+        Ok(count @ 1..) => count.checked_add(2),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(io::Error::other("not a number of descriptors")))?;
+    (3..=last)
         .map(|raw| {
             // Made close-on-exec, which also tells whether it is open at all.
             // SAFETY: fcntl with integer arguments on a number that may not be open.

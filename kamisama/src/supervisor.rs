@@ -381,7 +381,8 @@ impl<'a> Supervisor<'a> {
     /// fork, and every worker accepts on it ([`Worker::listeners`](crate::Worker::listeners),
     /// [`Worker::accept`](crate::Worker::accept)). `127.0.0.1:8080`, `[::1]:8080`,
     /// `localhost:8080`, or `unix:/run/app.sock`; call it once per address. TCP sockets get
-    /// `SO_REUSEADDR`; a Unix socket file left by a dead server is replaced. With systemd's
+    /// `SO_REUSEADDR`; a Unix socket file left by a dead server is replaced, and anything
+    /// else at the path (a file, a FIFO, a symbolic link) stops the start. With systemd's
     /// socket activation (`LISTEN_FDS`), the sockets systemd passes are used instead. A
     /// failed bind stops the start with exit status 2, naming the address.
     ///

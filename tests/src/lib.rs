@@ -205,12 +205,17 @@ impl Launch {
             let runs_binary = |pid: &Pid| {
                 fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == *binary)
             };
+            // A wrapper that execs the binary, and a master that exits at once, leave the
+            // started process as the master.
+            let started = master.pid;
             master.pid = master.wait_until("the wrapped master to start", || {
                 let tree = master.tree();
-                tree.iter()
+                let found = tree
+                    .iter()
                     .copied()
                     .filter(runs_binary)
-                    .find(|pid| !parent_of(*pid).is_some_and(|parent| runs_binary(&parent)))
+                    .find(|pid| !parent_of(*pid).is_some_and(|parent| runs_binary(&parent)));
+                found.or_else(|| (!is_alive(started)).then_some(started))
             });
         }
         master
