@@ -504,6 +504,57 @@ pub fn parse_started(line: &str) -> Option<(usize, Pid)> {
     Some((index?, pid?))
 }
 
+/// What a program a worker ran inherited, as the `inherited` fixture reports it.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The worker that ran it.
+    pub by: Pid,
+    /// The descriptors it had open at start.
+    pub fds: Vec<i32>,
+    /// The names of its environment variables.
+    pub vars: Vec<String>,
+}
+
+/// The variables kamisama passes to itself, or that a service manager addresses to the
+/// master: no program a worker runs may see one.
+pub const MASTERS_VARIABLES: [&str; 7] = [
+    "KAMISAMA_UPGRADE",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+impl Inherited {
+    /// Parses an `inherited by=PID fds=0,1,2 vars=A,B` line.
+    pub fn parse(line: &str) -> Option<Inherited> {
+        let list =
+            |key| field(line, key).map(|list| list.split(',').filter(|item| !item.is_empty()));
+        Some(Inherited {
+            by: Pid::from_raw(field(line, "by")?.parse().ok()?),
+            fds: list("fds")?
+                .map(|fd| fd.parse().ok())
+                .collect::<Option<_>>()?,
+            vars: list("vars")?.map(str::to_owned).collect(),
+        })
+    }
+
+    /// Fails the test unless only 0, 1 and 2 were inherited, and none of
+    /// [`MASTERS_VARIABLES`].
+    #[track_caller]
+    pub fn assert_clean(&self) {
+        assert_eq!(self.fds, [0, 1, 2], "{self:?}");
+        let leaked: Vec<&String> = self
+            .vars
+            .iter()
+            .filter(|var| MASTERS_VARIABLES.iter().any(|own| var.starts_with(own)))
+            .collect();
+        assert!(leaked.is_empty(), "{leaked:?} in {self:?}");
+    }
+}
+
 /// The value of `key=` in `line`, such as the pid in `spawned index=0 pid=42`.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()

@@ -231,3 +231,74 @@ fn an_upgrade_descriptor_that_is_not_open_is_no_upgrade() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn the_watchdog_is_pinged_as_soon_as_a_hang_is_dealt_with() {
+    // Pings every second; a hang withholds them for the second of its grace, and must not
+    // leave the next one a whole interval later: the fleet healthy again pings at once.
+    let systemd = NotifySocket::bind(scratch!("systemd-watchdog-heal").join("notify"), None);
+    let mut master = Master::launch(HEARTBEATS)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "2000000")
+        .env("KAMISAMA_TIMEOUT", "1")
+        .env("HANG", "0")
+        .env("IGNORE_ABRT", "1")
+        .start();
+    systemd.wait_for("WATCHDOG=1", 1);
+    master.wait_for_line("hung index=0");
+    master.wait_for_line("respawning index=0");
+    let healed = master.wait_until("a message once the hang is over", || {
+        let messages = systemd.messages();
+        let hung = messages
+            .iter()
+            .position(|m| m.value("STATUS").is_some_and(|s| s.ends_with(" hung")))?;
+        messages[hung..]
+            .iter()
+            .find(|m| m.value("STATUS").is_some_and(|s| !s.ends_with(" hung")))
+            .cloned()
+    });
+    assert!(healed.says("WATCHDOG=1"), "{:#?}", systemd.messages());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_watchdog_of_one_microsecond_does_not_make_the_master_spin() {
+    let systemd = NotifySocket::bind(scratch!("systemd-watchdog-tiny").join("notify"), None);
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "1")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    systemd.wait_for("WATCHDOG=1", 2);
+    let first = systemd.wait_for("WATCHDOG=1", 1).at;
+    let tenth = systemd.wait_for("WATCHDOG=1", 10).at;
+    // At most one ping every 10 ms, however small the interval asked for.
+    assert!(
+        tenth - first >= Duration::from_millis(90),
+        "ten pings in {:?}",
+        tenth - first
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn no_worker_passes_the_service_managers_variables_on() {
+    let systemd = NotifySocket::bind(scratch!("systemd-worker-env").join("notify"), None);
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "5000000")
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("FIXTURE", "exec-probe")
+        .env("PROBE", env!("CARGO_BIN_EXE_inherited"))
+        .start();
+    systemd.wait_for("READY=1", 1);
+    for line in master.wait_for_lines("inherited by=", 2) {
+        kamisama_tests::Inherited::parse(&line)
+            .unwrap()
+            .assert_clean();
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

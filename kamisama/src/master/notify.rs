@@ -78,6 +78,10 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The shortest time between two watchdog pings, whatever `WATCHDOG_USEC` asks: an interval
+/// of a microsecond would keep the master busy pinging and nothing else.
+const SHORTEST_PING_INTERVAL: Duration = Duration::from_millis(10);
+
 pub(super) struct Notify {
     socket: UnixDatagram,
     address: SocketAddr,
@@ -118,7 +122,7 @@ impl Notify {
         let ping_every = watchdog
             .and_then(|usec| usec.parse::<u64>().ok())
             .filter(|usec| *usec > 0 && for_us)
-            .map(|usec| Duration::from_micros(usec) / 2);
+            .map(|usec| (Duration::from_micros(usec) / 2).max(SHORTEST_PING_INTERVAL));
         Some(Notify {
             socket: UnixDatagram::unbound().ok()?,
             address,
@@ -140,9 +144,7 @@ impl Notify {
     pub(super) fn main_pid(&self, pid: u32) {
         let mut message = Text::<64>::default();
         let _ = writeln!(message, "MAINPID={pid}");
-        let _ = self
-            .socket
-            .send_to_addr(message.as_str().as_bytes(), &self.address);
+        self.send(message.as_str());
     }
 
     /// The socket, which a worker closes as it starts.
@@ -179,18 +181,25 @@ impl Notify {
             self.status = status;
         }
         let due = self.next_ping.is_some_and(|at| at <= now);
-        if due && fleet.hung == 0 {
-            let _ = message.write_str("WATCHDOG=1\n");
+        if due && fleet.hung > 0 {
+            // Withheld, and due still: the turn that finds the fleet healthy again pings at
+            // once, rather than a whole interval after the ping it held back. The end of a
+            // hang wakes the master (the worker is killed, then reaped): no wakeup for it.
+            self.send(message.as_str());
+            return None;
         }
         if due {
+            let _ = message.write_str("WATCHDOG=1\n");
             self.next_ping = self.ping_every.and_then(|every| now.checked_add(every));
         }
-        if !message.as_str().is_empty() {
-            // A service manager gone is no reason to stop supervising.
-            let _ = self
-                .socket
-                .send_to_addr(message.as_str().as_bytes(), &self.address);
-        }
+        self.send(message.as_str());
         self.next_ping
+    }
+
+    fn send(&self, message: &str) {
+        if !message.is_empty() {
+            // A service manager gone is no reason to stop supervising.
+            let _ = self.socket.send_to_addr(message.as_bytes(), &self.address);
+        }
     }
 }
