@@ -1,7 +1,7 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
 use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
-use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile};
+use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile, Takeover};
 use crate::signals::Signals;
 use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
@@ -545,8 +545,14 @@ impl<'a> Supervisor<'a> {
         if let Some(threads @ 2..) = procfs::thread_count() {
             return Err(Error::Threaded { threads });
         }
+        // Started by an upgrade: the fleet is as large as the old master's was, and the status
+        // file stays the old master's until it hands over.
+        let takeover = Takeover::from_env();
+        if let Some(instances) = takeover.as_ref().and_then(Takeover::instances) {
+            config.instances = instances;
+        }
         if let Some(path) = &config.status_file {
-            StatusFile::check(path).map_err(|error| Error::StatusFile {
+            StatusFile::check(path, takeover.is_none()).map_err(|error| Error::StatusFile {
                 path: path.clone(),
                 error,
             })?;
@@ -576,6 +582,7 @@ impl<'a> Supervisor<'a> {
                 titles: titles.as_ref(),
                 pid_max,
                 relaunch: relaunch.as_ref(),
+                takeover,
             };
             Master::new(&config, worker, resources, on_event).run()
         });

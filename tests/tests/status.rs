@@ -196,3 +196,99 @@ fn an_index_waiting_out_its_backoff_is_backing_off() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn the_status_says_ready_once_every_worker_declared_itself_ready() {
+    let path = status_path("status-declared");
+    let witnesses = kamisama_tests::scratch!("status-declared-witnesses");
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_declared"))
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("READY_MS", "300")
+        .start();
+    // Starting while the workers prepare; ready once the last has said so, with no other
+    // event to bring the file up to date.
+    wait_for_status(&master, &path, "three workers starting", |status| {
+        status["running"] == 3 && status["phase"] == "starting"
+    });
+    wait_for_status(&master, &path, "the fleet ready", |status| {
+        status["phase"] == "ready"
+    });
+    assert_eq!(std::fs::read_dir(&witnesses).unwrap().count(), 3);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn respawns_leave_the_status_as_they_leave_the_window() {
+    let path = status_path("status-window");
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_RESPAWN_INTERVAL", "1")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let workers = master.wait_for_workers(1);
+    kill(workers[&0], Signal::SIGKILL).unwrap();
+    master.wait_for_line("respawning index=0");
+    let counted = Instant::now();
+    wait_for_status(&master, &path, "one respawn in the window", |status| {
+        status["respawns_in_window"] == 1 && status["running"] == 1
+    });
+    // Nothing else happens: the master itself rewrites the file when the respawn is a
+    // window old, not before.
+    wait_for_status(&master, &path, "no respawn in the window", |status| {
+        status["respawns_in_window"] == 0
+    });
+    let left = counted.elapsed();
+    assert!(
+        left >= Duration::from_millis(900),
+        "left the window after {left:?}"
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn the_status_file_is_written_through_a_fresh_file_that_follows_no_link() {
+    let dir = kamisama_tests::scratch!("status-no-follow");
+    let path = dir.join("status.json");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "VICTIM DATA\n").unwrap();
+    // Where a master would have written beside the status file, a link to another file.
+    std::os::unix::fs::symlink(&victim, dir.join("status.json.tmp")).unwrap();
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    wait_for_status(&master, &path, "a running worker", |status| {
+        status["running"] == 1
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "VICTIM DATA\n");
+    assert_eq!(read(&path)["phase"], "stopped");
+    // Nothing is left beside it but what was there.
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["status.json", "status.json.tmp", "victim"]);
+}
+
+#[test]
+fn a_start_that_cannot_write_the_status_leaves_nothing_behind() {
+    let dir = kamisama_tests::scratch!("status-failed-start");
+    // A directory where the file would go: nothing can be renamed over it.
+    std::fs::create_dir(dir.join("status.json")).unwrap();
+    let mut master = Master::launch(SUPERVISED)
+        .env(
+            "KAMISAMA_STATUS_FILE",
+            dir.join("status.json").to_str().unwrap(),
+        )
+        .start();
+    master.expect_exit_code(2);
+    master.wait_for_line("error: cannot write the status file");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

@@ -225,7 +225,7 @@ fn an_upgrade_descriptor_that_is_not_open_is_no_upgrade() {
     let systemd = NotifySocket::bind(scratch!("systemd-stray-upgrade-fd").join("notify"), None);
     let mut master = Master::launch(SUPERVISED)
         .env("NOTIFY_SOCKET", systemd.path())
-        .env("KAMISAMA_UPGRADE_FD", "99")
+        .env("KAMISAMA_UPGRADE", "fd=99,master=1,pipe=1")
         .start();
     systemd.wait_for("READY=1", 1);
     master.signal(Signal::SIGTERM);

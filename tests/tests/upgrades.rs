@@ -377,3 +377,38 @@ fn as_pid_1_of_a_container_the_master_refuses_to_upgrade() {
     master.expect_exit_code(0);
     master.expect_tree_gone();
 }
+
+#[test]
+fn the_status_file_stays_the_old_masters_until_the_hand_over() {
+    let deployment = deploy("upgrade-status-kept");
+    let status = deployment.dir.join("status.json");
+    let settings = [
+        ("KAMISAMA_STATUS_FILE", status.to_str().unwrap()),
+        ("KAMISAMA_READINESS", "declared"),
+        ("KAMISAMA_UPGRADE_TIMEOUT", "2"),
+    ];
+    let (mut master, _, _) = deployment.start(2, &settings);
+    let old = master.pid();
+    let read = || fs::read_to_string(&status).unwrap_or_default();
+    let ready = format!("{{\"master\":{old},\"phase\":\"ready\"");
+    master.wait_until("the old master's status", || {
+        read().starts_with(&ready).then_some(())
+    });
+    // Reloading while the upgrade runs, or ready again after it: the old master's either way.
+    let says = format!("{{\"master\":{old},");
+    // A new binary whose workers never declare themselves ready.
+    deployment.install(&fs::read(SUPERVISED).unwrap());
+    let successor = upgrade(&master, old);
+    spawned_by(&master, successor, 2);
+    assert!(read().starts_with(&says), "{}", read());
+    master.wait_for_line("upgrade-failed");
+    assert!(read().starts_with(&says), "{}", read());
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // Nothing either master wrote beside it is left.
+    let files: Vec<String> = fs::read_dir(&deployment.dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().all(|file| !file.contains("tmp")), "{files:?}");
+}

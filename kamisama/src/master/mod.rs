@@ -27,8 +27,8 @@ use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-pub(crate) use upgrade::Relaunch;
-use upgrade::{Takeover, Upgrade};
+use upgrade::Upgrade;
+pub(crate) use upgrade::{Relaunch, Takeover};
 use watchdog::{Now, Verdict, Watch, Watchdog};
 
 mod fleet;
@@ -51,6 +51,8 @@ pub(crate) struct Resources<'a> {
     /// The largest pid, for finding children without /proc.
     pub(crate) pid_max: i32,
     pub(crate) relaunch: Option<&'a Relaunch>,
+    /// In a master an upgrade started, the old master's pipe.
+    pub(crate) takeover: Option<Takeover>,
 }
 
 /// The master's whole state.
@@ -142,6 +144,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             titles,
             pid_max,
             relaunch,
+            takeover,
         } = resources;
         let pid = Pid::this();
         let notify = Notify::from_env();
@@ -177,7 +180,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             relaunch,
             upgrade: None,
             successor: None,
-            takeover: Takeover::from_env(),
+            takeover,
             ready_once: false,
             reaped: false,
             failed: 0,
@@ -895,6 +898,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .upgrade
             .as_ref()
             .and_then(|upgrade| upgrade.deadline.or(upgrade.kill_at));
+        // The count of recent respawns that the status and systemd show changes then.
+        let told = self.status.is_some() || self.notify.is_some();
+        let window = told
+            .then(|| self.limiter.next_expiry(now.instant))
+            .flatten();
         let watching = shutdown.is_none();
         self.slots
             .iter()
@@ -914,6 +922,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(fork_retry)
             .chain(readiness)
             .chain(upgrade)
+            .chain(window)
             .min()
     }
 

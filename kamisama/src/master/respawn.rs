@@ -47,6 +47,16 @@ impl RespawnLimiter {
             .count()
     }
 
+    /// When the oldest respawn in the window ending at `now` leaves it, if there is one: the
+    /// count of recent respawns changes then, with nothing happening.
+    pub(crate) fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        let window_start = now.checked_sub(self.interval);
+        self.recent
+            .iter()
+            .find(|at| window_start.map_or(true, |start| **at > start))
+            .and_then(|at| at.checked_add(self.interval))
+    }
+
     pub(crate) fn limit(&self) -> u32 {
         self.limit
     }
@@ -156,6 +166,26 @@ mod tests {
         assert_eq!(limiter.try_respawn(start + 10 * SECOND), Some(2));
         assert_eq!(limiter.try_respawn(start + 11 * SECOND), None);
         assert_eq!(limiter.try_respawn(start + 20 * SECOND), Some(1));
+    }
+
+    #[test]
+    fn the_next_expiry_is_when_the_oldest_respawn_in_the_window_leaves_it() {
+        let start = Instant::now();
+        let mut limiter = RespawnLimiter::new(5, 10 * SECOND);
+        assert_eq!(limiter.next_expiry(start), None);
+        limiter.try_respawn(start);
+        limiter.try_respawn(start + 4 * SECOND);
+        assert_eq!(
+            limiter.next_expiry(start + SECOND),
+            Some(start + 10 * SECOND)
+        );
+        assert_eq!(limiter.in_window(start + 10 * SECOND), 1);
+        assert_eq!(
+            limiter.next_expiry(start + 10 * SECOND),
+            Some(start + 14 * SECOND)
+        );
+        assert_eq!(limiter.next_expiry(start + 14 * SECOND), None);
+        assert_eq!(limiter.in_window(start + 14 * SECOND), 0);
     }
 
     #[test]

@@ -1,25 +1,34 @@
 //! The live status: a JSON file that says, at any moment, what each index runs and how it has
 //! gone, for an operator who does not want to read a log.
 //!
-//! Rewritten whenever something happened, once per turn of the master's loop: written beside
-//! its final name, then renamed over it, so that a reader always sees a whole file. Reading it
+//! Rewritten whenever something happened, or the fleet's phase or its count of recent
+//! respawns changed, once per turn of the master's loop: written to a new file beside its
+//! final name, then renamed over it, so that a reader always sees a whole file. Reading it
 //! needs no client and no socket (`cat`, `jq`), and keeping it costs nothing while nothing
-//! happens: the master does not wake for it.
+//! happens: the master does not wake for it, but when a respawn leaves the window.
+//!
+//! The file written beside is made for each write, with a name of this process's own, and
+//! never through an existing file or link (`O_CREAT | O_EXCL | O_NOFOLLOW`): a directory
+//! others may write to cannot make the master write elsewhere, and two masters (both
+//! generations of an upgrade) never write the same one.
 
 use super::slots::{Slot, Slots, State};
 use crate::config::Config;
 use crate::event::Value;
 use crate::log::{Json, JsonString, Timestamp};
+use std::ffi::OsString;
 use std::fmt::Write;
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 pub(crate) struct StatusFile {
     path: PathBuf,
-    /// Beside `path`, on the same file system, so that the rename is atomic.
-    temporary: PathBuf,
     changed: bool,
+    /// What the last file said of the fleet as a whole, which changes with no event.
+    written: Option<(&'static str, usize)>,
     /// Kept between writes, so that the text is allocated once.
     text: String,
 }
@@ -37,12 +46,10 @@ pub(super) struct Fleet<'a> {
 
 impl StatusFile {
     pub(super) fn new(path: &Path) -> Self {
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
         StatusFile {
             path: path.to_owned(),
-            temporary: temporary.into(),
             changed: true,
+            written: None,
             text: String::new(),
         }
     }
@@ -52,28 +59,68 @@ impl StatusFile {
         self.changed = true;
     }
 
-    /// Writes a first status, before anything is forked, which tells whether the file can be
-    /// written at all.
-    pub(crate) fn check(path: &Path) -> io::Result<()> {
-        let status = StatusFile::new(path);
-        std::fs::write(
-            &status.temporary,
-            "{\"phase\":\"starting\",\"workers\":[]}\n",
-        )?;
-        std::fs::rename(&status.temporary, &status.path)
+    /// Tells, before anything is forked, whether the file can be written: writes a first
+    /// status, or, in a master an upgrade started (`replace` false), whose old master's file
+    /// it must leave alone until the hand-over, only a file beside it, removed at once.
+    pub(crate) fn check(path: &Path, replace: bool) -> io::Result<()> {
+        let first = "{\"phase\":\"starting\",\"workers\":[]}\n";
+        let beside = write_beside(path, first)?;
+        let placed = if replace {
+            std::fs::rename(&beside, path)
+        } else {
+            Ok(())
+        };
+        if !replace || placed.is_err() {
+            let _ = std::fs::remove_file(&beside);
+        }
+        placed
     }
 
     /// Rewrites the file if anything happened since the last time.
     pub(super) fn write_if_changed(&mut self, fleet: &Fleet<'_>) -> io::Result<()> {
-        if !self.changed {
+        let now = (fleet.phase, fleet.respawns);
+        if !self.changed && self.written == Some(now) {
             return Ok(());
         }
         self.changed = false;
+        self.written = Some(now);
         self.text.clear();
         render(&mut self.text, fleet);
-        std::fs::write(&self.temporary, &self.text)?;
-        std::fs::rename(&self.temporary, &self.path)
+        let beside = write_beside(&self.path, &self.text)?;
+        std::fs::rename(&beside, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&beside);
+        })
     }
+}
+
+/// Writes `text` to a new file beside `path`, named for it and this process
+/// (`.status.json.4242.tmp`), and returns the new file's path. A file of that name left by a
+/// process of the same pid that died is replaced; nothing is followed or overwritten.
+fn write_beside(path: &Path, text: &str) -> io::Result<PathBuf> {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or(path.as_os_str()));
+    name.push(format!(".{}.tmp", std::process::id()));
+    let beside = path.with_file_name(name);
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&beside)
+    };
+    let mut file = match open() {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&beside)?;
+            open()?
+        }
+        file => file?,
+    };
+    if let Err(error) = file.write_all(text.as_bytes()) {
+        let _ = std::fs::remove_file(&beside);
+        return Err(error);
+    }
+    Ok(beside)
 }
 
 /// The whole status as JSON: the fleet, its settings, and one object per index.

@@ -5,7 +5,9 @@
 //! one (or the symlink swapped to it). The child gets the listening sockets at descriptors 3
 //! and up with `LISTEN_FDS` and `LISTEN_PID`, as systemd's socket activation hands them over,
 //! so the new master serves on the same sockets without binding; and the write end of a pipe,
-//! `KAMISAMA_UPGRADE_FD`, on which it writes one byte once its fleet is ready. The old master
+//! named by `KAMISAMA_UPGRADE` with what proves it is that pipe (the old master's pid, the
+//! pipe's inode), on which it writes one byte once its fleet is ready (or, if the exec
+//! fails, the child writes why before it exits). The old master
 //! then tells the service manager that the new one is the main process, and closes the pipe,
 //! which tells the new master so in turn (until then it leaves the service manager and the
 //! status file alone); and it stops its own workers, in-flight work first, and exits. End of
@@ -15,7 +17,7 @@
 
 use super::slots::State;
 use super::{Master, Notify, Outcome};
-use crate::config::Readiness;
+use crate::config::{Readiness, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus};
 use crate::listen::Listener;
 use crate::worker::WorkerFn;
@@ -58,7 +60,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         };
         let passed_on = self.notify.as_ref().map_or(&[][..], Notify::passed_on);
         let listeners = crate::listen::listeners();
-        match Upgrade::start(relaunch, listeners, passed_on, self.config.upgrade_timeout) {
+        // TTIN and TTOU carry over; a count the settings give is the new release's to set.
+        let scaled = (self.instances != self.config.instances).then_some(self.instances);
+        let timeout = self.config.upgrade_timeout;
+        match Upgrade::start(relaunch, listeners, passed_on, scaled, timeout) {
             Ok(upgrade) => {
                 self.emit(Event::UpgradeStarted {
                     pid: upgrade.pid.as_raw() as u32,
@@ -83,6 +88,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         match upgrade.hear() {
             Heard::Ready => self.hand_over(),
             Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
+            Heard::NotRun(errno) => {
+                let path = relaunch_path(self.relaunch);
+                self.roll_back(&format!("cannot run {path}: {}", io::Error::from(errno)));
+            }
             Heard::Nothing if late => {
                 let timeout = crate::event::Value::Span(self.config.upgrade_timeout);
                 self.roll_back(&format!("the new fleet was not ready within {timeout}"));
@@ -170,8 +179,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 /// out before the old generation stops.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
-/// The variable that gives a new master the pipe to say it is ready on.
-const UPGRADE_FD: &str = "KAMISAMA_UPGRADE_FD";
+/// The variable that gives a new master the pipe to say it is ready on:
+/// `fd=N,master=PID,pipe=INODE`, and `instances=M` when the old master was scaled.
+const UPGRADE: &str = "KAMISAMA_UPGRADE";
 
 /// How to start the program again: the path it was started with, made absolute against the
 /// directory it was started in, and its arguments. Read once, at start.
@@ -187,7 +197,7 @@ impl Relaunch {
         let path = if program.is_absolute() {
             program
         } else if program.components().count() > 1 {
-            let here = std::env::current_dir().ok()?;
+            let here = working_directory()?;
             let within = program
                 .components()
                 .filter(|part| *part != Component::CurDir);
@@ -208,6 +218,30 @@ impl Relaunch {
     pub(super) fn path(&self) -> String {
         self.path.to_string_lossy().into_owned()
     }
+}
+
+/// The directory the program was started in, as the shell that started it named it: `$PWD`
+/// when it names the same directory as `getcwd()`, which has resolved every symbolic link on
+/// the way. After a deploy that swaps `current -> releases/v2`, `$PWD` still leads through
+/// `current` to the new release, where `getcwd()` names the old one (Unicorn does the same).
+fn working_directory() -> Option<PathBuf> {
+    let resolved = std::env::current_dir().ok()?;
+    let same = |named: &PathBuf| {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(named), std::fs::metadata(&resolved)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    };
+    let named = std::env::var_os("PWD")
+        .map(PathBuf::from)
+        .filter(|named| named.is_absolute() && same(named));
+    Some(named.unwrap_or(resolved))
+}
+
+/// The path the program is started again from, for a message.
+fn relaunch_path(relaunch: Option<&Relaunch>) -> String {
+    relaunch.map(Relaunch::path).unwrap_or_default()
 }
 
 /// The file `name` names in `PATH`, as a shell would run it.
@@ -236,7 +270,13 @@ pub(super) enum Heard {
     Ready,
     /// It closed without a word: the new binary is gone.
     Gone,
+    /// The new binary could not be run at all (`execve` failed with this error).
+    NotRun(Errno),
 }
+
+/// What a child whose `execve` failed writes on the pipe before it exits: this byte, then
+/// the errno (4 bytes, native order), in one write.
+const NOT_RUN: u8 = b'E';
 
 impl Upgrade {
     /// Forks and execs the new master, with the listeners, the readiness pipe and `extra`
@@ -246,14 +286,20 @@ impl Upgrade {
         relaunch: &Relaunch,
         listeners: &[Listener],
         extra: &[(String, String)],
+        instances: Option<usize>,
         timeout: Duration,
     ) -> Result<Upgrade, Errno> {
         let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         let count = listeners.len();
         let upgrade_fd = 3 + count as RawFd;
+        let inode = nix::sys::stat::fstat(&write)?.st_ino;
+        let mut upgrade = format!("fd={upgrade_fd},master={},pipe={inode}", std::process::id());
+        if let Some(instances) = instances {
+            upgrade.push_str(&format!(",instances={instances}"));
+        }
         // The environment, prepared before the fork: the child only fills in its own pid.
         let mut variables: Vec<CString> = std::env::vars_os()
-            .filter(|(key, _)| key != UPGRADE_FD)
+            .filter(|(key, _)| key != UPGRADE)
             .filter_map(|(key, value)| {
                 let mut pair = key.into_vec();
                 pair.push(b'=');
@@ -266,7 +312,7 @@ impl Upgrade {
                 .iter()
                 .chain(&[
                     ("LISTEN_FDS".to_owned(), count.to_string()),
-                    (UPGRADE_FD.to_owned(), upgrade_fd.to_string()),
+                    (UPGRADE.to_owned(), upgrade),
                 ])
                 .filter_map(|(key, value)| CString::new(format!("{key}={value}")).ok()),
         );
@@ -287,6 +333,8 @@ impl Upgrade {
             .map(|listener| listener.as_fd().as_raw_fd())
             .chain([write.as_raw_fd()])
             .collect();
+        // Filled in by the child, which must not allocate.
+        let mut moved = vec![-1; sources.len()];
         // SAFETY: the master is single-threaded, so the child inherits no lock another
         // thread holds; the child only calls async-signal-safe functions and execs or exits.
         match unsafe { fork() }? {
@@ -296,9 +344,14 @@ impl Upgrade {
                 deadline: Instant::now().checked_add(timeout),
                 kill_at: None,
             }),
-            ForkResult::Child => {
-                exec_new_master(relaunch, &sources, &argv, &environment, &mut listen_pid)
-            }
+            ForkResult::Child => exec_new_master(
+                relaunch,
+                &sources,
+                &mut moved,
+                &argv,
+                &environment,
+                &mut listen_pid,
+            ),
         }
     }
 
@@ -320,8 +373,13 @@ impl Upgrade {
         let Some(pipe) = &mut self.ready else {
             return Heard::Nothing;
         };
-        let mut byte = [0u8; 1];
-        match pipe.read(&mut byte) {
+        let mut said = [0u8; 5];
+        match pipe.read(&mut said) {
+            Ok(5) if said[0] == NOT_RUN => {
+                self.give_up();
+                let errno = i32::from_ne_bytes([said[1], said[2], said[3], said[4]]);
+                Heard::NotRun(Errno::from_raw(errno))
+            }
             Ok(1) => Heard::Ready,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Heard::Nothing,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => Heard::Nothing,
@@ -345,17 +403,19 @@ impl Upgrade {
 fn exec_new_master(
     relaunch: &Relaunch,
     sources: &[RawFd],
+    moved: &mut [RawFd],
     argv: &[*const libc::c_char],
     environment: &[*const libc::c_char],
     listen_pid: &mut [u8; 22],
 ) -> ! {
-    // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec.
-    let mut moved = [0 as RawFd; 64];
-    for (i, source) in sources.iter().enumerate().take(moved.len()) {
+    // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec, and
+    // the copies out of the way keep it, so that the new master has only its places.
+    let out_of_the_way = 3 + sources.len() as RawFd;
+    for (place, source) in moved.iter_mut().zip(sources) {
         // SAFETY: fcntl with integer arguments.
-        moved[i] = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, 100) };
+        *place = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, out_of_the_way) };
     }
-    for (i, fd) in moved.iter().take(sources.len()).enumerate() {
+    for (i, fd) in moved.iter().enumerate() {
         // SAFETY: dup2 and _exit with integer arguments.
         unsafe {
             if libc::dup2(*fd, 3 + i as RawFd) < 0 {
@@ -376,37 +436,83 @@ fn exec_new_master(
         libc::sigemptyset(&mut nothing);
         libc::sigprocmask(libc::SIG_SETMASK, &nothing, std::ptr::null_mut());
         libc::execve(relaunch.path.as_ptr(), argv.as_ptr(), environment.as_ptr());
+        // Why, for the old master's log, on the pipe: the last place, after the listeners.
+        let errno = (*libc::__errno_location()).to_ne_bytes();
+        let said = [NOT_RUN, errno[0], errno[1], errno[2], errno[3]];
+        libc::write(2 + moved.len() as RawFd, said.as_ptr().cast(), said.len());
         libc::_exit(127)
     }
 }
 
 /// A master an upgrade started, until the old master hands over: it says nothing to the
 /// service manager and writes no status file, both still the old master's, until then.
-pub(super) struct Takeover {
+pub(crate) struct Takeover {
     /// The write end of the old master's pipe.
     pipe: File,
     said_ready: bool,
+    /// The old master's count of workers, when scaled.
+    instances: Option<usize>,
 }
 
 impl Takeover {
     /// The pipe the old master handed over, named by the environment (and removed from it, so
-    /// that no worker inherits it); `None` in a master no upgrade started.
-    pub(super) fn from_env() -> Option<Takeover> {
-        let fd = std::env::var(UPGRADE_FD).ok();
+    /// that no worker inherits it); `None` in a master no upgrade started. A variable that does
+    /// not prove itself is ignored: the descriptor must be the write end of a pipe, of the
+    /// inode the old master named, and that master must be this process's parent.
+    pub(crate) fn from_env() -> Option<Takeover> {
+        let value = std::env::var(UPGRADE).ok();
         // The master is single-threaded, as changing the environment requires.
-        std::env::remove_var(UPGRADE_FD);
-        let fd: RawFd = fd?.parse().ok()?;
-        // SAFETY: fcntl with integer arguments; it also tells whether the descriptor is open.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        std::env::remove_var(UPGRADE);
+        let value = value?;
+        let field = |key: &str| {
+            value
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        };
+        let fd: RawFd = field("fd")?.parse().ok()?;
+        let master: i32 = field("master")?.parse().ok()?;
+        let inode: u64 = field("pipe")?.parse().ok()?;
+        let instances = match field("instances") {
+            None => None,
+            Some(count) => Some(
+                count
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_INSTANCES).contains(n))?,
+            ),
+        };
+        if nix::unistd::getppid().as_raw() != master {
             return None;
         }
+        // SAFETY: a zeroed stat is a valid out-parameter; fstat fails on a descriptor that is
+        // not open, and touches no other memory.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            return None;
+        }
+        let is_pipe = stat.st_mode & libc::S_IFMT == libc::S_IFIFO;
+        // SAFETY: fcntl with integer arguments.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let write_end = flags >= 0 && flags & libc::O_ACCMODE == libc::O_WRONLY;
+        if !is_pipe || !write_end || stat.st_ino != inode {
+            return None;
+        }
+        // SAFETY: fcntl with integer arguments on a descriptor known open.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: the old master handed this descriptor over, open (checked above), to this
         // process alone.
         let pipe = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         Some(Takeover {
             pipe,
             said_ready: false,
+            instances,
         })
+    }
+
+    /// How many workers the old master ran, when TTIN or TTOU had changed it.
+    pub(crate) fn instances(&self) -> Option<usize> {
+        self.instances
     }
 
     /// Tells the old master that the new fleet is ready. An old master already gone (the write
