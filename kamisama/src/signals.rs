@@ -108,10 +108,10 @@ impl Signals {
         batch
     }
 
-    /// The next pending signal, without blocking.
-    fn next(&self) -> Option<Signal> {
+    /// The next pending signal and the pid of its sender (0 for the kernel), without blocking.
+    fn next(&self) -> Option<(Signal, u32)> {
         let info = self.fd.read_signal().ok()??;
-        Signal::try_from(info.ssi_signo as i32).ok()
+        Some((Signal::try_from(info.ssi_signo as i32).ok()?, info.ssi_pid))
     }
 
     /// In a freshly forked worker: closes the signalfd and gives every signal the disposition
@@ -149,15 +149,16 @@ impl Drop for Signals {
     }
 }
 
-/// Signals read together; on the stack, as the fork path must not allocate.
-pub(crate) struct Batch([Option<Signal>; 16]);
+/// Signals read together, each with its sender's pid; on the stack, as the fork path must not
+/// allocate.
+pub(crate) struct Batch([Option<(Signal, u32)>; 16]);
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
         self.0[0].is_none()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = Signal> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Signal, u32)> + '_ {
         self.0.iter().map_while(|signal| *signal)
     }
 }

@@ -302,3 +302,27 @@ fn no_worker_passes_the_service_managers_variables_on() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_stray_upgrade_variable_naming_an_open_descriptor_is_no_upgrade() {
+    // Descriptor 1 is open (a pipe to the test, as the write end an upgrade hands over is),
+    // and the test process is the master's parent: only the inode is wrong, and that is
+    // enough for the master to start as any other, ready and telling systemd so.
+    let systemd = NotifySocket::bind(scratch!("systemd-stray-upgrade").join("notify"), None);
+    let variable = format!("fd=1,master={},pipe=1", std::process::id());
+    let mut master = Master::launch(SUPERVISED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("KAMISAMA_UPGRADE", &variable)
+        .env("KAMISAMA_UPGRADE_FD", "1")
+        .start();
+    systemd.wait_for("READY=1", 1);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // Nothing was written on descriptor 1 as if to an old master: a readiness byte there
+    // would start a line of the transcript.
+    let transcript = master.transcript();
+    assert!(
+        transcript.lines().all(|line| !line.starts_with('R')),
+        "{transcript}"
+    );
+}

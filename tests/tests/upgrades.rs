@@ -412,3 +412,160 @@ fn the_status_file_stays_the_old_masters_until_the_hand_over() {
         .collect();
     assert!(files.iter().all(|file| !file.contains("tmp")), "{files:?}");
 }
+
+#[test]
+fn a_master_started_inside_a_symlinked_release_upgrades_to_the_release_it_now_names() {
+    // The Capistrano layout: current -> releases/v1, started as ./app from inside current.
+    let dir = scratch!("upgrade-symlinked-release");
+    for release in ["v1", "v2"] {
+        fs::create_dir_all(dir.join("releases").join(release)).unwrap();
+        Deployment::new(dir.join("releases").join(release), HELLO);
+    }
+    std::os::unix::fs::symlink("releases/v1", dir.join("current")).unwrap();
+    let current = dir.join("current");
+    let mut master = Master::launch("./app")
+        .current_dir(&current)
+        // What the shell that started it says the working directory is.
+        .env("PWD", current.to_str().unwrap())
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let old = master.pid();
+    spawned_by(&master, old, 1);
+    // The deploy: current now names v2.
+    std::os::unix::fs::symlink("releases/v2", dir.join("current.new")).unwrap();
+    fs::rename(dir.join("current.new"), &current).unwrap();
+    let successor = upgrade(&master, old);
+    let started = master.wait_for_line(&format!("kamisama[{old}]: upgrade-started"));
+    assert!(started.contains("/current/app"), "{started}");
+    spawned_by(&master, successor, 1);
+    let running = fs::canonicalize(format!("/proc/{successor}/exe")).unwrap();
+    let v2 = fs::canonicalize(dir.join("releases/v2/app")).unwrap();
+    assert_eq!(running, v2);
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_fleet_with_sixty_four_listeners_upgrades() {
+    let deployment = deploy("upgrade-many-listeners");
+    let addresses = vec!["127.0.0.1:0"; 64].join(",");
+    let (mut master, _, _) = deployment.start(1, &[("KAMISAMA_LISTEN", &addresses)]);
+    let old = master.pid();
+    let successor = upgrade(&master, old);
+    let lines = master.wait_for_lines(&format!("kamisama[{successor}]: listening address="), 64);
+    assert_eq!(lines.len(), 64);
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_new_binary_that_cannot_be_run_is_rolled_back_with_the_reason() {
+    let deployment = deploy("upgrade-not-runnable");
+    let (mut master, address, workers) = deployment.start(1, &[]);
+    // Not executable, then not there at all.
+    use std::os::unix::fs::PermissionsExt;
+    let app = deployment.dir.join("app");
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o644)).unwrap();
+    let first = upgrade(&master, master.pid());
+    let failed = master.wait_for_line("upgrade-failed");
+    assert!(failed.contains("cannot run"), "{failed}");
+    assert!(failed.contains("Permission denied"), "{failed}");
+    // One upgrade at a time: the next once the first new master is gone.
+    master.wait_for_line(&format!("reaped pid={first}"));
+    fs::remove_file(&app).unwrap();
+    upgrade(&master, master.pid());
+    let failed = master.wait_for_lines("upgrade-failed", 2).remove(1);
+    assert!(failed.contains("No such file or directory"), "{failed}");
+    answered_by(address, &workers);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_rolled_back_master_gets_term_at_the_upgrade_timeout() {
+    // The new fleet's worker 0 keeps crashing (with a long backoff): never ready, rolled
+    // back at upgrade_timeout, not sooner and not much later; TERM lets the new master stop
+    // its own workers and exit 0.
+    let deployment = deploy("upgrade-rollback-term");
+    let settings = [
+        ("FIXTURE", "crash-index-0"),
+        ("KAMISAMA_BACKOFF_MAX", "30"),
+        ("KAMISAMA_RESPAWN_LIMIT", "100"),
+        ("KAMISAMA_UPGRADE_TIMEOUT", "2"),
+    ];
+    let (mut master, _, _) = deployment.start(2, &settings);
+    deployment.install(&fs::read(SUPERVISED).unwrap());
+    let sent = std::time::Instant::now();
+    let successor = upgrade(&master, master.pid());
+    let failed = master.wait_for_line("upgrade-failed");
+    let took = sent.elapsed();
+    assert!(failed.contains("not ready within 2s"), "{failed}");
+    assert!(
+        took >= std::time::Duration::from_secs(2),
+        "rolled back after {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_millis(2800),
+        "rolled back after {took:?}"
+    );
+    let reaped = master.wait_for_line(&format!("reaped pid={successor}"));
+    assert_eq!(field(&reaped, "status"), Some("0"), "{reaped}");
+    master.expect_lines(
+        &format!("kamisama[{successor}]: shutdown-started signal=SIGTERM"),
+        1,
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_term_to_both_masters_during_an_upgrade_is_one_graceful_shutdown() {
+    // As `pkill app` sends it, the old master first: it stops the new master as it stops all
+    // it started, and the operator's TERM reaches the new one after that. Neither is the
+    // second TERM that forces a shutdown.
+    let deployment = deploy("upgrade-pkill");
+    let settings = [
+        ("KAMISAMA_READINESS", "declared"),
+        ("KAMISAMA_SHUTDOWN_TIMEOUT", "2"),
+        // The new binary's workers take their whole shutdown timeout.
+        ("FIXTURE", "ignore-term"),
+    ];
+    let (mut master, _, _) = deployment.start(2, &settings);
+    deployment.install(&fs::read(SUPERVISED).unwrap());
+    let old = master.pid();
+    let successor = upgrade(&master, old);
+    spawned_by(&master, successor, 2);
+    nix::sys::signal::kill(old, Signal::SIGTERM).unwrap();
+    master.wait_for_line(&format!("kamisama[{successor}]: shutdown-started"));
+    nix::sys::signal::kill(successor, Signal::SIGTERM).unwrap();
+    master.wait_for_line(&format!("kamisama[{successor}]: shutdown-requested"));
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+    master.expect_lines("shutdown-forced", 0);
+}
+
+#[test]
+fn workers_added_or_retired_by_signals_carry_over_an_upgrade() {
+    let deployment = deploy("upgrade-scaled");
+    let (mut master, _, _) = deployment.start(2, &[]);
+    let old = master.pid();
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_line("scaled-up instances=3");
+    spawned_by(&master, old, 3);
+    let successor = upgrade(&master, old);
+    let started = master.wait_for_line(&format!("kamisama[{successor}]: started"));
+    assert_eq!(field(&started, "instances"), Some("3"), "{started}");
+    spawned_by(&master, successor, 3);
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
+    master.expect_tree_gone();
+}

@@ -252,14 +252,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         // First the deaths: a worker dead by now crashed, whatever else the batch asks; a HUP
         // or a TTOU must not take it for a live one to stop.
         self.reap();
-        for signal in batch.iter() {
-            self.on_signal(signal);
+        for (signal, sender) in batch.iter() {
+            self.on_signal(signal, sender);
         }
     }
 
-    fn on_signal(&mut self, signal: Signal) {
+    fn on_signal(&mut self, signal: Signal, sender: u32) {
         match signal {
-            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => self.on_stop_signal(signal),
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
+                self.on_stop_signal(signal, sender);
+            }
             Signal::SIGTTIN => self.scale_up(),
             Signal::SIGTTOU => self.scale_down(),
             Signal::SIGHUP => self.begin_rolling_restart(),
@@ -272,12 +274,22 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// TERM, INT or QUIT: a graceful shutdown, or, for a second TERM or INT from outside, a
     /// forced one. The first one to come during a shutdown the master began itself (it gave
-    /// up, or every index is done) only joins it.
-    fn on_stop_signal(&mut self, signal: Signal) {
+    /// up, or every index is done) only joins it; and so does any from the old master of an
+    /// upgrade, which stops this new one as it stops its own workers when it shuts down
+    /// before the hand-over (an operator's `pkill` reaches both).
+    fn on_stop_signal(&mut self, signal: Signal, sender: u32) {
+        let parent = nix::unistd::getppid().as_raw();
+        let from_old_master = self.takeover.is_some() && sender != 0 && sender as i32 == parent;
         let Some(shutdown) = &mut self.shutdown else {
             self.begin_shutdown(Some(signal), Outcome::Stopped);
+            if let Some(shutdown) = &mut self.shutdown {
+                shutdown.requested = !from_old_master;
+            }
             return;
         };
+        if from_old_master {
+            return;
+        }
         if !shutdown.requested {
             shutdown.requested = true;
             self.emit(Event::ShutdownRequested {
