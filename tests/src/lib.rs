@@ -545,13 +545,22 @@ impl Inherited {
     /// [`MASTERS_VARIABLES`].
     #[track_caller]
     pub fn assert_clean(&self) {
-        assert_eq!(self.fds, [0, 1, 2], "{self:?}");
+        assert_eq!(
+            self.fds,
+            [0, 1, 2],
+            "descriptors a program of {} inherited",
+            self.by
+        );
         let leaked: Vec<&String> = self
             .vars
             .iter()
             .filter(|var| MASTERS_VARIABLES.iter().any(|own| var.starts_with(own)))
             .collect();
-        assert!(leaked.is_empty(), "{leaked:?} in {self:?}");
+        assert!(
+            leaked.is_empty(),
+            "{leaked:?} inherited by a program of {}",
+            self.by
+        );
     }
 }
 
