@@ -13,13 +13,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Lines are gathered and written together, once per turn of the master's loop (before it
 /// blocks) or when the buffer is full: each write to a pipe wakes whoever reads it (a
 /// journal, a terminal), which the fork path cannot afford for every worker it forks. A write
-/// is at most `PIPE_BUF` bytes, which a pipe takes whole, so lines from the master and its
-/// workers never interleave. The buffer lives on the master's stack, as the fork path must
-/// not allocate (see `Master`). A closed stderr stops nothing.
+/// is at most `PIPE_BUF` bytes, which a pipe takes whole, so that the master's lines never
+/// land inside one another's, nor inside a line a worker writes in one `write`. The buffer
+/// lives on the master's stack, as the fork path must not allocate (see `Master`); a line too
+/// long for it (a long path, a long reason) is formatted on the heap and written alone. A
+/// closed stderr stops nothing.
 pub(crate) struct Log {
     master: u32,
     format: LogFormat,
-    pending: Buffer<{ libc::PIPE_BUF }>,
+    pending: Text<{ libc::PIPE_BUF }>,
 }
 
 impl Log {
@@ -27,7 +29,7 @@ impl Log {
         Log {
             master,
             format,
-            pending: Buffer::default(),
+            pending: Text::default(),
         }
     }
 
@@ -41,20 +43,30 @@ impl Log {
     }
 
     fn record(&mut self, level: Level, name: &str, fields: &Fields<'_>) {
-        let mut line = Buffer::<512>::default();
-        if format_line(&mut line, self.format, self.master, level, name, fields).is_none() {
-            return;
+        let writer = Writer {
+            format: self.format,
+            pid: self.master,
+            master: self.master,
+        };
+        match writer.line(level, name, fields) {
+            None => {}
+            Some(Line::Short(line)) => {
+                if self.pending.room() < line.len() {
+                    self.flush();
+                }
+                let _ = self.pending.write_str(line.as_str());
+            }
+            Some(Line::Long(line)) => {
+                self.flush();
+                write_all(line.as_bytes());
+            }
         }
-        if self.pending.0.room() < line.0.len() {
-            self.flush();
-        }
-        let _ = self.pending.write_str(line.0.as_str());
     }
 
     /// Writes every line gathered.
     pub(crate) fn flush(&mut self) {
-        write_all(self.pending.0.as_str().as_bytes());
-        self.pending.0.clear();
+        write_all(self.pending.as_str().as_bytes());
+        self.pending.clear();
     }
 }
 
@@ -74,69 +86,142 @@ pub(crate) fn worker_failed(format: LogFormat, master: u32, index: usize, error:
     let fields = |field: &mut dyn FnMut(&'static str, Value<'_>)| {
         field("index", Value::Count(index as u64));
         field("pid", Value::Count(u64::from(worker)));
-        field("master", Value::Count(u64::from(master)));
+        // A JSON line names the master in its header already.
+        if format == LogFormat::Text {
+            field("master", Value::Count(u64::from(master)));
+        }
         field("error", Value::Debug(&error));
     };
-    let mut line = String::new();
-    if format_line(
-        &mut line,
+    let writer = Writer {
         format,
-        worker,
-        Level::Error,
-        "worker-failed",
-        &fields,
-    )
-    .is_some()
-    {
-        write_all(line.as_bytes());
+        pid: worker,
+        master,
+    };
+    if let Some(line) = writer.line(Level::Error, "worker-failed", &fields) {
+        write_all(line.as_str().as_bytes());
     }
 }
 
 /// The fields of a line, handed over one by one.
 type Fields<'a> = dyn Fn(&mut dyn FnMut(&'static str, Value<'_>)) + 'a;
 
-/// Formats one line into `out`, ending with a newline; `None` when the log is off.
-fn format_line(
-    out: &mut dyn Write,
+/// Who writes a line, and how.
+#[derive(Clone, Copy)]
+struct Writer {
     format: LogFormat,
+    /// The writing process, which a text line names: `kamisama[PID]: `.
     pid: u32,
-    level: Level,
-    name: &str,
-    fields: &Fields<'_>,
-) -> Option<()> {
-    let mut result;
-    match format {
-        LogFormat::Off => return None,
-        LogFormat::Text => {
-            result = write!(out, "kamisama[{pid}]: {name}");
-            fields(&mut |key, value| {
-                if result.is_ok() {
-                    result = write!(out, " {key}={value}");
-                }
-            });
+    /// Its master, which a JSON line names: `"master":PID`.
+    master: u32,
+}
+
+/// One whole line, newline included: on the stack if it fits, which nearly every line does.
+enum Line {
+    Short(Text<512>),
+    Long(String),
+}
+
+impl Line {
+    fn as_str(&self) -> &str {
+        match self {
+            Line::Short(line) => line.as_str(),
+            Line::Long(line) => line,
         }
-        LogFormat::Json => {
-            result = write!(
-                out,
-                "{{\"ts\":\"{}\",\"level\":\"{}\",\"event\":\"{name}\",\"master\":{pid}",
-                Timestamp(SystemTime::now()),
-                level.name()
-            );
-            fields(&mut |key, value| {
-                if result.is_ok() {
-                    result = write!(out, ",\"{key}\":{}", Json(value));
-                }
-            });
-            if result.is_ok() {
-                result = out.write_char('}');
+    }
+}
+
+impl Writer {
+    /// The line, or `None` when the log is off.
+    fn line(self, level: Level, name: &str, fields: &Fields<'_>) -> Option<Line> {
+        let mut short = Text::<512>::default();
+        match self.format_into(&mut short, level, name, fields)? {
+            Ok(()) => Some(Line::Short(short)),
+            Err(fmt::Error) => {
+                let mut long = String::new();
+                let _ = self.format_into(&mut long, level, name, fields)?;
+                Some(Line::Long(long))
             }
         }
     }
-    // A line cut short already ends with a newline (see `Buffer`).
-    if result.is_ok() {
-        let _ = out.write_char('\n');
+
+    /// Formats one line into `out`, ending with a newline; `None` when the log is off, an error
+    /// when `out` has no room for all of it.
+    fn format_into(
+        self,
+        out: &mut dyn Write,
+        level: Level,
+        name: &str,
+        fields: &Fields<'_>,
+    ) -> Option<fmt::Result> {
+        let mut result;
+        match self.format {
+            LogFormat::Off => return None,
+            LogFormat::Text => {
+                result = write!(out, "kamisama[{}]: {name}", self.pid);
+                fields(&mut |key, value| {
+                    if result.is_ok() {
+                        result = write!(out, " {key}={}", Escaped(value));
+                    }
+                });
+            }
+            LogFormat::Json => {
+                result = write!(
+                    out,
+                    "{{\"ts\":\"{}\",\"level\":\"{}\",\"event\":\"{name}\",\"master\":{}",
+                    Timestamp(SystemTime::now()),
+                    level.name(),
+                    self.master
+                );
+                fields(&mut |key, value| {
+                    if result.is_ok() {
+                        result = write!(out, ",\"{key}\":{}", Json(value));
+                    }
+                });
+                if result.is_ok() {
+                    result = out.write_char('}');
+                }
+            }
+        }
+        if result.is_ok() {
+            result = out.write_char('\n');
+        }
+        Some(result)
     }
-    Some(())
+}
+
+/// A value in a text line, with the control characters of free text escaped as Rust writes
+/// them (`\n`, `\u{1b}`): a multi-line error, or a path with a newline, stays one line, and
+/// cannot forge another.
+struct Escaped<'a>(Value<'a>);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (text, quoted) = match self.0 {
+            Value::Text(text) => (text, true),
+            Value::Word(text) | Value::Debug(text) => (text, false),
+            value => return value.fmt(f),
+        };
+        if quoted {
+            f.write_char('"')?;
+        }
+        for character in text.chars() {
+            match character {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '"' if quoted => f.write_str("\\\"")?,
+                '\\' if quoted => f.write_str("\\\\")?,
+                control if control.is_control() => {
+                    write!(f, "\\u{{{:x}}}", u32::from(control))?;
+                }
+                other => f.write_char(other)?,
+            }
+        }
+        if quoted {
+            f.write_char('"')?;
+        }
+        Ok(())
+    }
 }
 
 /// A value as JSON: numbers and booleans as such, durations in seconds, the rest as strings.
@@ -151,12 +236,12 @@ impl fmt::Display for Json<'_> {
                 let millis = duration.subsec_millis();
                 write!(f, "{}.{millis:03}", duration.as_secs())
             }
-            Value::Text(text) | Value::Debug(text) => JsonString(text).fmt(f),
+            Value::Text(text) | Value::Debug(text) | Value::Word(text) => JsonString(text).fmt(f),
             Value::Errno(errno) => {
                 let error = std::io::Error::from_raw_os_error(errno).to_string();
                 JsonString(&error).fmt(f)
             }
-            value @ (Value::Signal(_) | Value::Status(_) | Value::Word(_)) => {
+            value @ (Value::Signal(_) | Value::Status(_)) => {
                 write!(f, "\"{value}\"")
             }
         }
@@ -234,22 +319,10 @@ fn write_all(mut bytes: &[u8]) {
     }
 }
 
-/// Log lines on the stack. A line cut short still ends with a newline: the last byte is kept
-/// for it.
-#[derive(Default)]
-struct Buffer<const N: usize>(Text<N>);
-
-impl<const N: usize> fmt::Write for Buffer<N> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        self.0.push_within(text, N - 1).inspect_err(|_| {
-            let _ = self.0.push_within("\n", N);
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
 
     #[test]
     fn timestamps_are_rfc_3339_in_utc() {
@@ -263,9 +336,148 @@ mod tests {
         assert_eq!(Timestamp(leap_day).to_string(), "2000-02-29T00:00:00.000Z");
     }
 
+    /// Strings a log line may carry: every control character alone, the characters JSON
+    /// escapes, text around them, and long strings of all of it (seeded, so that a failure
+    /// can be run again).
+    fn awkward_strings() -> Vec<String> {
+        let mut strings: Vec<String> = (0..0x20u8)
+            .chain([0x7f])
+            .map(|byte| format!("a{}b", char::from(byte)))
+            .collect();
+        strings.extend(
+            [
+                "",
+                "\"",
+                "\\",
+                "\\\"",
+                "say \"hi\"\n",
+                "\u{2028}\u{2029}",
+                "é€😀",
+                "\u{85}\u{9b}[31m",
+                "\r\nkamisama[1]: shutdown-finished exit=0",
+            ]
+            .map(str::to_owned),
+        );
+        let alphabet: Vec<char> = (0..0x20u8)
+            .map(char::from)
+            .chain([
+                '"', '\\', 'a', ' ', '/', 'é', '€', '😀', '\u{7f}', '\u{2028}',
+            ])
+            .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for length in [1, 7, 100, 511, 512, 4096, 100_000] {
+            let string = (0..length)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            strings.push(string);
+        }
+        strings
+    }
+
+    fn line(format: LogFormat, event: &Event) -> String {
+        let writer = Writer {
+            format,
+            pid: 42,
+            master: 42,
+        };
+        let line = writer.line(event.level(), event.name(), &|field| event.fields(field));
+        line.unwrap().as_str().to_owned()
+    }
+
     #[test]
-    fn json_strings_are_escaped() {
-        let text = JsonString("say \"hi\"\\\n\u{1}").to_string();
-        assert_eq!(text, r#""say \"hi\"\\\n\u0001""#);
+    fn every_json_line_is_one_valid_object_whatever_its_fields_hold() {
+        for text in awkward_strings() {
+            let events = [
+                Event::UpgradeFailed {
+                    pid: 7,
+                    reason: text.clone(),
+                },
+                Event::UpgradeStarted {
+                    pid: 7,
+                    path: text.clone(),
+                },
+            ];
+            for event in events {
+                let line = line(LogFormat::Json, &event);
+                let (object, end) = line.split_at(line.len() - 1);
+                assert_eq!(end, "\n");
+                assert!(!object.contains('\n'), "{object:?}");
+                let parsed: serde_json::Value = serde_json::from_str(object)
+                    .unwrap_or_else(|error| panic!("{error}: {object:?}"));
+                let key = if matches!(event, Event::UpgradeFailed { .. }) {
+                    "reason"
+                } else {
+                    "path"
+                };
+                assert_eq!(parsed[key], text.as_str(), "{object:?}");
+                assert_eq!(parsed["master"], 42);
+                assert_eq!(parsed["event"], event.name());
+            }
+        }
+    }
+
+    #[test]
+    fn every_text_line_is_one_line_whatever_its_fields_hold() {
+        for text in awkward_strings() {
+            let event = Event::UpgradeFailed {
+                pid: 7,
+                reason: text.clone(),
+            };
+            let line = line(LogFormat::Text, &event);
+            let (body, end) = line.split_at(line.len() - 1);
+            assert_eq!(end, "\n");
+            assert!(
+                !body.chars().any(char::is_control),
+                "a control character in {body:?}"
+            );
+            assert!(
+                body.starts_with("kamisama[42]: upgrade-failed pid=7 reason=\""),
+                "{body}"
+            );
+            // The quotes around the reason are its only unescaped ones.
+            let reason = &body["kamisama[42]: upgrade-failed pid=7 reason=".len()..];
+            let inner = &reason[1..reason.len() - 1];
+            assert!(!inner.replace("\\\\", "").replace("\\\"", "").contains('"'));
+        }
+    }
+
+    #[test]
+    fn a_worker_failed_json_line_names_the_master_once() {
+        let writer = Writer {
+            format: LogFormat::Json,
+            pid: 43,
+            master: 42,
+        };
+        let fields = |field: &mut dyn FnMut(&'static str, Value<'_>)| {
+            field("pid", Value::Count(43));
+            field("error", Value::Debug("Io(\"gone\")"));
+        };
+        let line = writer.line(Level::Error, "worker-failed", &fields).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(line.as_str()).unwrap();
+        assert_eq!(parsed["master"], 42);
+        assert_eq!(parsed["pid"], 43);
+        assert_eq!(line.as_str().matches("\"master\":").count(), 1);
+    }
+
+    #[test]
+    fn lines_too_long_for_the_stack_are_whole_on_the_heap() {
+        let long = "x".repeat(600);
+        let event = Event::UpgradeStarted { pid: 1, path: long };
+        let writer = Writer {
+            format: LogFormat::Json,
+            pid: 1,
+            master: 1,
+        };
+        let line = writer.line(event.level(), event.name(), &|field| event.fields(field));
+        assert!(matches!(line, Some(Line::Long(_))));
+        let short = Event::Spawned { index: 1, pid: 2 };
+        let line = writer.line(short.level(), short.name(), &|field| short.fields(field));
+        assert!(matches!(line, Some(Line::Short(_))));
     }
 }

@@ -92,6 +92,9 @@ fn a_worker_failure_in_json_names_its_worker_and_its_master() {
     assert_eq!(failed["master"], master.pid().as_raw());
     let index = failed["index"].as_u64().expect("an index");
     assert_eq!(failed["error"], format!("\"shard {index} is corrupt\""));
+    // Named once: a parser that keeps the first of two keys would take the worker for it.
+    let raw = master.wait_for_line("\"event\":\"worker-failed\"");
+    assert_eq!(raw.matches("\"master\":").count(), 1, "{raw}");
     let pid = failed["pid"].clone();
     let exited = lines
         .iter()
@@ -111,4 +114,60 @@ fn log_off_silences_the_master_and_the_workers_failures() {
     master.wait_for_lines("worker-started", 1);
     master.expect_lines("kamisama[", 0);
     master.expect_lines("worker-failed", 0);
+}
+
+#[test]
+fn a_multi_line_error_is_one_line_of_the_text_log() {
+    // An error chain as anyhow prints it, with a line that looks like the master's own.
+    let mut master = Master::launch(COOPERATIVE)
+        .env(
+            "FAIL_WITH",
+            "disk gone\n\nCaused by:\nkamisama[1]: shutdown-finished exit=0",
+        )
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    master.expect_exit_code(1);
+    let failed = master.wait_for_line("worker-failed");
+    assert!(
+        failed.ends_with("error=disk gone\\n\\nCaused by:\\nkamisama[1]: shutdown-finished exit=0"),
+        "{failed}"
+    );
+    master.expect_lines("Caused by:", 1);
+    assert!(
+        master
+            .transcript()
+            .lines()
+            .all(|line| !line.starts_with("kamisama[1]:")),
+        "{}",
+        master.transcript()
+    );
+}
+
+#[test]
+fn a_json_line_longer_than_its_buffer_is_whole() {
+    // An upgrade logs the program's path, which may be a few thousand bytes long.
+    let mut dir = kamisama_tests::scratch!("long");
+    for part in ["d", "e", "f"] {
+        dir = dir.join(part.repeat(200));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let deployment =
+        kamisama_tests::deployment::Deployment::new(dir, env!("CARGO_BIN_EXE_hello-server"));
+    let mut master = Master::launch(&deployment.app())
+        .env("KAMISAMA_LOG", "json")
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    master.wait_for_line("\"event\":\"spawned\"");
+    master.signal(Signal::SIGUSR2);
+    master.wait_for_line("\"event\":\"upgrade-handing-over\"");
+    let lines = json_lines(&master);
+    let started = event(&lines, "upgrade-started");
+    assert_eq!(started["path"], deployment.app());
+    let successor = started["pid"].as_i64().unwrap();
+    let successor = nix::unistd::Pid::from_raw(successor as i32);
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    nix::sys::signal::kill(successor, Signal::SIGTERM).unwrap();
+    kamisama_tests::reap_orphan(successor);
 }
