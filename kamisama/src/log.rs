@@ -116,6 +116,8 @@ struct Writer {
 }
 
 /// One whole line, newline included: on the stack if it fits, which nearly every line does.
+// The stack is the point: the fork path must not allocate.
+#[allow(clippy::large_enum_variant)]
 enum Line {
     Short(Text<512>),
     Long(String),
