@@ -44,6 +44,39 @@ pub(crate) enum Value {
         enumeration: &'static str,
         variant: &'static str,
     },
+    /// A signal: the name of a `kamisama::Signal` constant, or `SIGRTMIN+n`.
+    Signal(Signal),
+}
+
+/// A signal the attribute takes, by the `kamisama::Signal` item it becomes.
+pub(crate) enum Signal {
+    /// A constant, such as `QUIT`.
+    Named(&'static str),
+    /// `SIGRTMIN+n`.
+    RealTime(u8),
+}
+
+impl Signal {
+    /// The signals `kamisama::Signal` has a constant for.
+    const NAMED: [&'static str; 8] = [
+        "ABRT", "QUIT", "TRAP", "USR1", "USR2", "TERM", "INT", "KILL",
+    ];
+
+    /// `"SIGQUIT"`, `"quit"`, `"SIGRTMIN+2"`.
+    fn parse(name: &str) -> Option<Signal> {
+        let upper = name.to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if let Some(n) = bare.strip_prefix("RTMIN") {
+            return match n.strip_prefix('+') {
+                Some(n) => n.parse().ok().map(Signal::RealTime),
+                None => n.is_empty().then_some(Signal::RealTime(0)),
+            };
+        }
+        Signal::NAMED
+            .into_iter()
+            .find(|named| *named == bare)
+            .map(Signal::Named)
+    }
 }
 
 /// The strings a key takes, each naming a variant of a `kamisama` enum.
@@ -68,6 +101,7 @@ pub(crate) enum Key {
     Timeout,
     BootTimeout,
     HangGrace,
+    HangSignal,
     Runtime,
     WorkerThreads,
     Log,
@@ -80,7 +114,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 18] = [
+    const ALL: [Key; 19] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -90,6 +124,7 @@ impl Key {
         Key::Timeout,
         Key::BootTimeout,
         Key::HangGrace,
+        Key::HangSignal,
         Key::Runtime,
         Key::WorkerThreads,
         Key::Log,
@@ -112,6 +147,7 @@ impl Key {
             Key::Timeout => "timeout",
             Key::BootTimeout => "boot_timeout",
             Key::HangGrace => "hang_grace",
+            Key::HangSignal => "hang_signal",
             Key::Runtime => "runtime",
             Key::WorkerThreads => "worker_threads",
             Key::Log => "log",
@@ -171,6 +207,7 @@ impl Key {
             | Key::BackoffMax
             | Key::Timeout
             | Key::Restart
+            | Key::HangSignal
             | Key::Runtime
             | Key::Log
             | Key::Readiness
@@ -212,6 +249,7 @@ impl Key {
             Key::Timeout => "30",
             Key::BootTimeout => "120",
             Key::HangGrace => "5",
+            Key::HangSignal => "\"SIGQUIT\"",
             Key::Runtime => "\"multi_thread\"",
             Key::WorkerThreads => "4",
             Key::Log => "\"json\"",
@@ -231,6 +269,10 @@ impl Key {
             (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
+            (Key::HangSignal, _) => {
+                "a signal's name: `\"SIGABRT\"`, `\"SIGQUIT\"`, `\"SIGTRAP\"`, `\"SIGUSR1\"`, \
+                 `\"SIGUSR2\"`, `\"SIGTERM\"`, `\"SIGINT\"`, `\"SIGKILL\"` or `\"SIGRTMIN+N\"`"
+            }
             (Key::StatusFile, _) => "a path",
             (Key::Crate, _) => "the path of the kamisama crate",
             (Key::Listen, _) => "an address or a list of them",
@@ -380,6 +422,28 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         }
         return Err(wrong_kind());
     };
+    if key == Key::HangSignal {
+        let Lit::Str(name) = lit else {
+            return Err(wrong_kind());
+        };
+        let signal = Signal::parse(&name.value()).ok_or_else(|| {
+            Error::new(
+                name.span(),
+                format!(
+                    "unknown signal {:?}; `{name}` takes {}",
+                    name.value(),
+                    key.kind(),
+                    name = key.name()
+                ),
+            )
+        })?;
+        return Ok(Setting {
+            key,
+            key_span: meta.path.span(),
+            value: Value::Signal(signal),
+            span: lit.span(),
+        });
+    }
     let value = match (key.names(), lit) {
         (Some(names), Lit::Str(string)) => {
             let written = string.value();

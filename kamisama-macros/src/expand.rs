@@ -1,6 +1,6 @@
 //! Emitting the user's function and a `main` that hands it to `kamisama::Supervisor`.
 
-use crate::attr::{self, Args, Key, Setting, Value};
+use crate::attr::{self, Args, Key, Setting, Signal, Value};
 use crate::valid;
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
@@ -143,6 +143,15 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
             let variant = Ident::new(variant, span);
             quote!(#krate::#enumeration::#variant)
         }
+        Value::Signal(Signal::Named(name)) => {
+            let name = Ident::new(name, span);
+            quote!(#krate::Signal::#name)
+        }
+        Value::Signal(Signal::RealTime(n)) => {
+            let mut literal = Literal::u8_unsuffixed(n);
+            literal.set_span(span);
+            quote!(#krate::Signal::rt(#literal))
+        }
     };
     // `::std`, found in the crate root of every edition; `::core` is not, in 2015.
     let seconds = quote!(::std::time::Duration::from_secs(#value));
@@ -156,6 +165,7 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::Timeout => quote!(.timeout(#seconds)),
         Key::BootTimeout => quote!(.boot_timeout(#seconds)),
         Key::HangGrace => quote!(.hang_grace(#seconds)),
+        Key::HangSignal => quote!(.hang_signal(#value)),
         Key::Runtime => quote!(.runtime(#value)),
         Key::WorkerThreads => quote!(.worker_threads(#value)),
         Key::Log => quote!(.log_format(#value)),

@@ -42,6 +42,7 @@ use proc_macro::TokenStream;
 /// | `timeout`          | `0`        | seconds a worker may show no sign of life before it is hung; 0 is off |
 /// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
 /// | `hang_grace`       | `1`        | seconds a hung worker has after its hang signal, before SIGKILL, at least 1 |
+/// | `hang_signal`      | `"SIGABRT"` | what a hung worker gets first: `"SIGQUIT"`, `"SIGTRAP"`, `"SIGUSR1"`, `"SIGRTMIN+2"`... |
 /// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
 /// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
 /// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |

@@ -31,7 +31,7 @@ pub(crate) struct Config {
     /// The same for a worker's first sign of life after its fork.
     pub(crate) boot_timeout: Duration,
     /// What a hung worker gets first.
-    pub(crate) hang_signal: i32,
+    pub(crate) hang_signal: Signal,
     /// How long a hung worker has after the hang signal, before SIGKILL.
     pub(crate) hang_grace: Duration,
     /// The runtime an async worker builds.
@@ -65,7 +65,7 @@ impl Default for Config {
             backoff_max: Duration::ZERO,
             timeout: Duration::ZERO,
             boot_timeout: Duration::from_secs(60),
-            hang_signal: libc::SIGABRT,
+            hang_signal: Signal::ABRT,
             hang_grace: Duration::from_secs(1),
             runtime: Runtime::CurrentThread,
             worker_threads: None,
@@ -125,15 +125,118 @@ impl Config {
                 expected: "at least 1",
             });
         }
-        if !(1..=libc::SIGRTMAX()).contains(&self.hang_signal) {
+        if !self.hang_signal.exists() {
             return Err(Error::InvalidConfig {
                 setting: "hang_signal",
-                expected: "a signal number, such as libc::SIGABRT",
+                expected: "a signal this system has (its real-time signals end at SIGRTMAX)",
             });
         }
         Ok(())
     }
 }
+
+/// A signal to send, by name: [`Signal::ABRT`], [`Signal::QUIT`], or a real-time signal,
+/// [`Signal::rt`]. It parses from the names `kill -l` prints, with or without `SIG`
+/// (`"SIGQUIT"`, `"QUIT"`, `"SIGRTMIN+2"`), as the attribute and `KAMISAMA_HANG_SIGNAL` write
+/// them.
+///
+/// ```
+/// use kamisama::Signal;
+///
+/// assert_eq!("SIGQUIT".parse(), Ok(Signal::QUIT));
+/// assert_eq!("RTMIN+2".parse(), Ok(Signal::rt(2)));
+/// assert_eq!(Signal::rt(2).to_string(), "SIGRTMIN+2");
+/// assert_eq!(Signal::ABRT.as_raw(), libc::SIGABRT);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGABRT`: a core dump, or the process's own abort hook (a backtrace).
+    pub const ABRT: Signal = Signal(libc::SIGABRT);
+    /// `SIGQUIT`: a core dump; some runtimes print their threads' stacks on it.
+    pub const QUIT: Signal = Signal(libc::SIGQUIT);
+    /// `SIGTERM`.
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+    /// `SIGINT`.
+    pub const INT: Signal = Signal(libc::SIGINT);
+    /// `SIGKILL`: no trace at all.
+    pub const KILL: Signal = Signal(libc::SIGKILL);
+    /// `SIGUSR1`.
+    pub const USR1: Signal = Signal(libc::SIGUSR1);
+    /// `SIGUSR2`.
+    pub const USR2: Signal = Signal(libc::SIGUSR2);
+    /// `SIGTRAP`: a core dump, or a debugger's attention.
+    pub const TRAP: Signal = Signal(libc::SIGTRAP);
+
+    /// The real-time signal `SIGRTMIN+n`, which [`Supervisor`](crate::Supervisor) refuses
+    /// where it is past `SIGRTMAX`.
+    pub fn rt(n: u8) -> Signal {
+        Signal(libc::SIGRTMIN() + i32::from(n))
+    }
+
+    /// The signal's number, as `kill(2)` takes it.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// Whether this system has the signal.
+    pub(crate) fn exists(self) -> bool {
+        (1..=libc::SIGRTMAX()).contains(&self.0)
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `SIGQUIT`, `SIGRTMIN+2`.
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::event::SignalName(self.0).fmt(f)
+    }
+}
+
+/// Parses `SIGQUIT`, `QUIT`, `SIGRTMIN+2`, `RTMIN+2` (any case).
+impl FromStr for Signal {
+    type Err = UnknownSignal;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let upper = name.to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if let Some(n) = bare.strip_prefix("RTMIN") {
+            let n = match n.strip_prefix('+') {
+                Some(n) => n.parse::<u8>().map_err(|_| UnknownSignal)?,
+                None if n.is_empty() => 0,
+                None => return Err(UnknownSignal),
+            };
+            let signal = Signal::rt(n);
+            return signal.exists().then_some(signal).ok_or(UnknownSignal);
+        }
+        nix::sys::signal::Signal::iterator()
+            .find(|signal| signal.as_str().strip_prefix("SIG") == Some(bare))
+            .map(|signal| Signal(signal as i32))
+            .ok_or(UnknownSignal)
+    }
+}
+
+/// The error of parsing a [`Signal`] from a name no signal has.
+///
+/// ```
+/// assert!("SIGNOPE".parse::<kamisama::Signal>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownSignal;
+
+impl fmt::Display for UnknownSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected a signal's name, such as `SIGABRT`, `SIGQUIT` or `SIGRTMIN+2`")
+    }
+}
+
+impl std::error::Error for UnknownSignal {}
 
 /// When the master forks a worker again after it exited by itself.
 ///

@@ -1,7 +1,7 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -25,6 +25,8 @@ pub(crate) const TIMEOUT: &str = "KAMISAMA_TIMEOUT";
 pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
 /// Overrides `hang_grace`, in seconds.
 pub(crate) const HANG_GRACE: &str = "KAMISAMA_HANG_GRACE";
+/// Overrides `hang_signal`: a signal's name, such as `SIGQUIT`.
+pub(crate) const HANG_SIGNAL: &str = "KAMISAMA_HANG_SIGNAL";
 /// Overrides `runtime`: `current_thread` or `multi_thread`.
 pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
 /// Overrides `worker_threads` (and makes the runtime `multi_thread`).
@@ -88,6 +90,14 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     }
     if let Some(seconds) = parse(&lookup, HANG_GRACE, SECONDS, at_least_one)? {
         overridden.hang_grace = Duration::from_secs(seconds);
+    }
+    if let Some(signal) = parse::<Signal>(
+        &lookup,
+        HANG_SIGNAL,
+        "a signal's name, such as `SIGQUIT` or `SIGRTMIN+2`",
+        |_| true,
+    )? {
+        overridden.hang_signal = signal;
     }
     if let Some(runtime) = parse::<Runtime>(&lookup, RUNTIME, RUNTIMES, |_| true)? {
         overridden.runtime = runtime;
@@ -209,6 +219,7 @@ mod tests {
             (TIMEOUT, "20"),
             (BOOT_TIMEOUT, "90"),
             (HANG_GRACE, "4"),
+            (HANG_SIGNAL, "SIGRTMIN+1"),
             (WORKER_THREADS, "3"),
             (LOG, "json"),
             (READINESS, "declared"),
@@ -226,6 +237,7 @@ mod tests {
                 timeout: Duration::from_secs(20),
                 boot_timeout: Duration::from_secs(90),
                 hang_grace: Duration::from_secs(4),
+                hang_signal: Signal::rt(1),
                 runtime: Runtime::MultiThread,
                 worker_threads: Some(3),
                 log: LogFormat::Json,
@@ -255,6 +267,8 @@ mod tests {
             (TIMEOUT, "soon"),
             (BOOT_TIMEOUT, "0"),
             (HANG_GRACE, "0"),
+            (HANG_SIGNAL, "SIGNOPE"),
+            (HANG_SIGNAL, "SIGRTMIN+200"),
             (RUNTIME, "multi-thread"),
             (WORKER_THREADS, "0"),
             (LOG, "yaml"),

@@ -1,6 +1,6 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, MAX_INSTANCES};
+use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES};
 use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile, Takeover};
 use crate::signals::Signals;
 use crate::title::Titles;
@@ -279,8 +279,9 @@ impl<'a> Supervisor<'a> {
         self
     }
 
-    /// The signal a hung worker gets first, such as `libc::SIGABRT` (the default) or
-    /// `libc::SIGQUIT`; SIGKILL follows after [`hang_grace`](Supervisor::hang_grace).
+    /// The signal a hung worker gets first: [`Signal::ABRT`] (the default), [`Signal::QUIT`],
+    /// or a real-time signal ([`Signal::rt`]) that the worker handles itself; SIGKILL follows
+    /// after [`hang_grace`](Supervisor::hang_grace).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -288,10 +289,10 @@ impl<'a> Supervisor<'a> {
     /// # fn worker(_: usize) {}
     /// kamisama::Supervisor::new()
     ///     .timeout(Duration::from_secs(30))
-    ///     .hang_signal(libc::SIGQUIT)
+    ///     .hang_signal(kamisama::Signal::QUIT)
     ///     .run(worker);
     /// ```
-    pub fn hang_signal(mut self, signal: i32) -> Self {
+    pub fn hang_signal(mut self, signal: Signal) -> Self {
         self.config.hang_signal = signal;
         self
     }

@@ -9,12 +9,23 @@ const EVERY_SETTING: &str = env!("CARGO_BIN_EXE_every-setting");
 
 #[test]
 fn the_attribute_sets_each_setting_in_its_place() {
-    let mut master = Master::launch(EVERY_SETTING).start();
+    let status = kamisama_tests::scratch!("every-setting").join("status.json");
+    let mut master = Master::launch(EVERY_SETTING)
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
+        .start();
     master.wait_for_line(
         "started instances=2 respawn_limit=4 respawn_interval=5s shutdown_timeout=6s \
          restart=on-failure backoff_max=7s timeout=80s",
     );
     master.wait_for_workers(2);
+    let settings = master.wait_until("the status", || {
+        let text = std::fs::read_to_string(&status).ok()?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(status["settings"].clone())
+    });
+    assert_eq!(settings["boot_timeout"], 90.0, "{settings}");
+    assert_eq!(settings["hang_grace"], 3.0, "{settings}");
+    assert_eq!(settings["hang_signal"], "SIGRTMIN+1", "{settings}");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
@@ -51,6 +62,7 @@ fn an_invalid_value_stops_before_anything_is_forked() {
         ("KAMISAMA_SHUTDOWN_TIMEOUT", "5s"),
         ("KAMISAMA_RESTART", "sometimes"),
         ("KAMISAMA_BACKOFF_MAX", "-1"),
+        ("KAMISAMA_HANG_SIGNAL", "SIGNOPE"),
         // More than any machine can fork: a refusal, not an abort on a failed allocation.
         ("KAMISAMA_INSTANCES", "4194305"),
         ("KAMISAMA_INSTANCES", "100000000000"),

@@ -291,3 +291,17 @@ fn hang_grace_sets_the_time_before_sigkill() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_real_time_signal_may_be_the_hang_signal() {
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("KAMISAMA_HANG_SIGNAL", "SIGRTMIN+1")
+        .start();
+    let worker = master.wait_for_workers(2)[&0];
+    master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    // Its default action ends the worker, which says so.
+    master.wait_for_line(&format!("exited index=0 pid={worker} status=SIGRTMIN+1"));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

@@ -851,7 +851,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             let pid = *pid;
             // Through libc: the hang signal may be a real-time one, which nix cannot name.
             // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(pid.as_raw(), self.config.hang_signal) };
+            unsafe { libc::kill(pid.as_raw(), self.config.hang_signal.as_raw()) };
             // A worker stopped (SIGSTOP) acts on it only once continued: a core dump, say.
             let _ = kill(pid, Signal::SIGCONT);
             self.emit(Event::Hung {

@@ -133,8 +133,8 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         "{{\"master\":{},\"phase\":\"{}\",\"written\":\"{}\",\"instances\":{},\
          \"running\":{},\"respawns_in_window\":{},\"settings\":{{\"respawn_limit\":{},\
          \"respawn_interval\":{},\"shutdown_timeout\":{},\"restart\":\"{}\",\
-         \"backoff_max\":{},\"timeout\":{},\"boot_timeout\":{},\"readiness\":\"{}\"}},\
-         \"workers\":[",
+         \"backoff_max\":{},\"timeout\":{},\"boot_timeout\":{},\"hang_grace\":{},\
+         \"hang_signal\":\"{}\",\"readiness\":\"{}\"}},\"workers\":[",
         fleet.master,
         fleet.phase,
         Timestamp(wall),
@@ -148,6 +148,8 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         span(config.backoff_max),
         span(config.timeout),
         span(config.boot_timeout),
+        span(config.hang_grace),
+        config.hang_signal,
         config.readiness,
     );
     for (index, slot) in fleet.slots.iter().enumerate() {

@@ -1,0 +1,2 @@
+#[kamisama::main(timeout = 30, hang_signal = "SIGCORE")]
+fn worker() {}
