@@ -165,6 +165,18 @@ pub enum Event {
         /// Since its last sign of life, or its fork.
         silent_for: Duration,
     },
+    /// With [`Readiness::Declared`](crate::Readiness::Declared), a worker did not call
+    /// [`Worker::ready`](crate::Worker::ready) within `boot_timeout` of its fork: a start-up
+    /// that hangs. It is treated as [`Hung`](Event::Hung): the hang signal now, SIGKILL
+    /// `hang_grace` later, and a respawn counted as a crash.
+    NotReady {
+        /// Its index.
+        index: usize,
+        /// Its pid.
+        pid: u32,
+        /// Since its fork.
+        after: Duration,
+    },
     /// A worker asked to stop was still alive at its deadline, or a hung worker at the end of
     /// its grace, and got SIGKILL.
     Killed {
@@ -370,6 +382,7 @@ impl Event {
             Event::RollingRestartBusy => "rolling-restart-busy",
             Event::Forwarded { .. } => "forwarded",
             Event::Hung { .. } => "hung",
+            Event::NotReady { .. } => "not-ready",
             Event::Killed { .. } => "killed",
             Event::ShutdownStarted { .. } => "shutdown-started",
             Event::ShutdownRequested { .. } => "shutdown-requested",
@@ -389,6 +402,7 @@ impl Event {
         match self {
             Event::SpawnFailed { .. } | Event::GaveUp { .. } => Level::Error,
             Event::Hung { .. }
+            | Event::NotReady { .. }
             | Event::Killed { .. }
             | Event::ScaleDownRefused { .. }
             | Event::RollingRestartBusy
@@ -488,7 +502,7 @@ impl Event {
                 field("pid", Count(u64::from(*pid)));
                 field("silent_for", Span(*silent_for));
             }
-            Event::Killed { index, pid, after } => {
+            Event::NotReady { index, pid, after } | Event::Killed { index, pid, after } => {
                 field("index", Count(*index as u64));
                 field("pid", Count(u64::from(*pid)));
                 field("after", Span(*after));

@@ -245,7 +245,10 @@ impl<'a> Supervisor<'a> {
     }
 
     /// How long a new worker may take to show its first sign of life, when hang detection is
-    /// on: start-up work is not a hang. Longer than zero; default 60 seconds.
+    /// on: start-up work is not a hang. With [`Readiness::Declared`], it is also how long a
+    /// new worker may take to call [`Worker::ready`](crate::Worker::ready), hang detection on
+    /// or off: one that has not is [`Event::NotReady`], and treated as hung, so that a
+    /// rolling restart or a start never waits for ever. Longer than zero; default 60 seconds.
     ///
     /// ```no_run
     /// use std::time::Duration;

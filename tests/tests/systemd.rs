@@ -326,3 +326,68 @@ fn a_stray_upgrade_variable_naming_an_open_descriptor_is_no_upgrade() {
         "{transcript}"
     );
 }
+
+#[test]
+fn a_worker_not_ready_within_its_boot_allowance_is_treated_as_hung() {
+    // A rolling restart whose replacement never declares itself ready would wait for ever,
+    // and systemd with it (RELOADING=1): boot_timeout bounds it.
+    let witnesses = scratch!("systemd-not-ready");
+    let slow = scratch!("systemd-not-ready-flag").join("slow");
+    let systemd = NotifySocket::bind(scratch!("systemd-not-ready-socket").join("notify"), None);
+    let mut master = Master::launch(DECLARED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("SLOW_READY_FILE", slow.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_BOOT_TIMEOUT", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "10")
+        .start();
+    systemd.wait_for("READY=1", 1);
+    std::fs::write(&slow, b"").unwrap();
+    master.signal(Signal::SIGHUP);
+    let spawned = master.wait_for_lines("spawned index=0", 2).remove(1);
+    let forked = std::time::Instant::now();
+    let replacement = kamisama_tests::field(&spawned, "pid").unwrap().to_owned();
+    let not_ready = master.wait_for_line(&format!("not-ready index=0 pid={replacement}"));
+    let took = forked.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "{not_ready} {took:?} after the fork"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "{not_ready} {took:?} after the fork"
+    );
+    master.wait_for_line(&format!("exited index=0 pid={replacement} status=SIGABRT"));
+    master.wait_for_line("respawning index=0 respawns=1");
+    // Once start-up is quick again, the next replacement is ready and the restart ends.
+    std::fs::remove_file(&slow).unwrap();
+    master.wait_for_line("rolling-restart-finished");
+    systemd.wait_for("READY=1", 2);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_rolling_restart_before_the_fleet_was_ever_ready_is_no_reload() {
+    let witnesses = scratch!("systemd-early-hup");
+    let systemd = NotifySocket::bind(scratch!("systemd-early-hup-socket").join("notify"), None);
+    let mut master = Master::launch(DECLARED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("READY_MS", "500")
+        .start();
+    master.wait_for_workers(3);
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line("rolling-restart-finished");
+    systemd.wait_for("READY=1", 1);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    let told: Vec<String> = systemd
+        .messages()
+        .iter()
+        .flat_map(|message| message.text.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| ["READY=1", "RELOADING=1", "STOPPING=1"].contains(&line.as_str()))
+        .collect();
+    assert_eq!(told, ["READY=1", "STOPPING=1"]);
+}

@@ -820,8 +820,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Sends the hang signal to every worker silent for longer than it may be, with SIGKILL
-    /// to follow after a grace. Its exit is a crash: it is respawned and counted.
+    /// Sends the hang signal to every worker silent for longer than it may be, or not ready
+    /// within its boot allowance, with SIGKILL to follow after a grace. Its exit is a crash:
+    /// it is respawned and counted.
     fn detect_hangs(&mut self, now: Now) {
         if self.shutdown.is_some() {
             return;
@@ -839,10 +840,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             if !watch.due(now.instant) {
                 continue;
             }
-            let Verdict::Hung { silent_for } =
-                self.watchdog.look(index, *pid, *started, watch, now)
-            else {
-                continue;
+            let event = match self.watchdog.look(index, *pid, *started, watch, now) {
+                Verdict::Alive => continue,
+                Verdict::Hung { silent_for } => Event::Hung {
+                    index,
+                    pid: pid.as_raw() as u32,
+                    silent_for,
+                },
+                Verdict::NotReady { after } => Event::NotReady {
+                    index,
+                    pid: pid.as_raw() as u32,
+                    after,
+                },
             };
             *stop = Some(Stopping {
                 kill_at: now.instant.checked_add(self.watchdog.grace),
@@ -854,11 +863,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             unsafe { libc::kill(pid.as_raw(), self.config.hang_signal.as_raw()) };
             // A worker stopped (SIGSTOP) acts on it only once continued: a core dump, say.
             let _ = kill(pid, Signal::SIGCONT);
-            self.emit(Event::Hung {
-                index,
-                pid: pid.as_raw() as u32,
-                silent_for,
-            });
+            self.emit(event);
         }
     }
 

@@ -159,6 +159,8 @@ impl Notify {
         let phase = match (self.told, fleet.phase) {
             // Once ready, a fleet that loses a worker is not starting again.
             (Some(told), Phase::Starting) if told != Phase::Starting => Phase::Ready,
+            // Never ready yet: a rolling restart is part of its start.
+            (None | Some(Phase::Starting), Phase::Reloading) => Phase::Starting,
             (_, phase) => phase,
         };
         if self.told != Some(phase) {

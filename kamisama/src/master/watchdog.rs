@@ -1,5 +1,6 @@
 //! Hang detection: reading the workers' signs of life (see `worker::heartbeat`) and saying
-//! when each one is hung.
+//! when each one is hung; and, with declared readiness, when one has taken longer than its
+//! boot allowance to say it is ready, which is a hang of its start-up.
 //!
 //! A beat is a store to shared memory, which wakes nobody: the master learns of it only by
 //! looking. So each worker has a moment when the master must look at it again, kept between
@@ -8,17 +9,20 @@
 //! that a beat that comes meanwhile, and then a silence, is judged a timeout after that beat.
 
 use super::fleet;
-use crate::config::Config;
+use crate::config::{Config, Readiness};
 use crate::worker::shared::{now_nanos, SharedSlots, NOT_YET, WAITING};
 use nix::unistd::Pid;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(super) struct Watchdog<'a> {
-    /// `None` when hang detection is off.
+    /// `None` when nothing is watched.
     shared: Option<&'a SharedSlots>,
+    /// Zero when hang detection is off.
     timeout: Duration,
     boot_timeout: Duration,
+    /// Whether a worker must declare itself ready within `boot_timeout`.
+    readiness: bool,
     /// How long a hung worker has, after the hang signal, to leave its trace before SIGKILL.
     pub(super) grace: Duration,
 }
@@ -65,21 +69,25 @@ pub(super) enum Verdict {
     Alive,
     /// Silent for this long, longer than it may be.
     Hung { silent_for: Duration },
+    /// Not ready this long after its fork, longer than its boot allowance.
+    NotReady { after: Duration },
 }
 
 impl<'a> Watchdog<'a> {
     pub(super) fn new(config: &Config, shared: Option<&'a SharedSlots>) -> Self {
+        let readiness = config.readiness == Readiness::Declared;
         Watchdog {
-            shared: shared.filter(|_| !config.timeout.is_zero()),
+            shared: shared.filter(|_| !config.timeout.is_zero() || readiness),
             timeout: config.timeout,
             boot_timeout: config.boot_timeout,
+            readiness,
             grace: config.hang_grace,
         }
     }
 
     /// Before `index` is forked: its new worker has shown no sign of life yet.
     pub(super) fn forking(&self, index: usize) {
-        if let Some(shared) = self.shared {
+        if let Some(shared) = self.shared.filter(|_| !self.timeout.is_zero()) {
             shared.slot(index).beat.store(NOT_YET, Ordering::Relaxed);
         }
     }
@@ -98,8 +106,38 @@ impl<'a> Watchdog<'a> {
             watch.next_look = None;
             return Verdict::Alive;
         };
+        let words = shared.slot(index);
+        let ready = words.ready.load(Ordering::Relaxed) == pid.as_raw() as u64;
+        let boot_ends = started.checked_add(self.boot_timeout);
+        let not_ready_by = boot_ends.filter(|_| self.readiness && !ready);
+        if not_ready_by.is_some_and(|by| by <= now.instant) {
+            watch.next_look = None;
+            return Verdict::NotReady {
+                after: now.instant - started,
+            };
+        }
+        let verdict =
+            self.look_for_a_hang(words.beat.load(Ordering::Relaxed), pid, started, watch, now);
+        if let Some(by) = not_ready_by {
+            watch.next_look = Some(watch.next_look.map_or(by, |at| at.min(by)));
+        }
+        verdict
+    }
+
+    /// The part of [`look`](Watchdog::look) that judges the worker's signs of life, `beat`.
+    fn look_for_a_hang(
+        &self,
+        beat: u64,
+        pid: Pid,
+        started: Instant,
+        watch: &mut Watch,
+        now: Now,
+    ) -> Verdict {
+        if self.timeout.is_zero() {
+            watch.next_look = None;
+            return Verdict::Alive;
+        }
         let look_again = now.instant.checked_add(self.timeout);
-        let beat = shared.slot(index).beat.load(Ordering::Relaxed);
         let (since, allowed) = match beat {
             // A wait through the handle counts as alive, but for a worker stopped in it: a
             // stopped process is silent from the first look that saw it stopped.
