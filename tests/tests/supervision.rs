@@ -225,6 +225,35 @@ fn what_a_dead_worker_left_in_its_process_group_gets_term() {
 }
 
 #[test]
+fn what_a_dead_worker_left_that_ignores_term_gets_sigkill_after_the_shutdown_timeout() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("FIXTURE", "stubborn-child")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    let child = field(&master.wait_for_line("stubborn-child index=0"), "pid")
+        .unwrap()
+        .to_owned();
+    nix::sys::signal::kill(worker, Signal::SIGKILL).unwrap();
+    master.wait_for_line(&format!("exited index=0 pid={worker}"));
+    let died = std::time::Instant::now();
+    // It ignores the TERM it got as its worker was reaped: a second later, SIGKILL.
+    master.wait_for_line(&format!("reaped pid={child} status=SIGKILL"));
+    let took = died.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed {took:?} after its worker died"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "killed {took:?} after its worker died"
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn dead_workers_leave_no_zombie() {
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "4")

@@ -115,10 +115,50 @@ pub(super) fn stop_worker(pid: Pid, stop: Stop) -> bool {
     to_worker
 }
 
-/// Signals what a dead worker left in its process group. Called before the worker is reaped:
-/// its zombie still holds the group's id, so no other process can have taken it.
-pub(super) fn stop_leftovers(worker: Pid) {
-    let _ = killpg(worker, Signal::SIGTERM);
+/// What dead workers left in their process groups: it got SIGTERM as its worker was reaped,
+/// and gets SIGKILL if it is still there at its deadline, as a stopping worker would.
+#[derive(Default)]
+pub(super) struct Leftovers {
+    /// Each group that was not empty, with its deadline, soonest first.
+    groups: Vec<(Pid, Instant)>,
+}
+
+impl Leftovers {
+    /// Signals what the dead worker `worker` left in its process group, and remembers the
+    /// group until `kill_at` if anything was there. Called before the worker is reaped: its
+    /// zombie still holds the group's id, so no other process can have taken it.
+    pub(super) fn worker_died(&mut self, worker: Pid, kill_at: Option<Instant>) {
+        // The zombie itself is a member: a group with nothing else in it is empty.
+        let members = killpg(worker, Signal::SIGTERM).is_ok();
+        if let (true, Some(kill_at)) = (members, kill_at) {
+            let at = self.groups.partition_point(|(_, at)| *at <= kill_at);
+            self.groups.insert(at, (worker, kill_at));
+        }
+    }
+
+    /// The next deadline.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.groups.first().map(|(_, at)| *at)
+    }
+
+    /// Sends SIGKILL to each group whose deadline has passed, if it still holds one of the
+    /// master's children: such a child, not yet reaped, keeps the group's id from naming any
+    /// other group.
+    pub(super) fn kill_overdue(&mut self, now: Instant, orphans: &Orphans) {
+        let due = self.groups.partition_point(|(_, at)| *at <= now);
+        if due == 0 {
+            return;
+        }
+        let children = children(orphans.pid_max);
+        for (group, _) in self.groups.drain(..due) {
+            if children
+                .iter()
+                .any(|child| getpgid(Some(*child)) == Ok(group))
+            {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 /// The pid of a child that has exited, left a zombie (`WNOWAIT`); `None` if children remain

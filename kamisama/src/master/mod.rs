@@ -14,7 +14,7 @@ use crate::title::Titles;
 use crate::worker::shared::SharedSlots;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
-use fleet::{Orphans, Stop};
+use fleet::{Leftovers, Orphans, Stop};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -72,6 +72,8 @@ pub(crate) struct Master<'a, W, S> {
     rolling: Option<Rolling>,
     shutdown: Option<Shutdown>,
     orphans: Orphans,
+    /// What dead workers left in their process groups.
+    leftovers: Leftovers,
     watchdog: Watchdog<'a>,
     /// The service manager, when one started the master.
     notify: Option<Notify>,
@@ -174,6 +176,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             rolling: None,
             shutdown: None,
             orphans: Orphans::new(pid_max),
+            leftovers: Leftovers::default(),
             watchdog: Watchdog::new(config, shared),
             notify,
             status: config.status_file.as_deref().map(StatusFile::new),
@@ -305,7 +308,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         while let Ok(Some(pid)) = fleet::peek_exited() {
             let index = self.slots.index_of(pid);
             if index.is_some() {
-                fleet::stop_leftovers(pid);
+                self.leftovers.worker_died(pid, self.deadline());
             }
             let Ok(status) = fleet::reap(pid) else {
                 return;
@@ -804,6 +807,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 }
             }
         }
+        self.leftovers.kill_overdue(now, &self.orphans);
         if let Some(upgrade) = &mut self.upgrade {
             if upgrade.kill_at.is_some_and(|kill_at| kill_at <= now) {
                 upgrade.kill_at = None;
@@ -920,6 +924,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let window = told
             .then(|| self.limiter.next_expiry(now.instant))
             .flatten();
+        let leftovers = self.leftovers.next();
         let watching = shutdown.is_none();
         self.slots
             .iter()
@@ -940,6 +945,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(readiness)
             .chain(upgrade)
             .chain(window)
+            .chain(leftovers)
             .min()
     }
 
