@@ -233,6 +233,8 @@ impl Key {
             Key::RespawnLimit => u64::from(u32::MAX),
             // kamisama's largest backlog: Linux's SOMAXCONN.
             Key::Backlog => 4096,
+            // kamisama's MAX_WORKER_THREADS.
+            Key::WorkerThreads => 1024,
             _ => u64::MAX,
         }
     }

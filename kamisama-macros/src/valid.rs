@@ -1,6 +1,6 @@
 //! Checking that the annotated item is a worker function kamisama can run.
 
-use crate::attr::Args;
+use crate::attr::{Args, Key, Value};
 use proc_macro2::TokenStream;
 use syn::{Error, FnArg, ItemFn, ReturnType, Safety, Type};
 
@@ -172,7 +172,7 @@ fn is_unit(ty: &Type) -> bool {
 /// The settings for an async worker's runtime go with an `async` worker only.
 pub(crate) fn settings_fit(args: &Args, worker: &ItemFn) -> syn::Result<()> {
     if worker.sig.asyncness.is_some() {
-        return Ok(());
+        return threads_fit_the_runtime(args);
     }
     let misplaced = args
         .settings
@@ -191,5 +191,30 @@ pub(crate) fn settings_fit(args: &Args, worker: &ItemFn) -> syn::Result<()> {
     }) {
         Some(errors) => Err(errors),
         None => Ok(()),
+    }
+}
+
+/// `worker_threads` beside `runtime = "current_thread"`, whose one thread runs every task.
+fn threads_fit_the_runtime(args: &Args) -> syn::Result<()> {
+    let current_thread = args.settings.iter().any(|setting| {
+        matches!(
+            setting.value,
+            Value::Variant {
+                variant: "CurrentThread",
+                ..
+            }
+        )
+    });
+    let threads = args
+        .settings
+        .iter()
+        .find(|setting| setting.key == Key::WorkerThreads);
+    match threads {
+        Some(threads) if current_thread => Err(Error::new(
+            threads.key_span,
+            "`worker_threads` sets up a `\"multi_thread\"` runtime, and this one is \
+             `\"current_thread\"`, whose one thread runs every task; remove one of the two",
+        )),
+        _ => Ok(()),
     }
 }

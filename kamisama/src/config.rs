@@ -16,6 +16,11 @@ use std::time::Duration;
 /// ```
 pub const MAX_INSTANCES: usize = 1 << 22;
 
+/// The most threads an async worker's multi-thread runtime may have: far more than any
+/// machine has cores, and far fewer than would make each worker's spawn fail (100,000 made
+/// every worker abort in tokio, and the master give up).
+pub(crate) const MAX_WORKER_THREADS: usize = 1024;
+
 /// Everything the master needs to know before it forks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Config {
@@ -119,10 +124,20 @@ impl Config {
                 expected: "at least 1 and at most 4096",
             });
         }
-        if self.worker_threads == Some(0) {
+        if self
+            .worker_threads
+            .is_some_and(|threads| !(1..=MAX_WORKER_THREADS).contains(&threads))
+        {
             return Err(Error::InvalidConfig {
                 setting: "worker_threads",
-                expected: "at least 1",
+                expected: "at least 1 and at most 1024",
+            });
+        }
+        if self.worker_threads.is_some() && self.runtime == Runtime::CurrentThread {
+            return Err(Error::InvalidConfig {
+                setting: "worker_threads",
+                expected: "no value with a current_thread runtime, whose one thread runs \
+                           every task",
             });
         }
         if !self.hang_signal.exists() {

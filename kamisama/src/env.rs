@@ -1,7 +1,9 @@
 //! Run-time overrides from `KAMISAMA_*` environment variables, so that one binary runs 2 workers
 //! on a laptop and 40 in production.
 
-use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES};
+use crate::config::{
+    Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES, MAX_WORKER_THREADS,
+};
 use crate::Error;
 use std::ffi::OsString;
 use std::str::FromStr;
@@ -99,10 +101,24 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     )? {
         overridden.hang_signal = signal;
     }
-    if let Some(runtime) = parse::<Runtime>(&lookup, RUNTIME, RUNTIMES, |_| true)? {
+    let runtime = parse::<Runtime>(&lookup, RUNTIME, RUNTIMES, |_| true)?;
+    if let Some(runtime) = runtime {
         overridden.runtime = runtime;
+        if runtime == Runtime::CurrentThread {
+            overridden.worker_threads = None;
+        }
     }
-    if let Some(threads) = parse(&lookup, WORKER_THREADS, THREADS, |n: &usize| *n >= 1)? {
+    if let Some(threads) = parse(&lookup, WORKER_THREADS, THREADS, |n: &usize| {
+        (1..=MAX_WORKER_THREADS).contains(n)
+    })? {
+        if runtime == Some(Runtime::CurrentThread) {
+            return Err(Error::InvalidEnv {
+                var: WORKER_THREADS,
+                value: threads.to_string(),
+                expected: "no value beside KAMISAMA_RUNTIME=current_thread, whose one thread \
+                           runs every task; drop one of the two",
+            });
+        }
         overridden.runtime = Runtime::MultiThread;
         overridden.worker_threads = Some(threads);
     }
@@ -146,7 +162,7 @@ const WORKERS: &str = "a whole number of workers, at least 1 and at most 4194304
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
 const RUNTIMES: &str = "`current_thread` or `multi_thread`";
-const THREADS: &str = "a whole number of threads, at least 1";
+const THREADS: &str = "a whole number of threads, at least 1 and at most 1024";
 
 /// A comma-separated list of addresses, each trimmed, empty ones left out.
 struct Addresses(Vec<String>);
@@ -271,6 +287,7 @@ mod tests {
             (HANG_SIGNAL, "SIGRTMIN+200"),
             (RUNTIME, "multi-thread"),
             (WORKER_THREADS, "0"),
+            (WORKER_THREADS, "1025"),
             (LOG, "yaml"),
             (READINESS, "ready"),
             (LISTEN, ""),
@@ -280,6 +297,29 @@ mod tests {
             assert!(error.contains(var), "{error}");
             assert!(error.contains(&format!("{value:?}")), "{error}");
         }
+    }
+
+    #[test]
+    fn a_current_thread_runtime_from_the_environment_has_no_worker_threads() {
+        let mut config = Config {
+            runtime: Runtime::MultiThread,
+            worker_threads: Some(4),
+            ..Config::default()
+        };
+        apply_from(&mut config, |name| {
+            (name == RUNTIME).then(|| "current_thread".into())
+        })
+        .unwrap();
+        assert_eq!(
+            (config.runtime, config.worker_threads),
+            (Runtime::CurrentThread, None)
+        );
+        let error = apply_vars(&[(RUNTIME, "current_thread"), (WORKER_THREADS, "2")]);
+        let error = error.unwrap_err().to_string();
+        assert!(
+            error.contains(WORKER_THREADS) && error.contains(RUNTIME),
+            "{error}"
+        );
     }
 
     #[test]

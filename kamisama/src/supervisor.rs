@@ -313,7 +313,8 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Gives each async worker a [`Runtime::MultiThread`] runtime of `threads` threads.
-    /// At least 1.
+    /// At least 1 and at most 1024; with [`runtime`](Supervisor::runtime) set to
+    /// `CurrentThread` afterwards, the start is refused.
     ///
     /// ```no_run
     /// # fn worker(_: usize) {}

@@ -1,0 +1,2 @@
+#[kamisama::main(worker_threads = 100000)]
+async fn worker() {}
