@@ -104,6 +104,7 @@ pub(crate) enum Key {
     HangSignal,
     Runtime,
     WorkerThreads,
+    Heartbeat,
     Log,
     Readiness,
     StatusFile,
@@ -114,7 +115,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 19] = [
+    const ALL: [Key; 20] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -127,6 +128,7 @@ impl Key {
         Key::HangSignal,
         Key::Runtime,
         Key::WorkerThreads,
+        Key::Heartbeat,
         Key::Log,
         Key::Readiness,
         Key::StatusFile,
@@ -150,6 +152,7 @@ impl Key {
             Key::HangSignal => "hang_signal",
             Key::Runtime => "runtime",
             Key::WorkerThreads => "worker_threads",
+            Key::Heartbeat => "heartbeat",
             Key::Log => "log",
             Key::Readiness => "readiness",
             Key::StatusFile => "status_file",
@@ -180,6 +183,11 @@ impl Key {
                     ("multi_thread", "MultiThread"),
                 ],
             }),
+            Key::Heartbeat => Some(Names {
+                what: "heartbeat",
+                enumeration: "Heartbeat",
+                variants: &[("runtime", "Runtime"), ("manual", "Manual")],
+            }),
             Key::Log => Some(Names {
                 what: "log format",
                 enumeration: "LogFormat",
@@ -196,7 +204,7 @@ impl Key {
 
     /// Whether the key sets up an async worker's runtime, which a sync worker has none of.
     pub(crate) fn is_async_only(self) -> bool {
-        matches!(self, Key::Runtime | Key::WorkerThreads)
+        matches!(self, Key::Runtime | Key::WorkerThreads | Key::Heartbeat)
     }
 
     /// The smallest integer that makes sense: a limit of zero respawns or a backoff of zero
@@ -209,6 +217,7 @@ impl Key {
             | Key::Restart
             | Key::HangSignal
             | Key::Runtime
+            | Key::Heartbeat
             | Key::Log
             | Key::Readiness
             | Key::StatusFile
@@ -254,6 +263,7 @@ impl Key {
             Key::HangSignal => "\"SIGQUIT\"",
             Key::Runtime => "\"multi_thread\"",
             Key::WorkerThreads => "4",
+            Key::Heartbeat => "\"manual\"",
             Key::Log => "\"json\"",
             Key::Readiness => "\"declared\"",
             Key::StatusFile => "\"/run/app/status.json\"",
@@ -269,6 +279,7 @@ impl Key {
         match (self, self.minimum()) {
             (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
             (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
+            (Key::Heartbeat, _) => "`\"runtime\"` or `\"manual\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
             (Key::HangSignal, _) => {

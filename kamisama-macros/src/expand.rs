@@ -168,6 +168,7 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::HangSignal => quote!(.hang_signal(#value)),
         Key::Runtime => quote!(.runtime(#value)),
         Key::WorkerThreads => quote!(.worker_threads(#value)),
+        Key::Heartbeat => quote!(.heartbeat(#value)),
         Key::Log => quote!(.log_format(#value)),
         Key::Readiness => quote!(.readiness(#value)),
         Key::StatusFile => quote!(.status_file(#value)),

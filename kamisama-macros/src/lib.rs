@@ -44,7 +44,8 @@ use proc_macro::TokenStream;
 /// | `hang_grace`       | `1`        | seconds a hung worker has after its hang signal, before SIGKILL, at least 1 |
 /// | `hang_signal`      | `"SIGABRT"` | what a hung worker gets first: `"SIGQUIT"`, `"SIGTRAP"`, `"SIGUSR1"`, `"SIGRTMIN+2"`... |
 /// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
-/// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1 (and sets it) |
+/// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1, at most 1024 (and sets it) |
+/// | `heartbeat`        | `"runtime"` | what shows an `async` worker alive: its `"runtime"`, or only its own beats (`"manual"`) |
 /// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |
 /// | `readiness`        | `"forked"` | when a worker counts as ready: `"forked"`, or `"declared"` by `Worker::ready` |
 /// | `status_file`      | none       | a JSON file with the live status of every worker, such as `"/run/app/status.json"` |

@@ -43,6 +43,8 @@ pub(crate) struct Config {
     pub(crate) runtime: Runtime,
     /// Its threads, for a multi-thread runtime; `None` for one per core.
     pub(crate) worker_threads: Option<usize>,
+    /// What beats for an async worker.
+    pub(crate) heartbeat: Heartbeat,
     /// How the master and its workers log.
     pub(crate) log: LogFormat,
     /// When a new worker counts as ready.
@@ -74,6 +76,7 @@ impl Default for Config {
             hang_grace: Duration::from_secs(1),
             runtime: Runtime::CurrentThread,
             worker_threads: None,
+            heartbeat: Heartbeat::Runtime,
             log: LogFormat::Text,
             readiness: Readiness::Forked,
             status_file: None,
@@ -393,6 +396,77 @@ impl fmt::Display for UnknownRuntime {
 }
 
 impl std::error::Error for UnknownRuntime {}
+
+/// What shows an async worker alive to hang detection (see
+/// [`Supervisor::heartbeat`](crate::Supervisor::heartbeat)). Sync workers beat themselves, with
+/// [`Worker::heartbeat`](crate::Worker::heartbeat).
+///
+/// ```
+/// use kamisama::Heartbeat;
+///
+/// assert_eq!("manual".parse(), Ok(Heartbeat::Manual));
+/// assert_eq!(Heartbeat::default(), Heartbeat::Runtime);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Heartbeat {
+    /// A task on the worker's runtime beats for it, every quarter of the timeout, as long as
+    /// the runtime runs it, and as long as no thread of a multi-thread runtime stays stuck in
+    /// one task: a task that blocks a thread is a hang, in either flavour of runtime.
+    #[default]
+    Runtime,
+    /// Only [`Worker::heartbeat`](crate::Worker::heartbeat) and waits through the handle
+    /// count, as for a sync worker: a main loop that stops going round (a deadlock on an
+    /// async lock, a future that never completes) is a hang too, though the runtime runs on.
+    Manual,
+}
+
+impl Heartbeat {
+    /// The name used by the attribute and `KAMISAMA_HEARTBEAT`: `runtime` or `manual`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::Heartbeat::Manual.name(), "manual");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Heartbeat::Runtime => "runtime",
+            Heartbeat::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for Heartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `runtime` or `manual`.
+impl FromStr for Heartbeat {
+    type Err = UnknownHeartbeat;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Heartbeat::Runtime, Heartbeat::Manual]
+            .into_iter()
+            .find(|heartbeat| heartbeat.name() == name)
+            .ok_or(UnknownHeartbeat)
+    }
+}
+
+/// The error of parsing a [`Heartbeat`] from a name it does not have.
+///
+/// ```
+/// assert!("often".parse::<kamisama::Heartbeat>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownHeartbeat;
+
+impl fmt::Display for UnknownHeartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `runtime` or `manual`")
+    }
+}
+
+impl std::error::Error for UnknownHeartbeat {}
 
 /// When a worker counts as ready: for the fleet to be reported ready to systemd
 /// (`READY=1`), and for a rolling restart to move on from an index to the next.

@@ -2,7 +2,8 @@
 //! on a laptop and 40 in production.
 
 use crate::config::{
-    Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES, MAX_WORKER_THREADS,
+    Config, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
+    MAX_WORKER_THREADS,
 };
 use crate::Error;
 use std::ffi::OsString;
@@ -33,6 +34,8 @@ pub(crate) const HANG_SIGNAL: &str = "KAMISAMA_HANG_SIGNAL";
 pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
 /// Overrides `worker_threads` (and makes the runtime `multi_thread`).
 pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
+/// Overrides what beats for an async worker: `runtime` or `manual`.
+pub(crate) const HEARTBEAT: &str = "KAMISAMA_HEARTBEAT";
 /// Overrides the log format: `text`, `json` or `off`.
 pub(crate) const LOG: &str = "KAMISAMA_LOG";
 /// Overrides when a worker counts as ready: `forked` or `declared`.
@@ -121,6 +124,11 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         }
         overridden.runtime = Runtime::MultiThread;
         overridden.worker_threads = Some(threads);
+    }
+    if let Some(heartbeat) =
+        parse::<Heartbeat>(&lookup, HEARTBEAT, "`runtime` or `manual`", |_| true)?
+    {
+        overridden.heartbeat = heartbeat;
     }
     if let Some(format) = parse::<LogFormat>(&lookup, LOG, "`text`, `json` or `off`", |_| true)? {
         overridden.log = format;
@@ -237,6 +245,7 @@ mod tests {
             (HANG_GRACE, "4"),
             (HANG_SIGNAL, "SIGRTMIN+1"),
             (WORKER_THREADS, "3"),
+            (HEARTBEAT, "manual"),
             (LOG, "json"),
             (READINESS, "declared"),
         ])
@@ -256,6 +265,7 @@ mod tests {
                 hang_signal: Signal::rt(1),
                 runtime: Runtime::MultiThread,
                 worker_threads: Some(3),
+                heartbeat: Heartbeat::Manual,
                 log: LogFormat::Json,
                 readiness: Readiness::Declared,
                 ..Config::default()
@@ -289,6 +299,7 @@ mod tests {
             (WORKER_THREADS, "0"),
             (WORKER_THREADS, "1025"),
             (LOG, "yaml"),
+            (HEARTBEAT, "auto"),
             (READINESS, "ready"),
             (LISTEN, ""),
             (LISTEN, " , "),

@@ -104,7 +104,8 @@
 //! run time by `KAMISAMA_INSTANCES`, `KAMISAMA_RESPAWN_LIMIT`, `KAMISAMA_RESPAWN_INTERVAL`,
 //! `KAMISAMA_SHUTDOWN_TIMEOUT`, `KAMISAMA_RESTART`, `KAMISAMA_BACKOFF_MAX`,
 //! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_HANG_GRACE`,
-//! `KAMISAMA_HANG_SIGNAL`, `KAMISAMA_RUNTIME`, `KAMISAMA_WORKER_THREADS`, `KAMISAMA_LOG`,
+//! `KAMISAMA_HANG_SIGNAL`, `KAMISAMA_RUNTIME`, `KAMISAMA_WORKER_THREADS`,
+//! `KAMISAMA_HEARTBEAT`, `KAMISAMA_LOG`,
 //! `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`, `KAMISAMA_LISTEN`, `KAMISAMA_BACKLOG` and
 //! `KAMISAMA_UPGRADE_TIMEOUT` (durations in seconds). An invalid value stops the program before anything is forked, with exit status
 //! 2 and a message naming the variable and the value.
@@ -324,8 +325,8 @@ mod worker;
 
 #[cfg(target_os = "linux")]
 pub use config::{
-    LogFormat, Readiness, Restart, Runtime, Signal, UnknownLogFormat, UnknownReadiness,
-    UnknownRestart, UnknownRuntime, UnknownSignal, MAX_INSTANCES,
+    Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, UnknownHeartbeat, UnknownLogFormat,
+    UnknownReadiness, UnknownRestart, UnknownRuntime, UnknownSignal, MAX_INSTANCES,
 };
 #[cfg(target_os = "linux")]
 pub use error::Error;

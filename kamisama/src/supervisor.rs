@@ -1,6 +1,8 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
-use crate::config::{Config, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES};
+use crate::config::{
+    Config, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
+};
 use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile, Takeover};
 use crate::signals::Signals;
 use crate::title::Titles;
@@ -323,6 +325,33 @@ impl<'a> Supervisor<'a> {
     pub fn worker_threads(mut self, threads: usize) -> Self {
         self.config.runtime = Runtime::MultiThread;
         self.config.worker_threads = Some(threads);
+        self
+    }
+
+    /// What shows an async worker alive to hang detection: a task on its runtime
+    /// ([`Heartbeat::Runtime`], the default), which catches a runtime blocked by a task that
+    /// never yields (a thread stuck in one task, in either flavour of runtime); or only the
+    /// worker's own [`Worker::heartbeat`](crate::Worker::heartbeat) calls and waits through
+    /// its handle ([`Heartbeat::Manual`]), which also catches a main loop that stops going
+    /// round while the runtime runs on (a deadlock on an async lock). Sync workers always
+    /// beat themselves.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn next_job() {}
+    /// kamisama::Supervisor::new()
+    ///     .timeout(Duration::from_secs(30))
+    ///     .heartbeat(kamisama::Heartbeat::Manual)
+    ///     .run(kamisama::Async(|worker: kamisama::Worker| async move {
+    ///         loop {
+    ///             worker.heartbeat(); // once per job: a job stuck for 30 s is a hang
+    ///             next_job().await;
+    ///         }
+    ///     }));
+    /// ```
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.config.heartbeat = heartbeat;
         self
     }
 

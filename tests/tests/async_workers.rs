@@ -136,3 +136,60 @@ fn an_executor_blocked_by_a_task_is_hung_and_a_busy_one_is_not() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
+
+#[test]
+fn a_multi_thread_runtime_with_a_thread_blocked_is_hung() {
+    // Blocked in the worker's own future, or in a task it spawned on a runtime thread: the
+    // beat task runs on on another thread either way, and must not beat.
+    for block in ["BLOCK_INDEX", "BLOCK_TASK_INDEX"] {
+        let mut master = Master::launch(BY_HAND)
+            .env(block, "1")
+            .env("KAMISAMA_TIMEOUT", "1")
+            .env("KAMISAMA_WORKER_THREADS", "2")
+            .start();
+        let workers = master.wait_for_workers(2);
+        master.wait_for_line("blocking index=1");
+        let hung = master.wait_for_line(&format!("hung index=1 pid={}", workers[&1]));
+        let silent = kamisama_tests::field(&hung, "silent_for")
+            .unwrap()
+            .to_owned();
+        assert!(!silent.ends_with("ms"), "{block}: hung too soon: {hung}");
+        master.expect_lines("hung index=0", 0);
+        master.signal(Signal::SIGTERM);
+        master.expect_exit_code(0);
+    }
+}
+
+#[test]
+fn with_a_manual_heartbeat_a_worker_stuck_on_an_idle_runtime_is_hung() {
+    // The runtime runs on, idle: only the worker's own beats count.
+    let mut master = Master::launch(BY_HAND)
+        .env("STUCK_INDEX", "1")
+        .env("KAMISAMA_TIMEOUT", "1")
+        .env("KAMISAMA_HEARTBEAT", "manual")
+        .start();
+    let workers = master.wait_for_workers(2);
+    master.wait_for_line("stuck index=1");
+    master.wait_for_line(&format!("hung index=1 pid={}", workers[&1]));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn with_the_runtime_heartbeat_a_worker_awaiting_for_long_is_alive() {
+    let mut master = Master::launch(BY_HAND)
+        .env("STUCK_INDEX", "1")
+        .env("KAMISAMA_TIMEOUT", "1")
+        .start();
+    master.wait_for_workers(2);
+    master.wait_for_line("stuck index=1");
+    // Three timeouts' worth: the runtime, idle but alive, beats for it.
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < std::time::Duration::from_secs(3) {
+        master.expect_lines("hung", 0);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    master.expect_lines("hung", 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}

@@ -2,6 +2,8 @@
 
 use super::shared;
 use super::stop::{self, Woken};
+#[cfg(feature = "tokio")]
+use crate::config::Heartbeat;
 use crate::config::{Config, LogFormat};
 use crate::listen::{Listener, Stream};
 use std::fmt::Debug;
@@ -79,9 +81,13 @@ pub struct Worker {
     pub(super) runtime: crate::Runtime,
     #[cfg(feature = "tokio")]
     pub(super) worker_threads: Option<usize>,
-    /// How often an async worker's runtime beats for it; `None` when hang detection is off.
+    /// How often an async worker's runtime beats for it; `None` when hang detection is off,
+    /// or when the worker beats itself.
     #[cfg(feature = "tokio")]
     pub(super) beat_every: Option<Duration>,
+    /// How long a thread of its runtime may stay in one task.
+    #[cfg(feature = "tokio")]
+    pub(super) timeout: Duration,
 }
 
 impl Worker {
@@ -100,8 +106,10 @@ impl Worker {
             #[cfg(feature = "tokio")]
             worker_threads: config.worker_threads,
             #[cfg(feature = "tokio")]
-            beat_every: (!config.timeout.is_zero())
+            beat_every: (!config.timeout.is_zero() && config.heartbeat == Heartbeat::Runtime)
                 .then(|| (config.timeout / 4).max(Duration::from_millis(10))),
+            #[cfg(feature = "tokio")]
+            timeout: config.timeout,
         }
     }
 

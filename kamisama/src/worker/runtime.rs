@@ -6,7 +6,9 @@ use super::{shared, stop, Worker, WorkerFn, WorkerResult};
 use crate::Runtime;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::unix::pipe;
 
 /// An async worker function, run to completion on a tokio runtime that each worker builds
@@ -117,22 +119,120 @@ where
         }
     };
     let beat_every = worker.beat_every;
+    let timeout = worker.timeout;
     let result = runtime.block_on(async move {
+        let main = Arc::new(PollClock::default());
         if let Some(every) = beat_every {
-            tokio::spawn(beat_forever(every));
+            tokio::spawn(beat_forever(every, timeout, Arc::clone(&main)));
         }
-        work().await
+        // The worker's own future runs on this thread, which is none of a multi-thread
+        // runtime's: its polls are timed here.
+        let mut work = std::pin::pin!(work());
+        std::future::poll_fn(|context| main.time(|| work.as_mut().poll(context))).await
     });
     // The worker exits right after: waiting for tasks still running would only delay it.
     runtime.shutdown_background();
     result.exit_code(worker)
 }
 
-/// Beats for the worker as long as its runtime runs tasks.
-async fn beat_forever(every: Duration) {
+/// Beats for the worker as long as its runtime runs tasks, and no thread of it is stuck in
+/// one task for `timeout`.
+///
+/// A `current_thread` runtime blocked by a task runs no other, this one included: its
+/// silence shows. A `multi_thread` runtime runs this task on another thread, so the threads
+/// are watched through tokio's metrics: a thread that is not parked, and whose counts
+/// (parks and unparks, and time busy, which it publishes each time it parks and every 61
+/// polls) have not moved for `timeout`, has spent that long in fewer than 61 polls of its
+/// tasks without once running out of work: a task that blocks it.
+async fn beat_forever(every: Duration, timeout: Duration, main: Arc<PollClock>) {
+    let mut threads = Threads::default();
     loop {
-        shared::beat();
+        if !threads.one_stuck_for(timeout) && !main.in_one_poll_for(timeout) {
+            shared::beat();
+        }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// When the poll under way of the worker's own future began, if one is.
+#[derive(Default)]
+struct PollClock {
+    /// Monotonic nanoseconds at the start of the poll under way, or 0.
+    since: AtomicU64,
+}
+
+impl PollClock {
+    fn time<T>(&self, poll: impl FnOnce() -> T) -> T {
+        self.since.store(shared::now_nanos(), Ordering::Relaxed);
+        let polled = poll();
+        self.since.store(0, Ordering::Relaxed);
+        polled
+    }
+
+    fn in_one_poll_for(&self, timeout: Duration) -> bool {
+        match self.since.load(Ordering::Relaxed) {
+            0 => false,
+            since => Duration::from_nanos(shared::now_nanos().saturating_sub(since)) >= timeout,
+        }
+    }
+}
+
+/// What the beat task last saw of each thread of its runtime, and since when.
+#[derive(Default)]
+struct Threads {
+    seen: Vec<(ThreadCounts, Instant)>,
+}
+
+/// A thread's counts, which move whenever it parks, unparks, or ends a run of polls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ThreadCounts {
+    parks_and_unparks: u64,
+    busy: Duration,
+}
+
+impl Threads {
+    /// Whether a thread of the current runtime has been active with no count moving for
+    /// `timeout`. Always false for a runtime of one thread, whose block stops this task too.
+    #[cfg(target_has_atomic = "64")]
+    fn one_stuck_for(&mut self, timeout: Duration) -> bool {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let now = Instant::now();
+        let count = if metrics.num_workers() > 1 {
+            metrics.num_workers()
+        } else {
+            0
+        };
+        self.seen.resize(count, (ThreadCounts::default(), now));
+        let mut stuck = false;
+        for (worker, (seen, since)) in self.seen.iter_mut().enumerate() {
+            let counts = ThreadCounts {
+                parks_and_unparks: metrics.worker_park_unpark_count(worker),
+                busy: metrics.worker_total_busy_duration(worker),
+            };
+            // An odd count: parked, out of work.
+            let active = counts.parks_and_unparks % 2 == 0;
+            if counts != *seen || !active {
+                *seen = counts;
+                *since = now;
+            }
+            stuck |= now.duration_since(*since) >= timeout;
+        }
+        stuck
+    }
+
+    #[cfg(not(target_has_atomic = "64"))]
+    fn one_stuck_for(&mut self, _timeout: Duration) -> bool {
+        false
+    }
+}
+
+impl Default for ThreadCounts {
+    fn default() -> Self {
+        ThreadCounts {
+            // Never seen: differs from whatever comes first.
+            parks_and_unparks: u64::MAX,
+            busy: Duration::MAX,
+        }
     }
 }
 
