@@ -243,8 +243,8 @@
 //!   `panic = "abort"`, a panic there aborts the master, and the workers stop on their death
 //!   signal.
 //! - A signal that arrives before the master has blocked its signals (the first instants of
-//!   the process) has its default action: a `TERM` then kills the master, which has forked
-//!   nothing yet.
+//!   the process) has its default action: a `TERM`, `INT`, `QUIT`, `HUP`, `USR1` or `USR2`
+//!   then kills the master, which has forked nothing yet.
 //! - `PR_SET_PDEATHSIG` reaches the workers only: when the master is killed with `KILL`, a
 //!   worker's own subprocesses are not signalled by the kernel (the worker may forward its
 //!   `TERM` to them).
