@@ -569,3 +569,29 @@ fn workers_added_or_retired_by_signals_carry_over_an_upgrade() {
     stop_successor(successor);
     master.expect_tree_gone();
 }
+
+#[test]
+fn a_new_binary_still_open_for_writing_is_run_once_it_is_closed() {
+    // A deploy that renames the file in place before it has closed it (or any process that
+    // forked meanwhile and holds the descriptor): exec fails with ETXTBSY for a moment.
+    let deployment = deploy("upgrade-text-busy");
+    let (mut master, _, _) = deployment.start(1, &[]);
+    let old = master.pid();
+    let new = deployment.dir.join("app.new");
+    let mut writing = fs::File::create(&new).unwrap();
+    std::io::Write::write_all(&mut writing, &fs::read(HELLO).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&new, deployment.dir.join("app")).unwrap();
+    let successor = upgrade(&master, old);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(writing);
+    spawned_by(&master, successor, 1);
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished exit=0"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    stop_successor(successor);
+    master.expect_tree_gone();
+}

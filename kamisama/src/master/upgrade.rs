@@ -274,6 +274,9 @@ pub(super) enum Heard {
     NotRun(Errno),
 }
 
+/// How often a new binary busy being written is tried, 10 ms apart: for a second.
+const EXEC_BUSY_TRIES: u32 = 100;
+
 /// What a child whose `execve` failed writes on the pipe before it exits: this byte, then
 /// the errno (4 bytes, native order), in one write.
 const NOT_RUN: u8 = b'E';
@@ -435,7 +438,19 @@ fn exec_new_master(
         let mut nothing: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut nothing);
         libc::sigprocmask(libc::SIG_SETMASK, &nothing, std::ptr::null_mut());
-        libc::execve(relaunch.path.as_ptr(), argv.as_ptr(), environment.as_ptr());
+        // A file still open for writing somewhere (a deploy tool that has not closed it yet,
+        // or any process that forked while it had) cannot be run: ETXTBSY until it is closed.
+        for _ in 0..EXEC_BUSY_TRIES {
+            libc::execve(relaunch.path.as_ptr(), argv.as_ptr(), environment.as_ptr());
+            if *libc::__errno_location() != libc::ETXTBSY {
+                break;
+            }
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            libc::nanosleep(&pause, std::ptr::null_mut());
+        }
         // Why, for the old master's log, on the pipe: the last place, after the listeners.
         let errno = (*libc::__errno_location()).to_ne_bytes();
         let said = [NOT_RUN, errno[0], errno[1], errno[2], errno[3]];
