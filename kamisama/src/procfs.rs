@@ -68,15 +68,32 @@ fn namespace_pids(pid: Pid) -> Option<Vec<Pid>> {
     Some(parse_pids(line))
 }
 
+/// Where the kernel put this process's arguments and environment: `arg_start`, `arg_end`,
+/// `env_start` and `env_end`, fields 48 to 51 of proc(5)'s stat (Linux 3.5 and later).
+pub(crate) fn argument_memory() -> Option<[usize; 4]> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let mut fields = after_name(&stat)?.split_whitespace().skip(48 - 3);
+    let mut next = || fields.next()?.parse().ok();
+    Some([next()?, next()?, next()?, next()?])
+}
+
 /// Field `number` of a /proc stat file, counted from 1 as in proc(5).
 fn stat_field(path: &str, number: usize) -> Option<i32> {
     let stat = fs::read_to_string(path).ok()?;
     if number == 1 {
         return stat.split_whitespace().next()?.parse().ok();
     }
-    // The command name, field 2, may hold spaces and parentheses: skip past the last one.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(number - 3)?.parse().ok()
+    after_name(&stat)?
+        .split_whitespace()
+        .nth(number - 3)?
+        .parse()
+        .ok()
+}
+
+/// What follows the command name, field 2, which may hold spaces and parentheses: the text
+/// past the last one.
+fn after_name(stat: &str) -> Option<&str> {
+    Some(&stat[stat.rfind(')')? + 1..])
 }
 
 fn parse_pids(list: &str) -> Vec<Pid> {

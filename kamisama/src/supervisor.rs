@@ -397,10 +397,12 @@ impl<'a> Supervisor<'a> {
 
     /// Whether `ps` and `top` show each process's role: the master as
     /// `NAME: master (17 workers)`, each worker as `NAME: worker 3` (and `comm` as `NAME:w3`).
-    /// Default `true`. The title is written over the memory of the command line, whose
-    /// arguments are first moved elsewhere, so that `std::env::args()` is unchanged; a title
-    /// longer than the original command line is cut short, and the environment is never
-    /// touched.
+    /// Default `true`. The title is written over the memory of the command line and of the
+    /// environment after it, as nginx and PostgreSQL do, whose strings are first moved
+    /// elsewhere, so that `std::env::args()` and `std::env::vars()` are unchanged, and a title
+    /// shows in full however short the command line (`/usr/bin/crunch`). `/proc/PID/environ`,
+    /// which shows that memory as it is, then shows the title over its first variables;
+    /// turn titles off where something reads a process's environment from there.
     ///
     /// ```no_run
     /// # fn worker(_: usize) {}

@@ -3,13 +3,18 @@
 //!
 //! Two places hold a process's name. `comm`, 15 bytes, which `prctl(PR_SET_NAME)` sets and
 //! `top` shows (`crunch:w3`, `crunch:master`, the program's name cut to fit); and the command
-//! line, which the kernel reads from the memory where it put the
-//! program's arguments (`/proc/PID/cmdline`, shown by `ps`), so that rewriting that memory
-//! rewrites the title. std's `args()` reads the same memory, through the `argv` array: so,
-//! once, the master copies every argument to the heap and points `argv` at the copies, and
-//! `args()` goes on returning the arguments as they were. The environment, which the kernel
-//! put just after the arguments, is never touched, and nothing is written past the last
-//! argument's end, so a title longer than the original command line is cut short.
+//! line, which the kernel reads from the memory where it put the program's arguments
+//! (`/proc/PID/cmdline`, shown by `ps`), so that rewriting that memory rewrites the title.
+//!
+//! That memory is short, as long as the command line was (`/usr/bin/crunch`: 16 bytes), so,
+//! as nginx and PostgreSQL do, the master takes the environment's strings too, which the
+//! kernel put right after the arguments: once, it copies every argument and every variable
+//! to the heap and points `argv` and `environ` at the copies, so that `std::env::args()` and
+//! `std::env::vars()` are unchanged, and the title may then run over into the environment's
+//! memory. The kernel shows the arguments' memory as it is while its last byte is a NUL, and
+//! a title that runs past it up to its own NUL (the `setproctitle` convention): so a title is
+//! always ended by a NUL, and one that fits leaves the rest of the arguments' memory zeroed.
+//! `/proc/PID/environ` shows that memory too, with the title over its first variables.
 //!
 //! `argv` itself comes from glibc, which passes it to the functions of `.init_array` (std gets
 //! it the same way); on other C libraries only `comm` is set.
@@ -39,16 +44,28 @@ extern "C" fn capture_argv(argc: c_int, argv: *mut *mut c_char, _envp: *mut *mut
 pub(crate) struct Titles {
     /// The program's name, from `argv[0]`: `crunch`.
     name: String,
-    /// The arguments' memory, `None` when it could not be taken over (not glibc, or already
-    /// rewritten by someone else): then only `comm` is set.
-    area: Option<(*mut u8, usize)>,
+    /// The memory taken over, `None` when it could not be (not glibc, or already rewritten
+    /// by someone else): then only `comm` is set.
+    area: Option<Area>,
     /// The `comm` the process had before, given back at the end.
     comm: [u8; 16],
 }
 
+/// The arguments' memory, and the environment's after it when it could be taken too.
+#[derive(Debug)]
+struct Area {
+    start: *mut u8,
+    /// The arguments' memory, from the first to the NUL that ends the last.
+    arguments: usize,
+    /// All of it, the environment's strings included.
+    length: usize,
+    /// The environment's strings as they were, given back at the end.
+    environment: Vec<u8>,
+}
+
 impl Titles {
-    /// Takes the arguments' memory over. Called once, in the master, while it is the only
-    /// thread, before the first fork.
+    /// Takes the arguments' memory over, and the environment's after it. Called once, in the
+    /// master, while it is the only thread, before the first fork.
     pub(crate) fn take_over() -> Self {
         let argv = ARGV.load(Ordering::Relaxed);
         let argc = ARGC.load(Ordering::Relaxed);
@@ -67,8 +84,7 @@ impl Titles {
                 path.rsplit('/').next().unwrap_or_default().to_owned()
             })
             .unwrap_or_else(|| "kamisama".to_owned());
-        let area = contiguous_area(&arguments);
-        if area.is_some() {
+        let area = contiguous_area(&arguments).map(|(start, length)| {
             for (i, argument) in arguments.iter().enumerate() {
                 // SAFETY: as above; the copy is leaked, so that it lives as long as `argv`
                 // points at it, and `argv[i]` is a valid place to store a pointer.
@@ -77,7 +93,14 @@ impl Titles {
                     *argv.add(i) = copy;
                 }
             }
-        }
+            let environment = take_environment(start as usize + length);
+            Area {
+                start,
+                arguments: length,
+                length: length + environment.len(),
+                environment,
+            }
+        });
         let mut comm = [0; 16];
         // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, to the buffer.
         unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr(), 0, 0, 0) };
@@ -112,14 +135,16 @@ impl Titles {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes: `comm` holds
         // at most 15, and a NUL after them.
         unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr(), 0, 0, 0) };
-        if let Some((start, length)) = self.area {
-            let shown = title.line.len().min(length - 1);
-            // SAFETY: the area is the arguments' memory, `length` bytes, which this process
-            // owns since `take_over` moved the arguments out; the title and the NULs that
-            // pad it stay inside it.
+        if let Some(area) = &self.area {
+            let shown = title.line.len().min(area.length - 1);
+            // The rest of the arguments' memory zeroed, or one NUL to end a longer title.
+            let padding = area.arguments.saturating_sub(shown).max(1);
+            // SAFETY: the area is the arguments' and the environment's memory, `length`
+            // bytes, which this process owns since `take_over` moved their strings out; the
+            // title and the NULs after it stay inside it (`shown + padding <= length`).
             unsafe {
-                std::ptr::copy_nonoverlapping(title.line.as_bytes().as_ptr(), start, shown);
-                std::ptr::write_bytes(start.add(shown), 0, length - shown);
+                std::ptr::copy_nonoverlapping(title.line.as_bytes().as_ptr(), area.start, shown);
+                std::ptr::write_bytes(area.start.add(shown), 0, padding);
             }
         }
     }
@@ -132,9 +157,17 @@ impl Drop for Titles {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `comm` came
         // from PR_GET_NAME, which ends it with a NUL.
         unsafe { libc::prctl(libc::PR_SET_NAME, self.comm.as_ptr(), 0, 0, 0) };
-        let Some((mut place, _)) = self.area else {
+        let Some(area) = &self.area else {
             return;
         };
+        // SAFETY: the environment's memory follows the arguments', and `environment` is its
+        // length, copied from it before any title; `environ` points at copies elsewhere.
+        unsafe {
+            let environment = area.start.add(area.arguments);
+            let saved = &area.environment;
+            std::ptr::copy_nonoverlapping(saved.as_ptr(), environment, saved.len());
+        }
+        let mut place = area.start;
         let argv = ARGV.load(Ordering::Relaxed);
         for i in 0..ARGC.load(Ordering::Relaxed) {
             // SAFETY: since `take_over`, `argv[i]` is a copy made by `CString::into_raw`, and
@@ -180,4 +213,34 @@ fn contiguous_area(arguments: &[*mut c_char]) -> Option<(*mut u8, usize)> {
     // SAFETY: both point into the same block of arguments.
     let length = usize::try_from(unsafe { end.offset_from(first) }).ok()?;
     (length > 1).then_some((first.cast(), length))
+}
+
+/// Moves the environment's strings to the heap, if the kernel put them at `arguments_end`,
+/// right after the arguments, and returns a copy of the memory they were in (empty when it
+/// could not be taken). Every variable whose string lies there is pointed at a copy; one set
+/// since the start already lives on the heap.
+fn take_environment(arguments_end: usize) -> Vec<u8> {
+    let Some([_, _, start, end]) = crate::procfs::argument_memory() else {
+        return Vec::new();
+    };
+    if start != arguments_end || end <= start {
+        return Vec::new();
+    }
+    // SAFETY: the kernel mapped the environment's strings at `start..end` for the process's
+    // life; nothing writes them before this.
+    let saved = unsafe { std::slice::from_raw_parts(start as *const u8, end - start) }.to_vec();
+    // SAFETY: `environ` is glibc's array of C strings, ended by a null pointer, which this
+    // single-threaded master alone reads or writes now; each copy is leaked, so that it
+    // lives as long as `environ` points at it.
+    unsafe {
+        let mut variable = libc::environ;
+        while !variable.is_null() && !(*variable).is_null() {
+            let at = *variable as usize;
+            if (start..end).contains(&at) {
+                *variable = CString::from(CStr::from_ptr(*variable)).into_raw();
+            }
+            variable = variable.add(1);
+        }
+    }
+    saved
 }

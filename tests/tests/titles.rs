@@ -40,6 +40,7 @@ fn ps_shows_each_role_while_args_and_the_environment_stay() {
     for line in args {
         assert_eq!(line, format!("args={SUPERVISED}|--some-flag|a value"));
     }
+    master.expect_lines("fixture-var=print-args", 2);
     // The environment block, which lies right after the command line, is untouched.
     let environ = std::fs::read(format!("/proc/{}/environ", master.pid())).unwrap();
     let environ = String::from_utf8_lossy(&environ);
@@ -66,6 +67,39 @@ fn titles_can_be_turned_off() {
     let workers = master.wait_for_workers(2);
     assert_eq!(command_line(master.pid()), BY_HAND);
     assert_eq!(command_line(workers[&0]), BY_HAND);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_title_longer_than_the_command_line_shows_in_full_and_nothing_after_it() {
+    // Started as `./s`, as short as a command line gets: the title runs over into the
+    // environment's memory, ends with its own NUL, and shows no variable after it.
+    let dir = kamisama_tests::scratch!("titles-short");
+    std::os::unix::fs::symlink(SUPERVISED, dir.join("s")).unwrap();
+    let mut master = Master::launch("./s")
+        .current_dir(&dir)
+        .env("FIXTURE", "print-args")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let workers = master.wait_for_workers(2);
+    let raw = |pid: Pid| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    // The kernel gives the title up to its NUL, the NUL included.
+    assert_eq!(raw(master.pid()), b"s: master (2 workers)\0");
+    for (index, pid) in &workers {
+        assert_eq!(raw(*pid), format!("s: worker {index}\0").into_bytes());
+    }
+    // The workers' code still sees its arguments and its environment.
+    for line in master.wait_for_lines("args=", 2) {
+        assert_eq!(line, "args=./s");
+    }
+    master.expect_lines("fixture-var=print-args", 2);
+    // A shorter title after a longer one leaves nothing of it.
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_line("scaled-down instances=1");
+    master.wait_until("the title to count one worker", || {
+        (raw(master.pid()) == b"s: master (1 workers)\0").then_some(())
+    });
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
