@@ -88,10 +88,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         match upgrade.hear() {
             Heard::Ready => self.hand_over(),
             Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
-            Heard::NotRun(errno) => {
-                let path = relaunch_path(self.relaunch);
-                self.roll_back(&format!("cannot run {path}: {}", io::Error::from(errno)));
-            }
+            Heard::NotRun(errno) => self.roll_back(&not_run(self.relaunch, errno)),
             Heard::Nothing if late => {
                 let timeout = crate::event::Value::Span(self.config.upgrade_timeout);
                 self.roll_back(&format!("the new fleet was not ready within {timeout}"));
@@ -141,9 +138,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         };
         if upgrade.waiting() {
+            // A child that could not exec said why before it exited: read it first.
+            let reason = match upgrade.hear() {
+                Heard::NotRun(errno) => not_run(self.relaunch, errno),
+                _ => format!("the new master exited ({status}) before its fleet was ready"),
+            };
             upgrade.give_up();
             let pid = upgrade.pid.as_raw() as u32;
-            let reason = format!("the new master exited ({status}) before its fleet was ready");
             self.emit(Event::UpgradeFailed { pid, reason });
         }
         self.upgrade = None;
@@ -239,9 +240,10 @@ fn working_directory() -> Option<PathBuf> {
     Some(named.unwrap_or(resolved))
 }
 
-/// The path the program is started again from, for a message.
-fn relaunch_path(relaunch: Option<&Relaunch>) -> String {
-    relaunch.map(Relaunch::path).unwrap_or_default()
+/// Why a new master is not running: the path it is started from could not be run.
+fn not_run(relaunch: Option<&Relaunch>, errno: Errno) -> String {
+    let path = relaunch.map(Relaunch::path).unwrap_or_default();
+    format!("cannot run {path}: {}", io::Error::from(errno))
 }
 
 /// The file `name` names in `PATH`, as a shell would run it.
