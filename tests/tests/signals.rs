@@ -69,8 +69,19 @@ fn a_worker_ignoring_term_is_killed_after_shutdown_timeout() {
         .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
         .start();
     let workers = master.wait_for_workers(2);
+    let asked = std::time::Instant::now();
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+    // SIGKILL not before the second they have, and the master gone soon after.
+    let took = asked.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(950),
+        "exited {took:?} after TERM"
+    );
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "exited {took:?} after TERM"
+    );
     for (index, pid) in &workers {
         master.wait_for_line(&format!("killed index={index} pid={pid} after=1s"));
         master.wait_for_line(&format!("exited index={index} pid={pid} status=SIGKILL"));
