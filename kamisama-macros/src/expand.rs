@@ -45,7 +45,7 @@ fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
             let krate = respanned(krate, token.span);
             quote_spanned!(token.span=> #krate::__async_worker!(#name))
         }
-        None => adapted(krate, worker),
+        None => adapted(worker),
     };
     let run = quote! {
         #krate::Supervisor::new()
@@ -83,34 +83,16 @@ fn respanned(tokens: &TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// The worker as the builder takes it: the function itself, or, for one that takes the handle
-/// by reference or never returns (`-> !`), a closure of the signature the builder takes.
-fn adapted(krate: &TokenStream, worker: &ItemFn) -> TokenStream {
-    let name = &worker.sig.ident;
-    let never = valid::never_returns(worker);
-    let by_reference = valid::takes_handle_by_reference(worker);
-    if !never && !by_reference {
-        // A result whose error is not `Debug` is the one way a checked signature can fail the
-        // builder's bound: the error points at the return type.
-        let mut name = name.clone();
-        if let ReturnType::Type(_, ty) = &worker.sig.output {
-            name.set_span(ty.span());
-        }
-        return quote!(#name);
+/// The worker as the builder takes it: the function itself, which the builder takes with any
+/// signature the attribute does. A result whose error is not `Debug` is the one way a checked
+/// signature can fail the builder's bound: the name carries the return type's span, so that
+/// the error points at it.
+fn adapted(worker: &ItemFn) -> TokenStream {
+    let mut name = worker.sig.ident.clone();
+    if let ReturnType::Type(_, ty) = &worker.sig.output {
+        name.set_span(ty.span());
     }
-    let returns = if never { quote!(-> ()) } else { quote!() };
-    // Hygienic: the user's own names, the function's included, stay visible through it.
-    let argument = Ident::new("argument", Span::mixed_site());
-    match worker.sig.inputs.first() {
-        None => quote!(|| #returns { #name() }),
-        Some(_) if by_reference => {
-            quote!(|#argument: #krate::Worker| #returns { #name(&#argument) })
-        }
-        Some(_) if valid::takes_handle(worker) => {
-            quote!(|#argument: #krate::Worker| #returns { #name(#argument) })
-        }
-        Some(_) => quote!(|#argument: usize| #returns { #name(#argument) }),
-    }
+    quote!(#name)
 }
 
 fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {

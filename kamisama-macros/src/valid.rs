@@ -76,22 +76,6 @@ pub(crate) fn worker(item: TokenStream, krate: &str) -> syn::Result<ItemFn> {
     }
 }
 
-/// Whether the worker never returns: `-> !`.
-pub(crate) fn never_returns(worker: &ItemFn) -> bool {
-    matches!(&worker.sig.output, ReturnType::Type(_, ty) if matches!(**ty, Type::Never(_)))
-}
-
-/// Whether the worker takes the handle, by value or by reference (a checked signature).
-pub(crate) fn takes_handle(worker: &ItemFn) -> bool {
-    matches!(worker.sig.inputs.first(), Some(FnArg::Typed(arg)) if !is_usize(&arg.ty))
-}
-
-/// Whether the worker takes the handle by reference, `worker: &kamisama::Worker` (a checked
-/// signature).
-pub(crate) fn takes_handle_by_reference(worker: &ItemFn) -> bool {
-    matches!(worker.sig.inputs.first(), Some(FnArg::Typed(arg)) if matches!(*arg.ty, Type::Reference(_)))
-}
-
 /// The worker takes nothing, its index as a `usize`, or a `kamisama::Worker` handle.
 fn check_inputs(function: &ItemFn, krate: &str, errors: &mut Vec<Error>) {
     const SIGNATURES: &str = "`fn worker()`, `fn worker(index: usize)` or \

@@ -296,6 +296,21 @@ macro_rules! __async_worker {
     };
 }
 
+/// Support items for kamisama's own code. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    /// The return type of a function type: `<fn() -> ! as FnOutput>::Output` names `!`, which
+    /// stable Rust cannot write as a type.
+    pub trait FnOutput {
+        /// The return type.
+        type Output;
+    }
+
+    impl<T> FnOutput for fn() -> T {
+        type Output = T;
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod config;
 #[cfg(target_os = "linux")]

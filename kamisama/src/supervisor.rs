@@ -535,6 +535,9 @@ impl<'a> Supervisor<'a> {
     ///     kamisama::Supervisor::new().instances(4).run(worker)
     /// }
     /// ```
+    #[must_use = "the fleet's exit status is lost: return it from `main` \
+                  (`fn main() -> std::process::ExitCode`), or a fleet that gave up exits 0 \
+                  and a service manager never restarts it"]
     pub fn run<W: WorkerFn<S>, S>(self, worker: W) -> ExitCode {
         match self.try_run(worker) {
             Ok(outcome) => ExitCode::from(outcome.exit_code()),
@@ -567,6 +570,7 @@ impl<'a> Supervisor<'a> {
     ///     Err(error) => eprintln!("could not start: {error}"),
     /// }
     /// ```
+    #[must_use = "the fleet's outcome is lost: `Outcome::exit_code` is the exit status to end with"]
     pub fn try_run<W: WorkerFn<S>, S>(self, worker: W) -> Result<Outcome, Error> {
         let Supervisor {
             mut config,

@@ -139,3 +139,31 @@ fn an_async_worker_without_the_tokio_feature_is_an_error_that_names_it() {
     assert!(said.contains("src/main.rs:2:1"), "{said}");
     assert!(said.contains("due to 1 previous error"), "{said}");
 }
+
+#[test]
+fn the_builder_takes_what_the_attribute_takes_in_edition_2024() {
+    // In 2024 a closure that never returns returns `!`, not `()`; a function of `&Worker` is
+    // what clippy's pedantic lints ask for. Neither needs an adapter.
+    let main = r#"
+fn by_reference(worker: &kamisama::Worker) -> ! {
+    println!("worker-started index={} pid={}", worker.index(), std::process::id());
+    loop {
+        worker.sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    if std::env::var_os("CLOSURE").is_some() {
+        return kamisama::Supervisor::new().run(|index: usize| loop {
+            println!("worker-started index={index} pid={}", std::process::id());
+            std::thread::sleep(std::time::Duration::from_secs(30));
+        });
+    }
+    kamisama::Supervisor::new().run(by_reference)
+}
+"#;
+    let dir = project_as("builder-2024", "2024", "kamisama", "", main);
+    let (built, said) = build(&dir);
+    assert!(built, "{said}");
+    run("builder-2024", 2);
+}

@@ -6,36 +6,38 @@ use std::fmt::Debug;
 
 /// A function kamisama can run as a worker.
 ///
-/// Implemented for every `FnMut` with one of these signatures, where `R` is `()` or
-/// `Result<(), E>` with `E: Debug`:
+/// Implemented for every `FnMut` with one of these signatures, where `R` is `()`,
+/// `Result<(), E>` with `E: Debug`, or `!` for a worker that never returns:
 ///
 /// - `fn() -> R`
 /// - `fn(index: usize) -> R`
-/// - `fn(worker: Worker) -> R`, for a [cooperative stop](Worker).
+/// - `fn(worker: Worker) -> R` or `fn(worker: &Worker) -> R`, for a
+///   [cooperative stop](Worker).
 ///
 /// A worker that returns `Err(error)` prints `kamisama[PID]: worker-failed index=I
 /// error={error:?}` to stderr and exits with status 1, as `main` does.
 ///
 /// A closure passed to [`Supervisor::run`](crate::Supervisor::run) needs the type of its
-/// argument written out, as in `|index: usize|`, since that is what picks the signature; and
-/// a closure that never returns needs its return type too, `-> ()`, or the compiler cannot
-/// tell which `R` it has:
+/// argument written out, as in `|index: usize|`, since that is what picks the signature (the
+/// compiler says `type annotations needed` otherwise); a closure that never returns needs
+/// nothing more:
 ///
 /// ```no_run
-/// kamisama::Supervisor::new().instances(4).run(|index: usize| -> () {
-///     loop {
-///         println!("worker {index}");
-///         std::thread::sleep(std::time::Duration::from_secs(1));
-///     }
+/// kamisama::Supervisor::new().instances(4).run(|index: usize| loop {
+///     println!("worker {index}");
+///     std::thread::sleep(std::time::Duration::from_secs(1));
 /// });
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a worker function kamisama can run",
     label = "not a worker function",
-    note = "a worker is `fn()`, `fn(index: usize)` or `fn(worker: kamisama::Worker)`, and returns \
-            `()` or `Result<(), E>` where `E: Debug`, which prints the error when it fails",
-    note = "a closure names its argument's type, `|index: usize|` or `|worker: kamisama::Worker|`, \
-            and its return type if it never returns: `|index: usize| -> () {{ loop {{ ... }} }}`"
+    note = "a worker is `fn()`, `fn(index: usize)`, `fn(worker: kamisama::Worker)` or \
+            `fn(worker: &kamisama::Worker)`, and returns `()`, `Result<(), E>` where `E: Debug` \
+            (which prints the error when it fails), or `!`",
+    note = "a closure names its argument's type: `|index: usize|`, `|worker: kamisama::Worker|` \
+            or `|worker: &kamisama::Worker|`",
+    note = "an async worker is wrapped: `kamisama::Async(|worker: kamisama::Worker| async move {{ ... }})`, \
+            with kamisama's `tokio` feature"
 )]
 pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
     #[doc(hidden)]
@@ -48,8 +50,8 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
 /// What a worker function may return.
 #[diagnostic::on_unimplemented(
     message = "a worker function cannot return `{Self}`",
-    label = "a worker returns `()` or `Result<(), E>` where `E: Debug`",
-    note = "the error type must implement `Debug`: the worker prints it when it fails"
+    label = "a worker returns `()`, `Result<(), E>` where `E: Debug`, or `!`",
+    note = "an error type must implement `Debug`: the worker prints it when it fails"
 )]
 ///
 /// ```no_run
@@ -69,6 +71,16 @@ pub trait WorkerResult: sealed::Sealed<()> {
 impl WorkerResult for () {
     fn exit_code(self, _worker: &Worker) -> i32 {
         0
+    }
+}
+
+/// What a function that never returns returns: `!`, named on stable Rust as the output of
+/// `fn() -> !`.
+pub(super) type Never = <fn() -> ! as crate::__private::FnOutput>::Output;
+
+impl WorkerResult for Never {
+    fn exit_code(self, _worker: &Worker) -> i32 {
+        self
     }
 }
 
@@ -108,14 +120,24 @@ impl<F: FnMut(Worker) -> R, R: WorkerResult> WorkerFn<fn(Worker) -> R> for F {
     }
 }
 
+impl<F: FnMut(&Worker) -> R, R: WorkerResult> WorkerFn<fn(&Worker) -> R> for F {
+    const TAKES_HANDLE: bool = true;
+
+    fn call(&mut self, worker: Worker) -> i32 {
+        self(&worker).exit_code(&worker)
+    }
+}
+
 pub(super) mod sealed {
     use super::{Worker, WorkerResult};
 
     pub trait Sealed<Signature> {}
 
     impl Sealed<()> for () {}
+    impl Sealed<()> for super::Never {}
     impl<E> Sealed<()> for Result<(), E> {}
     impl<F: FnMut() -> R, R: WorkerResult> Sealed<fn() -> R> for F {}
     impl<F: FnMut(usize) -> R, R: WorkerResult> Sealed<fn(usize) -> R> for F {}
     impl<F: FnMut(Worker) -> R, R: WorkerResult> Sealed<fn(Worker) -> R> for F {}
+    impl<F: FnMut(&Worker) -> R, R: WorkerResult> Sealed<fn(&Worker) -> R> for F {}
 }
