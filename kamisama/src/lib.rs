@@ -33,11 +33,13 @@
 //!   signal or a deadline it set (a worker due for SIGKILL, a backoff ending), never
 //!   periodically.
 //! - Each worker runs in a process group of its own, with no signal blocked, every signal at
-//!   its default action, and none of the master's internal file descriptors. Two exceptions
+//!   its default action, and none of the master's internal file descriptors. Some exceptions
 //!   keep it a normal Rust process: SIGPIPE stays ignored, as Rust's runtime sets it, and the
 //!   handlers of the fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) stay, as they are crash
-//!   reporters such as Rust's stack-overflow message. A worker that takes a [`Worker`] handle
-//!   also gets a SIGTERM handler for its cooperative stop.
+//!   reporters such as Rust's stack-overflow message. USR1 and USR2 have a handler that
+//!   counts them ([`Worker::received`]), so that one the master forwards never ends a
+//!   worker; a handler of the worker's own replaces it. A worker that takes a [`Worker`]
+//!   handle also gets a SIGTERM handler for its cooperative stop.
 //! - The master is a child subreaper: a worker's subprocess orphaned by its worker comes back
 //!   to it and is reaped, and it is stopped at shutdown.
 //! - A `fork` that fails (out of pids or memory) is retried after a backoff, each failure
@@ -76,8 +78,8 @@
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
 //! | `HUP` | rolling restart: replace the workers one index at a time, each stopped before its replacement is forked |
-//! | `USR2`, when the fleet listens | upgrade: start the binary now at the master's path on the same sockets, hand over once its fleet is ready, roll back if it is not (see [Servers](#servers-and-upgrades)) |
-//! | `USR1`, and `USR2` without listeners | forwarded to every worker |
+//! | `USR2` | upgrade: start the binary now at the master's path (on the same sockets, for a server), hand over once its fleet is ready, roll back if it is not (see [Servers](#servers-and-upgrades)) |
+//! | `USR1` | forwarded to every worker, which counts it ([`Worker::received`]) unless it installed a handler of its own: never its death |
 //! | `KILL`, or any death of the master | every worker gets `TERM` from the kernel (`PR_SET_PDEATHSIG`) |
 //!
 //! Ctrl-C in a terminal sends `INT` to the master only (workers are in their own process
@@ -249,8 +251,6 @@
 //!   worker's own subprocesses are not signalled by the kernel (the worker may forward its
 //!   `TERM` to them).
 //! - The master must be single-threaded when it starts; see [`Supervisor#threads`].
-//! - A forwarded `USR1` or `USR2` ends a worker that has no handler for it (its default
-//!   action), which is then respawned.
 //! - A worker that reads from the terminal is stopped by `SIGTTIN`, as any background
 //!   process group is.
 //!

@@ -454,7 +454,7 @@ impl<'a> Supervisor<'a> {
         self
     }
 
-    /// How long the new master of an upgrade (USR2, when the fleet listens) has to get its
+    /// How long the new master of an upgrade (USR2) has to get its
     /// fleet ready before the upgrade is rolled back; default 60 seconds.
     ///
     /// ```no_run

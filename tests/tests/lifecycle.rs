@@ -340,19 +340,37 @@ fn a_second_hup_during_a_rolling_restart_is_ignored() {
 }
 
 #[test]
-fn usr1_and_usr2_are_forwarded_to_every_worker() {
+fn usr1_is_forwarded_to_every_worker_and_never_kills_one() {
+    // Workers with a USR1 handler of their own get it; every worker, one with no handler
+    // for it included, lives on.
     let mut master = Master::launch(SUPERVISED)
         .env("FIXTURE", "usr1")
         .env("KAMISAMA_INSTANCES", "3")
         .start();
-    master.wait_for_workers(3);
+    let workers = master.wait_for_workers(3);
     master.signal(Signal::SIGUSR1);
     master.wait_for_line("forwarded signal=SIGUSR1 workers=3");
     master.wait_for_lines("got-usr1", 3);
-    // USR2's default action ends a worker, which is then respawned like any other death.
-    master.signal(Signal::SIGUSR2);
-    master.wait_for_line("forwarded signal=SIGUSR2 workers=3");
-    master.wait_for_lines("status=SIGUSR2", 3);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("status=SIGUSR1", 0);
+    master.expect_lines(
+        &format!("exited index=0 pid={} status=SIGTERM", workers[&0]),
+        1,
+    );
+}
+
+#[test]
+fn a_worker_counts_the_signals_it_received() {
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_heartbeats"))
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("COUNT_USR1", "1")
+        .start();
+    master.wait_for_workers(1);
+    master.wait_for_line("beat index=0 n=2");
+    master.signal(Signal::SIGUSR1);
+    master.wait_for_line("forwarded signal=SIGUSR1 workers=1");
+    master.wait_for_line("received usr1=1");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

@@ -268,8 +268,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             Signal::SIGTTIN => self.scale_up(),
             Signal::SIGTTOU => self.scale_down(),
             Signal::SIGHUP => self.begin_rolling_restart(),
-            Signal::SIGUSR2 if !crate::listen::listeners().is_empty() => self.begin_upgrade(),
-            Signal::SIGUSR1 | Signal::SIGUSR2 => self.forward(signal),
+            Signal::SIGUSR2 => self.begin_upgrade(),
+            Signal::SIGUSR1 => self.forward(signal),
             // SIGCHLD: reaped before the batch.
             _ => {}
         }

@@ -1,4 +1,5 @@
-//! Zero-downtime upgrades of the binary (USR2, when the fleet listens).
+//! Zero-downtime upgrades of the binary (USR2), for every fleet: a server's listeners are
+//! handed over, a job fleet's new generation starts before the old one finishes its jobs.
 //!
 //! The master forks a child that execs the program again, from the path it was started with:
 //! after a deploy, `/proc/self/exe` names the old, deleted file, while the path names the new
@@ -34,7 +35,7 @@ use std::path::{Component, PathBuf};
 use std::time::{Duration, Instant};
 
 impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
-    /// USR2 with listeners: starts a new master on the same sockets, to take over once its
+    /// USR2: starts a new master (on the same sockets, if the fleet listens), to take over once its
     /// fleet is ready.
     pub(super) fn begin_upgrade(&mut self) {
         if self.shutdown.is_some() {

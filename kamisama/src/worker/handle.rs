@@ -279,6 +279,31 @@ impl Worker {
         }
     }
 
+    /// How many times the worker received `signal` (USR1 or USR2) since the last call: the
+    /// master forwards `USR1` to every worker, the signal with which operators ask a program
+    /// to reopen its log files (logrotate, Unicorn, nginx). Until the worker installs a
+    /// handler of its own for them (signal-hook, `tokio::signal::unix`), kamisama's counts
+    /// them, so that a worker that does not care is not ended by their default action.
+    ///
+    /// ```no_run
+    /// # fn reopen_logs() {}
+    /// # fn one_job() {}
+    /// use kamisama::Signal;
+    ///
+    /// #[kamisama::main(instances = 4)]
+    /// fn worker(worker: &kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         if worker.received(Signal::USR1) > 0 {
+    ///             reopen_logs();
+    ///         }
+    ///         one_job();
+    ///     }
+    /// }
+    /// ```
+    pub fn received(&self, signal: crate::Signal) -> u32 {
+        super::forwarded::take(signal)
+    }
+
     /// Completes once a stop is requested, for `tokio::select!` in an async worker:
     ///
     /// ```no_run

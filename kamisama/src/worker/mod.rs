@@ -13,6 +13,7 @@ use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
+mod forwarded;
 mod function;
 mod handle;
 #[cfg(feature = "tokio")]
@@ -85,6 +86,7 @@ fn run_worker<W: WorkerFn<S>, S>(
         // `_exit`, without running the destructor that would close it again.
         unsafe { libc::close(fd) };
     }
+    forwarded::install();
     shared::install(setup.shared.map(|shared| shared.slot(index)));
     let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if W::TAKES_HANDLE {

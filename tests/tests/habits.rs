@@ -1,0 +1,42 @@
+//! What operators and Rust programmers do out of habit must do no harm: signals sent to
+//! reopen logs or to deploy, whatever the fleet runs.
+
+use kamisama_tests::deployment::spawned_by;
+use kamisama_tests::{field, reap_orphan, Master};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use std::time::Duration;
+
+const CRUNCH: &str = env!("CARGO_BIN_EXE_crunch");
+
+#[test]
+fn the_readme_program_survives_a_hundred_usr1_and_a_hundred_usr2() {
+    // USR1 is what logrotate sends; USR2 deploys: neither may take a worker down.
+    let mut master = Master::launch(CRUNCH).start();
+    let old = master.pid();
+    spawned_by(&master, old, 17);
+    for _ in 0..100 {
+        master.signal(Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    master.wait_for_line("forwarded signal=SIGUSR1 workers=17");
+    for _ in 0..100 {
+        master.signal(Signal::SIGUSR2);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The first USR2 upgrades (a job fleet too), the rest find it under way.
+    let started = master.wait_for_line(&format!("kamisama[{old}]: upgrade-started"));
+    let successor = Pid::from_raw(field(&started, "pid").unwrap().parse().unwrap());
+    spawned_by(&master, successor, 17);
+    master.wait_for_line(&format!(
+        "kamisama[{old}]: upgrade-handing-over pid={successor}"
+    ));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    for lost in ["respawning", "gave-up", "status=SIGUSR", "killed"] {
+        master.expect_lines(lost, 0);
+    }
+    kill(successor, Signal::SIGTERM).unwrap();
+    assert_eq!(reap_orphan(successor), WaitStatus::Exited(successor, 0));
+    master.expect_tree_gone();
+}
