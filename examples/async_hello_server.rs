@@ -18,7 +18,7 @@
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// How long a kept-alive connection may stay idle, as every response says.
@@ -31,24 +31,24 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
     shutdown_timeout = 30
 )]
 async fn worker(worker: kamisama::Worker) -> io::Result<()> {
-    let Some(listener) = worker.listeners().first().and_then(|l| l.as_tcp()) else {
-        eprintln!("async_hello_server: no TCP listener");
+    let Some(listener) = worker.listeners().first() else {
+        eprintln!("async_hello_server: no listener");
         return Ok(());
     };
-    // The worker's own descriptor of the shared socket, for tokio's reactor.
-    let listener = listener.try_clone()?;
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+    // The worker's own tokio listener, on the socket every worker shares.
+    let listener = listener.to_tokio_tcp()?;
     worker.ready();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = worker.stopped() => break,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            // `None` once the worker is asked to stop.
+            accepted = worker.accept_async(&listener) => match accepted {
+                Some(Ok((stream, _))) => {
                     connections.spawn(serve(worker.clone(), stream));
                 }
-            }
+                Some(Err(_)) => {}
+                None => break,
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }

@@ -351,11 +351,11 @@ pub use event::{Event, ExitStatus};
 pub use listen::{Listener, Stream};
 #[cfg(target_os = "linux")]
 pub use supervisor::{Outcome, Supervisor};
-#[cfg(all(target_os = "linux", feature = "tokio"))]
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use worker::Async;
 #[cfg(target_os = "linux")]
 pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use worker::{Async, AsyncAccept};
 
 /// A sign of life for hang detection, from a worker function that does not take the
 /// [`Worker`] handle; the same as [`Worker::heartbeat`]. Does nothing in the master, or when

@@ -65,15 +65,15 @@ pub enum Stream {
 }
 
 impl Listener {
-    /// The TCP listener, if this is one: for `tokio::net::TcpListener::from_std`, after
-    /// `try_clone` and `set_nonblocking(true)`.
+    /// The TCP listener, if this is one. In an async fleet it is non-blocking, as
+    /// `tokio::net::TcpListener::from_std` (after `try_clone`) or smol's `Async::new` take it;
+    /// in a sync fleet, blocking, for a plain `accept`.
     ///
     /// ```no_run
     /// #[kamisama::main(listen = "127.0.0.1:8080")]
     /// fn worker(worker: &kamisama::Worker) -> std::io::Result<()> {
     ///     if let Some(tcp) = worker.listeners()[0].as_tcp() {
-    ///         let own = tcp.try_clone()?; // for tokio::net::TcpListener::from_std
-    ///         own.set_nonblocking(true)?;
+    ///         println!("listening on {}", tcp.local_addr()?);
     ///     }
     ///     Ok(())
     /// }
@@ -100,6 +100,63 @@ impl Listener {
             Listener::Unix(listener) => Some(listener),
             Listener::Tcp(_) => None,
         }
+    }
+
+    /// This TCP listener on the current tokio runtime, for
+    /// [`Worker::accept_async`](crate::Worker::accept_async) or tokio's own `accept`: a
+    /// descriptor of the worker's own, on the socket every worker shares. An error of kind
+    /// `InvalidInput` for a Unix listener.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "127.0.0.1:8080")]
+    /// async fn worker(worker: kamisama::Worker) -> std::io::Result<()> {
+    ///     let listener = worker.listeners()[0].to_tokio_tcp()?;
+    ///     while let Some(connection) = worker.accept_async(&listener).await {
+    ///         let (_stream, peer) = connection?;
+    ///         println!("a client from {peer}");
+    ///     }
+    ///     Ok(()) // stopping
+    /// }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn to_tokio_tcp(&self) -> io::Result<tokio::net::TcpListener> {
+        let Listener::Tcp(listener) = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a TCP listener",
+            ));
+        };
+        let own = listener.try_clone()?;
+        own.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(own)
+    }
+
+    /// This Unix listener on the current tokio runtime, as
+    /// [`to_tokio_tcp`](Listener::to_tokio_tcp) gives a TCP one.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "unix:/run/app.sock")]
+    /// async fn worker(worker: kamisama::Worker) -> std::io::Result<()> {
+    ///     let listener = worker.listeners()[0].to_tokio_unix()?;
+    ///     while let Some(connection) = worker.accept_async(&listener).await {
+    ///         let (_stream, _) = connection?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn to_tokio_unix(&self) -> io::Result<tokio::net::UnixListener> {
+        let Listener::Unix(listener) = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a Unix listener",
+            ));
+        };
+        let own = listener.try_clone()?;
+        own.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(own)
     }
 
     pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
@@ -246,6 +303,20 @@ pub(crate) fn open(addresses: &[String], backlog: u32) -> Result<&'static [Liste
         return Ok(&[]);
     }
     Ok(LISTENERS.get_or_init(|| opened))
+}
+
+/// Puts the fleet's listeners in non-blocking mode, as an async runtime takes them. A mode
+/// belongs to the socket, and so holds in every process that shares it.
+pub(crate) fn set_nonblocking(listeners: &[Listener]) -> Result<(), Error> {
+    for listener in listeners {
+        listener
+            .set_nonblocking(true)
+            .map_err(|error| Error::Listen {
+                address: listener.to_string(),
+                error,
+            })?;
+    }
+    Ok(())
 }
 
 /// Parses and binds one `listen` address.

@@ -605,7 +605,11 @@ impl<'a> Supervisor<'a> {
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
-        listen::open(&config.listen, config.backlog)?;
+        let listeners = listen::open(&config.listen, config.backlog)?;
+        if W::IS_ASYNC {
+            // For tokio's `from_std` and the like, which need them so, with no extra call.
+            listen::set_nonblocking(listeners)?;
+        }
         // Before the titles take the command line's memory over; `args()` is unchanged by
         // them anyway.
         let relaunch = Relaunch::from_start();

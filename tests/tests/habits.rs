@@ -40,3 +40,48 @@ fn the_readme_program_survives_a_hundred_usr1_and_a_hundred_usr2() {
     assert_eq!(reap_orphan(successor), WaitStatus::Exited(successor, 0));
     master.expect_tree_gone();
 }
+
+/// Connects to the fleet on `address` `count` times and returns the answers.
+fn hellos(address: &str, count: usize) -> Vec<String> {
+    use std::io::Read;
+    (0..count)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).expect("an answer");
+            answer
+        })
+        .collect()
+}
+
+/// An async fleet that takes its listener as `MODE` says answers every connection, and
+/// stops at once on TERM (its workers have an hour: SIGKILL would be a failure).
+fn an_async_fleet_serves_and_stops(mode: &str) {
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_async-acceptor"))
+        .env("MODE", mode)
+        .start();
+    let line = master.wait_for_line("listening address=");
+    let address = field(&line, "address").unwrap().to_owned();
+    master.wait_for_workers(2);
+    for answer in hellos(&address, 20) {
+        assert!(answer.starts_with("hello from "), "{answer:?}");
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("worker-stopping", 2);
+    master.expect_lines("killed", 0);
+    master.expect_lines("panicked", 0);
+}
+
+#[test]
+fn tokio_from_std_on_a_fleet_listener_just_works() {
+    an_async_fleet_serves_and_stops("from_std");
+}
+
+#[test]
+fn an_async_worker_accepts_through_its_handle_and_stops_at_once() {
+    an_async_fleet_serves_and_stops("kamisama");
+}

@@ -43,6 +43,10 @@ pub trait WorkerFn<Signature>: sealed::Sealed<Signature> {
     #[doc(hidden)]
     const TAKES_HANDLE: bool;
 
+    /// Whether it runs on an async runtime, which takes its listeners non-blocking.
+    #[doc(hidden)]
+    const IS_ASYNC: bool = false;
+
     #[doc(hidden)]
     fn call(&mut self, worker: Worker) -> i32;
 }

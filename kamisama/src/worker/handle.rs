@@ -329,6 +329,29 @@ impl Worker {
         super::runtime::stopped().await;
     }
 
+    /// Accepts the next connection on a tokio `listener`, or completes with `None` as soon
+    /// as a stop is requested, for an async worker's accept loop:
+    ///
+    /// ```no_run
+    /// #[kamisama::main(instances = 4, listen = "127.0.0.1:8080")]
+    /// async fn worker(worker: kamisama::Worker) -> std::io::Result<()> {
+    ///     let listener = worker.listeners()[0].to_tokio_tcp()?;
+    ///     while let Some(connection) = worker.accept_async(&listener).await {
+    ///         let (stream, _peer) = connection?;
+    ///         tokio::spawn(async move { drop(stream) /* serve it */ });
+    ///     }
+    ///     Ok(()) // asked to stop: the connections in hand are the tasks' to finish
+    /// }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn accept_async<L: super::runtime::AsyncAccept>(
+        &self,
+        listener: &L,
+    ) -> Option<io::Result<L::Connection>> {
+        super::runtime::accept(listener).await
+    }
+
     /// A file descriptor that becomes readable when a stop is requested, to wait on with the
     /// worker's own `poll`, `epoll` or async runtime. Do not read from it.
     ///

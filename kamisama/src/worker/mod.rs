@@ -24,7 +24,7 @@ mod stop;
 pub use function::{WorkerFn, WorkerResult};
 pub use handle::{Accept, Worker};
 #[cfg(feature = "tokio")]
-pub use runtime::Async;
+pub use runtime::{Async, AsyncAccept};
 
 /// What a worker needs from the master to set itself up.
 pub(crate) struct Setup<'a> {

@@ -5,9 +5,11 @@ use super::function::sealed::Sealed;
 use super::{shared, stop, Worker, WorkerFn, WorkerResult};
 use crate::Runtime;
 use std::future::Future;
+use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::unix::pipe;
 
@@ -60,6 +62,7 @@ where
     R: WorkerResult,
 {
     const TAKES_HANDLE: bool = false;
+    const IS_ASYNC: bool = true;
 
     fn call(&mut self, worker: Worker) -> i32 {
         block_on(&worker, || (self.0)())
@@ -74,6 +77,7 @@ where
     R: WorkerResult,
 {
     const TAKES_HANDLE: bool = false;
+    const IS_ASYNC: bool = true;
 
     fn call(&mut self, worker: Worker) -> i32 {
         block_on(&worker, || (self.0)(worker.index))
@@ -88,6 +92,7 @@ where
     R: WorkerResult,
 {
     const TAKES_HANDLE: bool = true;
+    const IS_ASYNC: bool = true;
 
     fn call(&mut self, worker: Worker) -> i32 {
         block_on(&worker, || (self.0)(worker.clone()))
@@ -234,6 +239,61 @@ impl Default for ThreadCounts {
             busy: Duration::MAX,
         }
     }
+}
+
+/// A tokio listening socket [`Worker::accept_async`] takes: a `tokio::net::TcpListener` or
+/// `UnixListener`, such as [`Listener::to_tokio_tcp`](crate::Listener::to_tokio_tcp) gives.
+///
+/// ```no_run
+/// async fn serve<L: kamisama::AsyncAccept>(worker: &kamisama::Worker, listener: &L) -> usize {
+///     let mut accepted = 0;
+///     while let Some(Ok(_connection)) = worker.accept_async(listener).await {
+///         accepted += 1;
+///     }
+///     accepted
+/// }
+/// ```
+pub trait AsyncAccept: AsyncAcceptSealed {
+    /// What `accept_async` returns: the stream and the peer's address.
+    type Connection;
+
+    #[doc(hidden)]
+    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>>;
+}
+
+impl AsyncAccept for tokio::net::TcpListener {
+    type Connection = (tokio::net::TcpStream, std::net::SocketAddr);
+
+    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>> {
+        tokio::net::TcpListener::poll_accept(self, context)
+    }
+}
+
+impl AsyncAccept for tokio::net::UnixListener {
+    type Connection = (tokio::net::UnixStream, tokio::net::unix::SocketAddr);
+
+    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>> {
+        tokio::net::UnixListener::poll_accept(self, context)
+    }
+}
+
+#[doc(hidden)]
+pub trait AsyncAcceptSealed {}
+
+impl AsyncAcceptSealed for tokio::net::TcpListener {}
+impl AsyncAcceptSealed for tokio::net::UnixListener {}
+
+/// Accepts the next connection on `listener`, or completes with `None` as soon as a stop is
+/// requested, which wins when both are ready.
+pub(super) async fn accept<L: AsyncAccept>(listener: &L) -> Option<io::Result<L::Connection>> {
+    let mut stop = std::pin::pin!(stopped());
+    std::future::poll_fn(|context| {
+        if stop.as_mut().poll(context).is_ready() {
+            return Poll::Ready(None);
+        }
+        listener.poll_accept(context).map(Some)
+    })
+    .await
 }
 
 /// Completes once a stop is requested. Registers its own copy of the stop pipe with the
