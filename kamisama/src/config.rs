@@ -275,7 +275,8 @@ pub enum Restart {
     #[default]
     Always,
     /// Fork it again only if it failed (a non-zero exit status, or a signal); an index whose
-    /// worker exits with 0 is done. A batch of shards, each retried until it succeeds.
+    /// worker exits with 0 is done. A batch of shards, each retried until it succeeds or
+    /// fails more often than the respawn limit allows it, which is each shard's own.
     OnFailure,
     /// Never fork it again: every index runs once.
     Never,

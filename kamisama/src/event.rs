@@ -106,7 +106,8 @@ pub enum Event {
     Respawning {
         /// Its index.
         index: usize,
-        /// Respawns within the current window, this one included.
+        /// Respawns within the current window, this one included if it counts; with
+        /// `restart = "on-failure"`, the index's own.
         respawns: u32,
         /// The respawn limit.
         limit: u32,
@@ -114,6 +115,19 @@ pub enum Event {
         interval: Duration,
         /// The backoff before the fork; zero for at once.
         delay: Duration,
+        /// Whether it counts against the limit: not for a worker that exited with status 0
+        /// after its first second, which recycled itself.
+        counted: bool,
+    },
+    /// With `restart = "on-failure"`, a shard failed more often than the respawn limit allows
+    /// it: it is done, failed, and the others go on.
+    ShardGaveUp {
+        /// The index.
+        index: usize,
+        /// The respawn limit, per shard.
+        limit: u32,
+        /// Its window.
+        interval: Duration,
     },
     /// SIGTTIN added a worker.
     ScaledUp {
@@ -219,8 +233,8 @@ pub enum Event {
     /// No worker runs and none will be forked again (restart policies `on-failure` and
     /// `never`).
     AllDone {
-        /// Indices whose last worker failed.
-        failed: usize,
+        /// Indices whose last worker failed, lowest first.
+        failed: Vec<usize>,
     },
     /// USR2 started an upgrade: a new master runs the program again, from the path it was
     /// started with, on the same listeners.
@@ -373,6 +387,7 @@ impl Event {
             Event::Done { .. } => "done",
             Event::Reaped { .. } => "reaped",
             Event::Respawning { .. } => "respawning",
+            Event::ShardGaveUp { .. } => "shard-gave-up",
             Event::ScaledUp { .. } => "scaled-up",
             Event::ScaledDown { .. } => "scaled-down",
             Event::ScaleDownRefused { .. } => "scale-down-refused",
@@ -413,7 +428,8 @@ impl Event {
             Event::Done {
                 succeeded: false, ..
             } => Level::Warn,
-            Event::AllDone { failed, .. } if *failed > 0 => Level::Warn,
+            Event::AllDone { failed } if !failed.is_empty() => Level::Warn,
+            Event::ShardGaveUp { .. } => Level::Error,
             _ => Level::Info,
         }
     }
@@ -467,12 +483,25 @@ impl Event {
                 limit,
                 interval,
                 delay,
+                counted,
             } => {
                 field("index", Count(*index as u64));
                 field("respawns", Count(u64::from(*respawns)));
                 field("limit", Count(u64::from(*limit)));
                 field("window", Span(*interval));
                 field("delay", Span(*delay));
+                if !counted {
+                    field("counted", Flag(false));
+                }
+            }
+            Event::ShardGaveUp {
+                index,
+                limit,
+                interval,
+            } => {
+                field("index", Count(*index as u64));
+                field("respawn_limit", Count(u64::from(*limit)));
+                field("respawn_interval", Span(*interval));
             }
             Event::ScaledUp { instances } => field("instances", Count(*instances as u64)),
             Event::ScaledDown {
@@ -523,7 +552,12 @@ impl Event {
                 field("respawn_limit", Count(u64::from(*limit)));
                 field("respawn_interval", Span(*interval));
             }
-            Event::AllDone { failed } => field("failed", Count(*failed as u64)),
+            Event::AllDone { failed } => {
+                field("failed", Count(failed.len() as u64));
+                if !failed.is_empty() {
+                    field("indices", Value::Indices(failed));
+                }
+            }
             Event::ShutdownFinished { exit_code } => field("exit", Count(u64::from(*exit_code))),
             Event::UpgradeStarted { pid, path } => {
                 field("pid", Count(u64::from(*pid)));
@@ -577,6 +611,8 @@ pub(crate) enum Value<'a> {
     Debug(&'a str),
     /// An errno, as `strerror` says it: quoted in text.
     Errno(i32),
+    /// Worker indices: `3,5` in text, an array in JSON.
+    Indices(&'a [usize]),
 }
 
 /// The text form: `3`, `true`, `60s`, `SIGTERM`, `panicked`, `always`, `"..."`.
@@ -592,6 +628,13 @@ impl fmt::Display for Value<'_> {
             Value::Text(text) => write!(f, "\"{text}\""),
             Value::Debug(text) => f.write_str(text),
             Value::Errno(errno) => write!(f, "\"{}\"", std::io::Error::from_raw_os_error(errno)),
+            Value::Indices(indices) => {
+                for (n, index) in indices.iter().enumerate() {
+                    let comma = if n == 0 { "" } else { "," };
+                    write!(f, "{comma}{index}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -27,7 +27,8 @@
 //! - If one more respawn would make more than `respawn_limit` respawns within the last
 //!   `respawn_interval` (a sliding window on the monotonic clock), the master **gives up**:
 //!   it stops every worker as in a shutdown and exits with status 1. Workers the master stops
-//!   itself never count. An optional **backoff** (`backoff_max`) spaces out the respawns of an
+//!   itself never count, nor does a worker that exits with status 0 after its first second
+//!   (it recycles itself); with [`Restart::OnFailure`] the limit is each index's own. An optional **backoff** (`backoff_max`) spaces out the respawns of an
 //!   index that keeps dying early.
 //! - The master is event-driven. It blocks in `poll` on a signalfd and wakes only for a
 //!   signal or a deadline it set (a worker due for SIGKILL, a backoff ending), never

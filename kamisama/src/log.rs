@@ -243,6 +243,7 @@ impl fmt::Display for Json<'_> {
                 let error = std::io::Error::from_raw_os_error(errno).to_string();
                 JsonString(&error).fmt(f)
             }
+            Value::Indices(indices) => write!(f, "[{}]", Value::Indices(indices)),
             value @ (Value::Signal(_) | Value::Status(_)) => {
                 write!(f, "\"{value}\"")
             }

@@ -182,11 +182,21 @@ fn on_failure_retries_a_failed_shard_and_ends_when_all_are_done() {
 }
 
 #[test]
-fn on_failure_gives_up_on_a_shard_that_always_fails() {
-    let mut master = Master::launch(BATCH).env("FAIL_ALWAYS", "2").start();
+fn on_failure_gives_up_on_a_shard_that_always_fails_and_lets_the_others_finish() {
+    // Shard 2 fails at once, every time; the others take a second and succeed. The limit
+    // (3 respawns) is shard 2's own: the others are never stopped for it.
+    let mut master = Master::launch(BATCH)
+        .env("FAIL_ALWAYS", "2")
+        .env("WORK_MS", "1000")
+        .start();
     master.expect_exit_code(1);
     assert_eq!(master.count_lines("respawning index=2 "), 3);
-    master.wait_for_line("gave-up");
+    master.wait_for_line("shard-gave-up index=2 respawn_limit=3");
+    master.wait_for_line("done index=2 succeeded=false");
+    master.expect_lines("shard-done", 3);
+    master.wait_for_line("all-done failed=1 indices=2");
+    master.expect_lines("]: gave-up", 0);
+    master.expect_lines("status=SIGTERM", 0);
     master.expect_tree_gone();
 }
 

@@ -198,6 +198,25 @@ fn a_returning_worker_exits_0_and_is_respawned() {
 }
 
 #[test]
+fn a_worker_that_returns_after_its_first_second_recycled_itself_and_is_not_counted() {
+    // Not one respawn allowed: every return after a second and a half is the worker's own
+    // recycling, forked again at once; one that returns at once would give up.
+    let mut master = Master::launch(SUPERVISED)
+        .env("RETURN_AFTER_MS", "1100")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_RESPAWN_LIMIT", "0")
+        .start();
+    master.wait_for_lines("status=0", 3);
+    master.wait_for_lines(
+        "respawning index=0 respawns=0 limit=0 window=60s delay=0s counted=false",
+        3,
+    );
+    master.expect_lines("gave-up", 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn an_exit_code_is_reported_as_is() {
     every_death_is_reported_as("exit-3", "3", 1);
 }

@@ -6,7 +6,7 @@
 //! sweep for orphans during a shutdown). No order of signals, deaths and batches can
 //! therefore leave a step undone.
 
-use crate::config::{Config, Readiness, MAX_INSTANCES};
+use crate::config::{Config, Readiness, Restart, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus, Level};
 use crate::log::Log;
 use crate::signals::Signals;
@@ -22,6 +22,7 @@ use notify::{Notify, Phase, Summary};
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Slots, State, Stopping};
 pub(crate) use status::StatusFile;
+use std::collections::HashMap;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
@@ -89,8 +90,9 @@ pub(crate) struct Master<'a, W, S> {
     ready_once: bool,
     /// A child was reaped since the last sweep, which may have handed its own children over.
     reaped: bool,
-    /// Indices whose last worker failed and that are not forked again.
-    failed: usize,
+    /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
+    /// that keeps failing must not stop the others. Only shards that failed have one.
+    shard_limits: HashMap<usize, RespawnLimiter>,
 }
 
 /// A failed fork is retried after a backoff, and no fork is tried before then: the failure
@@ -101,6 +103,10 @@ struct ForkRetry {
     failures: u32,
     not_before: Option<Instant>,
 }
+
+/// How long a worker that exits with status 0 must have run for its exit to be its own
+/// recycling, not counted against the respawn limit: one that returns sooner is a loop.
+const RECYCLED_ITSELF: Duration = Duration::from_secs(1);
 
 /// How often the master looks at the workers' readiness while something waits for it: a
 /// worker declares itself ready in shared memory, without waking the master.
@@ -186,7 +192,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             takeover,
             ready_once: false,
             reaped: false,
-            failed: 0,
+            shard_limits: HashMap::new(),
         }
     }
 
@@ -367,20 +373,72 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let succeeded = status.success();
         if !self.config.restart.respawns(succeeded) {
             self.slots[index].state = State::Done;
-            self.failed += usize::from(!succeeded);
             self.emit(Event::Done { index, succeeded });
+            return;
+        }
+        if succeeded && lived >= RECYCLED_ITSELF {
+            // Its own choice, done with its work, as a worker that recycles itself is: forked
+            // again at once, and not counted. One that returns at once would loop, and counts.
+            self.slots[index].early_deaths = 0;
+            self.slots[index].state = State::Pending { not_before: None };
+            self.emit(Event::Respawning {
+                index,
+                respawns: self.limiter.in_window(now) as u32,
+                limit: self.limiter.limit(),
+                interval: self.limiter.interval(),
+                delay: Duration::ZERO,
+                counted: false,
+            });
             return;
         }
         let delay = self
             .backoff
             .delay(lived, &mut self.slots[index].early_deaths);
-        if self.count_respawn(index, delay, now) {
+        let allowed = if self.config.restart == Restart::OnFailure {
+            self.count_shard_respawn(index, delay, now)
+        } else {
+            self.count_respawn(index, delay, now)
+        };
+        if allowed {
             // The backoff is at most 2^31 times 100 ms, which any clock holds; were it not,
             // the fork would simply not wait.
             self.slots[index].state = State::Pending {
                 not_before: (!delay.is_zero()).then(|| now.checked_add(delay)).flatten(),
             };
         }
+    }
+
+    /// Counts a respawn of the shard `index` against its own limit and logs it, or gives the
+    /// shard up (it is done, failed) while the others go on; returns whether the respawn
+    /// may happen.
+    fn count_shard_respawn(&mut self, index: usize, delay: Duration, now: Instant) -> bool {
+        let (limit, interval) = (self.config.respawn_limit, self.config.respawn_interval);
+        let shard = self
+            .shard_limits
+            .entry(index)
+            .or_insert_with(|| RespawnLimiter::new(limit, interval));
+        let Some(respawns) = shard.try_respawn(now) else {
+            self.slots[index].state = State::Done;
+            self.emit(Event::ShardGaveUp {
+                index,
+                limit,
+                interval,
+            });
+            self.emit(Event::Done {
+                index,
+                succeeded: false,
+            });
+            return false;
+        };
+        self.emit(Event::Respawning {
+            index,
+            respawns,
+            limit,
+            interval,
+            delay,
+            counted: true,
+        });
+        true
     }
 
     /// Counts a respawn of `index` after `delay` against the respawn limit and logs it, or
@@ -400,6 +458,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             limit: self.limiter.limit(),
             interval: self.limiter.interval(),
             delay,
+            counted: true,
         });
         true
     }
@@ -747,9 +806,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         if self.shutdown.is_some() || !all_done {
             return;
         }
-        let failed = self.failed;
+        let failed: Vec<usize> = (0..self.slots.len())
+            .filter(|index| {
+                let slot = &self.slots[*index];
+                matches!(slot.state, State::Done)
+                    && slot.last_exit.is_some_and(|exit| !exit.success())
+            })
+            .collect();
+        let outcome = Outcome::Finished {
+            failed: failed.len(),
+        };
         self.emit(Event::AllDone { failed });
-        self.begin_shutdown(None, Outcome::Finished { failed });
+        self.begin_shutdown(None, outcome);
     }
 
     /// Kills every process left at once: a second TERM or INT during a shutdown.
