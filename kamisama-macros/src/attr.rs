@@ -179,8 +179,8 @@ impl Key {
                 what: "runtime",
                 enumeration: "Runtime",
                 variants: &[
-                    ("current_thread", "CurrentThread"),
-                    ("multi_thread", "MultiThread"),
+                    ("current-thread", "CurrentThread"),
+                    ("multi-thread", "MultiThread"),
                 ],
             }),
             Key::Heartbeat => Some(Names {
@@ -261,7 +261,7 @@ impl Key {
             Key::BootTimeout => "120",
             Key::HangGrace => "5",
             Key::HangSignal => "\"SIGQUIT\"",
-            Key::Runtime => "\"multi_thread\"",
+            Key::Runtime => "\"multi-thread\"",
             Key::WorkerThreads => "4",
             Key::Heartbeat => "\"manual\"",
             Key::Log => "\"json\"",
@@ -278,7 +278,7 @@ impl Key {
     fn kind(self) -> &'static str {
         match (self, self.minimum()) {
             (Key::Restart, _) => "`\"always\"`, `\"on-failure\"` or `\"never\"`",
-            (Key::Runtime, _) => "`\"current_thread\"` or `\"multi_thread\"`",
+            (Key::Runtime, _) => "`\"current-thread\"` or `\"multi-thread\"`",
             (Key::Heartbeat, _) => "`\"runtime\"` or `\"manual\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
@@ -407,10 +407,20 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         )
     };
     if key == Key::Listen {
+        let addresses = addresses(&value).ok_or_else(wrong_kind)?;
+        let errors = addresses.iter().filter_map(|(address, span)| {
+            address_error(address).map(|message| Error::new(*span, message))
+        });
+        if let Some(error) = errors.reduce(|mut all, error| {
+            all.combine(error);
+            all
+        }) {
+            return Err(error);
+        }
         return Ok(Setting {
             key,
             key_span: meta.path.span(),
-            value: Value::Addresses(addresses(&value).ok_or_else(wrong_kind)?),
+            value: Value::Addresses(addresses),
             span: value.span(),
         });
     }
@@ -462,14 +472,21 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             let written = string.value();
             let Some((_, variant)) = names.variants.iter().find(|(name, _)| *name == written)
             else {
-                return Err(Error::new(
-                    string.span(),
-                    format!(
+                // Every value is written kebab-case, as systemd writes `on-failure`.
+                let kebab = written.replace('_', "-");
+                let message = match names.variants.iter().find(|(name, _)| *name == kebab) {
+                    Some((name, _)) => format!(
+                        "unknown {} {written:?}; did you mean \"{name}\"? (values are written \
+                         with dashes)",
+                        names.what
+                    ),
+                    None => format!(
                         "unknown {} {written:?}; expected {}",
                         names.what,
                         key.kind()
                     ),
-                ));
+                };
+                return Err(Error::new(string.span(), message));
             };
             Value::Variant {
                 enumeration: names.enumeration,
@@ -511,6 +528,33 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// Why `address` cannot be listened on, if it cannot: `unix:` and a path, or a host (a name,
+/// an IPv4 address, or an IPv6 one in brackets) and a port.
+fn address_error(address: &str) -> Option<String> {
+    if let Some(path) = address.strip_prefix("unix:") {
+        return path
+            .is_empty()
+            .then(|| format!("`{address}` has no path; write `unix:/run/app.sock`"));
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Some(format!(
+            "`{address}` has no port; write `{address}:8080`, or `unix:PATH` for a Unix socket"
+        ));
+    };
+    if port.parse::<u16>().is_err() {
+        return Some(format!(
+            "`{address}` has no port a socket can have: `{port}` is not a number from 0 to 65535"
+        ));
+    }
+    if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
+        return Some(format!(
+            "`{address}` has no host: write `127.0.0.1:{port}`, `localhost:{port}`, or an IPv6 \
+             address in brackets, `[::1]:{port}`"
+        ));
+    }
+    None
 }
 
 /// `"127.0.0.1:8080"` or `["127.0.0.1:8080", "unix:/run/app.sock"]`: non-empty strings.

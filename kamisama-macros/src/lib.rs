@@ -43,8 +43,8 @@ use proc_macro::TokenStream;
 /// | `boot_timeout`     | `60`       | the same for a new worker's first sign of life, in seconds, at least 1 |
 /// | `hang_grace`       | `1`        | seconds a hung worker has after its hang signal, before SIGKILL, at least 1 |
 /// | `hang_signal`      | `"SIGABRT"` | what a hung worker gets first: `"SIGQUIT"`, `"SIGTRAP"`, `"SIGUSR1"`, `"SIGRTMIN+2"`... |
-/// | `runtime`          | `"current_thread"` | an `async` worker's tokio runtime: `"current_thread"` or `"multi_thread"` |
-/// | `worker_threads`   | one per core | the threads of a `"multi_thread"` runtime, at least 1, at most 1024 (and sets it) |
+/// | `runtime`          | `"current-thread"` | an `async` worker's tokio runtime: `"current-thread"` or `"multi-thread"` |
+/// | `worker_threads`   | one per core | the threads of a `"multi-thread"` runtime, at least 1, at most 1024 (and sets it) |
 /// | `heartbeat`        | `"runtime"` | what shows an `async` worker alive: its `"runtime"`, or only its own beats (`"manual"`) |
 /// | `log`              | `"text"`   | the log format: `"text"`, `"json"` or `"off"`                  |
 /// | `readiness`        | `"forked"` | when a worker counts as ready: `"forked"`, or `"declared"` by `Worker::ready` |

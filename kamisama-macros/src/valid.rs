@@ -23,9 +23,18 @@ pub(crate) fn worker(item: TokenStream, krate: &str) -> syn::Result<ItemFn> {
                 attribute,
                 "`#[tokio::main]` is not needed under `#[kamisama::main]`: each worker builds \
                  its own runtime after the fork; remove it, and pick the runtime with \
-                 `runtime = \"multi_thread\"` if the default `current_thread` does not fit",
+                 `runtime = \"multi-thread\"` if the default `current-thread` does not fit",
             ));
         }
+    }
+    if let Some(stmt) = expanded_by_tokio_main(&function) {
+        errors.push(Error::new_spanned(
+            stmt,
+            "`#[tokio::main]` above `#[kamisama::main]` runs a runtime of its own in every \
+             worker, around a function made sync: remove it and keep the `async fn`, whose \
+             runtime kamisama builds in each worker (`runtime = \"multi-thread\"` for tokio's \
+             default flavour)",
+        ));
     }
     if let Safety::Unsafe(token) = &sig.safety {
         errors.push(Error::new_spanned(
@@ -178,7 +187,7 @@ pub(crate) fn settings_fit(args: &Args, worker: &ItemFn) -> syn::Result<()> {
     }
 }
 
-/// `worker_threads` beside `runtime = "current_thread"`, whose one thread runs every task.
+/// `worker_threads` beside `runtime = "current-thread"`, whose one thread runs every task.
 fn threads_fit_the_runtime(args: &Args) -> syn::Result<()> {
     let current_thread = args.settings.iter().any(|setting| {
         matches!(
@@ -196,9 +205,25 @@ fn threads_fit_the_runtime(args: &Args) -> syn::Result<()> {
     match threads {
         Some(threads) if current_thread => Err(Error::new(
             threads.key_span,
-            "`worker_threads` sets up a `\"multi_thread\"` runtime, and this one is \
-             `\"current_thread\"`, whose one thread runs every task; remove one of the two",
+            "`worker_threads` sets up a `\"multi-thread\"` runtime, and this one is \
+             `\"current-thread\"`, whose one thread runs every task; remove one of the two",
         )),
         _ => Ok(()),
     }
+}
+
+/// The first statement of a function `#[tokio::main]` has already expanded, if this is one:
+/// it binds the original body, made a future, as `body` (`let body = async { ... };`), and
+/// ends with a runtime's `block_on(body)`.
+fn expanded_by_tokio_main(function: &ItemFn) -> Option<&syn::Stmt> {
+    let first = function.block.stmts.first()?;
+    let syn::Stmt::Local(local) = first else {
+        return None;
+    };
+    let binds_body = matches!(&local.pat, syn::Pat::Ident(pat) if pat.ident == "body");
+    let future = local
+        .init
+        .as_ref()
+        .is_some_and(|init| matches!(*init.expr, syn::Expr::Async(_)));
+    (binds_body && future && function.sig.asyncness.is_none()).then_some(first)
 }

@@ -139,7 +139,7 @@ impl Config {
         if self.worker_threads.is_some() && self.runtime == Runtime::CurrentThread {
             return Err(Error::InvalidConfig {
                 setting: "worker_threads",
-                expected: "no value with a current_thread runtime, whose one thread runs \
+                expected: "no value with a current-thread runtime, whose one thread runs \
                            every task",
             });
         }
@@ -337,7 +337,7 @@ impl FromStr for Restart {
 /// ```
 /// use kamisama::Runtime;
 ///
-/// assert_eq!("multi_thread".parse(), Ok(Runtime::MultiThread));
+/// assert_eq!("multi-thread".parse(), Ok(Runtime::MultiThread));
 /// assert_eq!(Runtime::default(), Runtime::CurrentThread);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -350,16 +350,16 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// The name used by the attribute and `KAMISAMA_RUNTIME`: `current_thread` or
+    /// The name used by the attribute and `KAMISAMA_RUNTIME`: `current-thread` or
     /// `multi_thread`, as in `#[tokio::main(flavor = ...)]`.
     ///
     /// ```
-    /// assert_eq!(kamisama::Runtime::MultiThread.name(), "multi_thread");
+    /// assert_eq!(kamisama::Runtime::MultiThread.name(), "multi-thread");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
-            Runtime::CurrentThread => "current_thread",
-            Runtime::MultiThread => "multi_thread",
+            Runtime::CurrentThread => "current-thread",
+            Runtime::MultiThread => "multi-thread",
         }
     }
 }
@@ -370,7 +370,7 @@ impl fmt::Display for Runtime {
     }
 }
 
-/// Parses `current_thread` or `multi_thread`.
+/// Parses `current-thread` or `multi-thread`.
 impl FromStr for Runtime {
     type Err = UnknownRuntime;
 
@@ -392,7 +392,7 @@ pub struct UnknownRuntime;
 
 impl fmt::Display for UnknownRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected `current_thread` or `multi_thread`")
+        f.write_str("expected `current-thread` or `multi-thread`")
     }
 }
 

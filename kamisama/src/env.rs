@@ -30,9 +30,9 @@ pub(crate) const BOOT_TIMEOUT: &str = "KAMISAMA_BOOT_TIMEOUT";
 pub(crate) const HANG_GRACE: &str = "KAMISAMA_HANG_GRACE";
 /// Overrides `hang_signal`: a signal's name, such as `SIGQUIT`.
 pub(crate) const HANG_SIGNAL: &str = "KAMISAMA_HANG_SIGNAL";
-/// Overrides `runtime`: `current_thread` or `multi_thread`.
+/// Overrides `runtime`: `current-thread` or `multi-thread`.
 pub(crate) const RUNTIME: &str = "KAMISAMA_RUNTIME";
-/// Overrides `worker_threads` (and makes the runtime `multi_thread`).
+/// Overrides `worker_threads` (and makes the runtime `multi-thread`).
 pub(crate) const WORKER_THREADS: &str = "KAMISAMA_WORKER_THREADS";
 /// Overrides what beats for an async worker: `runtime` or `manual`.
 pub(crate) const HEARTBEAT: &str = "KAMISAMA_HEARTBEAT";
@@ -118,7 +118,7 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
             return Err(Error::InvalidEnv {
                 var: WORKER_THREADS,
                 value: threads.to_string(),
-                expected: "no value beside KAMISAMA_RUNTIME=current_thread, whose one thread \
+                expected: "no value beside KAMISAMA_RUNTIME=current-thread, whose one thread \
                            runs every task; drop one of the two",
             });
         }
@@ -169,7 +169,7 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
 const WORKERS: &str = "a whole number of workers, at least 1 and at most 4194304";
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
-const RUNTIMES: &str = "`current_thread` or `multi_thread`";
+const RUNTIMES: &str = "`current-thread` or `multi-thread`";
 const THREADS: &str = "a whole number of threads, at least 1 and at most 1024";
 
 /// A comma-separated list of addresses, each trimmed, empty ones left out.
@@ -295,7 +295,7 @@ mod tests {
             (HANG_GRACE, "0"),
             (HANG_SIGNAL, "SIGNOPE"),
             (HANG_SIGNAL, "SIGRTMIN+200"),
-            (RUNTIME, "multi-thread"),
+            (RUNTIME, "multi_thread"),
             (WORKER_THREADS, "0"),
             (WORKER_THREADS, "1025"),
             (LOG, "yaml"),
@@ -318,14 +318,14 @@ mod tests {
             ..Config::default()
         };
         apply_from(&mut config, |name| {
-            (name == RUNTIME).then(|| "current_thread".into())
+            (name == RUNTIME).then(|| "current-thread".into())
         })
         .unwrap();
         assert_eq!(
             (config.runtime, config.worker_threads),
             (Runtime::CurrentThread, None)
         );
-        let error = apply_vars(&[(RUNTIME, "current_thread"), (WORKER_THREADS, "2")]);
+        let error = apply_vars(&[(RUNTIME, "current-thread"), (WORKER_THREADS, "2")]);
         let error = error.unwrap_err().to_string();
         assert!(
             error.contains(WORKER_THREADS) && error.contains(RUNTIME),

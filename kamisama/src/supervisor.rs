@@ -337,6 +337,8 @@ impl<'a> Supervisor<'a> {
     /// beat themselves.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "tokio")]
+    /// # fn main() -> std::process::ExitCode {
     /// use std::time::Duration;
     ///
     /// # async fn next_job() {}
@@ -348,7 +350,10 @@ impl<'a> Supervisor<'a> {
     ///             worker.heartbeat(); // once per job: a job stuck for 30 s is a hang
     ///             next_job().await;
     ///         }
-    ///     }));
+    ///     }))
+    /// # }
+    /// # #[cfg(not(feature = "tokio"))]
+    /// # fn main() {}
     /// ```
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.config.heartbeat = heartbeat;

@@ -42,7 +42,7 @@ const ASYNC: Subject = Subject {
 };
 const ASYNC_MULTI_THREAD: Subject = Subject {
     binary: env!("CARGO_BIN_EXE_bench-kamisama-async"),
-    env: &[("KAMISAMA_RUNTIME", "multi_thread")],
+    env: &[("KAMISAMA_RUNTIME", "multi-thread")],
 };
 const ASYNC_WATCHED: Subject = Subject {
     binary: env!("CARGO_BIN_EXE_bench-kamisama-async"),
@@ -407,7 +407,7 @@ fn async_starts(rows: &mut Vec<Row>) {
         ("start 17 async workers, against 17 sync", [ASYNC, KAMISAMA], 17, 11),
         ("start 200 async workers, against 200 sync", [ASYNC, KAMISAMA], 200, 5),
         (
-            "start 200 async workers, multi_thread runtime (a thread per core) against current_thread",
+            "start 200 async workers, multi-thread runtime (a thread per core) against current-thread",
             [ASYNC_MULTI_THREAD, ASYNC],
             200,
             5,

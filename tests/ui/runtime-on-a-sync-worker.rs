@@ -1,2 +1,2 @@
-#[kamisama::main(runtime = "multi_thread", worker_threads = 2)]
+#[kamisama::main(runtime = "multi-thread", worker_threads = 2)]
 fn worker() {}

@@ -1,2 +1,2 @@
-#[kamisama::main(runtime = "current_thread", worker_threads = 2)]
+#[kamisama::main(runtime = "current-thread", worker_threads = 2)]
 async fn worker() {}

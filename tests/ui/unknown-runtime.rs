@@ -1,2 +1,2 @@
-#[kamisama::main(runtime = "multi-thread")]
+#[kamisama::main(runtime = "multi_thread")]
 async fn worker() {}

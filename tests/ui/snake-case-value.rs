@@ -1,0 +1,2 @@
+#[kamisama::main(restart = "on_failure")]
+fn worker() {}

@@ -1,0 +1,3 @@
+#[tokio::main]
+#[kamisama::main]
+async fn worker() {}
