@@ -540,13 +540,14 @@ impl std::error::Error for UnknownReadiness {}
 ///
 /// ```text
 /// text: kamisama[4242]: exited index=3 pid=4250 status=SIGKILL
-/// json: {"ts":"2026-11-30T01:02:03.456Z","level":"warn","event":"exited","master":4242,"index":3,"pid":4250,"status":"SIGKILL"}
+/// json: {"ts":"2026-11-30T01:02:03.456Z","level":"warn","event":"exited","master":4242,"index":3,"pid":4250,"signal":"SIGKILL"}
 /// ```
 ///
 /// A JSON line has the wall-clock time (`ts`, RFC 3339 in UTC), a `level` (`info`, `warn`
 /// or `error`), the event's stable name ([`Event::name`](crate::Event::name)), the master's
-/// pid, and the event's fields: numbers as numbers, durations in seconds, signals and exit
-/// statuses as their names (`"SIGKILL"`, `"0"`, `"panicked"`).
+/// pid, and the event's fields: numbers as numbers, durations in seconds, signals as their
+/// names (`"SIGTERM"`); an exit status is a number (`"status":0`), and a signal that ended a
+/// process is `"signal":"SIGKILL"` in its place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LogFormat {
     /// One `key=value` line per event, for people and grep.

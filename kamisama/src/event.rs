@@ -22,7 +22,7 @@ use std::time::Duration;
 ///
 /// fn watch(event: &Event, crashes: &mut u64) {
 ///     match event {
-///         Event::Exited { index, pid, status } if !status.success() => {
+///         Event::Exited { index, pid, status, stopped: false } if !status.success() => {
 ///             *crashes += 1;
 ///             eprintln!("worker {index} (pid {pid}) failed: {status}");
 ///         }
@@ -59,6 +59,13 @@ pub enum Event {
         /// `127.0.0.1:8080` or `unix:/run/app.sock`.
         address: String,
     },
+    /// Every worker is ready (forked, or declared ready with
+    /// [`Readiness::Declared`](crate::Readiness::Declared)): the fleet's start, or a rolling
+    /// restart, is done. Said each time the fleet becomes ready.
+    Ready {
+        /// Workers running.
+        workers: usize,
+    },
     /// A worker was forked.
     Spawned {
         /// Its index.
@@ -87,6 +94,9 @@ pub enum Event {
         pid: u32,
         /// How it ended.
         status: ExitStatus,
+        /// Whether the master had asked it to stop (a shutdown, `TTOU`, a rolling restart):
+        /// then its end is an orderly one, whatever its status, but for a hang.
+        stopped: bool,
     },
     /// An index is done: the restart policy does not fork it again.
     Done {
@@ -330,8 +340,9 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// Formats a duration to the millisecond as `60s`, `1.6s`, `100ms`, and zero as `0s`
-/// (without `Duration`'s `Debug`, whose code the master would otherwise have resident).
+/// Formats a duration in seconds, to the millisecond, as `60s`, `1.6s`, `0.1s`, and zero as
+/// `0s`: one unit everywhere (without `Duration`'s `Debug`, whose code the master would
+/// otherwise have resident).
 struct Span(Duration);
 
 impl fmt::Display for Span {
@@ -339,7 +350,6 @@ impl fmt::Display for Span {
         let (seconds, millis) = (self.0.as_secs(), self.0.subsec_millis());
         match (seconds, millis) {
             (_, 0) => write!(f, "{seconds}s"),
-            (0, _) => write!(f, "{millis}ms"),
             _ => {
                 let (mut fraction, mut width) = (millis, 3);
                 while fraction % 10 == 0 {
@@ -381,6 +391,7 @@ impl Event {
         match self {
             Event::Started { .. } => "started",
             Event::Listening { .. } => "listening",
+            Event::Ready { .. } => "ready",
             Event::Spawned { .. } => "spawned",
             Event::SpawnFailed { .. } => "spawn-failed",
             Event::Exited { .. } => "exited",
@@ -424,7 +435,11 @@ impl Event {
             | Event::UpgradeBusy
             | Event::UpgradeFailed { .. }
             | Event::ShutdownForced { .. } => Level::Warn,
-            Event::Exited { status, .. } if !status.success() => Level::Warn,
+            Event::Exited {
+                status,
+                stopped: false,
+                ..
+            } if !status.success() => Level::Warn,
             Event::Done {
                 succeeded: false, ..
             } => Level::Warn,
@@ -464,10 +479,18 @@ impl Event {
                 field("index", Count(*index as u64));
                 field("error", Value::Errno(*errno));
             }
-            Event::Exited { index, pid, status } => {
+            Event::Exited {
+                index,
+                pid,
+                status,
+                stopped,
+            } => {
                 field("index", Count(*index as u64));
                 field("pid", Count(u64::from(*pid)));
                 field("status", Status(*status));
+                if *stopped {
+                    field("stopped", Flag(true));
+                }
             }
             Event::Done { index, succeeded } => {
                 field("index", Count(*index as u64));
@@ -515,7 +538,9 @@ impl Event {
                 field("instances", Count(*instances as u64));
                 field("reason", Text("the last worker stays"));
             }
-            Event::RollingRestartStarted { workers } => field("workers", Count(*workers as u64)),
+            Event::RollingRestartStarted { workers } | Event::Ready { workers } => {
+                field("workers", Count(*workers as u64));
+            }
             Event::RollingRestartFinished => {}
             Event::RollingRestartBusy => field("reason", Text("a rolling restart is running")),
             Event::Forwarded { signal, workers } => {
@@ -662,7 +687,8 @@ mod tests {
     fn spans_read_as_the_log_writes_them() {
         for (millis, text) in [
             (0, "0s"),
-            (100, "100ms"),
+            (100, "0.1s"),
+            (5, "0.005s"),
             (1_600, "1.6s"),
             (1_250, "1.25s"),
             (60_000, "60s"),

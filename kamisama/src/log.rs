@@ -2,7 +2,7 @@
 //! or as a JSON object, in the [`LogFormat`] the settings pick.
 
 use crate::config::LogFormat;
-use crate::event::{Event, Level, Value};
+use crate::event::{Event, ExitStatus, Level, SignalName, Value};
 use crate::text::Text;
 use nix::errno::Errno;
 use std::fmt::{self, Write};
@@ -176,7 +176,14 @@ impl Writer {
                 );
                 fields(&mut |key, value| {
                     if result.is_ok() {
-                        result = write!(out, ",\"{key}\":{}", Json(value));
+                        // An exit status is a number; a signal that ended a process has a key
+                        // of its own, so that no key has two types.
+                        result = match value {
+                            Value::Status(ExitStatus::Signal(signal)) => {
+                                write!(out, ",\"signal\":\"{}\"", SignalName(signal))
+                            }
+                            value => write!(out, ",\"{key}\":{}", Json(value)),
+                        };
                     }
                 });
                 if result.is_ok() {
@@ -244,6 +251,7 @@ impl fmt::Display for Json<'_> {
                 JsonString(&error).fmt(f)
             }
             Value::Indices(indices) => write!(f, "[{}]", Value::Indices(indices)),
+            Value::Status(ExitStatus::Code(code)) => write!(f, "{code}"),
             value @ (Value::Signal(_) | Value::Status(_)) => {
                 write!(f, "\"{value}\"")
             }

@@ -483,7 +483,7 @@ fn a_passing_fork_failure_is_retried() {
     master.wait_for_line(
         "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
     );
-    master.wait_for_line("respawning index=3 respawns=1 limit=100 window=60s delay=100ms");
+    master.wait_for_line("respawning index=3 respawns=1 limit=100 window=60s delay=0.1s");
     limit.set_max(64);
     master.wait_for_workers(5);
     master.expect_lines("gave-up", 0);
@@ -494,7 +494,7 @@ fn a_passing_fork_failure_is_retried() {
     master.wait_for_lines("spawn-failed index=5 ", 1);
     let retry = master.wait_for_lines("respawning index=5 ", 1).remove(0);
     assert!(
-        retry.ends_with(" delay=100ms"),
+        retry.ends_with(" delay=0.1s"),
         "{retry}\n{}",
         master.transcript()
     );
@@ -540,7 +540,7 @@ fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
     assert!(failures
         .iter()
         .all(|line| line.ends_with("error=\"Resource temporarily unavailable (os error 11)\"")));
-    for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
+    for (respawns, delay) in [(1, "0.1s"), (2, "0.2s"), (3, "0.4s")] {
         master.wait_for_line(&format!(
             "respawning index=3 respawns={respawns} limit=3 window=60s delay={delay}"
         ));

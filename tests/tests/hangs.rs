@@ -24,10 +24,7 @@ fn watched(timeout: &str) -> kamisama_tests::Launch {
 /// The `silent_for` of a `hung` line.
 fn silent_for(line: &str) -> Duration {
     let text = field(line, "silent_for").unwrap();
-    let seconds: f64 = match text.strip_suffix("ms") {
-        Some(millis) => millis.parse::<f64>().unwrap() / 1000.0,
-        None => text.strip_suffix('s').unwrap().parse().unwrap(),
-    };
+    let seconds: f64 = text.strip_suffix('s').unwrap().parse().unwrap();
     Duration::from_secs_f64(seconds)
 }
 

@@ -398,8 +398,8 @@ fn crash_loop(respawn_limit: &str) -> Master {
 #[test]
 fn backoff_waits_the_delay_it_logs() {
     let mut master = crash_loop("1000");
-    master.wait_for_line("delay=800ms");
-    let delays = ["100ms", "200ms", "400ms", "800ms"];
+    master.wait_for_line("delay=0.8s");
+    let delays = ["0.1s", "0.2s", "0.4s", "0.8s"];
     for (respawns, delay) in delays.iter().enumerate() {
         master.wait_for_line(&format!(
             "respawns={} limit=1000 window=60s delay={delay}",
@@ -431,7 +431,7 @@ fn backoff_does_not_hide_a_crash_loop_from_the_limit() {
     // The default limit, 3 respawns: the fourth death gives up, after 0.1 + 0.2 + 0.4 s.
     let mut master = crash_loop("3");
     master.expect_exit_code(1);
-    for (respawns, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
+    for (respawns, delay) in [(1, "0.1s"), (2, "0.2s"), (3, "0.4s")] {
         master.wait_for_line(&format!(
             "respawning index=0 respawns={respawns} limit=3 window=60s delay={delay}"
         ));

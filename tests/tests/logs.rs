@@ -54,8 +54,18 @@ fn json_lines_carry_a_time_a_level_a_name_and_typed_fields() {
     let exited = event(&lines, "exited");
     assert_eq!(exited["index"], 1);
     assert_eq!(exited["pid"], workers[&1].as_raw());
-    assert_eq!(exited["status"], "SIGKILL");
+    // A signal that ended a worker has a key of its own: `status` is a number when present.
+    assert_eq!(exited["signal"], "SIGKILL");
+    assert!(exited.get("status").is_none(), "{exited}");
     assert_eq!(exited["level"], "warn");
+    // Stopped by the shutdown, as asked: an orderly end, no warning.
+    let stopped = lines
+        .iter()
+        .find(|line| line["event"] == "exited" && line["stopped"] == true)
+        .expect("an exit the shutdown asked for");
+    assert_eq!(stopped["level"], "info", "{stopped}");
+    // Becoming ready is an event.
+    assert_eq!(event(&lines, "ready")["workers"], 2);
     let respawning = event(&lines, "respawning");
     assert_eq!(respawning["respawns"], 1);
     assert_eq!(respawning["limit"], 3);
@@ -100,7 +110,7 @@ fn a_worker_failure_in_json_names_its_worker_and_its_master() {
         .iter()
         .find(|line| line["event"] == "exited" && line["pid"] == pid)
         .expect("the failed worker's exit");
-    assert_eq!(exited["status"], "1");
+    assert_eq!(exited["status"], 1);
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn forked_readiness_comes_once_every_worker_is_forked_and_status_counts_respawns
     };
     master.wait_until("the status to count the respawn", || {
         let now = status(systemd.messages())?;
-        (now == "5/5 workers running, 1 respawns in the last 60s").then_some(())
+        (now == "5/5 workers running, 1 respawn in the last 60s").then_some(())
     });
     // A fleet that lost a worker and got it back was ready all along: READY=1 came once.
     let readies = systemd

@@ -88,6 +88,8 @@ pub(crate) struct Master<'a, W, S> {
     takeover: Option<Takeover>,
     /// Whether every initial worker has been ready once.
     ready_once: bool,
+    /// The phase of the fleet the log last heard of.
+    announced: Option<Phase>,
     /// A child was reaped since the last sweep, which may have handed its own children over.
     reaped: bool,
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
@@ -191,6 +193,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             successor: None,
             takeover,
             ready_once: false,
+            announced: None,
             reaped: false,
             shard_limits: HashMap::new(),
         }
@@ -238,8 +241,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 .chain(ping)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
-            let phase = self.summary(now.instant).phase.name();
-            self.write_status(phase);
+            let phase = self.summary(now.instant).phase;
+            self.announce(phase);
+            self.write_status(phase.name());
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
             let pipe = match (&self.upgrade, &self.takeover) {
@@ -355,6 +359,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             index,
             pid: pid.as_raw() as u32,
             status,
+            stopped: deliberate,
         });
         if self.shutdown.is_some() {
             self.slots[index].state = State::Done;
@@ -692,6 +697,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             window: self.limiter.interval(),
             hung,
         }
+    }
+
+    /// Says so when the fleet becomes ready: after its start, or a rolling restart.
+    fn announce(&mut self, phase: Phase) {
+        if phase == Phase::Ready && self.announced != Some(Phase::Ready) {
+            self.emit(Event::Ready {
+                workers: self.slots.live_workers(),
+            });
+        }
+        self.announced = Some(phase);
     }
 
     /// Tells the service manager what changed; returns when it must be told again (the

@@ -63,9 +63,10 @@ impl fmt::Display for Summary {
             Phase::Reloading => "rolling restart: ",
             Phase::Ready | Phase::Stopping => "",
         };
+        let plural = if self.respawns == 1 { "" } else { "s" };
         write!(
             f,
-            "{doing}{}/{} workers running, {} respawns in the last {}s",
+            "{doing}{}/{} workers running, {} respawn{plural} in the last {}s",
             self.running,
             self.instances,
             self.respawns,
