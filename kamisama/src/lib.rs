@@ -122,12 +122,13 @@
 //! kamisama[4242]: started instances=2 respawn_limit=3 respawn_interval=60s shutdown_timeout=10s restart=always backoff_max=0s timeout=0s
 //! kamisama[4242]: spawned index=0 pid=4243
 //! kamisama[4242]: spawned index=1 pid=4244
+//! kamisama[4242]: ready workers=2
 //! kamisama[4242]: exited index=1 pid=4244 status=SIGKILL
 //! kamisama[4242]: respawning index=1 respawns=1 limit=3 window=60s delay=0s
 //! kamisama[4242]: spawned index=1 pid=4250
 //! kamisama[4242]: shutdown-started signal=SIGTERM workers=2
-//! kamisama[4242]: exited index=0 pid=4243 status=SIGTERM
-//! kamisama[4242]: exited index=1 pid=4250 status=SIGTERM
+//! kamisama[4242]: exited index=0 pid=4243 status=SIGTERM stopped=true
+//! kamisama[4242]: exited index=1 pid=4250 status=SIGTERM stopped=true
 //! kamisama[4242]: shutdown-finished exit=0
 //! ```
 //!
