@@ -298,6 +298,12 @@ macro_rules! __async_worker {
     };
 }
 
+/// The README's examples, each a whole program, compiled as doctests (with the `tokio`
+/// feature, which one of them needs). Not public API.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Support items for kamisama's own code. Not public API.
 #[doc(hidden)]
 pub mod __private {

@@ -68,7 +68,8 @@ fn readme_example() -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
-    let start = readme.find("```rust\n").unwrap() + "```rust\n".len();
+    let fence = "```rust,no_run\n";
+    let start = readme.find(fence).unwrap() + fence.len();
     let length = readme[start..].find("```").unwrap();
     readme[start..start + length].to_owned()
 }
