@@ -263,11 +263,18 @@ fn the_status_file_is_written_through_a_fresh_file_that_follows_no_link() {
     wait_for_status(&master, &path, "a running worker", |status| {
         status["running"] == 1
     });
+    // And where this master does write beside it, a name of its own, a link planted now.
+    let own = dir.join(format!(".status.json.{}.tmp", master.pid()));
+    std::os::unix::fs::symlink(&victim, &own).unwrap();
+    master.signal(Signal::SIGTTIN);
+    wait_for_status(&master, &path, "two running workers", |status| {
+        status["running"] == 2
+    });
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "VICTIM DATA\n");
     assert_eq!(read(&path)["phase"], "stopped");
-    // Nothing is left beside it but what was there.
+    // Nothing is left beside it but what was there before the master.
     let mut left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
