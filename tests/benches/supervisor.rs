@@ -307,6 +307,89 @@ fn respawn_latency(rows: &mut Vec<Row>) {
     ));
 }
 
+/// The CPU time a process has used, in nanoseconds: the first field of /proc/PID/schedstat,
+/// to the nanosecond where `utime` and `stime` count ticks of 10 ms.
+fn cpu_nanos(pid: Pid) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kills `kills` workers of `running` one after the other, each once its predecessor's
+/// replacement runs; returns each respawn's latency and the master's CPU time over them all.
+fn respawns(running: &mut Running, instances: usize, kills: usize) -> (Vec<u64>, u64) {
+    let master = running.master_pid();
+    let cpu_before = cpu_nanos(master);
+    let mut latencies = Vec::with_capacity(kills);
+    for kill_number in 0..kills {
+        let index = (kill_number * 7919) % instances;
+        let victim = running.workers[&index];
+        let killed = monotonic_nanos();
+        kill(victim, Signal::SIGKILL).expect("kill a worker");
+        loop {
+            let report = running.next_report();
+            if report.index == index && report.pid != victim {
+                latencies.push(report.nanos - killed);
+                break;
+            }
+        }
+    }
+    (latencies, cpu_nanos(master) - cpu_before)
+}
+
+/// How the cost of an event grows with the fleet: the master's own CPU time per respawn at
+/// 100 and 1000 workers, and, with `KAMISAMA_BENCH_SCALE=1`, at 10,000, with the start, the
+/// respawns and the shutdown of 10,000 workers (a minute or two more). A cost that grows with
+/// the fleet shows as a slope across the rows.
+fn at_scale(rows: &mut Vec<Row>) {
+    let large = std::env::var_os("KAMISAMA_BENCH_SCALE").is_some();
+    let sizes: &[usize] = if large {
+        &[100, 1000, 10_000]
+    } else {
+        &[100, 1000]
+    };
+    const KILLS: usize = 200;
+    for &instances in sizes {
+        let mut cpu = [0.0; 2];
+        let mut latencies = [Vec::new(), Vec::new()];
+        let mut start = [0.0; 2];
+        let mut shutdown = [0.0; 2];
+        for (which, subject) in in_turn(0, AGAINST_BASELINE) {
+            let (mut running, started) = Running::start(subject, instances);
+            start[which] = (running.await_workers(instances) - started) as f64;
+            running.await_blocked();
+            let (latency, nanos) = respawns(&mut running, instances, KILLS);
+            cpu[which] = nanos as f64 / KILLS as f64;
+            latencies[which] = latency;
+            running.await_blocked();
+            shutdown[which] = running.shut_down() as f64;
+        }
+        rows.push(row(
+            format!("master CPU per respawn, {instances} workers ({KILLS} kills)"),
+            cpu[0],
+            cpu[1],
+            Unit::Nanos,
+        ));
+        if instances == 10_000 {
+            let [kamisama, baseline] = &mut latencies;
+            rows.push(row(
+                format!("respawn latency, median of {KILLS} kills, 10000 workers"),
+                median(kamisama),
+                median(baseline),
+                Unit::Nanos,
+            ));
+            rows.push(row("start 10000 workers", start[0], start[1], Unit::Nanos));
+            rows.push(row(
+                "shutdown of 10000 workers, TERM to exit (after the respawns)",
+                shutdown[0],
+                shutdown[1],
+                Unit::Nanos,
+            ));
+        }
+    }
+}
+
 /// The master's resident memory and wakeups while idle, and what a worker holds privately.
 fn idle_footprint(rows: &mut Vec<Row>) {
     const INSTANCES: usize = 17;
@@ -553,6 +636,7 @@ fn main() {
     start_and_shutdown(&mut rows);
     respawn_latency(&mut rows);
     idle_footprint(&mut rows);
+    at_scale(&mut rows);
     let mut features = Vec::new();
     async_starts(&mut features);
     hang_detection(&mut features);

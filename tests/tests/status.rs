@@ -244,6 +244,10 @@ fn respawns_leave_the_status_as_they_leave_the_window() {
         left >= Duration::from_millis(900),
         "left the window after {left:?}"
     );
+    assert!(
+        left < Duration::from_millis(2500),
+        "left the window after {left:?}"
+    );
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

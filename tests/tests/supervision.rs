@@ -318,6 +318,31 @@ fn an_idle_master_does_not_wake_up() {
 }
 
 #[test]
+fn a_respawn_leaves_an_idle_master_that_does_not_wake_up() {
+    // A worker that leaves nothing in its process group gives the master nothing to come
+    // back for: no deadline of SIGKILL for its group, a second from now.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "1")
+        .start();
+    let workers = master.wait_for_workers(2);
+    nix::sys::signal::kill(workers[&0], Signal::SIGKILL).unwrap();
+    master.wait_until("a new worker 0", || {
+        master
+            .workers()
+            .filter(|now| now.len() == 2 && now[&0] != workers[&0])
+    });
+    master.wait_until_blocked();
+    let before = master.context_switches();
+    // Nothing here can become true sooner: the property is that nothing happens in a window.
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = master.context_switches() - before;
+    assert_eq!(woke, 0, "the idle master woke up {woke} times");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn a_worker_starts_with_a_clean_process_state() {
     // Started the way nohup starts a program, with SIGHUP (and here SIGUSR1) ignored.
     let mut master = Master::launch(SUPERVISED)

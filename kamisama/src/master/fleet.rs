@@ -124,13 +124,19 @@ pub(super) struct Leftovers {
 }
 
 impl Leftovers {
-    /// Signals what the dead worker `worker` left in its process group, and remembers the
-    /// group until `kill_at` if anything was there. Called before the worker is reaped: its
-    /// zombie still holds the group's id, so no other process can have taken it.
-    pub(super) fn worker_died(&mut self, worker: Pid, kill_at: Option<Instant>) {
-        // The zombie itself is a member: a group with nothing else in it is empty.
-        let members = killpg(worker, Signal::SIGTERM).is_ok();
-        if let (true, Some(kill_at)) = (members, kill_at) {
+    /// Signals what the dead worker `worker` left in its process group. Called before the
+    /// worker is reaped: its zombie still holds the group's id, so that no other process can
+    /// have taken it.
+    pub(super) fn worker_died(worker: Pid) {
+        let _ = killpg(worker, Signal::SIGTERM);
+    }
+
+    /// Remembers the group of the worker `worker`, reaped now, until `kill_at`, if anything
+    /// is left in it: a group id is not given to another process while a member has it, and
+    /// one with no member left is no group (ESRCH).
+    pub(super) fn worker_reaped(&mut self, worker: Pid, kill_at: Option<Instant>) {
+        let left = killpg(worker, None).is_ok();
+        if let (true, Some(kill_at)) = (left, kill_at) {
             let at = self.groups.partition_point(|(_, at)| *at <= kill_at);
             self.groups.insert(at, (worker, kill_at));
         }

@@ -318,11 +318,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         while let Ok(Some(pid)) = fleet::peek_exited() {
             let index = self.slots.index_of(pid);
             if index.is_some() {
-                self.leftovers.worker_died(pid, self.deadline());
+                Leftovers::worker_died(pid);
             }
             let Ok(status) = fleet::reap(pid) else {
                 return;
             };
+            if index.is_some() {
+                self.leftovers.worker_reaped(pid, self.deadline());
+            }
             self.orphans.reaped(pid);
             self.reaped = true;
             if self
