@@ -70,12 +70,12 @@ impl Signals {
         Ok(signals)
     }
 
-    /// Blocks until a signal is pending, `also` (if any) has an event, or `timeout` has passed;
+    /// Blocks until a signal is pending, one of `also` has an event, or `timeout` has passed;
     /// `None` waits for ever.
     pub(crate) fn wait(
         &self,
         timeout: Option<Duration>,
-        also: Option<PollFd<'_>>,
+        also: [Option<PollFd<'_>>; 2],
     ) -> Result<(), Errno> {
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -86,8 +86,12 @@ impl Signals {
             }
         };
         let signals = || PollFd::new(self.fd.as_fd(), PollFlags::POLLIN);
-        let watched = if also.is_some() { 2 } else { 1 };
-        let mut fds = [signals(), also.unwrap_or_else(signals)];
+        let mut fds = [signals(), signals(), signals()];
+        let mut watched = 1;
+        for fd in also.into_iter().flatten() {
+            fds[watched] = fd;
+            watched += 1;
+        }
         match poll(&mut fds[..watched], timeout) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(errno) => Err(errno),
@@ -108,10 +112,14 @@ impl Signals {
         batch
     }
 
-    /// The next pending signal and the pid of its sender (0 for the kernel), without blocking.
-    fn next(&self) -> Option<(Signal, u32)> {
+    /// The next pending signal, without blocking.
+    fn next(&self) -> Option<Received> {
         let info = self.fd.read_signal().ok()??;
-        Some((Signal::try_from(info.ssi_signo as i32).ok()?, info.ssi_pid))
+        Some(Received {
+            signal: Signal::try_from(info.ssi_signo as i32).ok()?,
+            sender: info.ssi_pid,
+            code: info.ssi_code,
+        })
     }
 
     /// In a freshly forked worker: closes the signalfd and gives every signal the disposition
@@ -149,16 +157,21 @@ impl Drop for Signals {
     }
 }
 
-/// Signals read together, each with its sender's pid; on the stack, as the fork path must not
-/// allocate.
-pub(crate) struct Batch([Option<(Signal, u32)>; 16]);
+/// Signals read together; on the stack, as the fork path must not allocate.
+pub(crate) struct Batch([Option<Received>; 16]);
+
+/// A signal read from the signalfd.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Received {
+    pub(crate) signal: Signal,
+    /// The pid of the process that sent it (0 for the kernel); for SIGCHLD, of the child.
+    pub(crate) sender: u32,
+    /// Why it was sent (`si_code`): for SIGCHLD, `CLD_EXITED` and the like.
+    pub(crate) code: i32,
+}
 
 impl Batch {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0[0].is_none()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Signal, u32)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Received> + '_ {
         self.0.iter().map_while(|signal| *signal)
     }
 }

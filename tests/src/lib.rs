@@ -381,14 +381,22 @@ impl Master {
     /// How many times the master has been switched out, voluntarily or not: each time it
     /// woke up and blocked again counts.
     pub fn context_switches(&self) -> u64 {
-        let count = |name| status_field(self.pid(), name).expect("the master's /proc status");
-        count("voluntary_ctxt_switches") + count("nonvoluntary_ctxt_switches")
+        context_switches(self.pid()).expect("the master's /proc status")
     }
 
-    /// Waits until the master is asleep, blocked in its `poll`, done with what it was doing.
+    /// Waits until the master is asleep, blocked in its `poll`, done with what it was doing,
+    /// and so is its reaper thread.
     pub fn wait_until_blocked(&self) {
+        let pid = self.pid();
         self.wait_until("the master to block", || {
-            (state(self.pid()) == Some('S')).then_some(())
+            let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            let asleep = |task: fs::DirEntry| {
+                let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+                let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+                Some(state == "S")
+            };
+            let mut tasks = tasks.map(|task| task.ok().and_then(asleep));
+            tasks.all(|asleep| asleep == Some(true)).then_some(())
         });
     }
 
@@ -629,7 +637,23 @@ pub fn children_of(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
-/// A line of `/proc/PID/status`, such as `voluntary_ctxt_switches`, as a number.
+/// How many times every thread of the process `pid` has been switched out, voluntarily or
+/// not: each wakeup of a thread that then blocks again counts one.
+pub fn context_switches(pid: Pid) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut switches = 0;
+    for task in tasks {
+        let status = fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find_map(|line| line.strip_prefix(name))?;
+            line.strip_prefix(':')?.trim().parse().ok()
+        };
+        switches += field("voluntary_ctxt_switches")? + field("nonvoluntary_ctxt_switches")?;
+    }
+    Some(switches)
+}
+
+/// A line of `/proc/PID/status`, such as `VmRSS`, as a number.
 pub fn status_field(pid: Pid, name: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

@@ -427,13 +427,19 @@ fn a_crash_read_in_one_batch_with_a_hup_is_a_crash() {
     master.expect_tree_gone();
 }
 
-/// A cgroup v1 `pids` group that lets at most `max` processes exist; removed on drop.
+/// A cgroup v1 `pids` group that lets the master and at most a number of workers exist;
+/// removed on drop.
 struct PidsLimit {
     dir: std::path::PathBuf,
 }
 
+/// What the master counts for in a pids limit: its loop, and its reaper thread (a thread is a
+/// task, as systemd's `TasksMax` counts them too).
+const MASTER_TASKS: usize = 2;
+
 impl PidsLimit {
-    fn new(name: &str, max: usize) -> Option<PidsLimit> {
+    fn new(name: &str, workers: usize) -> Option<PidsLimit> {
+        let max = MASTER_TASKS + workers;
         let dir = std::path::Path::new("/sys/fs/cgroup/pids").join(name);
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).ok()?;
@@ -446,8 +452,9 @@ impl PidsLimit {
         self.dir.join("cgroup.procs")
     }
 
-    fn set_max(&self, max: usize) {
-        std::fs::write(self.dir.join("pids.max"), max.to_string()).expect("raise pids.max");
+    fn set_workers(&self, workers: usize) {
+        let max = MASTER_TASKS + workers;
+        std::fs::write(self.dir.join("pids.max"), max.to_string()).expect("set pids.max");
     }
 }
 
@@ -458,10 +465,10 @@ impl Drop for PidsLimit {
     }
 }
 
-/// A pids limit of `max` for the test `test`, or `None`, said as a skip, where the machine
-/// gives none.
-fn pids_limit(test: &str, max: usize) -> Option<PidsLimit> {
-    let limit = PidsLimit::new(&format!("kamisama-{test}-{}", std::process::id()), max);
+/// A pids limit of the master and `workers` for the test `test`, or `None`, said as a skip,
+/// where the machine gives none.
+fn pids_limit(test: &str, workers: usize) -> Option<PidsLimit> {
+    let limit = PidsLimit::new(&format!("kamisama-{test}-{}", std::process::id()), workers);
     if limit.is_none() {
         kamisama_tests::skip(test, "needs a writable cgroup v1 pids hierarchy (root)");
     }
@@ -470,7 +477,7 @@ fn pids_limit(test: &str, max: usize) -> Option<PidsLimit> {
 
 #[test]
 fn a_passing_fork_failure_is_retried() {
-    let Some(limit) = pids_limit("a_passing_fork_failure_is_retried", 4) else {
+    let Some(limit) = pids_limit("a_passing_fork_failure_is_retried", 3) else {
         return;
     };
     // The master and three workers fit; the fourth fork fails with EAGAIN until the limit
@@ -484,12 +491,12 @@ fn a_passing_fork_failure_is_retried() {
         "spawn-failed index=3 error=\"Resource temporarily unavailable (os error 11)\"",
     );
     master.wait_for_line("respawning index=3 respawns=1 limit=100 window=60s delay=0.1s");
-    limit.set_max(64);
+    limit.set_workers(64);
     master.wait_for_workers(5);
     master.expect_lines("gave-up", 0);
     // A fork that succeeds clears the failures: the next failure waits 100 ms again.
     let failures = master.count_lines("spawn-failed");
-    limit.set_max(6);
+    limit.set_workers(5);
     master.signal(Signal::SIGTTIN);
     master.wait_for_lines("spawn-failed index=5 ", 1);
     let retry = master.wait_for_lines("respawning index=5 ", 1).remove(0);
@@ -509,7 +516,7 @@ fn a_passing_fork_failure_is_retried() {
 fn a_fork_failure_that_persists_gives_up_and_stops_every_worker() {
     let Some(limit) = pids_limit(
         "a_fork_failure_that_persists_gives_up_and_stops_every_worker",
-        4,
+        3,
     ) else {
         return;
     };
@@ -567,12 +574,12 @@ fn a_rolling_restart_waits_for_a_replacement_whose_fork_fails() {
         .in_cgroup(&limit.procs())
         .start();
     let before = master.wait_for_workers(3);
-    // Room for the four processes there are, not for a fifth: once the old worker of index 0
-    // is gone, its replacement's fork fails until the limit is raised.
-    limit.set_max(3);
+    // Room for two workers: once the old worker of index 0 is gone, the two others fill it,
+    // and its replacement's fork fails until the limit is raised.
+    limit.set_workers(2);
     master.signal(Signal::SIGHUP);
     master.wait_for_lines("spawn-failed index=0 ", 2);
-    limit.set_max(64);
+    limit.set_workers(64);
     master.wait_for_line("rolling-restart-finished");
     let after = master.wait_for_workers(3);
     assert!(after.iter().all(|(index, pid)| before[index] != *pid));

@@ -173,6 +173,12 @@ pub(super) fn peek_exited() -> Result<Option<Pid>, Errno> {
     peek(libc::P_ALL, 0)
 }
 
+/// Whether the child `pid` has exited and is waiting to be reaped. One process, not the child
+/// list, is looked at.
+pub(super) fn has_exited(pid: Pid) -> bool {
+    matches!(peek(libc::P_PID, pid.as_raw() as libc::id_t), Ok(Some(_)))
+}
+
 /// Whether the child `pid` is stopped (SIGSTOP, or a stop signal's default action). Asked
 /// without taking the stop's report, so that it answers the same until the child is
 /// continued; one process, not the child list, is looked at.

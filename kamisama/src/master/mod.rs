@@ -19,8 +19,10 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use notify::{Notify, Phase, Summary};
+pub(crate) use reaper::Inherited;
+use reaper::{Reaper, Sigchld};
 use respawn::{Backoff, RespawnLimiter};
-use slots::{Slots, State, Stopping};
+use slots::{Due, Slot, Slots, State, Stopping};
 pub(crate) use status::StatusFile;
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +36,7 @@ use watchdog::{Now, Verdict, Watch, Watchdog};
 
 mod fleet;
 mod notify;
+mod reaper;
 mod respawn;
 mod slots;
 mod status;
@@ -92,6 +95,10 @@ pub(crate) struct Master<'a, W, S> {
     announced: Option<Phase>,
     /// A child was reaped since the last sweep, which may have handed its own children over.
     reaped: bool,
+    /// Which children died.
+    reaper: Reaper,
+    /// The pids the reaper named in a turn, kept for its room.
+    dead: Vec<Pid>,
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
     /// that keeps failing must not stop the others. Only shards that failed have one.
     shard_limits: HashMap<usize, RespawnLimiter>,
@@ -158,6 +165,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         } = resources;
         let pid = Pid::this();
         let notify = Notify::from_env();
+        let reaper = Reaper::start(config.instances);
         Master {
             log: Log::new(pid.as_raw() as u32, config.log),
             config,
@@ -170,6 +178,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 shared,
                 titles,
                 notify: notify.as_ref().map(Notify::fd),
+                inherited: reaper.inherited(),
             },
             on_event,
             instances: config.instances,
@@ -195,6 +204,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             ready_once: false,
             announced: None,
             reaped: false,
+            reaper,
+            dead: Vec::new(),
             shard_limits: HashMap::new(),
         }
     }
@@ -216,7 +227,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
         self.set_title();
         loop {
-            self.reap();
+            if let Some(blind) = self.reaper.newly_blind() {
+                let (level, note) = blind.note();
+                self.log.note(level, note);
+            }
             self.spawn_due();
             self.advance_rolling_restart();
             self.finish_if_all_done();
@@ -251,22 +265,29 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 (None, Some(takeover)) => takeover.poll_fd(),
                 (None, None) => None,
             };
-            let _ = self.setup.signals.wait(timeout, pipe);
+            let _ = self
+                .setup
+                .signals
+                .wait(timeout, [pipe, self.reaper.poll_fd()]);
             self.read_signals();
         }
     }
 
-    /// Acts on the signals pending now.
+    /// Reaps what died, then acts on the signals pending now.
     fn read_signals(&mut self) {
         let batch = self.setup.signals.batch();
-        if batch.is_empty() {
-            return;
-        }
         // First the deaths: a worker dead by now crashed, whatever else the batch asks; a HUP
         // or a TTOU must not take it for a live one to stop.
-        self.reap();
-        for (signal, sender) in batch.iter() {
-            self.on_signal(signal, sender);
+        let sigchld = batch
+            .iter()
+            .find(|received| received.signal == Signal::SIGCHLD)
+            .map(|received| Sigchld {
+                pid: received.sender,
+                code: received.code,
+            });
+        self.reap(sigchld);
+        for received in batch.iter() {
+            self.on_signal(received.signal, received.sender);
         }
     }
 
@@ -313,36 +334,62 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Reaps every child that has exited: workers, and orphans handed to the master.
-    fn reap(&mut self) {
-        while let Ok(Some(pid)) = fleet::peek_exited() {
-            let index = self.slots.index_of(pid);
-            if index.is_some() {
-                Leftovers::worker_died(pid);
+    /// Reaps the children the reaper says died, and, when it says the child list must be
+    /// walked for more, every child that has exited: workers, and orphans handed to the
+    /// master.
+    fn reap(&mut self, sigchld: Option<Sigchld>) {
+        let mut dead = std::mem::take(&mut self.dead);
+        // Once no worker is left, the child list holds only orphans: a walk costs little.
+        let eager = self.shutdown.is_some() && self.slots.live_workers() == 0;
+        let walk = self.reaper.dead(sigchld, eager, Instant::now(), &mut dead);
+        for pid in dead.drain(..) {
+            if !fleet::has_exited(pid) {
+                continue;
             }
-            let Ok(status) = fleet::reap(pid) else {
-                return;
-            };
-            if index.is_some() {
-                self.leftovers.worker_reaped(pid, self.deadline());
-            }
-            self.orphans.reaped(pid);
-            self.reaped = true;
-            if self
-                .upgrade
-                .as_ref()
-                .is_some_and(|upgrade| upgrade.pid == pid)
-            {
-                self.upgrade_ended(status);
-            }
-            match index {
-                Some(index) => self.on_exit(index, pid, status),
-                None => self.emit(Event::Reaped {
-                    pid: pid.as_raw() as u32,
-                    status,
-                }),
+            let orphan = self.slots.index_of(pid).is_none();
+            if self.reap_child(pid) && orphan {
+                self.reaper.orphan_reaped(Instant::now());
             }
         }
+        self.dead = dead;
+        if walk {
+            while let Ok(Some(pid)) = fleet::peek_exited() {
+                if !self.reap_child(pid) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reaps the child `pid`, which has exited; returns whether it could.
+    fn reap_child(&mut self, pid: Pid) -> bool {
+        let index = self.slots.index_of(pid);
+        if index.is_some() {
+            Leftovers::worker_died(pid);
+        }
+        let Ok(status) = fleet::reap(pid) else {
+            return false;
+        };
+        if index.is_some() {
+            self.leftovers.worker_reaped(pid, self.deadline());
+        }
+        self.orphans.reaped(pid);
+        self.reaped = true;
+        if self
+            .upgrade
+            .as_ref()
+            .is_some_and(|upgrade| upgrade.pid == pid)
+        {
+            self.upgrade_ended(status);
+        }
+        match index {
+            Some(index) => self.on_exit(index, pid, status),
+            None => self.emit(Event::Reaped {
+                pid: pid.as_raw() as u32,
+                status,
+            }),
+        }
+        true
     }
 
     /// What happens when a worker dies: forked again with the same index, unless the master
@@ -350,13 +397,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// otherwise.
     fn on_exit(&mut self, index: usize, pid: Pid, status: ExitStatus) {
         let now = Instant::now();
-        let (lived, deliberate) = match &self.slots[index].state {
+        let (lived, deliberate) = match self.slots[index].state() {
             State::Running { started, stop, .. } => {
                 (now - *started, stop.as_ref().is_some_and(|stop| !stop.hung))
             }
             _ => return,
         };
-        self.slots[index].state = State::Pending { not_before: None };
+        self.slots.set(index, State::Pending { not_before: None });
         self.slots[index].last_exit = Some(status);
         self.emit(Event::Exited {
             index,
@@ -365,9 +412,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             stopped: deliberate,
         });
         if self.shutdown.is_some() {
-            self.slots[index].state = State::Done;
+            self.slots.set(index, State::Done);
         } else if index >= self.instances {
-            self.slots[index].state = State::Retired;
+            self.slots.set(index, State::Retired);
             self.slots.trim(self.instances);
         } else if !deliberate {
             self.after_crash(index, status, lived, now);
@@ -380,7 +427,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn after_crash(&mut self, index: usize, status: ExitStatus, lived: Duration, now: Instant) {
         let succeeded = status.success();
         if !self.config.restart.respawns(succeeded) {
-            self.slots[index].state = State::Done;
+            self.slots.set(index, State::Done);
             self.emit(Event::Done { index, succeeded });
             return;
         }
@@ -388,7 +435,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             // Its own choice, done with its work, as a worker that recycles itself is: forked
             // again at once, and not counted. One that returns at once would loop, and counts.
             self.slots[index].early_deaths = 0;
-            self.slots[index].state = State::Pending { not_before: None };
             self.emit(Event::Respawning {
                 index,
                 respawns: self.limiter.in_window(now) as u32,
@@ -410,9 +456,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         if allowed {
             // The backoff is at most 2^31 times 100 ms, which any clock holds; were it not,
             // the fork would simply not wait.
-            self.slots[index].state = State::Pending {
-                not_before: (!delay.is_zero()).then(|| now.checked_add(delay)).flatten(),
-            };
+            let not_before = (!delay.is_zero()).then(|| now.checked_add(delay)).flatten();
+            self.slots.set(index, State::Pending { not_before });
         }
     }
 
@@ -426,7 +471,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .entry(index)
             .or_insert_with(|| RespawnLimiter::new(limit, interval));
         let Some(respawns) = shard.try_respawn(now) else {
-            self.slots[index].state = State::Done;
+            self.slots.set(index, State::Done);
             self.emit(Event::ShardGaveUp {
                 index,
                 limit,
@@ -478,7 +523,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         if self.fork_retry.not_before.is_some_and(|at| at > now) {
             return;
         }
-        let Some(mut index) = self.slots.next_due(0, now) else {
+        let Some(mut index) = self.slots.next_due(now) else {
             return;
         };
         // Once for the batch: output the master's own code left buffered would otherwise be
@@ -488,16 +533,20 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.watchdog.forking(index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
+                    self.reaper.watch(pid);
                     self.fork_retry.failures = 0;
                     self.fork_retry.not_before = None;
+                    let started = Instant::now();
+                    self.watchdog.forked(started);
                     let slot = &mut self.slots[index];
                     slot.forks = slot.forks.saturating_add(1);
-                    slot.state = State::Running {
+                    let running = State::Running {
                         pid,
-                        started: Instant::now(),
+                        started,
                         stop: None,
                         watch: Watch::default(),
                     };
+                    self.slots.set(index, running);
                     self.emit(Event::Spawned {
                         index,
                         pid: pid.as_raw() as u32,
@@ -509,8 +558,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 }
             }
             self.read_signals();
-            // From the index just forked on: it is no longer due, the next ones come first.
-            match self.slots.next_due(index, Instant::now()) {
+            // The lowest index due: the one just forked no longer is.
+            match self.slots.next_due(Instant::now()) {
                 Some(next) => index = next,
                 None => return,
             }
@@ -562,7 +611,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         if self.slots[index].pid().is_some() {
             self.stop(index, self.deadline());
         } else {
-            self.slots[index].state = State::Retired;
+            self.slots.set(index, State::Retired);
             self.slots.trim(self.instances);
         }
     }
@@ -607,7 +656,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 return;
             }
             let index = rolling.index;
-            match self.slots[index].state {
+            match *self.slots[index].state() {
                 // The old worker is on its way out.
                 State::Running { stop: Some(_), .. } => return,
                 // Its replacement is due (or a crashed worker's respawn, which is as new).
@@ -641,7 +690,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn is_ready(&self, index: usize) -> bool {
         let State::Running {
             pid, stop: None, ..
-        } = self.slots[index].state
+        } = *self.slots[index].state()
         else {
             return false;
         };
@@ -654,10 +703,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Whether every index to run has a ready worker, or is done.
+    /// Whether every index to run has a ready worker, or is done. Counted when workers are
+    /// ready once forked; with declared readiness, asked of each one.
     fn fleet_ready(&self) -> bool {
-        (0..self.instances)
-            .all(|index| self.is_ready(index) || matches!(self.slots[index].state, State::Done))
+        match (self.config.readiness, self.setup.shared) {
+            (Readiness::Declared, Some(_)) => (0..self.instances).all(|index| {
+                self.is_ready(index) || matches!(self.slots[index].state(), State::Done)
+            }),
+            _ => self.slots.serving_or_done() == self.instances,
+        }
     }
 
     /// Whether something waits for a worker to declare itself ready, which it does without a
@@ -674,7 +728,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Where the fleet stands, for the service manager.
     fn summary(&mut self, now: Instant) -> Summary {
-        self.ready_once |= self.fleet_ready();
+        self.ready_once = self.ready_once || self.fleet_ready();
         let phase = if self.shutdown.is_some() {
             Phase::Stopping
         } else if self.rolling.is_some() || self.upgrade.as_ref().is_some_and(Upgrade::waiting) {
@@ -684,21 +738,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         } else {
             Phase::Starting
         };
-        let running = self.slots.live_workers();
-        let hung = self
-            .slots
-            .iter()
-            .filter(|slot| {
-                matches!(&slot.state, State::Running { stop: Some(stopping), .. } if stopping.hung)
-            })
-            .count();
         Summary {
             phase,
-            running,
+            running: self.slots.live_workers(),
             instances: self.instances,
             respawns: self.limiter.in_window(now),
             window: self.limiter.interval(),
-            hung,
+            hung: self.slots.hung(),
         }
     }
 
@@ -756,7 +802,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let workers = self
             .slots
             .iter()
-            .filter_map(|slot| slot.pid())
+            .filter_map(Slot::pid)
             .filter(|pid| kill(*pid, signal).is_ok())
             .count();
         self.emit(Event::Forwarded {
@@ -768,17 +814,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Asks the worker of `index` to stop (SIGTERM and SIGCONT to its process group), with
     /// SIGKILL at `kill_at` if it is still alive then.
     fn stop(&mut self, index: usize, kill_at: Option<Instant>) {
-        if let State::Running {
-            pid,
-            stop: stop @ None,
-            ..
-        } = &mut self.slots[index].state
-        {
-            *stop = Some(Stopping {
-                kill_at,
-                hung: false,
-            });
-            fleet::stop_worker(*pid, Stop::Term);
+        if !matches!(self.slots[index].state(), State::Running { stop: None, .. }) {
+            return;
+        }
+        let stopping = Stopping {
+            kill_at,
+            hung: false,
+        };
+        if let Some(pid) = self.slots.stop(index, stopping) {
+            fleet::stop_worker(pid, Stop::Term);
         }
     }
 
@@ -798,7 +842,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let kill_at = self.deadline();
         for index in 0..self.slots.len() {
             if self.slots[index].is_pending() {
-                self.slots[index].state = State::Done;
+                self.slots.set(index, State::Done);
             }
             self.stop(index, kill_at);
         }
@@ -817,17 +861,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// With `on-failure` or `never`, ends the master once no worker runs or will be forked.
     fn finish_if_all_done(&mut self) {
-        let all_done = self
-            .slots
-            .iter()
-            .all(|slot| matches!(slot.state, State::Done | State::Retired));
-        if self.shutdown.is_some() || !all_done {
+        if self.shutdown.is_some() || !self.slots.all_finished() {
             return;
         }
         let failed: Vec<usize> = (0..self.slots.len())
             .filter(|index| {
                 let slot = &self.slots[*index];
-                matches!(slot.state, State::Done)
+                matches!(slot.state(), State::Done)
                     && slot.last_exit.is_some_and(|exit| !exit.success())
             })
             .collect();
@@ -852,14 +892,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             shutdown.kill_at = None;
             shutdown.forced = true;
         }
-        for slot in self.slots.iter_mut() {
-            if let State::Running { pid, stop, .. } = &mut slot.state {
-                let hung = stop.as_ref().is_some_and(|stop| stop.hung);
-                *stop = Some(Stopping {
-                    kill_at: None,
-                    hung,
-                });
-                fleet::stop_worker(*pid, Stop::Kill);
+        for index in 0..self.slots.len() {
+            let hung = match self.slots[index].state() {
+                State::Running { stop, .. } => stop.is_some_and(|stop| stop.hung),
+                _ => continue,
+            };
+            let stopping = Stopping {
+                kill_at: None,
+                hung,
+            };
+            if let Some(pid) = self.slots.stop(index, stopping) {
+                fleet::stop_worker(pid, Stop::Kill);
             }
         }
         self.sweep_now(Stop::Kill);
@@ -867,30 +910,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Sends SIGKILL to every worker, and in a shutdown every process, whose time is up.
     fn kill_overdue(&mut self, now: Instant) {
-        for index in 0..self.slots.len() {
-            let State::Running {
-                pid,
-                stop: Some(stopping),
-                ..
-            } = &mut self.slots[index].state
-            else {
-                continue;
+        while let Some(Due::Kill { index, pid, hung }) = self.slots.next_overdue(now) {
+            let after = if hung {
+                self.watchdog.grace
+            } else {
+                self.config.shutdown_timeout
             };
-            if stopping.kill_at.is_some_and(|kill_at| kill_at <= now) {
-                stopping.kill_at = None;
-                let pid = *pid;
-                let after = if stopping.hung {
-                    self.watchdog.grace
-                } else {
-                    self.config.shutdown_timeout
-                };
-                if fleet::stop_worker(pid, Stop::Kill) {
-                    self.emit(Event::Killed {
-                        index,
-                        pid: pid.as_raw() as u32,
-                        after,
-                    });
-                }
+            if fleet::stop_worker(pid, Stop::Kill) {
+                self.emit(Event::Killed {
+                    index,
+                    pid: pid.as_raw() as u32,
+                    after,
+                });
             }
         }
         self.leftovers.kill_overdue(now, &self.orphans);
@@ -912,25 +943,26 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Sends the hang signal to every worker silent for longer than it may be, or not ready
     /// within its boot allowance, with SIGKILL to follow after a grace. Its exit is a crash:
-    /// it is respawned and counted.
+    /// it is respawned and counted. One pass over the fleet, when the watchdog says one is
+    /// due.
     fn detect_hangs(&mut self, now: Now) {
         if self.shutdown.is_some() {
             return;
         }
-        for index in 0..self.slots.len() {
-            let State::Running {
-                pid,
-                started,
-                stop: stop @ None,
-                watch,
-            } = &mut self.slots[index].state
-            else {
-                continue;
-            };
-            if !watch.due(now.instant) {
-                continue;
+        let Some(mut pass) = self.watchdog.pass(now) else {
+            return;
+        };
+        let mut found = Vec::new();
+        for (index, pid, started, watch) in self.slots.watched() {
+            match pass.look(index, pid, started, watch) {
+                Verdict::Alive => {}
+                verdict => found.push((index, pid, verdict)),
             }
-            let event = match self.watchdog.look(index, *pid, *started, watch, now) {
+        }
+        let next = pass.next();
+        self.watchdog.passed(now.instant, next);
+        for (index, pid, verdict) in found {
+            let event = match verdict {
                 Verdict::Alive => continue,
                 Verdict::Hung { silent_for } => Event::Hung {
                     index,
@@ -943,11 +975,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     after,
                 },
             };
-            *stop = Some(Stopping {
+            let stopping = Stopping {
                 kill_at: now.instant.checked_add(self.watchdog.grace),
                 hung: true,
-            });
-            let pid = *pid;
+            };
+            self.slots.stop(index, stopping);
             // Through libc: the hang signal may be a real-time one, which nix cannot name.
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid.as_raw(), self.config.hang_signal.as_raw()) };
@@ -989,14 +1021,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// The next moment the master must act without a signal: a SIGKILL due, a backoff or a
     /// fork retry ending, a sweep during a shutdown, a worker silent for too long.
-    fn next_deadline(&self, now: Now) -> Option<Instant> {
+    fn next_deadline(&mut self, now: Now) -> Option<Instant> {
         let shutdown = self.shutdown.as_ref();
         let kill_at = shutdown.and_then(|shutdown| shutdown.kill_at);
         let sweep = shutdown.map(|shutdown| shutdown.next_sweep);
         let fork_retry = self
             .fork_retry
             .not_before
-            .filter(|_| self.slots.iter().any(|slot| slot.is_pending()));
+            .filter(|_| self.slots.any_pending());
         let readiness = self
             .awaits_readiness()
             .then(|| now.instant.checked_add(READINESS_POLL))
@@ -1011,20 +1043,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .then(|| self.limiter.next_expiry(now.instant))
             .flatten();
         let leftovers = self.leftovers.next();
-        let watching = shutdown.is_none();
+        let watchdog = self.watchdog.next_pass().filter(|_| shutdown.is_none());
         self.slots
-            .iter()
-            .filter_map(|slot| match &slot.state {
-                State::Running {
-                    stop: Some(stopping),
-                    ..
-                } => stopping.kill_at,
-                State::Running {
-                    stop: None, watch, ..
-                } if watching => watch.next_look,
-                State::Pending { not_before } => *not_before,
-                _ => None,
-            })
+            .next_deadline()
+            .into_iter()
+            .chain(watchdog)
+            .chain(self.reaper.next_walk())
             .chain(kill_at)
             .chain(sweep)
             .chain(fork_retry)
@@ -1040,12 +1064,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// remembered answer wrong.
     fn finished(&self) -> Option<Outcome> {
         let shutdown = self.shutdown.as_ref()?;
+        if self.slots.live_workers() > 0 {
+            return None;
+        }
         let done = match self.successor {
             None => !fleet::has_children(),
             // The new master an upgrade handed over to is this one's child, and stays.
-            Some(successor) => {
-                self.slots.live_workers() == 0 && self.orphans.only_child_left(successor)
-            }
+            Some(successor) => self.orphans.only_child_left(successor),
         };
         done.then_some(shutdown.outcome)
     }

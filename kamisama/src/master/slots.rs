@@ -1,19 +1,50 @@
-//! The index table: one slot per worker index, and what runs in it.
+//! The index table: one slot per worker index, and what runs in it, with what the loop asks of
+//! it on every turn kept at hand rather than found by scanning every slot: which worker a pid
+//! is, which indices are due for a fork, the next deadline (a backoff ending, a SIGKILL due),
+//! and how many workers run, are hung, or are done. At 10,000 workers a scan costs tens of
+//! microseconds, on every event; these cost a lookup.
 //!
-//! Every page the master writes between two forks is copied once more after the second: the
-//! fork path therefore finds slots by scanning (reads are free) and allocates nothing.
+//! Every change of a slot's state goes through [`Slots::set`] (or [`Slots::stop`]), which
+//! keeps them true. A deadline is not taken out when its slot moves on: it is skipped when it
+//! comes up, so that a change costs no search.
 
 use super::watchdog::Watch;
 use crate::event::ExitStatus;
 use nix::unistd::Pid;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Instant;
 
 /// One slot per index. Slots past the master's `instances` hold workers being retired.
-pub(super) struct Slots(Vec<Slot>);
+pub(super) struct Slots {
+    slots: Vec<Slot>,
+    /// The index of each live worker, by pid.
+    by_pid: HashMap<Pid, usize>,
+    /// Indices whose worker is to be forked now (their backoff, if any, has ended).
+    due: BTreeSet<usize>,
+    /// Backoffs that end and SIGKILLs that are due, soonest first.
+    timers: BinaryHeap<Reverse<Timer>>,
+    counts: Counts,
+}
+
+/// How many slots are in each state, kept as they change.
+#[derive(Default)]
+struct Counts {
+    /// Indices to fork, now or later.
+    pending: usize,
+    /// Live workers; of them, those found hung.
+    running: usize,
+    hung: usize,
+    /// Indices done with or retired.
+    finished: usize,
+    /// Live workers not asked to stop, and indices done: every index of a fleet ready once
+    /// forked is one or the other.
+    serving_or_done: usize,
+}
 
 /// One index.
 pub(super) struct Slot {
-    pub(super) state: State,
+    state: State,
     /// Early deaths in a row, for the backoff.
     pub(super) early_deaths: u32,
     /// Workers forked for this index so far, for the status.
@@ -41,6 +72,7 @@ pub(super) enum State {
 }
 
 /// A worker the master asked to stop, or found hung.
+#[derive(Clone, Copy)]
 pub(super) struct Stopping {
     /// When SIGKILL follows; `None` once sent, or for a deadline too far to count.
     pub(super) kill_at: Option<Instant>,
@@ -48,14 +80,34 @@ pub(super) struct Stopping {
     pub(super) hung: bool,
 }
 
+/// A deadline of one slot.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    index: usize,
+    /// The worker a SIGKILL is for; `None` for a backoff's end.
+    kill: Option<Pid>,
+}
+
+/// A deadline come due: what the loop must do now.
+pub(super) enum Due {
+    /// The worker `pid` of `index` was asked to stop (or found `hung`), and SIGKILL is its
+    /// due now.
+    Kill { index: usize, pid: Pid, hung: bool },
+}
+
 impl Slot {
-    pub(super) fn pending() -> Self {
+    fn pending() -> Self {
         Slot {
             state: State::Pending { not_before: None },
             early_deaths: 0,
             forks: 0,
             last_exit: None,
         }
+    }
+
+    pub(super) fn state(&self) -> &State {
+        &self.state
     }
 
     pub(super) fn pid(&self) -> Option<Pid> {
@@ -77,66 +129,282 @@ impl Slot {
 
 impl Slots {
     pub(super) fn new(instances: usize) -> Self {
-        Slots((0..instances).map(|_| Slot::pending()).collect())
+        let mut slots = Slots {
+            slots: Vec::with_capacity(instances),
+            by_pid: HashMap::with_capacity(instances),
+            due: BTreeSet::new(),
+            timers: BinaryHeap::new(),
+            counts: Counts::default(),
+        };
+        for index in 0..instances {
+            slots.add(index);
+        }
+        slots
     }
 
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.slots.len()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.0.iter()
+        self.slots.iter()
     }
 
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
-        self.0.iter_mut()
+    /// Sets the state of `index`, and keeps what the table knows of it true.
+    pub(super) fn set(&mut self, index: usize, state: State) {
+        let old = std::mem::replace(&mut self.slots[index].state, state);
+        self.counts.count(&old, false);
+        if let State::Running { pid, .. } = old {
+            self.by_pid.remove(&pid);
+        }
+        self.counts.count(&self.slots[index].state, true);
+        match &self.slots[index].state {
+            State::Pending { not_before: None } => {
+                self.due.insert(index);
+            }
+            State::Pending {
+                not_before: Some(at),
+            } => self.timers.push(Reverse(Timer {
+                at: *at,
+                index,
+                kill: None,
+            })),
+            State::Running { pid, stop, .. } => {
+                self.by_pid.insert(*pid, index);
+                if let Some(Stopping {
+                    kill_at: Some(at), ..
+                }) = stop
+                {
+                    self.timers.push(Reverse(Timer {
+                        at: *at,
+                        index,
+                        kill: Some(*pid),
+                    }));
+                }
+            }
+            State::Done | State::Retired => {}
+        }
+    }
+
+    /// Marks the worker of `index` as asked to stop (or found hung), with SIGKILL at the
+    /// deadline `stopping` has; returns its pid, or `None` if no worker runs there.
+    pub(super) fn stop(&mut self, index: usize, stopping: Stopping) -> Option<Pid> {
+        let State::Running { pid, stop, .. } = &mut self.slots[index].state else {
+            return None;
+        };
+        let pid = *pid;
+        let was = stop.replace(stopping);
+        self.counts.hung += usize::from(stopping.hung);
+        self.counts.hung -= usize::from(was.is_some_and(|was| was.hung));
+        self.counts.serving_or_done -= usize::from(was.is_none());
+        if let Some(at) = stopping.kill_at {
+            self.timers.push(Reverse(Timer {
+                at,
+                index,
+                kill: Some(pid),
+            }));
+        }
+        Some(pid)
+    }
+
+    /// Every live worker not asked to stop, with its index, pid, start and hang detection
+    /// state: what a pass of the watchdog looks at.
+    pub(super) fn watched(
+        &mut self,
+    ) -> impl Iterator<Item = (usize, Pid, Instant, &mut Watch)> + '_ {
+        let slots = self.slots.iter_mut().enumerate();
+        slots.filter_map(|(index, slot)| match &mut slot.state {
+            State::Running {
+                pid,
+                started,
+                stop: None,
+                watch,
+            } => Some((index, *pid, *started, watch)),
+            _ => None,
+        })
     }
 
     /// The index of the live worker `pid`.
     pub(super) fn index_of(&self, pid: Pid) -> Option<usize> {
-        self.0.iter().position(|slot| slot.pid() == Some(pid))
+        self.by_pid.get(&pid).copied()
     }
 
     pub(super) fn live_workers(&self) -> usize {
-        self.0.iter().filter(|slot| slot.pid().is_some()).count()
+        self.counts.running
+    }
+
+    /// Whether an index is to be forked, now or later.
+    pub(super) fn any_pending(&self) -> bool {
+        self.counts.pending > 0
+    }
+
+    /// Live workers found hung, not yet gone.
+    pub(super) fn hung(&self) -> usize {
+        self.counts.hung
+    }
+
+    /// Whether every slot is done with or retired.
+    pub(super) fn all_finished(&self) -> bool {
+        self.counts.finished == self.slots.len()
+    }
+
+    /// Live workers not asked to stop, and indices done.
+    pub(super) fn serving_or_done(&self) -> usize {
+        self.counts.serving_or_done
     }
 
     /// The pids of the live workers, sorted, to tell workers from orphans in a sweep.
     pub(super) fn worker_pids(&self) -> Vec<Pid> {
-        let mut pids: Vec<Pid> = self.0.iter().filter_map(Slot::pid).collect();
+        let mut pids: Vec<Pid> = self.by_pid.keys().copied().collect();
         pids.sort_unstable();
         pids
     }
 
-    /// The first index due for a fork from `from` on, wrapping around: a reap between two
-    /// forks may have made a lower index due.
-    pub(super) fn next_due(&self, from: usize, now: Instant) -> Option<usize> {
-        let due = |slot: &Slot| slot.is_due(now);
-        let later = self.0.iter().skip(from).position(due);
-        later
-            .map(|offset| from + offset)
-            .or_else(|| self.0.iter().take(from).position(due))
+    /// The lowest index due for a fork at `now`.
+    pub(super) fn next_due(&mut self, now: Instant) -> Option<usize> {
+        self.fire_backoffs(now);
+        while let Some(&index) = self.due.first() {
+            if self.slots.get(index).is_some_and(|slot| slot.is_due(now)) {
+                return Some(index);
+            }
+            self.due.remove(&index);
+        }
+        None
+    }
+
+    /// Moves the indices whose backoff has ended to the due ones.
+    fn fire_backoffs(&mut self, now: Instant) {
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > now || timer.kill.is_some() {
+                return;
+            }
+            self.timers.pop();
+            if let Some(slot) = self.slots.get(timer.index) {
+                if matches!(slot.state, State::Pending { not_before: Some(at) } if at == timer.at) {
+                    self.due.insert(timer.index);
+                }
+            }
+        }
+    }
+
+    /// The next deadline come due at `now`, if one has: a SIGKILL to send (a backoff that
+    /// ends makes its index due, for [`next_due`](Slots::next_due)).
+    pub(super) fn next_overdue(&mut self, now: Instant) -> Option<Due> {
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > now {
+                return None;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(timer.index) else {
+                continue;
+            };
+            match (timer.kill, &mut slot.state) {
+                (None, State::Pending { not_before }) if *not_before == Some(timer.at) => {
+                    self.due.insert(timer.index);
+                }
+                (
+                    Some(killed),
+                    State::Running {
+                        pid,
+                        stop: Some(stopping),
+                        ..
+                    },
+                ) if *pid == killed && stopping.kill_at == Some(timer.at) => {
+                    stopping.kill_at = None;
+                    return Some(Due::Kill {
+                        index: timer.index,
+                        pid: killed,
+                        hung: stopping.hung,
+                    });
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// When the next deadline is, if any: a backoff that ends, a SIGKILL due. Deadlines of
+    /// slots that have moved on since are dropped on the way.
+    pub(super) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            let live =
+                self.slots
+                    .get(timer.index)
+                    .is_some_and(|slot| match (timer.kill, &slot.state) {
+                        (None, State::Pending { not_before }) => *not_before == Some(timer.at),
+                        (Some(killed), State::Running { pid, stop, .. }) => {
+                            *pid == killed
+                                && stop.is_some_and(|stopping| stopping.kill_at == Some(timer.at))
+                        }
+                        _ => false,
+                    });
+            if live {
+                return Some(timer.at);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// A slot for a new highest index, or the old slot of that index when a worker retired
     /// from it has not exited yet (it is replaced once it has).
     pub(super) fn add(&mut self, index: usize) {
-        match self.0.get_mut(index) {
-            None => self.0.push(Slot::pending()),
+        match self.slots.get(index) {
+            None => {
+                self.slots.push(Slot::pending());
+                // As `set` would count it.
+                self.due.insert(index);
+                self.counts.pending += 1;
+            }
             Some(slot) if slot.pid().is_some() => {}
-            Some(slot) => *slot = Slot::pending(),
+            Some(_) => {
+                self.set(index, State::Pending { not_before: None });
+                let slot = &mut self.slots[index];
+                (slot.early_deaths, slot.forks, slot.last_exit) = (0, 0, None);
+            }
         }
     }
 
     /// Drops the retired slots past `instances`.
     pub(super) fn trim(&mut self, instances: usize) {
-        while self.0.len() > instances
+        while self.slots.len() > instances
             && self
-                .0
+                .slots
                 .last()
                 .is_some_and(|slot| matches!(slot.state, State::Retired))
         {
-            self.0.pop();
+            self.counts.finished -= 1;
+            self.slots.pop();
+        }
+    }
+}
+
+impl Counts {
+    fn count(&mut self, state: &State, add: bool) {
+        let (pending, running, hung, finished, serving_or_done) = match state {
+            State::Running { stop, .. } => (
+                0,
+                1,
+                usize::from(stop.is_some_and(|stop| stop.hung)),
+                0,
+                usize::from(stop.is_none()),
+            ),
+            State::Done => (0, 0, 0, 1, 1),
+            State::Retired => (0, 0, 0, 1, 0),
+            State::Pending { .. } => (1, 0, 0, 0, 0),
+        };
+        if add {
+            self.pending += pending;
+            self.running += running;
+            self.hung += hung;
+            self.finished += finished;
+            self.serving_or_done += serving_or_done;
+        } else {
+            self.pending -= pending;
+            self.running -= running;
+            self.hung -= hung;
+            self.finished -= finished;
+            self.serving_or_done -= serving_or_done;
         }
     }
 }
@@ -145,12 +413,14 @@ impl std::ops::Index<usize> for Slots {
     type Output = Slot;
 
     fn index(&self, index: usize) -> &Slot {
-        &self.0[index]
+        &self.slots[index]
     }
 }
 
 impl std::ops::IndexMut<usize> for Slots {
+    /// A slot's record (its forks, early deaths, last exit); its state changes through
+    /// [`Slots::set`].
     fn index_mut(&mut self, index: usize) -> &mut Slot {
-        &mut self.0[index]
+        &mut self.slots[index]
     }
 }

@@ -163,7 +163,7 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
 
 /// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,...}`.
 fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: SystemTime) {
-    let (state, pid, since) = match &slot.state {
+    let (state, pid, since) = match slot.state() {
         State::Running {
             pid, started, stop, ..
         } => {

@@ -16,6 +16,7 @@
 //! `upgrade_timeout`, rolls the upgrade back: the new master gets TERM, and the old one goes
 //! on serving.
 
+use super::reaper::Inherited;
 use super::slots::State;
 use super::{Master, Notify, Outcome};
 use crate::config::{Readiness, MAX_INSTANCES};
@@ -64,8 +65,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         // TTIN and TTOU carry over; a count the settings give is the new release's to set.
         let scaled = (self.instances != self.config.instances).then_some(self.instances);
         let timeout = self.config.upgrade_timeout;
-        match Upgrade::start(relaunch, listeners, passed_on, scaled, timeout) {
+        let inherited = self.setup.inherited;
+        match Upgrade::start(relaunch, listeners, passed_on, scaled, timeout, inherited) {
             Ok(upgrade) => {
+                self.reaper.watch(upgrade.pid);
                 self.emit(Event::UpgradeStarted {
                     pid: upgrade.pid.as_raw() as u32,
                     path: relaunch.path(),
@@ -166,7 +169,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         let settled = self.config.readiness == Readiness::Declared
-            || (0..self.instances).all(|index| match &self.slots[index].state {
+            || (0..self.instances).all(|index| match self.slots[index].state() {
                 State::Running { started, .. } => now.duration_since(*started) >= SETTLE,
                 _ => true,
             });
@@ -294,6 +297,7 @@ impl Upgrade {
         extra: &[(String, String)],
         instances: Option<usize>,
         timeout: Duration,
+        inherited: Inherited,
     ) -> Result<Upgrade, Errno> {
         let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         let count = listeners.len();
@@ -341,8 +345,9 @@ impl Upgrade {
             .collect();
         // Filled in by the child, which must not allocate.
         let mut moved = vec![-1; sources.len()];
-        // SAFETY: the master is single-threaded, so the child inherits no lock another
-        // thread holds; the child only calls async-signal-safe functions and execs or exits.
+        // SAFETY: the master's only other thread, its reaper, holds no lock, so the child
+        // inherits none another thread holds; the child only calls async-signal-safe
+        // functions and execs or exits.
         match unsafe { fork() }? {
             ForkResult::Parent { child } => Ok(Upgrade {
                 pid: child,
@@ -352,6 +357,7 @@ impl Upgrade {
             }),
             ForkResult::Child => exec_new_master(
                 relaunch,
+                inherited,
                 &sources,
                 &mut moved,
                 &argv,
@@ -408,12 +414,14 @@ impl Upgrade {
 /// calls only.
 fn exec_new_master(
     relaunch: &Relaunch,
+    inherited: Inherited,
     sources: &[RawFd],
     moved: &mut [RawFd],
     argv: &[*const libc::c_char],
     environment: &[*const libc::c_char],
     listen_pid: &mut [u8; 22],
 ) -> ! {
+    inherited.restore();
     // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec, and
     // the copies out of the way keep it, so that the new master has only its places.
     let out_of_the_way = 3 + sources.len() as RawFd;

@@ -3,11 +3,13 @@
 //! boot allowance to say it is ready, which is a hang of its start-up.
 //!
 //! A beat is a store to shared memory, which wakes nobody: the master learns of it only by
-//! looking. So each worker has a moment when the master must look at it again, kept between
-//! looks ([`Watch`]): when its silence would make it hung, or, while it cannot be judged yet (it
-//! has not beaten since its fork, or it waits through its handle), a timeout from now, so
-//! that a beat that comes meanwhile, and then a silence, is judged a timeout after that beat.
-
+//! looking. It looks at the whole fleet in one pass, when the first worker's deadline may
+//! have passed: the moment its silence would make it hung, or, for a worker that cannot be
+//! judged yet (it has not beaten since its fork, or it waits through its handle), a timeout
+//! after the last pass, so that a beat that comes meanwhile, and then a silence, is judged a
+//! timeout after that beat. Passes are at least a sixteenth of a timeout apart, so that a
+//! fleet whose deadlines are spread out costs a few passes per timeout, not one per worker:
+//! a hang is found at most that much late.
 use super::fleet;
 use crate::config::{Config, Readiness};
 use crate::worker::shared::{now_nanos, SharedSlots, NOT_YET, WAITING};
@@ -25,6 +27,10 @@ pub(super) struct Watchdog<'a> {
     readiness: bool,
     /// How long a hung worker has, after the hang signal, to leave its trace before SIGKILL.
     pub(super) grace: Duration,
+    /// When the next pass over the fleet is due; `None` while no worker is to be looked at.
+    next_pass: Option<Instant>,
+    /// The shortest time between two passes.
+    gap: Duration,
 }
 
 /// The time now on both clocks: the master's `Instant` and the workers' raw monotonic
@@ -44,23 +50,20 @@ impl Now {
     }
 }
 
-/// What the watchdog keeps of one worker between two looks; a new worker starts with the
-/// default, to be looked at on the master's next turn.
+/// What the watchdog keeps of one worker between two passes.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Watch {
-    /// When to look at the worker again; `None` for at once, or for never (hang detection
-    /// is off).
-    pub(super) next_look: Option<Instant>,
     /// Since when it has been seen stopped (SIGSTOP) while it waits through its handle,
     /// where it shows no silence, as a wait counts as alive.
     stopped_since: Option<Instant>,
 }
 
-impl Watch {
-    /// Whether the worker is due for a look at `now`.
-    pub(super) fn due(&self, now: Instant) -> bool {
-        self.next_look.map_or(true, |at| at <= now)
-    }
+/// One pass over the fleet, at one moment.
+pub(super) struct Pass<'w, 'a> {
+    watchdog: &'w Watchdog<'a>,
+    now: Now,
+    /// The earliest moment a worker looked at must be looked at again.
+    next: Option<Instant>,
 }
 
 /// What a look at a worker found.
@@ -76,12 +79,19 @@ pub(super) enum Verdict {
 impl<'a> Watchdog<'a> {
     pub(super) fn new(config: &Config, shared: Option<&'a SharedSlots>) -> Self {
         let readiness = config.readiness == Readiness::Declared;
+        let period = if config.timeout.is_zero() {
+            config.boot_timeout
+        } else {
+            config.timeout
+        };
         Watchdog {
             shared: shared.filter(|_| !config.timeout.is_zero() || readiness),
             timeout: config.timeout,
             boot_timeout: config.boot_timeout,
             readiness,
             grace: config.hang_grace,
+            next_pass: None,
+            gap: period / 16,
         }
     }
 
@@ -92,36 +102,97 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung, and when
-    /// to look again (in `watch`). Nothing when hang detection is off.
+    /// After a fork at `started`: the next pass comes in time for the new worker, whose first
+    /// sign of life may come at once, followed by a silence.
+    pub(super) fn forked(&mut self, started: Instant) {
+        if self.shared.is_none() {
+            return;
+        }
+        let first = if self.timeout.is_zero() {
+            self.boot_timeout
+        } else {
+            self.timeout.min(self.boot_timeout)
+        };
+        if let Some(first) = started.checked_add(first) {
+            self.next_pass = Some(self.next_pass.map_or(first, |at| at.min(first)));
+        }
+    }
+
+    /// When the next pass is due, if one is.
+    pub(super) fn next_pass(&self) -> Option<Instant> {
+        self.next_pass
+    }
+
+    /// A pass over the fleet, if one is due at `now`.
+    pub(super) fn pass(&self, now: Now) -> Option<Pass<'_, 'a>> {
+        self.next_pass
+            .filter(|at| *at <= now.instant)
+            .map(|_| Pass {
+                watchdog: self,
+                now,
+                next: None,
+            })
+    }
+
+    /// After a pass: the next one when its first worker needs it, a gap after this one at
+    /// the soonest.
+    pub(super) fn passed(&mut self, now: Instant, next: Option<Instant>) {
+        let soonest = now.checked_add(self.gap);
+        self.next_pass = next.map(|next| soonest.map_or(next, |soonest| next.max(soonest)));
+    }
+}
+
+impl Pass<'_, '_> {
+    /// When the pass wants the next one.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung.
     pub(super) fn look(
+        &mut self,
+        index: usize,
+        pid: Pid,
+        started: Instant,
+        watch: &mut Watch,
+    ) -> Verdict {
+        let (verdict, again) = self.watchdog.look(index, pid, started, watch, self.now);
+        if let Some(again) = again {
+            self.next = Some(self.next.map_or(again, |at| at.min(again)));
+        }
+        verdict
+    }
+}
+
+impl Watchdog<'_> {
+    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung, and when
+    /// to look at it again (`None`: never, or hang detection is off).
+    fn look(
         &self,
         index: usize,
         pid: Pid,
         started: Instant,
         watch: &mut Watch,
         now: Now,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Instant>) {
         let Some(shared) = self.shared else {
-            watch.next_look = None;
-            return Verdict::Alive;
+            return (Verdict::Alive, None);
         };
         let words = shared.slot(index);
         let ready = words.ready.load(Ordering::Relaxed) == pid.as_raw() as u64;
         let boot_ends = started.checked_add(self.boot_timeout);
         let not_ready_by = boot_ends.filter(|_| self.readiness && !ready);
         if not_ready_by.is_some_and(|by| by <= now.instant) {
-            watch.next_look = None;
-            return Verdict::NotReady {
-                after: now.instant - started,
-            };
+            let after = now.instant - started;
+            return (Verdict::NotReady { after }, None);
         }
-        let verdict =
-            self.look_for_a_hang(words.beat.load(Ordering::Relaxed), pid, started, watch, now);
-        if let Some(by) = not_ready_by {
-            watch.next_look = Some(watch.next_look.map_or(by, |at| at.min(by)));
-        }
-        verdict
+        let beat = words.beat.load(Ordering::Relaxed);
+        let (verdict, again) = self.look_for_a_hang(beat, pid, started, watch, now);
+        let again = match (again, not_ready_by) {
+            (Some(again), Some(by)) => Some(again.min(by)),
+            (again, by) => again.or(by),
+        };
+        (verdict, again)
     }
 
     /// The part of [`look`](Watchdog::look) that judges the worker's signs of life, `beat`.
@@ -132,10 +203,9 @@ impl<'a> Watchdog<'a> {
         started: Instant,
         watch: &mut Watch,
         now: Now,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Instant>) {
         if self.timeout.is_zero() {
-            watch.next_look = None;
-            return Verdict::Alive;
+            return (Verdict::Alive, None);
         }
         let look_again = now.instant.checked_add(self.timeout);
         let (since, allowed) = match beat {
@@ -143,11 +213,8 @@ impl<'a> Watchdog<'a> {
             // stopped process is silent from the first look that saw it stopped.
             WAITING => {
                 if !fleet::is_stopped(pid) {
-                    *watch = Watch {
-                        next_look: look_again,
-                        stopped_since: None,
-                    };
-                    return Verdict::Alive;
+                    watch.stopped_since = None;
+                    return (Verdict::Alive, look_again);
                 }
                 let since = *watch.stopped_since.get_or_insert(now.instant);
                 (since, self.timeout)
@@ -165,16 +232,14 @@ impl<'a> Watchdog<'a> {
         };
         let ends = since.checked_add(allowed);
         if ends.is_some_and(|ends| ends <= now.instant) {
-            watch.next_look = None;
-            return Verdict::Hung {
-                silent_for: now.instant - since,
-            };
+            let silent_for = now.instant - since;
+            return (Verdict::Hung { silent_for }, None);
         }
-        watch.next_look = match (ends, beat) {
+        let again = match (ends, beat) {
             (Some(ends), NOT_YET) => look_again.map(|again| again.min(ends)).or(Some(ends)),
             (ends, NOT_YET) => look_again.or(ends),
             (ends, _) => ends,
         };
-        Verdict::Alive
+        (Verdict::Alive, again)
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::event::PANIC_EXIT_CODE;
+use crate::master::Inherited;
 use crate::signals::Signals;
 use crate::title::{Title, Titles};
 use nix::errno::Errno;
@@ -37,6 +38,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) notify: Option<RawFd>,
     /// The command line's memory, for the worker's title.
     pub(crate) titles: Option<&'a Titles>,
+    /// What the master's reaper leaves a child to undo.
+    pub(crate) inherited: Inherited,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -51,9 +54,9 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
     let title = setup
         .titles
         .map(|titles| titles.render(format_args!("worker {index}"), format_args!("w{index}")));
-    // SAFETY: the master is single-threaded (checked before its first fork), so the child
-    // inherits no lock that another thread holds; the child runs `run_worker`, which never
-    // returns.
+    // SAFETY: the master runs no thread but its own reaper's (user threads are refused before
+    // the first fork), which holds no lock (`master::reaper`), so the child inherits no lock
+    // that another thread holds; the child runs `run_worker`, which never returns.
     match unsafe { fork() }? {
         // The worker makes its own process group. The master does not do it for it, as
         // shells do: a worker that moves to another group at once would be moved back. A stop
@@ -81,6 +84,7 @@ fn run_worker<W: WorkerFn<S>, S>(
         exit(1);
     }
     setup.signals.reset_in_worker();
+    setup.inherited.restore();
     if let Some(fd) = setup.notify {
         // SAFETY: the master's socket, which nothing in the worker uses; it leaves with
         // `_exit`, without running the destructor that would close it again.
