@@ -433,9 +433,9 @@ struct PidsLimit {
     dir: std::path::PathBuf,
 }
 
-/// What the master counts for in a pids limit: its loop, and its reaper thread (a thread is a
-/// task, as systemd's `TasksMax` counts them too).
-const MASTER_TASKS: usize = 2;
+/// What the master counts for in a pids limit: one task, as its fleets here are small (from
+/// 1,000 workers on, its reaper thread is a second one, as systemd's `TasksMax` counts them).
+const MASTER_TASKS: usize = 1;
 
 impl PidsLimit {
     fn new(name: &str, workers: usize) -> Option<PidsLimit> {

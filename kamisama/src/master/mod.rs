@@ -40,6 +40,7 @@ mod reaper;
 mod respawn;
 mod slots;
 mod status;
+mod table;
 mod upgrade;
 mod watchdog;
 
@@ -165,7 +166,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         } = resources;
         let pid = Pid::this();
         let notify = Notify::from_env();
-        let reaper = Reaper::start(config.instances);
+        let reaper = Reaper::new();
         Master {
             log: Log::new(pid.as_raw() as u32, config.log),
             config,
@@ -182,7 +183,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             },
             on_event,
             instances: config.instances,
-            slots: Slots::new(config.instances),
+            slots: Slots::new(config.instances, pid_max),
             limiter: RespawnLimiter::new(config.respawn_limit, config.respawn_interval),
             backoff: Backoff::new(config.backoff_max),
             fork_retry: ForkRetry {
@@ -232,6 +233,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 self.log.note(level, note);
             }
             self.spawn_due();
+            self.watch_if_large();
             self.advance_rolling_restart();
             self.finish_if_all_done();
             let now = Now::read();
@@ -265,6 +267,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 (None, Some(takeover)) => takeover.poll_fd(),
                 (None, None) => None,
             };
+            self.reaper.flush();
             let _ = self
                 .setup
                 .signals
@@ -563,6 +566,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 Some(next) => index = next,
                 None => return,
             }
+        }
+    }
+
+    /// Has the reaper's watcher report deaths once the fleet is large, from the turn its
+    /// first forks are done.
+    fn watch_if_large(&mut self) {
+        let slots = &self.slots;
+        if self
+            .reaper
+            .watch_from(self.instances, || slots.worker_pids())
+        {
+            self.setup.inherited = self.reaper.inherited();
         }
     }
 

@@ -48,15 +48,26 @@ use std::time::{Duration, Instant};
 /// other, unless a SIGCHLD says it names none.
 pub(super) const WALK_DELAY: Duration = Duration::from_millis(100);
 
+/// The fleet from which a watcher reports the deaths: below it, a walk of the child list
+/// costs less than a thread does. A process with a second thread forks more slowly (the C
+/// library takes its allocator's and its streams' locks around each fork, each lock a page
+/// that the fork then makes the master copy), and a walk costs about 60 ns a child: the two
+/// meet at about 1,500 children.
+pub(super) const WATCHED_FROM: usize = 1000;
+
 /// Descriptors the watcher keeps besides the pidfds.
 const WATCHER_SPARE: u64 = 64;
 
 pub(super) struct Reaper {
     watcher: Option<Watcher>,
+    /// Whether a watcher was started, or tried.
+    tried: bool,
     /// When the child list was last walked.
     walked: Option<Instant>,
     /// When it is to be walked again, for an orphan's death no SIGCHLD named.
     walk_at: Option<Instant>,
+    /// Pids forked since the last flush, four bytes each.
+    requests: Vec<u8>,
     /// Why the master cannot count on the watcher.
     blind: Option<Blind>,
     /// Whether the log heard of it.
@@ -132,25 +143,53 @@ impl Sigchld {
 }
 
 impl Reaper {
-    /// Starts the watcher, for a fleet of about `instances`; without one, deaths are found
-    /// by walking.
-    pub(super) fn start(instances: usize) -> Self {
-        let nofile = raise_nofile(instances as u64 + WATCHER_SPARE);
-        let (watcher, blind) = match Watcher::start() {
-            Ok(watcher) => (Some(watcher), None),
-            Err(errno) => (None, Some(Blind::NoWatcher(errno))),
-        };
-        let fds = watcher.as_ref().map_or([-1, -1], |watcher| {
-            let requests = watcher.requests.as_ref().map_or(-1, AsRawFd::as_raw_fd);
-            [requests, watcher.reports.as_raw_fd()]
-        });
+    /// A reaper that walks the child list, until the fleet is large enough for a watcher.
+    pub(super) fn new() -> Self {
         Reaper {
-            watcher,
+            watcher: None,
+            tried: false,
             walked: None,
             walk_at: None,
-            blind,
+            requests: Vec::new(),
+            blind: None,
             told: false,
-            inherited: Inherited { fds, nofile },
+            inherited: Inherited {
+                fds: [-1, -1],
+                nofile: None,
+            },
+        }
+    }
+
+    /// Starts the watcher, once, when the fleet has `instances` or more, with `live` the
+    /// workers it has now; returns whether it started now, which changes what a child
+    /// inherits.
+    pub(super) fn watch_from(&mut self, instances: usize, live: impl FnOnce() -> Vec<Pid>) -> bool {
+        if self.tried || instances < WATCHED_FROM {
+            return false;
+        }
+        self.tried = true;
+        let nofile = raise_nofile(instances as u64 + WATCHER_SPARE);
+        match Watcher::start() {
+            Ok(watcher) => {
+                let requests = watcher.requests.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+                self.inherited = Inherited {
+                    fds: [requests, watcher.reports.as_raw_fd()],
+                    nofile,
+                };
+                self.watcher = Some(watcher);
+                for pid in live() {
+                    self.watch(pid);
+                }
+                true
+            }
+            Err(errno) => {
+                if let Some(limit) = &nofile {
+                    // SAFETY: `limit` is valid for the call.
+                    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
+                }
+                self.blind = Some(Blind::NoWatcher(errno));
+                false
+            }
         }
     }
 
@@ -159,8 +198,19 @@ impl Reaper {
         self.inherited
     }
 
-    /// Has the child `pid`, forked now, watched.
+    /// Has the child `pid`, forked now, watched, once the master is about to block
+    /// ([`flush`](Reaper::flush)).
     pub(super) fn watch(&mut self, pid: Pid) {
+        if self.watcher.is_some() {
+            self.requests.extend_from_slice(&pid.as_raw().to_ne_bytes());
+        }
+    }
+
+    /// Hands the pids forked since the last call to the watcher, which then runs while the
+    /// master sleeps. Run beside the master, it would make each page the master writes after
+    /// a fork cost a TLB shootdown, an interrupt to the watcher's core, as the two threads
+    /// share one address space.
+    pub(super) fn flush(&mut self) {
         let Some((watcher, requests)) = self
             .watcher
             .as_ref()
@@ -168,12 +218,15 @@ impl Reaper {
         else {
             return;
         };
-        let bytes = pid.as_raw().to_ne_bytes();
-        // A pipe takes four bytes whole; one that is full (a watcher 16,384 pids behind) or
-        // broken leaves this one unwatched.
-        if nix::unistd::write(requests, &bytes) != Ok(bytes.len()) {
-            watcher.flags.unwatched.store(true, Ordering::Relaxed);
+        // In writes a pipe takes whole; one that is full (a watcher 262,144 pids behind) or
+        // broken leaves the rest unwatched.
+        for chunk in self.requests.chunks(libc::PIPE_BUF) {
+            if nix::unistd::write(requests, chunk) != Ok(chunk.len()) {
+                watcher.flags.unwatched.store(true, Ordering::Relaxed);
+                break;
+            }
         }
+        self.requests.clear();
     }
 
     /// The reports, to wait on with the signals.
@@ -205,7 +258,8 @@ impl Reaper {
             let quiet = self
                 .walked
                 .map_or(true, |walked| walked + WALK_DELAY <= now);
-            walk |= eager || quiet || self.blind.is_some() || sigchld.dead().is_none();
+            let watching = self.watcher.is_some() && self.blind.is_none();
+            walk |= eager || quiet || !watching || sigchld.dead().is_none();
         }
         walk |= self.walk_at.is_some_and(|at| at <= now);
         if walk {
@@ -278,9 +332,12 @@ impl Watcher {
         drop(pidfd_open(Pid::this())?);
         let (requests_in, requests) = pipe()?;
         let (reports, reports_out) = pipe()?;
-        // Room for a whole fleet's deaths between two reads; the default holds 16,384.
-        // SAFETY: fcntl with integer arguments.
-        unsafe { libc::fcntl(reports_out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        // Room for a whole fleet's forks or deaths between two reads; the default holds
+        // 16,384 pids, these 262,144 where the system allows (`pipe-max-size`).
+        for fd in [&requests, &reports_out] {
+            // SAFETY: fcntl with integer arguments.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        }
         let flags = Arc::new(Flags::default());
         let shared = Arc::clone(&flags);
         let requests_fd = requests_in.as_raw_fd();
@@ -369,15 +426,20 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
 const REQUESTS: u64 = u64::MAX;
 
 /// The watcher thread: takes pids to watch from `requests`, and writes each one to
-/// `reports` once it has died. Ends when the master closes `requests`. Raw system calls and
-/// its stack only, once started (see the module's docs).
+/// `reports` once it has died. Ends when the master closes `requests`; one that ends
+/// otherwise leaves every worker unwatched from then on, which the master learns. Raw
+/// system calls and its stack only, once started (see the module's docs).
 fn watch(requests: RawFd, reports: RawFd, flags: &Flags) {
     let all = nix::sys::signal::SigSet::all();
     let _ = all.thread_block();
-    let own = own_file_table(&[requests, reports]);
-    let Ok(epoll) = own.and_then(|()| Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)) else {
-        return;
-    };
+    if serve(requests, reports, flags).is_err() {
+        flags.unwatched.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(requests: RawFd, reports: RawFd, flags: &Flags) -> Result<(), Errno> {
+    own_file_table(&[requests, reports])?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     // SAFETY: both descriptors are open for as long as this thread runs: the master's
     // copies are its own, and these are closed only here.
     let (requests, reports) = unsafe {
@@ -386,25 +448,21 @@ fn watch(requests: RawFd, reports: RawFd, flags: &Flags) {
             BorrowedFd::borrow_raw(reports),
         )
     };
-    if epoll
-        .add(requests, EpollEvent::new(EpollFlags::EPOLLIN, REQUESTS))
-        .is_err()
-        || nix::unistd::write(reports, &[0]) != Ok(1)
-    {
-        return;
+    epoll.add(requests, EpollEvent::new(EpollFlags::EPOLLIN, REQUESTS))?;
+    if nix::unistd::write(reports, &[0])? != 1 {
+        return Err(Errno::EPIPE);
     }
     let mut events = [EpollEvent::empty(); 256];
     let mut buffer = [0u8; 4096];
     loop {
         let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
-            Ok(ready) => ready,
             Err(Errno::EINTR) => continue,
-            Err(_) => return,
+            ready => ready?,
         };
         for event in &events[..ready] {
             if event.data() == REQUESTS {
                 match nix::unistd::read(requests, &mut buffer) {
-                    Ok(0) => return,
+                    Ok(0) => return Ok(()),
                     Ok(read) => {
                         for pid in buffer[..read].chunks_exact(4) {
                             let pid = i32::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]]);
@@ -412,7 +470,7 @@ fn watch(requests: RawFd, reports: RawFd, flags: &Flags) {
                         }
                     }
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
-                    Err(_) => return,
+                    Err(errno) => return Err(errno),
                 }
                 continue;
             }
@@ -463,5 +521,71 @@ fn report(reports: BorrowedFd<'_>, pid: Pid, flags: &Flags) {
     let bytes = pid.as_raw().to_ne_bytes();
     if nix::unistd::write(reports, &bytes) != Ok(bytes.len()) {
         flags.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Reaper, WATCHED_FROM};
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, ForkResult, Pid};
+    use std::time::{Duration, Instant};
+
+    /// A child that sleeps until it is killed.
+    fn sleeper() -> Pid {
+        // SAFETY: the child only calls pause, which is async-signal-safe, and never returns.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => loop {
+                // SAFETY: pause has no preconditions.
+                unsafe { libc::pause() };
+            },
+            ForkResult::Parent { child } => child,
+        }
+    }
+
+    /// The pids `reaper` reports, until it has reported `count` or a deadline passed.
+    fn reports(reaper: &mut Reaper, count: usize) -> Vec<Pid> {
+        let mut dead = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dead.len() < count && Instant::now() < deadline {
+            if let Some(mut fd) = reaper.poll_fd() {
+                let _ = nix::poll::poll(std::slice::from_mut(&mut fd), 100u16);
+            }
+            reaper.dead(None, false, Instant::now(), &mut dead);
+        }
+        dead.sort_unstable();
+        dead
+    }
+
+    #[test]
+    fn the_watcher_names_every_death_of_a_burst() {
+        let mut reaper = Reaper::new();
+        let mut children: Vec<Pid> = (0..50).map(|_| sleeper()).collect();
+        assert!(!reaper.watch_from(WATCHED_FROM - 1, Vec::new));
+        assert!(reaper.watch_from(WATCHED_FROM, || children.clone()));
+        reaper.flush();
+        for child in &children {
+            kill(*child, Signal::SIGKILL).unwrap();
+        }
+        let dead = reports(&mut reaper, children.len());
+        for child in &children {
+            waitpid(*child, None).unwrap();
+        }
+        children.sort_unstable();
+        assert_eq!(dead, children);
+        assert!(reaper.newly_blind().is_none());
+    }
+
+    #[test]
+    fn a_child_reaped_before_it_is_watched_is_named_at_once() {
+        let mut reaper = Reaper::new();
+        assert!(reaper.watch_from(WATCHED_FROM, Vec::new));
+        let child = sleeper();
+        kill(child, Signal::SIGKILL).unwrap();
+        waitpid(child, None).unwrap();
+        reaper.watch(child);
+        reaper.flush();
+        assert_eq!(reports(&mut reaper, 1), [child]);
     }
 }

@@ -8,20 +8,21 @@
 //! keeps them true. A deadline is not taken out when its slot moves on: it is skipped when it
 //! comes up, so that a change costs no search.
 
+use super::table::Table;
 use super::watchdog::Watch;
 use crate::event::ExitStatus;
 use nix::unistd::Pid;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// One slot per index. Slots past the master's `instances` hold workers being retired.
 pub(super) struct Slots {
-    slots: Vec<Slot>,
-    /// The index of each live worker, by pid.
-    by_pid: HashMap<Pid, usize>,
+    slots: Table<Slot>,
+    /// By pid, the index of each live worker plus one; zero for a pid that is none.
+    by_pid: Table<u32>,
     /// Indices whose worker is to be forked now (their backoff, if any, has ended).
-    due: BTreeSet<usize>,
+    due: DueSet,
     /// Backoffs that end and SIGKILLs that are due, soonest first.
     timers: BinaryHeap<Reverse<Timer>>,
     counts: Counts,
@@ -43,6 +44,7 @@ struct Counts {
 }
 
 /// One index.
+#[derive(Clone, Copy)]
 pub(super) struct Slot {
     state: State,
     /// Early deaths in a row, for the backoff.
@@ -53,6 +55,7 @@ pub(super) struct Slot {
     pub(super) last_exit: Option<ExitStatus>,
 }
 
+#[derive(Clone, Copy)]
 pub(super) enum State {
     /// A worker is to be forked, at once or when its backoff ends.
     Pending { not_before: Option<Instant> },
@@ -128,11 +131,14 @@ impl Slot {
 }
 
 impl Slots {
-    pub(super) fn new(instances: usize) -> Self {
+    /// The table of a fleet of `instances`, whose pids are at most `pid_max`.
+    pub(super) fn new(instances: usize, pid_max: i32) -> Self {
+        let pids = usize::try_from(pid_max).map_or(0, |max| max + 1);
         let mut slots = Slots {
-            slots: Vec::with_capacity(instances),
-            by_pid: HashMap::with_capacity(instances),
-            due: BTreeSet::new(),
+            slots: Table::new(),
+            // SAFETY: zero is a u32.
+            by_pid: unsafe { Table::zeroed(pids) },
+            due: DueSet::default(),
             timers: BinaryHeap::new(),
             counts: Counts::default(),
         };
@@ -155,12 +161,12 @@ impl Slots {
         let old = std::mem::replace(&mut self.slots[index].state, state);
         self.counts.count(&old, false);
         if let State::Running { pid, .. } = old {
-            self.by_pid.remove(&pid);
+            self.by_pid[pid.as_raw() as usize] = 0;
         }
         self.counts.count(&self.slots[index].state, true);
         match &self.slots[index].state {
             State::Pending { not_before: None } => {
-                self.due.insert(index);
+                self.due.mark(index);
             }
             State::Pending {
                 not_before: Some(at),
@@ -170,7 +176,14 @@ impl Slots {
                 kill: None,
             })),
             State::Running { pid, stop, .. } => {
-                self.by_pid.insert(*pid, index);
+                let at = pid.as_raw() as usize;
+                if at >= self.by_pid.len() {
+                    // A pid past the largest one read at start: `pid_max` was raised since.
+                    // SAFETY: zero is a u32.
+                    unsafe { self.by_pid.grow_zeroed(at + 1) };
+                }
+                // An index is below 2^22.
+                self.by_pid[at] = index as u32 + 1;
                 if let Some(Stopping {
                     kill_at: Some(at), ..
                 }) = stop
@@ -226,7 +239,8 @@ impl Slots {
 
     /// The index of the live worker `pid`.
     pub(super) fn index_of(&self, pid: Pid) -> Option<usize> {
-        self.by_pid.get(&pid).copied()
+        let plus_one = *self.by_pid.get(usize::try_from(pid.as_raw()).ok()?)?;
+        (plus_one as usize).checked_sub(1)
     }
 
     pub(super) fn live_workers(&self) -> usize {
@@ -255,7 +269,7 @@ impl Slots {
 
     /// The pids of the live workers, sorted, to tell workers from orphans in a sweep.
     pub(super) fn worker_pids(&self) -> Vec<Pid> {
-        let mut pids: Vec<Pid> = self.by_pid.keys().copied().collect();
+        let mut pids: Vec<Pid> = self.slots.iter().filter_map(Slot::pid).collect();
         pids.sort_unstable();
         pids
     }
@@ -263,11 +277,11 @@ impl Slots {
     /// The lowest index due for a fork at `now`.
     pub(super) fn next_due(&mut self, now: Instant) -> Option<usize> {
         self.fire_backoffs(now);
-        while let Some(&index) = self.due.first() {
+        while let Some(index) = self.due.first() {
             if self.slots.get(index).is_some_and(|slot| slot.is_due(now)) {
                 return Some(index);
             }
-            self.due.remove(&index);
+            self.due.clear(index);
         }
         None
     }
@@ -281,7 +295,7 @@ impl Slots {
             self.timers.pop();
             if let Some(slot) = self.slots.get(timer.index) {
                 if matches!(slot.state, State::Pending { not_before: Some(at) } if at == timer.at) {
-                    self.due.insert(timer.index);
+                    self.due.mark(timer.index);
                 }
             }
         }
@@ -300,7 +314,7 @@ impl Slots {
             };
             match (timer.kill, &mut slot.state) {
                 (None, State::Pending { not_before }) if *not_before == Some(timer.at) => {
-                    self.due.insert(timer.index);
+                    self.due.mark(timer.index);
                 }
                 (
                     Some(killed),
@@ -353,7 +367,7 @@ impl Slots {
             None => {
                 self.slots.push(Slot::pending());
                 // As `set` would count it.
-                self.due.insert(index);
+                self.due.mark(index);
                 self.counts.pending += 1;
             }
             Some(slot) if slot.pid().is_some() => {}
@@ -376,6 +390,56 @@ impl Slots {
             self.counts.finished -= 1;
             self.slots.pop();
         }
+    }
+}
+
+/// Indices that may be due for a fork, lowest first: a bit each, checked against its slot
+/// when it comes up, and cleared then if the slot has moved on.
+#[derive(Default)]
+struct DueSet {
+    bits: Table<u64>,
+    /// How many bits are set.
+    count: usize,
+    /// No bit below it is set.
+    lowest: usize,
+}
+
+impl DueSet {
+    fn mark(&mut self, index: usize) {
+        let (word, bit) = (index / 64, 1 << (index % 64));
+        if word >= self.bits.len() {
+            // SAFETY: zero is a u64.
+            unsafe { self.bits.grow_zeroed(word + 1) };
+        }
+        if self.bits[word] & bit == 0 {
+            self.bits[word] |= bit;
+            self.count += 1;
+            self.lowest = self.lowest.min(index);
+        }
+    }
+
+    fn clear(&mut self, index: usize) {
+        let (word, bit) = (index / 64, 1 << (index % 64));
+        if self.bits.get(word).is_some_and(|bits| bits & bit != 0) {
+            self.bits[word] &= !bit;
+            self.count -= 1;
+        }
+    }
+
+    /// The lowest index marked.
+    fn first(&mut self) -> Option<usize> {
+        if self.count == 0 {
+            return None;
+        }
+        // A set bit lies at `lowest` or above: the scan ends within the table.
+        let mut word = self.lowest / 64;
+        let mut bits = self.bits[word] & (u64::MAX << (self.lowest % 64));
+        while bits == 0 {
+            word += 1;
+            bits = self.bits[word];
+        }
+        self.lowest = word * 64 + bits.trailing_zeros() as usize;
+        Some(self.lowest)
     }
 }
 

@@ -1,0 +1,93 @@
+//! A fleet large enough (1,000 workers and more) for the master to learn of deaths from its
+//! reaper thread's pidfds rather than by walking its child list: every death still found,
+//! every orphan still reaped, and nothing of the reaper in a worker.
+
+use kamisama_tests::{children_of, state, Master};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::fs;
+
+const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+
+/// The fleet from which the master starts its reaper thread.
+const LARGE: usize = 1000;
+
+/// The master's children that are zombies: exited, and not reaped.
+fn zombies(master: &Master) -> Vec<Pid> {
+    let children = children_of(master.pid()).into_iter();
+    children.filter(|pid| state(*pid) == Some('Z')).collect()
+}
+
+/// The names of the master's threads.
+fn threads(master: Pid) -> Vec<String> {
+    let tasks = fs::read_dir(format!("/proc/{master}/task")).expect("the master's tasks");
+    let names = tasks.map(|task| fs::read_to_string(task.unwrap().path().join("comm")));
+    names.map(|name| name.unwrap().trim().to_owned()).collect()
+}
+
+/// The descriptors `pid` has open.
+fn descriptors(pid: Pid) -> BTreeSet<i32> {
+    let entries = fs::read_dir(format!("/proc/{pid}/fd")).expect("a worker's descriptors");
+    let numbers = entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok());
+    numbers.collect()
+}
+
+/// The soft limit on open files of `pid`, as /proc/PID/limits says it.
+fn soft_nofile(pid: Pid) -> String {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"));
+    let mut words = line
+        .expect("a Max open files line")
+        .split_whitespace()
+        .skip(3);
+    words.next().expect("the soft limit").to_owned()
+}
+
+#[test]
+fn a_large_fleet_finds_every_death_and_reaps_every_orphan() {
+    // Each worker leaves a `sleep 0.3` behind, handed to the master at once: a thousand
+    // orphans that die together, whose SIGCHLDs coalesce with each other's and the
+    // workers'. A soft limit on open files too low for a thousand pidfds, which the master
+    // raises for itself only.
+    let mut master = Master::launch_under(&["prlimit", "--nofile=1024:"], SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &LARGE.to_string())
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000")
+        .env("FIXTURE", "orphan")
+        .start();
+    let first = master.wait_for_workers(LARGE);
+    let names = threads(master.pid());
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"kamisama-reaper".to_owned()), "{names:?}");
+    master.wait_until("every orphan reaped", || {
+        zombies(&master).is_empty().then_some(())
+    });
+    assert_ne!(soft_nofile(master.pid()), "1024");
+    // A burst of deaths: every one found, each index forked again once.
+    let killed: Vec<usize> = (0..LARGE).step_by(3).collect();
+    for index in &killed {
+        kill(first[index], Signal::SIGKILL).unwrap();
+    }
+    let after = master.wait_until("every killed worker replaced", || {
+        let now = master.workers()?;
+        let replaced = killed
+            .iter()
+            .all(|index| now.get(index) != first.get(index));
+        (now.len() == LARGE && replaced).then_some(now)
+    });
+    master.expect_lines("spawned index=", LARGE + killed.len());
+    master.wait_until("every orphan reaped", || {
+        zombies(&master).is_empty().then_some(())
+    });
+    // A worker forked while the reaper runs has none of its descriptors, and the limit of
+    // open files the master had before it raised it.
+    let old = first[&1];
+    let new = after[&0];
+    assert_eq!(descriptors(new), descriptors(old));
+    assert_eq!(soft_nofile(new), "1024");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
