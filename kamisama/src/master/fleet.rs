@@ -133,13 +133,14 @@ impl Leftovers {
 
     /// Remembers the group of the worker `worker`, reaped now, until `kill_at`, if anything
     /// is left in it: a group id is not given to another process while a member has it, and
-    /// one with no member left is no group (ESRCH).
-    pub(super) fn worker_reaped(&mut self, worker: Pid, kill_at: Option<Instant>) {
+    /// one with no member left is no group (ESRCH). Returns whether anything was left.
+    pub(super) fn worker_reaped(&mut self, worker: Pid, kill_at: Option<Instant>) -> bool {
         let left = killpg(worker, None).is_ok();
         if let (true, Some(kill_at)) = (left, kill_at) {
             let at = self.groups.partition_point(|(_, at)| *at <= kill_at);
             self.groups.insert(at, (worker, kill_at));
         }
+        left
     }
 
     /// The next deadline.

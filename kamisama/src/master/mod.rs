@@ -351,7 +351,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             let orphan = self.slots.index_of(pid).is_none();
             if self.reap_child(pid) && orphan {
-                self.reaper.orphan_reaped(Instant::now());
+                self.reaper.orphans_about(Instant::now());
             }
         }
         self.dead = dead;
@@ -373,8 +373,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let Ok(status) = fleet::reap(pid) else {
             return false;
         };
-        if index.is_some() {
-            self.leftovers.worker_reaped(pid, self.deadline());
+        if index.is_some() && self.leftovers.worker_reaped(pid, self.deadline()) {
+            self.reaper.orphans_about(Instant::now());
         }
         self.orphans.reaped(pid);
         self.reaped = true;

@@ -11,11 +11,13 @@
 //! does not copy them to every worker, which would make each fork cost as much as the fleet
 //! is large. Children nobody watches (orphans handed to the master) are found by a walk, for
 //! a death whose SIGCHLD coalesced with another's: at once when a SIGCHLD names no death or a
-//! report was lost, and at the first SIGCHLD [`WALK_DELAY`] after the last walk; and
-//! `WALK_DELAY` after the last walk when an orphan died since, as orphans come in numbers
-//! (what a dead worker left in its process group). Without pidfds (a kernel before 5.3, a
-//! seccomp filter, a descriptor limit that cannot be raised), every SIGCHLD is followed by
-//! a walk at once, as in any tini-shaped master.
+//! report was lost; [`WALK_DELAY`] after the last walk when orphans are about (one died, or
+//! a dead worker left some in its process group), as orphans come and go in numbers; and,
+//! for one that no sign announced, at the first SIGCHLD [`QUIET_WALK`] after the last walk,
+//! so that a walk costs a large fleet at most once per that much time, not once per death.
+//! Below [`WATCHED_FROM`] workers, and without pidfds (a kernel before 5.3, a seccomp filter,
+//! a descriptor limit that cannot be raised), every SIGCHLD is followed by a walk at once, as
+//! in any tini-shaped master.
 //!
 //! # The watcher thread
 //!
@@ -44,15 +46,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The shortest time between two walks of the child list while deaths come one after the
-/// other, unless a SIGCHLD says it names none.
+/// How long after the last walk of the child list the next one comes when orphans are about.
 pub(super) const WALK_DELAY: Duration = Duration::from_millis(100);
+
+/// How long after the last walk a SIGCHLD brings another, in a fleet whose deaths the
+/// watcher reports: for an orphan's death that coalesced with a worker's, with no other sign.
+pub(super) const QUIET_WALK: Duration = Duration::from_secs(10);
 
 /// The fleet from which a watcher reports the deaths: below it, a walk of the child list
 /// costs less than a thread does. A process with a second thread forks more slowly (the C
 /// library takes its allocator's and its streams' locks around each fork, each lock a page
-/// that the fork then makes the master copy), and a walk costs about 60 ns a child: the two
-/// meet at about 1,500 children.
+/// that the fork then makes the master copy: 18 page faults a respawn instead of 8), and a
+/// walk costs about 60 ns a child: measured, the two cost the same at 1,000 workers, and the
+/// thread half as much at 3,000.
 pub(super) const WATCHED_FROM: usize = 1000;
 
 /// Descriptors the watcher keeps besides the pidfds.
@@ -257,7 +263,7 @@ impl Reaper {
             dead.extend(sigchld.dead());
             let quiet = self
                 .walked
-                .map_or(true, |walked| walked + WALK_DELAY <= now);
+                .map_or(true, |walked| walked + QUIET_WALK <= now);
             let watching = self.watcher.is_some() && self.blind.is_none();
             walk |= eager || quiet || !watching || sigchld.dead().is_none();
         }
@@ -269,8 +275,9 @@ impl Reaper {
         walk
     }
 
-    /// An orphan died, and was reaped by its pid: others may have died with it, unnamed.
-    pub(super) fn orphan_reaped(&mut self, now: Instant) {
+    /// Orphans are about: one died, and was reaped by its pid (others may have died with it,
+    /// unnamed), or a dead worker left some in its process group.
+    pub(super) fn orphans_about(&mut self, now: Instant) {
         let at = self.walked.map_or(now, |walked| walked + WALK_DELAY);
         self.walk_at.get_or_insert(at.max(now));
     }
