@@ -1,4 +1,4 @@
-//! A fleet large enough (1,000 workers and more) for the master to learn of deaths from its
+//! A fleet large enough (2,000 workers and more) for the master to learn of deaths from its
 //! reaper thread's pidfds rather than by walking its child list: every death still found,
 //! every orphan still reaped, and nothing of the reaper in a worker.
 
@@ -11,7 +11,7 @@ use std::fs;
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 
 /// The fleet from which the master starts its reaper thread.
-const LARGE: usize = 1000;
+const LARGE: usize = 2000;
 
 /// The master's children that are zombies: exited, and not reaped.
 fn zombies(master: &Master) -> Vec<Pid> {
@@ -89,5 +89,33 @@ fn a_large_fleet_finds_every_death_and_reaps_every_orphan() {
     assert_eq!(soft_nofile(new), "1024");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_large_fleet_without_descriptors_to_spare_still_finds_every_death() {
+    // A hard limit of 64 open files: the reaper cannot watch the fleet, and says so once; the
+    // master walks its child list instead.
+    let mut master = Master::launch_under(&["prlimit", "--nofile=64:64"], SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &LARGE.to_string())
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000")
+        .start();
+    let first = master.wait_for_workers(LARGE);
+    let killed: Vec<usize> = (0..LARGE).step_by(3).collect();
+    for index in &killed {
+        kill(first[index], Signal::SIGKILL).unwrap();
+    }
+    master.wait_until("every killed worker replaced", || {
+        let now = master.workers()?;
+        let replaced = killed
+            .iter()
+            .all(|index| now.get(index) != first.get(index));
+        (now.len() == LARGE && replaced).then_some(())
+    });
+    master.wait_for_line("reaping-by-walking reason=descriptor-limit");
+    master.wait_until("no zombie", || zombies(&master).is_empty().then_some(()));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("reaping-by-walking", 1);
     master.expect_tree_gone();
 }

@@ -58,8 +58,9 @@ pub(super) const QUIET_WALK: Duration = Duration::from_secs(10);
 /// library takes its allocator's and its streams' locks around each fork, each lock a page
 /// that the fork then makes the master copy: 18 page faults a respawn instead of 8), and a
 /// walk costs about 60 ns a child: measured, the two cost the same at 1,000 workers, and the
-/// thread half as much at 3,000.
-pub(super) const WATCHED_FROM: usize = 1000;
+/// thread half as much at 3,000. From 2,000, so that a fleet of 1,000 starts without a
+/// thread to start beside its workers.
+pub(super) const WATCHED_FROM: usize = 2000;
 
 /// Descriptors the watcher keeps besides the pidfds.
 const WATCHER_SPARE: u64 = 64;
