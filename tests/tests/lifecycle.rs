@@ -556,6 +556,18 @@ fn try_run_gives_the_process_back_as_it_found_it() {
 }
 
 #[test]
+fn a_large_fleet_gives_back_its_reaper_thread_and_its_limit_of_open_files() {
+    // 2,000 workers: the master starts its reaper thread, and raises its soft limit of open
+    // files for it.
+    let launch = Master::launch_under(&["prlimit", "--nofile=1024:"], RETURNING)
+        .env("RETURNING_INSTANCES", "2000");
+    let (held, outcomes, transcript) = returning(launch);
+    assert_eq!(outcomes, ["Ok(Finished { failed: 0 })"; 2], "{transcript}");
+    assert!(held.iter().all(|after| after == &held[0]), "{held:#?}");
+    assert!(held[0].ends_with(" threads=1 nofile=1024"), "{}", held[0]);
+}
+
+#[test]
 fn a_second_run_in_one_process_serves_the_sockets_of_the_first() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|free| free.local_addr())

@@ -298,6 +298,17 @@ impl Reaper {
     }
 }
 
+impl Drop for Reaper {
+    /// Gives the process back its limit of open files, for a `try_run` that returns (the
+    /// watcher's thread ends as its field drops).
+    fn drop(&mut self) {
+        if let Some(limit) = &self.inherited.nofile {
+            // SAFETY: `limit` is valid for the call.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
+        }
+    }
+}
+
 impl Inherited {
     /// In a child just forked: closes the reaper's descriptors and puts back the descriptor
     /// limit. Async-signal-safe.
