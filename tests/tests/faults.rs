@@ -476,6 +476,28 @@ fn pids_limit(test: &str, workers: usize) -> Option<PidsLimit> {
 }
 
 #[test]
+fn a_fleet_short_of_a_worker_whose_fork_fails_is_not_ready() {
+    let Some(limit) = pids_limit("a_fleet_short_of_a_worker_whose_fork_fails_is_not_ready", 3)
+    else {
+        return;
+    };
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "4")
+        .env("KAMISAMA_RESPAWN_LIMIT", "100")
+        .in_cgroup(&limit.procs())
+        .start();
+    master.wait_for_lines("spawn-failed index=3 ", 2);
+    master.wait_for_workers(3);
+    master.expect_lines("ready workers=", 0);
+    limit.set_workers(64);
+    master.wait_for_line("ready workers=4");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+    drop(master);
+}
+
+#[test]
 fn a_passing_fork_failure_is_retried() {
     let Some(limit) = pids_limit("a_passing_fork_failure_is_retried", 3) else {
         return;

@@ -240,7 +240,10 @@ impl Slots {
     /// The index of the live worker `pid`.
     pub(super) fn index_of(&self, pid: Pid) -> Option<usize> {
         let plus_one = *self.by_pid.get(usize::try_from(pid.as_raw()).ok()?)?;
-        (plus_one as usize).checked_sub(1)
+        let index = (plus_one as usize).checked_sub(1)?;
+        // Asked of the slot too, so that no entry of the index, stale or not, can make an
+        // orphan that was given a worker's old pid pass for a worker.
+        (self.slots.get(index)?.pid() == Some(pid)).then_some(index)
     }
 
     pub(super) fn live_workers(&self) -> usize {
@@ -486,5 +489,109 @@ impl std::ops::IndexMut<usize> for Slots {
     /// [`Slots::set`].
     fn index_mut(&mut self, index: usize) -> &mut Slot {
         &mut self.slots[index]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Due, Slots, State, Stopping};
+    use crate::master::watchdog::Watch;
+    use nix::unistd::Pid;
+    use std::time::{Duration, Instant};
+
+    fn running(pid: i32, started: Instant) -> State {
+        State::Running {
+            pid: Pid::from_raw(pid),
+            started,
+            stop: None,
+            watch: Watch::default(),
+        }
+    }
+
+    #[test]
+    fn what_the_loop_asks_follows_every_change_of_state() {
+        let now = Instant::now();
+        let mut slots = Slots::new(3, 1000);
+        assert_eq!(slots.next_due(now), Some(0));
+        assert!(slots.any_pending());
+        for index in 0..3 {
+            slots.set(index, running(100 + index as i32, now));
+        }
+        assert_eq!(slots.next_due(now), None);
+        assert!(!slots.any_pending());
+        assert_eq!((slots.live_workers(), slots.serving_or_done()), (3, 3));
+        assert_eq!(slots.index_of(Pid::from_raw(101)), Some(1));
+        assert_eq!(slots.index_of(Pid::from_raw(999)), None);
+        // Asked to stop: still live, no longer serving; found hung: counted as hung.
+        let stop = Stopping {
+            kill_at: Some(now + Duration::from_secs(5)),
+            hung: false,
+        };
+        assert_eq!(slots.stop(1, stop), Some(Pid::from_raw(101)));
+        assert_eq!((slots.live_workers(), slots.serving_or_done()), (3, 2));
+        let hung = Stopping {
+            kill_at: Some(now + Duration::from_secs(1)),
+            hung: true,
+        };
+        slots.stop(2, hung);
+        assert_eq!((slots.hung(), slots.serving_or_done()), (1, 1));
+        // The soonest deadline first; SIGKILL due once its time has come, once.
+        assert_eq!(slots.next_deadline(), Some(now + Duration::from_secs(1)));
+        assert!(slots.next_overdue(now).is_none());
+        let later = now + Duration::from_secs(2);
+        assert!(matches!(
+            slots.next_overdue(later),
+            Some(Due::Kill {
+                index: 2,
+                hung: true,
+                ..
+            })
+        ));
+        assert!(slots.next_overdue(later).is_none());
+        // Its exit: a backoff, then due; the pid is no worker's any more.
+        let backoff = now + Duration::from_secs(3);
+        slots.set(
+            2,
+            State::Pending {
+                not_before: Some(backoff),
+            },
+        );
+        assert_eq!((slots.live_workers(), slots.hung()), (2, 0));
+        assert_eq!(slots.index_of(Pid::from_raw(102)), None);
+        assert_eq!(slots.next_due(later), None);
+        assert_eq!(slots.next_deadline(), Some(backoff));
+        assert!(slots.next_overdue(backoff).is_none());
+        assert_eq!(slots.next_due(backoff), Some(2));
+        // Done and retired: finished, once every slot is.
+        slots.set(0, State::Done);
+        slots.set(1, State::Retired);
+        slots.set(2, State::Done);
+        assert!(slots.all_finished());
+        assert_eq!((slots.live_workers(), slots.serving_or_done()), (0, 2));
+        slots.trim(1);
+        assert_eq!(slots.len(), 3);
+        slots.set(2, State::Retired);
+        slots.trim(1);
+        assert_eq!(slots.len(), 1);
+        assert!(slots.all_finished());
+    }
+
+    #[test]
+    fn indices_come_due_lowest_first_and_again_when_added() {
+        let now = Instant::now();
+        let mut slots = Slots::new(200, 1000);
+        for index in (0..200).rev() {
+            assert_eq!(slots.next_due(now), Some(199 - index));
+            slots.set(199 - index, running(1 + (199 - index) as i32, now));
+        }
+        assert_eq!(slots.next_due(now), None);
+        slots.set(150, State::Pending { not_before: None });
+        slots.set(70, State::Pending { not_before: None });
+        assert_eq!(slots.next_due(now), Some(70));
+        slots.set(70, running(500, now));
+        assert_eq!(slots.next_due(now), Some(150));
+        slots.add(200);
+        slots.set(150, running(501, now));
+        assert_eq!(slots.next_due(now), Some(200));
     }
 }
