@@ -184,6 +184,8 @@ impl Reaper {
                     nofile,
                 };
                 self.watcher = Some(watcher);
+                // Room for a whole fleet's pids: a fork then allocates nothing.
+                self.requests.reserve(instances * 4);
                 for pid in live() {
                     self.watch(pid);
                 }
