@@ -143,6 +143,27 @@ fn start_up_has_its_own_allowance_and_a_worker_that_never_beats_is_hung() {
 }
 
 #[test]
+fn a_first_beat_after_the_first_look_is_judged_a_timeout_after_it() {
+    // The master first looks at a new worker a timeout after its fork, before its first
+    // beat (1.5 s): it must look again a timeout later, not wait for the boot allowance
+    // (10 s) to end, to find it hung a timeout after its third and last beat.
+    let mut master = watched("1")
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_BOOT_TIMEOUT", "10")
+        .env("BOOT_MS", "1500")
+        .env("BEAT_MS", "100")
+        .env("HANG", "0")
+        .start();
+    let worker = master.wait_for_workers(1)[&0];
+    let hung = master.wait_for_line(&format!("hung index=0 pid={worker}"));
+    let silent = silent_for(&hung);
+    assert!(silent >= Duration::from_secs(1), "{hung}");
+    assert!(silent < Duration::from_secs(3), "{hung}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn a_respawned_worker_has_the_start_up_allowance_again() {
     // Every worker's first beat comes 1.5 s after its fork, past the timeout of 1 s but
     // within the boot allowance of 60 s. Judged by the last beat of the worker it replaces,
