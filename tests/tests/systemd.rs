@@ -13,6 +13,26 @@ const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
 
 #[test]
+fn declared_readiness_waits_for_the_last_worker() {
+    let witnesses = scratch!("systemd-last-ready");
+    let systemd = NotifySocket::bind(
+        scratch!("systemd-last-ready-socket").join("notify"),
+        Some(witnesses.clone()),
+    );
+    // Ready after 100, 600 and 1100 ms.
+    let mut master = Master::launch(DECLARED)
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("READY_MS", "100")
+        .env("READY_STEP_MS", "500")
+        .start();
+    let ready = systemd.wait_for("READY=1", 1);
+    assert_eq!(ready.witnesses, 3, "{ready:?}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn declared_readiness_reloading_and_stopping_are_told_in_order() {
     let witnesses = scratch!("systemd-declared");
     let systemd = NotifySocket::bind(
