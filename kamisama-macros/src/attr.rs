@@ -35,7 +35,12 @@ pub(crate) struct Setting {
 
 pub(crate) enum Value {
     Integer(u64),
-    /// A path, as written.
+    /// An integer that may be negative.
+    Signed(i64),
+    Bool(bool),
+    /// `instances = "auto"`: one per usable CPU, counted at run time.
+    Auto,
+    /// A path or a name, as written.
     Path(String),
     /// Addresses, as written, each with its span.
     Addresses(Vec<(String, Span)>),
@@ -111,11 +116,19 @@ pub(crate) enum Key {
     Listen,
     Backlog,
     UpgradeTimeout,
+    User,
+    Group,
+    NoNewPrivs,
+    LimitNofile,
+    LimitCore,
+    LimitAs,
+    OomScoreAdj,
+    CpuAffinity,
     Crate,
 }
 
 impl Key {
-    const ALL: [Key; 20] = [
+    const ALL: [Key; 28] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -135,6 +148,14 @@ impl Key {
         Key::Listen,
         Key::Backlog,
         Key::UpgradeTimeout,
+        Key::User,
+        Key::Group,
+        Key::NoNewPrivs,
+        Key::LimitNofile,
+        Key::LimitCore,
+        Key::LimitAs,
+        Key::OomScoreAdj,
+        Key::CpuAffinity,
         Key::Crate,
     ];
 
@@ -159,6 +180,14 @@ impl Key {
             Key::Listen => "listen",
             Key::Backlog => "backlog",
             Key::UpgradeTimeout => "upgrade_timeout",
+            Key::User => "user",
+            Key::Group => "group",
+            Key::NoNewPrivs => "no_new_privs",
+            Key::LimitNofile => "limit_nofile",
+            Key::LimitCore => "limit_core",
+            Key::LimitAs => "limit_as",
+            Key::OomScoreAdj => "oom_score_adj",
+            Key::CpuAffinity => "cpu_affinity",
             Key::Crate => "crate",
         }
     }
@@ -198,8 +227,18 @@ impl Key {
                 enumeration: "Readiness",
                 variants: &[("forked", "Forked"), ("declared", "Declared")],
             }),
+            Key::CpuAffinity => Some(Names {
+                what: "cpu affinity",
+                enumeration: "CpuAffinity",
+                variants: &[("off", "Off"), ("auto", "Auto")],
+            }),
             _ => None,
         }
+    }
+
+    /// Whether the key takes a string that is not one of a few names.
+    fn takes_string(self) -> bool {
+        matches!(self, Key::StatusFile | Key::Crate | Key::User | Key::Group)
     }
 
     /// Whether the key sets up an async worker's runtime, which a sync worker has none of.
@@ -222,7 +261,16 @@ impl Key {
             | Key::Readiness
             | Key::StatusFile
             | Key::Listen
+            | Key::User
+            | Key::Group
+            | Key::NoNewPrivs
+            | Key::LimitNofile
+            | Key::LimitCore
+            | Key::LimitAs
+            | Key::CpuAffinity
             | Key::Crate => 0,
+            // Negative values are parsed on their own, down to -1000.
+            Key::OomScoreAdj => 0,
             Key::Instances
             | Key::RespawnInterval
             | Key::ShutdownTimeout
@@ -244,6 +292,7 @@ impl Key {
             Key::Backlog => 4096,
             // kamisama's MAX_WORKER_THREADS.
             Key::WorkerThreads => 1024,
+            Key::OomScoreAdj => 1000,
             _ => u64::MAX,
         }
     }
@@ -270,6 +319,14 @@ impl Key {
             Key::Listen => "\"127.0.0.1:8080\"",
             Key::Backlog => "1024",
             Key::UpgradeTimeout => "120",
+            Key::User => "\"www-data\"",
+            Key::Group => "\"www-data\"",
+            Key::NoNewPrivs => "true",
+            Key::LimitNofile => "65536",
+            Key::LimitCore => "0",
+            Key::LimitAs => "4_294_967_296",
+            Key::OomScoreAdj => "500",
+            Key::CpuAffinity => "\"auto\"",
             Key::Crate => "\"km\"",
         }
     }
@@ -282,6 +339,12 @@ impl Key {
             (Key::Heartbeat, _) => "`\"runtime\"` or `\"manual\"`",
             (Key::Log, _) => "`\"text\"`, `\"json\"` or `\"off\"`",
             (Key::Readiness, _) => "`\"forked\"` or `\"declared\"`",
+            (Key::CpuAffinity, _) => "`\"off\"` or `\"auto\"`",
+            (Key::Instances, _) => "a positive integer, or `\"auto\"` for one per usable CPU",
+            (Key::User, _) => "a user's name or number, as a string",
+            (Key::Group, _) => "a group's name or number, as a string",
+            (Key::NoNewPrivs, _) => "`true` or `false`",
+            (Key::OomScoreAdj, _) => "a whole number from -1000 to 1000",
             (Key::HangSignal, _) => {
                 "a signal's name: `\"SIGABRT\"`, `\"SIGQUIT\"`, `\"SIGTRAP\"`, `\"SIGUSR1\"`, \
                  `\"SIGUSR2\"`, `\"SIGTERM\"`, `\"SIGINT\"`, `\"SIGKILL\"` or `\"SIGRTMIN+N\"`"
@@ -396,16 +459,7 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             format!("duplicate argument `{name}`; remove one of the two"),
         ));
     }
-    let wrong_kind = || {
-        Error::new_spanned(
-            &value,
-            format!(
-                "`{name}` takes {}, such as `{name} = {}`",
-                key.kind(),
-                key.example()
-            ),
-        )
-    };
+    let wrong_kind = || wrong_kind_of(key, &value);
     if key == Key::Listen {
         let addresses = addresses(&value).ok_or_else(wrong_kind)?;
         let errors = addresses.iter().filter_map(|(address, span)| {
@@ -424,12 +478,20 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
             span: value.span(),
         });
     }
+    if key == Key::OomScoreAdj {
+        return signed(key, &value).map(|number| Setting {
+            key,
+            key_span: meta.path.span(),
+            value: Value::Signed(number),
+            span: value.span(),
+        });
+    }
     let Expr::Lit(ExprLit { lit, .. }) = &value else {
         let computed = matches!(
             value,
             Expr::Path(_) | Expr::Binary(_) | Expr::Call(_) | Expr::Macro(_)
         );
-        let integer = key.names().is_none() && !matches!(key, Key::StatusFile | Key::Crate);
+        let integer = key.names().is_none() && !key.takes_string() && key != Key::NoNewPrivs;
         if computed && integer {
             // A constant or an expression: an attribute sees tokens, not values.
             let written = value.to_token_stream().to_string();
@@ -496,11 +558,20 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         (None, Lit::Str(path)) if key == Key::StatusFile && !path.value().is_empty() => {
             Value::Path(path.value())
         }
+        (None, Lit::Str(auto)) if key == Key::Instances && auto.value() == "auto" => Value::Auto,
+        (None, Lit::Str(name)) if matches!(key, Key::User | Key::Group) => {
+            let written = name.value();
+            if written.is_empty() || written.contains('\0') {
+                return Err(wrong_kind());
+            }
+            Value::Path(written)
+        }
+        (None, Lit::Bool(flag)) if key == Key::NoNewPrivs => Value::Bool(flag.value),
         (None, Lit::Str(path)) if key == Key::Crate => {
             path.parse::<syn::Path>().map_err(|_| wrong_kind())?;
             Value::Path(path.value())
         }
-        (None, Lit::Int(literal)) if !matches!(key, Key::StatusFile | Key::Crate) => {
+        (None, Lit::Int(literal)) if !key.takes_string() && key != Key::NoNewPrivs => {
             Value::Integer(parse_integer(key, literal)?)
         }
         _ => return Err(wrong_kind()),
@@ -570,6 +641,53 @@ fn addresses(value: &Expr) -> Option<Vec<(String, Span)>> {
         Expr::Array(array) if !array.elems.is_empty() => array.elems.iter().map(literal).collect(),
         single => literal(single).map(|address| vec![address]),
     }
+}
+
+/// `500` or `-500`, within what `key` takes: its maximum, and as far below zero.
+fn signed(key: Key, value: &Expr) -> syn::Result<i64> {
+    let name = key.name();
+    let (negative, literal) = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(literal),
+            ..
+        }) => (false, literal),
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) => match &**expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(literal),
+                ..
+            }) => (true, literal),
+            _ => return Err(wrong_kind_of(key, value)),
+        },
+        _ => return Err(wrong_kind_of(key, value)),
+    };
+    let bound = key.maximum();
+    match literal.base10_parse::<u64>() {
+        Ok(number) if number <= bound => {
+            let number = number as i64;
+            Ok(if negative { -number } else { number })
+        }
+        _ => Err(Error::new_spanned(
+            value,
+            format!("`{name}` must be at least -{bound} and at most {bound}"),
+        )),
+    }
+}
+
+/// The error for a value of the wrong kind.
+fn wrong_kind_of(key: Key, value: &Expr) -> Error {
+    let name = key.name();
+    Error::new_spanned(
+        value,
+        format!(
+            "`{name}` takes {}, such as `{name} = {}`",
+            key.kind(),
+            key.example()
+        ),
+    )
 }
 
 fn parse_integer(key: Key, literal: &syn::LitInt) -> syn::Result<u64> {

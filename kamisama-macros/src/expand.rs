@@ -105,12 +105,26 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         });
         return quote!(#(#calls)*);
     }
+    if let (Key::Instances, Value::Auto) = (setting.key, &setting.value) {
+        let usable = Ident::new("usable_cpus", span);
+        return quote!(.instances(#krate::#usable()));
+    }
     let value = match setting.value {
         Value::Integer(number) => {
             let mut literal = Literal::u64_unsuffixed(number);
             literal.set_span(span);
             literal.into_token_stream()
         }
+        Value::Signed(number) => {
+            let mut literal = Literal::i64_unsuffixed(number);
+            literal.set_span(span);
+            literal.into_token_stream()
+        }
+        Value::Bool(flag) => {
+            let flag = Ident::new(if flag { "true" } else { "false" }, span);
+            flag.into_token_stream()
+        }
+        Value::Auto => TokenStream::new(),
         Value::Addresses(_) => TokenStream::new(),
         Value::Path(ref path) => {
             let mut literal = Literal::string(path);
@@ -156,6 +170,14 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::StatusFile => quote!(.status_file(#value)),
         Key::Backlog => quote!(.backlog(#value)),
         Key::UpgradeTimeout => quote!(.upgrade_timeout(#seconds)),
+        Key::User => quote!(.user(#value)),
+        Key::Group => quote!(.group(#value)),
+        Key::NoNewPrivs => quote!(.no_new_privs(#value)),
+        Key::LimitNofile => quote!(.limit_nofile(#value)),
+        Key::LimitCore => quote!(.limit_core(#value)),
+        Key::LimitAs => quote!(.limit_as(#value)),
+        Key::OomScoreAdj => quote!(.oom_score_adj(#value)),
+        Key::CpuAffinity => quote!(.cpu_affinity(#value)),
         // Emitted above, one call per address; `crate` is where the paths start.
         Key::Listen | Key::Crate => TokenStream::new(),
     }

@@ -33,7 +33,7 @@ use proc_macro::TokenStream;
 ///
 /// | argument           | default    | meaning                                                        |
 /// |--------------------|------------|----------------------------------------------------------------|
-/// | `instances`        | `1`        | how many workers run at once, at least 1, at most 4194304      |
+/// | `instances`        | `1`        | how many workers run at once, at least 1, at most 4194304; `"auto"` for one per usable CPU |
 /// | `respawn_limit`    | `3`        | respawns allowed within `respawn_interval` before giving up    |
 /// | `respawn_interval` | `60`       | the sliding window for `respawn_limit`, in seconds, at least 1 |
 /// | `shutdown_timeout` | `10`       | seconds a stopping worker gets before SIGKILL, at least 1      |
@@ -52,6 +52,14 @@ use proc_macro::TokenStream;
 /// | `listen`           | none       | addresses the master binds for its workers: `"127.0.0.1:8080"`, `"unix:/run/app.sock"`, or a list |
 /// | `backlog`          | `1024`     | each listener's queue of connections not yet accepted, at most 4096 |
 /// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
+/// | `user`             | none       | the user workers run as: `"www-data"`, or a number as a string |
+/// | `group`            | the user's | the group workers run as                                       |
+/// | `no_new_privs`     | with `user` or `group` | `true` or `false`: programs a worker runs gain no privileges |
+/// | `limit_nofile`     | the master's | each worker's limit of open files                            |
+/// | `limit_core`       | the master's | each worker's largest core dump, in bytes                    |
+/// | `limit_as`         | the master's | each worker's largest address space, in bytes                |
+/// | `oom_score_adj`    | the master's + 500 | each worker's OOM score adjustment, -1000 to 1000      |
+/// | `cpu_affinity`     | `"off"`    | `"auto"` pins worker `i` to the `i`-th usable CPU              |
 /// | `crate`            | `"kamisama"` | the crate's path where Cargo.toml renames it: `crate = "km"` |
 ///
 /// Each can be overridden at run time with an environment variable such as

@@ -59,7 +59,38 @@ pub(crate) struct Config {
     pub(crate) backlog: u32,
     /// How long the new generation of an upgrade has to get ready.
     pub(crate) upgrade_timeout: Duration,
+    /// The user workers run as; `None` keeps the master's.
+    pub(crate) user: Option<String>,
+    /// The group workers run as; `None` keeps the user's, or the master's.
+    pub(crate) group: Option<String>,
+    /// Whether workers set `no_new_privs`; `None` for "when they change identity".
+    pub(crate) no_new_privs: Option<bool>,
+    /// The resource limits set in each worker.
+    pub(crate) limits: Limits,
+    /// The workers' OOM score adjustment; `None` for the master's plus
+    /// [`WORKER_OOM_SCORE_BIAS`].
+    pub(crate) oom_score_adj: Option<i32>,
+    /// Which CPUs each worker runs on.
+    pub(crate) cpu_affinity: CpuAffinity,
 }
+
+/// A worker's resource limits, each set as both its soft and hard limit; `None` keeps the
+/// master's. `u64::MAX` is no limit (`RLIM_INFINITY`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `RLIMIT_NOFILE`: open files.
+    pub(crate) nofile: Option<u64>,
+    /// `RLIMIT_CORE`: the size of a core dump, in bytes.
+    pub(crate) core: Option<u64>,
+    /// `RLIMIT_AS`: the address space, in bytes.
+    pub(crate) address_space: Option<u64>,
+}
+
+/// How much more killable than the master a worker is by default, in `oom_score_adj` units:
+/// the kernel then takes a worker, which the master forks again, under memory pressure, and
+/// not the master, which is the whole fleet. 500 outweighs half of the machine's memory (or of
+/// the cgroup's), so it holds even at 10,000 workers, when the master's own tables are large.
+pub(crate) const WORKER_OOM_SCORE_BIAS: i32 = 500;
 
 impl Default for Config {
     fn default() -> Self {
@@ -84,6 +115,12 @@ impl Default for Config {
             listen: Vec::new(),
             backlog: 1024,
             upgrade_timeout: Duration::from_secs(60),
+            user: None,
+            group: None,
+            no_new_privs: None,
+            limits: Limits::default(),
+            oom_score_adj: None,
+            cpu_affinity: CpuAffinity::Off,
         }
     }
 }
@@ -142,6 +179,26 @@ impl Config {
                 expected: "no value with a current-thread runtime, whose one thread runs \
                            every task",
             });
+        }
+        if self
+            .oom_score_adj
+            .is_some_and(|adj| !(-1000..=1000).contains(&adj))
+        {
+            return Err(Error::InvalidConfig {
+                setting: "oom_score_adj",
+                expected: "at least -1000 and at most 1000",
+            });
+        }
+        for (name, setting) in [(&self.user, "user"), (&self.group, "group")] {
+            if name
+                .as_deref()
+                .is_some_and(|name| name.is_empty() || name.contains('\0'))
+            {
+                return Err(Error::InvalidConfig {
+                    setting,
+                    expected: "the name or number of one, not empty",
+                });
+            }
         }
         if !self.hang_signal.exists() {
             return Err(Error::InvalidConfig {
@@ -535,6 +592,90 @@ impl fmt::Display for UnknownReadiness {
 }
 
 impl std::error::Error for UnknownReadiness {}
+
+/// Which CPUs each worker may run on (see
+/// [`Supervisor::cpu_affinity`](crate::Supervisor::cpu_affinity)).
+///
+/// ```
+/// use kamisama::CpuAffinity;
+///
+/// assert_eq!("auto".parse(), Ok(CpuAffinity::Auto));
+/// assert_eq!(CpuAffinity::default(), CpuAffinity::Off);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CpuAffinity {
+    /// Every CPU the master may use: the scheduler moves workers where it sees fit.
+    #[default]
+    Off,
+    /// Worker `i` on the `i`-th CPU the master may use (counted modulo their number), as
+    /// nginx's `worker_cpu_affinity auto`.
+    Auto,
+}
+
+impl CpuAffinity {
+    /// The name used by the attribute and `KAMISAMA_CPU_AFFINITY`: `off` or `auto`.
+    ///
+    /// ```
+    /// assert_eq!(kamisama::CpuAffinity::Auto.name(), "auto");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuAffinity::Off => "off",
+            CpuAffinity::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for CpuAffinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `off` or `auto`.
+impl FromStr for CpuAffinity {
+    type Err = UnknownCpuAffinity;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [CpuAffinity::Off, CpuAffinity::Auto]
+            .into_iter()
+            .find(|affinity| affinity.name() == name)
+            .ok_or(UnknownCpuAffinity)
+    }
+}
+
+/// The error of parsing a [`CpuAffinity`] from a name it does not have.
+///
+/// ```
+/// assert!("all".parse::<kamisama::CpuAffinity>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownCpuAffinity;
+
+impl fmt::Display for UnknownCpuAffinity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected `off` or `auto`")
+    }
+}
+
+impl std::error::Error for UnknownCpuAffinity {}
+
+/// How many CPUs this process may really use: those in its affinity mask (`taskset`,
+/// `cpuset` cgroups, `docker --cpuset-cpus`), and no more than its cgroup's CPU quota allows
+/// (`docker --cpus`, Kubernetes' CPU limit, systemd's `CPUQuota=`; cgroup v1 and v2), rounded
+/// down, at least 1. This is what `instances = "auto"` and `KAMISAMA_INSTANCES=auto` run:
+/// unlike nginx's `worker_processes auto`, which counts the machine's CPUs, a container
+/// limited to 2 CPUs of 64 runs 2 workers, not 64 that share 2 CPUs.
+///
+/// ```no_run
+/// # fn worker(_: usize) {}
+/// kamisama::Supervisor::new().instances(kamisama::usable_cpus()).run(worker);
+/// ```
+pub fn usable_cpus() -> usize {
+    // The standard library reads both: sched_getaffinity, then the quota of every cgroup
+    // from the process's own up to the root.
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
 
 /// How the master writes its log to stderr (and a worker its `worker-failed` line).
 ///

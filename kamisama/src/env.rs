@@ -2,7 +2,7 @@
 //! on a laptop and 40 in production.
 
 use crate::config::{
-    Config, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
+    Config, CpuAffinity, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
     MAX_WORKER_THREADS,
 };
 use crate::Error;
@@ -48,6 +48,22 @@ pub(crate) const LISTEN: &str = "KAMISAMA_LISTEN";
 pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
 /// Overrides `upgrade_timeout`, in seconds.
 pub(crate) const UPGRADE_TIMEOUT: &str = "KAMISAMA_UPGRADE_TIMEOUT";
+/// Overrides the user workers run as.
+pub(crate) const USER: &str = "KAMISAMA_USER";
+/// Overrides the group workers run as.
+pub(crate) const GROUP: &str = "KAMISAMA_GROUP";
+/// Overrides `no_new_privs`: `true` or `false`.
+pub(crate) const NO_NEW_PRIVS: &str = "KAMISAMA_NO_NEW_PRIVS";
+/// Overrides `limit_nofile`: a number, or `infinity`.
+pub(crate) const LIMIT_NOFILE: &str = "KAMISAMA_LIMIT_NOFILE";
+/// Overrides `limit_core`, in bytes, or `infinity`.
+pub(crate) const LIMIT_CORE: &str = "KAMISAMA_LIMIT_CORE";
+/// Overrides `limit_as`, in bytes, or `infinity`.
+pub(crate) const LIMIT_AS: &str = "KAMISAMA_LIMIT_AS";
+/// Overrides `oom_score_adj`.
+pub(crate) const OOM_SCORE_ADJ: &str = "KAMISAMA_OOM_SCORE_ADJ";
+/// Overrides `cpu_affinity`: `off` or `auto`.
+pub(crate) const CPU_AFFINITY: &str = "KAMISAMA_CPU_AFFINITY";
 
 /// Applies every override set in the process environment, or changes nothing and names the
 /// first variable whose value is unusable.
@@ -58,8 +74,8 @@ pub(crate) fn apply(config: &mut Config) -> Result<(), Error> {
 fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) -> Result<(), Error> {
     let mut overridden = config.clone();
     let at_least_one = |n: &u64| *n >= 1;
-    if let Some(instances) = parse(&lookup, INSTANCES, WORKERS, |n: &usize| {
-        (1..=MAX_INSTANCES).contains(n)
+    if let Some(Instances(instances)) = parse(&lookup, INSTANCES, WORKERS, |n: &Instances| {
+        (1..=MAX_INSTANCES).contains(&n.0)
     })? {
         overridden.instances = instances;
     }
@@ -162,15 +178,91 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     if let Some(seconds) = parse(&lookup, UPGRADE_TIMEOUT, SECONDS, at_least_one)? {
         overridden.upgrade_timeout = Duration::from_secs(seconds);
     }
+    let name = |name: &String| !name.is_empty() && !name.contains('\0');
+    if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
+        overridden.user = Some(user);
+    }
+    if let Some(group) = parse(&lookup, GROUP, "a group's name or number", name)? {
+        overridden.group = Some(group);
+    }
+    if let Some(Flag(on)) = parse(&lookup, NO_NEW_PRIVS, "`true` or `false`", |_| true)? {
+        overridden.no_new_privs = Some(on);
+    }
+    let limits = [
+        (LIMIT_NOFILE, &mut overridden.limits.nofile),
+        (LIMIT_CORE, &mut overridden.limits.core),
+        (LIMIT_AS, &mut overridden.limits.address_space),
+    ];
+    for (var, limit) in limits {
+        if let Some(Limit(value)) = parse(&lookup, var, LIMIT, |_| true)? {
+            *limit = Some(value);
+        }
+    }
+    if let Some(adj) = parse(&lookup, OOM_SCORE_ADJ, OOM_SCORE, |adj: &i32| {
+        (-1000..=1000).contains(adj)
+    })? {
+        overridden.oom_score_adj = Some(adj);
+    }
+    if let Some(affinity) =
+        parse::<CpuAffinity>(&lookup, CPU_AFFINITY, "`off` or `auto`", |_| true)?
+    {
+        overridden.cpu_affinity = affinity;
+    }
     *config = overridden;
     Ok(())
 }
 
-const WORKERS: &str = "a whole number of workers, at least 1 and at most 4194304";
+const WORKERS: &str =
+    "a whole number of workers, at least 1 and at most 4194304, or `auto` for one per usable CPU";
+const LIMIT: &str = "a whole number, or `infinity` for no limit";
+const OOM_SCORE: &str = "a whole number from -1000 to 1000";
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
 const RUNTIMES: &str = "`current-thread` or `multi-thread`";
 const THREADS: &str = "a whole number of threads, at least 1 and at most 1024";
+
+/// A number of workers, or `auto`: one per CPU this process may use.
+struct Instances(usize);
+
+impl FromStr for Instances {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Instances(crate::usable_cpus())),
+            number => number.parse().map(Instances),
+        }
+    }
+}
+
+/// A resource limit: a number, or `infinity` (`unlimited`, as `ulimit` writes it).
+struct Limit(u64);
+
+impl FromStr for Limit {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "infinity" | "unlimited" => Ok(Limit(u64::MAX)),
+            number => number.parse().map(Limit),
+        }
+    }
+}
+
+/// A switch, as systemd writes one: `true`, `yes`, `on`, `1`, or their opposites.
+struct Flag(bool);
+
+impl FromStr for Flag {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "true" | "yes" | "on" | "1" => Ok(Flag(true)),
+            "false" | "no" | "off" | "0" => Ok(Flag(false)),
+            _ => Err(()),
+        }
+    }
+}
 
 /// A comma-separated list of addresses, each trimmed, empty ones left out.
 struct Addresses(Vec<String>);
@@ -248,6 +340,14 @@ mod tests {
             (HEARTBEAT, "manual"),
             (LOG, "json"),
             (READINESS, "declared"),
+            (USER, "nobody"),
+            (GROUP, "65534"),
+            (NO_NEW_PRIVS, "false"),
+            (LIMIT_NOFILE, "4096"),
+            (LIMIT_CORE, "infinity"),
+            (LIMIT_AS, "1073741824"),
+            (OOM_SCORE_ADJ, "-5"),
+            (CPU_AFFINITY, "auto"),
         ])
         .unwrap();
         assert_eq!(
@@ -268,9 +368,25 @@ mod tests {
                 heartbeat: Heartbeat::Manual,
                 log: LogFormat::Json,
                 readiness: Readiness::Declared,
+                user: Some("nobody".into()),
+                group: Some("65534".into()),
+                no_new_privs: Some(false),
+                limits: crate::config::Limits {
+                    nofile: Some(4096),
+                    core: Some(u64::MAX),
+                    address_space: Some(1 << 30),
+                },
+                oom_score_adj: Some(-5),
+                cpu_affinity: CpuAffinity::Auto,
                 ..Config::default()
             }
         );
+    }
+
+    #[test]
+    fn auto_instances_are_the_usable_cpus() {
+        let config = apply_vars(&[(INSTANCES, "auto")]).unwrap();
+        assert_eq!(config.instances, crate::usable_cpus());
     }
 
     #[test]
@@ -303,6 +419,16 @@ mod tests {
             (READINESS, "ready"),
             (LISTEN, ""),
             (LISTEN, " , "),
+            (INSTANCES, "Auto"),
+            (USER, ""),
+            (GROUP, ""),
+            (NO_NEW_PRIVS, "maybe"),
+            (LIMIT_NOFILE, "-1"),
+            (LIMIT_CORE, "1G"),
+            (LIMIT_AS, "unlimited "),
+            (OOM_SCORE_ADJ, "1001"),
+            (OOM_SCORE_ADJ, "-1001"),
+            (CPU_AFFINITY, "all"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");

@@ -62,6 +62,17 @@ pub enum Error {
         /// Why not.
         error: std::io::Error,
     },
+    /// A worker could not be given what a setting asks for: a `user` or `group` that does
+    /// not exist, a master not allowed to switch to it, a limit or an OOM score beyond what
+    /// the master may grant. Checked before anything is forked.
+    Confine {
+        /// The setting, such as `user`.
+        setting: &'static str,
+        /// Its value, as configured.
+        value: String,
+        /// Why it cannot be applied, and what would allow it.
+        reason: String,
+    },
     /// The operating system refused a setup call.
     Os {
         /// The call, such as `signalfd`.
@@ -100,6 +111,11 @@ impl fmt::Display for Error {
                     path.display()
                 )
             }
+            Error::Confine {
+                setting,
+                value,
+                reason,
+            } => write!(f, "cannot run workers with `{setting}` {value:?}: {reason}"),
             Error::Os { call, error } => write!(f, "{call} failed: {error}"),
         }
     }

@@ -348,8 +348,9 @@ mod worker;
 
 #[cfg(target_os = "linux")]
 pub use config::{
-    Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, UnknownHeartbeat, UnknownLogFormat,
-    UnknownReadiness, UnknownRestart, UnknownRuntime, UnknownSignal, MAX_INSTANCES,
+    usable_cpus, CpuAffinity, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal,
+    UnknownCpuAffinity, UnknownHeartbeat, UnknownLogFormat, UnknownReadiness, UnknownRestart,
+    UnknownRuntime, UnknownSignal, MAX_INSTANCES,
 };
 #[cfg(target_os = "linux")]
 pub use error::Error;

@@ -1,11 +1,12 @@
 //! The public builder: settings in, a supervised fleet of workers out.
 
 use crate::config::{
-    Config, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
+    Config, CpuAffinity, Heartbeat, LogFormat, Readiness, Restart, Runtime, Signal, MAX_INSTANCES,
 };
 use crate::master::{Master, OnEvent, Relaunch, Resources, StatusFile, Takeover};
 use crate::signals::Signals;
 use crate::title::Titles;
+use crate::worker::confine::Confinement;
 use crate::worker::shared::SharedSlots;
 use crate::{env, listen, procfs, Error, Event, WorkerFn};
 use nix::sys::prctl;
@@ -478,6 +479,149 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// The user every worker runs as, by name or number (`"www-data"`, `"65534"`), as
+    /// Unicorn's `user` and gunicorn's `--user`: the master keeps its own identity, to bind
+    /// privileged ports before its first fork and to run upgrades, and each worker takes,
+    /// after its fork and before the worker function, the user's supplementary groups
+    /// (`initgroups`), its group (or [`group`](Supervisor::group)), then the user, its real,
+    /// effective and saved ids alike; it then checks that `setuid(0)` fails, and sets
+    /// [`no_new_privs`](Supervisor::no_new_privs). A user that does not exist, or a master not
+    /// allowed to switch to it (not root, or without `CAP_SETUID`), stops the start with exit
+    /// status 2. Listeners, hang detection, readiness, the status file and upgrades work as
+    /// they do without it: the master does what needs its rights.
+    ///
+    /// A worker that changed identity is not dumpable, as the kernel makes it (it was
+    /// privileged, and may hold what it read as root): other processes of the user cannot
+    /// trace it or take its sockets, and it leaves a core dump only where
+    /// `fs.suid_dumpable` is 2.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// // Started as root: binds port 80, and serves it from unprivileged workers.
+    /// kamisama::Supervisor::new()
+    ///     .listen("0.0.0.0:80")
+    ///     .user("www-data")
+    ///     .run(worker);
+    /// ```
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.config.user = Some(user.into());
+        self
+    }
+
+    /// The group every worker runs as, by name or number, instead of the
+    /// [`user`](Supervisor::user)'s own; without `user`, the workers keep the master's user
+    /// and take this group as their only one. Checked as `user` is.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().user("nobody").group("nogroup").run(worker);
+    /// ```
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.config.group = Some(group.into());
+        self
+    }
+
+    /// Whether each worker sets `no_new_privs` before the worker function: no program it
+    /// runs then gains privileges (a set-user-ID binary such as `sudo`, or file
+    /// capabilities). On by default for workers that change identity
+    /// ([`user`](Supervisor::user), [`group`](Supervisor::group)), whose point is to stay
+    /// unprivileged; off by default otherwise, where workers run with the master's identity
+    /// and may mean to run such programs (`ping` on some systems, `sudo`), which it would
+    /// make fail.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().no_new_privs(true).run(worker);
+    /// ```
+    pub fn no_new_privs(mut self, no_new_privs: bool) -> Self {
+        self.config.no_new_privs = Some(no_new_privs);
+        self
+    }
+
+    /// The most files each worker may have open (`RLIMIT_NOFILE`, as both its soft and hard
+    /// limit; `u64::MAX` for none). Above the master's hard limit, it needs
+    /// `CAP_SYS_RESOURCE` (root usually has it), or the start stops with exit status 2.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().limit_nofile(65536).run(worker);
+    /// ```
+    pub fn limit_nofile(mut self, files: u64) -> Self {
+        self.config.limits.nofile = Some(files);
+        self
+    }
+
+    /// The largest core dump each worker may leave, in bytes (`RLIMIT_CORE`; 0 for none,
+    /// `u64::MAX` for no limit). Checked as [`limit_nofile`](Supervisor::limit_nofile) is.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().limit_core(0).run(worker);
+    /// ```
+    pub fn limit_core(mut self, bytes: u64) -> Self {
+        self.config.limits.core = Some(bytes);
+        self
+    }
+
+    /// The most address space each worker may map, in bytes (`RLIMIT_AS`): past it, an
+    /// allocation fails, and a Rust worker aborts and is forked again. Counts what is mapped,
+    /// not what is used: a multi-thread runtime's stacks and an allocator's arenas count too.
+    /// Checked as [`limit_nofile`](Supervisor::limit_nofile) is.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().limit_as(4 << 30).run(worker);
+    /// ```
+    pub fn limit_as(mut self, bytes: u64) -> Self {
+        self.config.limits.address_space = Some(bytes);
+        self
+    }
+
+    /// Each worker's `oom_score_adj`, from -1000 (never killed by the kernel's OOM killer)
+    /// to 1000 (killed first). By default a worker gets the master's plus 500, at most 1000:
+    /// under memory pressure, the kernel kills a worker, which the master forks again, and
+    /// not the master, which is the whole fleet. Below the master's own, it needs
+    /// `CAP_SYS_RESOURCE`, or the start stops with exit status 2.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().oom_score_adj(800).run(worker);
+    /// ```
+    ///
+    /// The attribute takes negative values too: a master run with `CAP_SYS_RESOURCE` may
+    /// shield its workers as much as itself.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(instances = 2, oom_score_adj = -500)]
+    /// fn worker(index: usize) {
+    ///     println!("worker {index}");
+    /// }
+    /// ```
+    pub fn oom_score_adj(mut self, adj: i32) -> Self {
+        self.config.oom_score_adj = Some(adj);
+        self
+    }
+
+    /// Which CPUs each worker runs on: with [`CpuAffinity::Auto`], worker `i` on the `i`-th
+    /// CPU the master may use, as nginx's `worker_cpu_affinity auto`. It helps where workers
+    /// are as many as the CPUs ([`usable_cpus`](crate::usable_cpus)), each busy all the time
+    /// (a compute worker, a server under steady load): each keeps its caches warm and no two
+    /// fight for one CPU. It hurts where other processes share the CPUs or the load is
+    /// uneven, since the scheduler can no longer move a worker off a busy CPU; the default
+    /// leaves that to the scheduler.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .instances(kamisama::usable_cpus())
+    ///     .cpu_affinity(kamisama::CpuAffinity::Auto)
+    ///     .run(worker);
+    /// ```
+    pub fn cpu_affinity(mut self, affinity: CpuAffinity) -> Self {
+        self.config.cpu_affinity = affinity;
+        self
+    }
+
     /// Calls `on_event` in the master with every [`Event`] it logs: to feed metrics or
     /// alerts. The callback runs in the master's loop, so it must be quick and must not start
     /// threads (see [Threads](Supervisor#threads)); if it panics, the panic is caught and
@@ -592,6 +736,7 @@ impl<'a> Supervisor<'a> {
         if let Some(threads @ 2..) = procfs::thread_count() {
             return Err(Error::Threaded { threads });
         }
+        let confinement = Confinement::resolve(&config)?;
         // Started by an upgrade: the fleet is as large as the old master's was, and the status
         // file stays the old master's until it hands over.
         let takeover = Takeover::from_env();
@@ -631,6 +776,7 @@ impl<'a> Supervisor<'a> {
                 signals: &signals,
                 shared: shared.as_ref(),
                 titles: titles.as_ref(),
+                confinement: &confinement,
                 pid_max,
                 relaunch: relaunch.as_ref(),
                 takeover,

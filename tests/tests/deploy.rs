@@ -84,13 +84,23 @@ fn the_socket_activated_server_units_pass_systemd_analyze_verify() {
 }
 
 #[test]
+fn the_root_master_unit_with_unprivileged_workers_passes_systemd_analyze_verify() {
+    verify(
+        "the_root_master_unit_with_unprivileged_workers_passes_systemd_analyze_verify",
+        &["hello-port-80.service"],
+    );
+}
+
+#[test]
 fn grace_periods_leave_room_for_an_orderly_shutdown() {
     let unit = deploy_file("crunch.service");
     assert!(number(&unit, "TimeoutStopSec") > CRUNCH_SHUTDOWN_TIMEOUT);
     assert!(unit.contains("KillMode=mixed"));
-    let server = deploy_file("hello.service");
-    assert!(number(&server, "TimeoutStopSec") > HELLO_SHUTDOWN_TIMEOUT);
-    assert!(server.contains("KillMode=mixed"));
+    for server in ["hello.service", "hello-port-80.service"] {
+        let server = deploy_file(server);
+        assert!(number(&server, "TimeoutStopSec") > HELLO_SHUTDOWN_TIMEOUT);
+        assert!(server.contains("KillMode=mixed"));
+    }
     let example = std::fs::read_to_string(
         env!("CARGO_MANIFEST_DIR").to_owned() + "/../examples/hello_server.rs",
     )

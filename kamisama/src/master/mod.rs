@@ -11,6 +11,7 @@ use crate::event::{Event, ExitStatus, Level};
 use crate::log::Log;
 use crate::signals::Signals;
 use crate::title::Titles;
+use crate::worker::confine::Confinement;
 use crate::worker::shared::SharedSlots;
 use crate::worker::{self, Setup, WorkerFn};
 use crate::Outcome;
@@ -53,6 +54,8 @@ pub(crate) struct Resources<'a> {
     /// The memory shared with the workers, when hangs or readiness are watched.
     pub(crate) shared: Option<&'a SharedSlots>,
     pub(crate) titles: Option<&'a Titles>,
+    /// What each worker gives up after its fork.
+    pub(crate) confinement: &'a Confinement,
     /// The largest pid, for finding children without /proc.
     pub(crate) pid_max: i32,
     pub(crate) relaunch: Option<&'a Relaunch>,
@@ -160,6 +163,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             signals,
             shared,
             titles,
+            confinement,
             pid_max,
             relaunch,
             takeover,
@@ -178,6 +182,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 config,
                 shared,
                 titles,
+                confinement,
                 notify: notify.as_ref().map(Notify::fd),
                 inherited: reaper.inherited(),
             },

@@ -6,6 +6,7 @@ use crate::event::PANIC_EXIT_CODE;
 use crate::master::Inherited;
 use crate::signals::Signals;
 use crate::title::{Title, Titles};
+use confine::Confinement;
 use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
@@ -14,6 +15,7 @@ use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
+pub(crate) mod confine;
 mod forwarded;
 mod function;
 mod handle;
@@ -38,6 +40,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) notify: Option<RawFd>,
     /// The command line's memory, for the worker's title.
     pub(crate) titles: Option<&'a Titles>,
+    /// What the worker gives up before the user's code runs.
+    pub(crate) confinement: &'a Confinement,
     /// What the master's reaper leaves a child to undo.
     pub(crate) inherited: Inherited,
 }
@@ -75,13 +79,8 @@ fn run_worker<W: WorkerFn<S>, S>(
     // Its own process group, so that a stop reaches the worker's own subprocesses too, and
     // Ctrl-C in a terminal reaches only the master, which then stops the workers in order.
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
     if let (Some(titles), Some(title)) = (setup.titles, title) {
         titles.apply(title);
-    }
-    // The master may have died before the request above, and then no signal will ever come.
-    if getppid() != setup.master {
-        exit(1);
     }
     setup.signals.reset_in_worker();
     setup.inherited.restore();
@@ -90,9 +89,20 @@ fn run_worker<W: WorkerFn<S>, S>(
         // `_exit`, without running the destructor that would close it again.
         unsafe { libc::close(fd) };
     }
+    let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
+    if let Err(failed) = setup.confinement.apply(index) {
+        handle.report_failure(&failed);
+        exit(1);
+    }
+    // After the change of identity, which clears the death signal. Signals stay blocked until
+    // the user's code runs, so none is lost in between.
+    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
+    // The master may have died before the request above, and then no signal will ever come.
+    if getppid() != setup.master {
+        exit(1);
+    }
     forwarded::install();
     shared::install(setup.shared.map(|shared| shared.slot(index)));
-    let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {
             handle.report_failure(&error);

@@ -1,0 +1,4 @@
+#[kamisama::main(no_new_privs = "yes")]
+fn worker(index: usize) {
+    println!("{index}");
+}

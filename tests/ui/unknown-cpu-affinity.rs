@@ -1,0 +1,4 @@
+#[kamisama::main(cpu_affinity = "all")]
+fn worker(index: usize) {
+    println!("{index}");
+}
