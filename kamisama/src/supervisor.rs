@@ -523,11 +523,10 @@ impl<'a> Supervisor<'a> {
 
     /// Whether each worker sets `no_new_privs` before the worker function: no program it
     /// runs then gains privileges (a set-user-ID binary such as `sudo`, or file
-    /// capabilities). On by default for workers that change identity
-    /// ([`user`](Supervisor::user), [`group`](Supervisor::group)), whose point is to stay
-    /// unprivileged; off by default otherwise, where workers run with the master's identity
-    /// and may mean to run such programs (`ping` on some systems, `sudo`), which it would
-    /// make fail.
+    /// capabilities). On by default when [`user`](Supervisor::user) or
+    /// [`group`](Supervisor::group) is set, whose point is to keep workers unprivileged; off
+    /// by default otherwise, where workers run with the master's identity and may mean to
+    /// run such programs (`ping` on some systems, `sudo`), which it would make fail.
     ///
     /// ```no_run
     /// # fn worker(_: usize) {}
@@ -581,7 +580,8 @@ impl<'a> Supervisor<'a> {
     /// to 1000 (killed first). By default a worker gets the master's plus 500, at most 1000:
     /// under memory pressure, the kernel kills a worker, which the master forks again, and
     /// not the master, which is the whole fleet. Below the master's own, it needs
-    /// `CAP_SYS_RESOURCE`, or the start stops with exit status 2.
+    /// `CAP_SYS_RESOURCE`, or the start stops with exit status 2. The master's own value
+    /// costs nothing: a worker inherits it, and writes none.
     ///
     /// ```no_run
     /// # fn worker(_: usize) {}

@@ -267,12 +267,73 @@ fn start_and_shutdown(rows: &mut Vec<Row>) {
 
 /// Time from killing a worker to its replacement running the worker function.
 fn respawn_latency(rows: &mut Vec<Row>) {
+    let [kamisama, baseline] = &mut respawn_latencies(AGAINST_BASELINE);
+    let kills = kamisama.len();
+    rows.push(row(
+        format!("respawn latency, median of {kills} kills"),
+        median(kamisama),
+        median(baseline),
+        Unit::Nanos,
+    ));
+    rows.push(row(
+        format!("respawn latency, p99 of {kills} kills"),
+        percentile(kamisama, 99),
+        percentile(baseline, 99),
+        Unit::Nanos,
+    ));
+}
+
+/// The least-privilege settings all on: a user to switch to, limits, an OOM score, pinning.
+const CONFINED: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama"),
+    env: &[
+        ("KAMISAMA_USER", "nobody"),
+        ("KAMISAMA_LIMIT_NOFILE", "1024"),
+        ("KAMISAMA_LIMIT_CORE", "0"),
+        ("KAMISAMA_OOM_SCORE_ADJ", "600"),
+        ("KAMISAMA_CPU_AFFINITY", "auto"),
+    ],
+};
+
+/// Nothing to apply after the fork: the OOM score the master has (0, unless the bench runs
+/// under a service manager that set one), which a worker inherits, so it writes none.
+const UNCONFINED: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama"),
+    env: &[("KAMISAMA_OOM_SCORE_ADJ", "0")],
+};
+
+/// What the least-privilege settings cost a respawn: the default's one write of the OOM
+/// score, and everything on (as root), each against nothing applied.
+fn least_privilege(rows: &mut Vec<Row>) {
+    let [default, none] = &mut respawn_latencies([KAMISAMA, UNCONFINED]);
+    rows.push(row(
+        "respawn latency, median: the default OOM score written, against nothing applied",
+        median(default),
+        median(none),
+        Unit::Nanos,
+    ));
+    if !nix::unistd::geteuid().is_root() {
+        println!("least privilege, every option on: skipped, it needs root");
+        return;
+    }
+    let [confined, none] = &mut respawn_latencies([CONFINED, UNCONFINED]);
+    rows.push(row(
+        "respawn latency, median: user, limits, OOM score and CPU pinning, against none",
+        median(confined),
+        median(none),
+        Unit::Nanos,
+    ));
+}
+
+/// The respawn latencies of the two subjects of `pair`, in nanoseconds: from a worker's
+/// SIGKILL to its replacement's first instruction, in rounds that alternate the order.
+fn respawn_latencies(pair: [Subject; 2]) -> [Vec<u64>; 2] {
     const INSTANCES: usize = 17;
     const ROUNDS: usize = 3;
     const KILLS_PER_ROUND: usize = 100;
     let mut latencies = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        for (which, subject) in in_turn(round, AGAINST_BASELINE) {
+        for (which, subject) in in_turn(round, pair) {
             let (mut running, _) = Running::start(subject, INSTANCES);
             running.await_workers(INSTANCES);
             for kill_number in 0..KILLS_PER_ROUND {
@@ -291,20 +352,7 @@ fn respawn_latency(rows: &mut Vec<Row>) {
             running.shut_down();
         }
     }
-    let kills = ROUNDS * KILLS_PER_ROUND;
-    let [kamisama, baseline] = &mut latencies;
-    rows.push(row(
-        format!("respawn latency, median of {kills} kills"),
-        median(kamisama),
-        median(baseline),
-        Unit::Nanos,
-    ));
-    rows.push(row(
-        format!("respawn latency, p99 of {kills} kills"),
-        percentile(kamisama, 99),
-        percentile(baseline, 99),
-        Unit::Nanos,
-    ));
+    latencies
 }
 
 /// The CPU time a process has used, every thread of it, in nanoseconds: the first field of
@@ -660,6 +708,7 @@ fn main() {
     let mut features = Vec::new();
     async_starts(&mut features);
     hang_detection(&mut features);
+    least_privilege(&mut features);
     rolling_restart_of_idle_acceptors(&mut features);
     println!("machine: {}", machine());
     println!();

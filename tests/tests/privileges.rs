@@ -7,7 +7,7 @@
 
 use kamisama_tests::deployment::{spawned_by, upgrade, Deployment};
 use kamisama_tests::load::Load;
-use kamisama_tests::{field, reap_orphan, scratch, skip, Master};
+use kamisama_tests::{field, reap_orphan, scratch, skip, Master, NotifySocket};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use std::collections::BTreeSet;
@@ -99,6 +99,15 @@ fn cpu_list(list: &str) -> Vec<usize> {
     cpus
 }
 
+/// Whether `pid` holds a file open on some process's `oom_score_adj`: the master's is its
+/// own, and a worker that kept it could change the master's score.
+fn holds_an_oom_score(pid: u32) -> bool {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| target.ends_with("oom_score_adj"))
+    })
+}
+
 fn stop(mut master: Master) {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
@@ -172,6 +181,7 @@ fn workers_get_their_limits_oom_score_and_cpu() {
         assert_eq!(limit(pid, "Max core file size"), "0 0");
         assert_eq!(limit(pid, "Max address space"), "8589934592 8589934592");
         assert_eq!(oom_score_adj(pid), 700);
+        assert!(!holds_an_oom_score(pid));
         // Worker i on the i-th usable CPU, round the list again past its end.
         let pinned = cpus[index % cpus.len()].to_string();
         assert_eq!(status(pid, "Cpus_allowed_list"), pinned, "worker {index}");
@@ -200,6 +210,7 @@ fn by_default_workers_are_more_killable_than_the_master_and_keep_its_identity() 
     for pid in workers.values() {
         let pid = pid.as_raw() as u32;
         assert_eq!(oom_score_adj(pid), expected);
+        assert!(!holds_an_oom_score(pid));
         assert_eq!(status(pid, "Uid"), status(own, "Uid"));
         assert_eq!(status(pid, "Groups"), status(own, "Groups"));
         // No identity to protect: set-user-ID helpers a worker runs still work.
@@ -359,15 +370,21 @@ fn a_limit_the_master_may_not_grant_stops_the_start_before_any_fork() {
 }
 
 #[test]
-fn hang_detection_judges_unprivileged_workers() {
-    if !as_root("hang_detection_judges_unprivileged_workers") {
+fn hang_detection_notify_and_the_status_file_work_with_unprivileged_workers() {
+    if !as_root("hang_detection_notify_and_the_status_file_work_with_unprivileged_workers") {
         return;
     }
+    let dir = scratch!("privileges-hang");
+    let systemd = NotifySocket::bind(dir.join("notify"), None);
+    let status_file = dir.join("status.json");
     let mut master = Master::launch(HEARTBEATS)
         .env("KAMISAMA_TIMEOUT", "1")
         .env("KAMISAMA_USER", "nobody")
+        .env("KAMISAMA_STATUS_FILE", status_file.to_str().unwrap())
+        .env("NOTIFY_SOCKET", systemd.path())
         .env("HANG", "0")
         .start();
+    systemd.wait_for("READY=1", 1);
     let before = master.wait_for_workers(2);
     assert_eq!(
         status(before[&0].as_raw() as u32, "Uid"),
@@ -384,8 +401,16 @@ fn hang_detection_judges_unprivileged_workers() {
         status(after[&0].as_raw() as u32, "Uid"),
         "65534 65534 65534 65534"
     );
+    // The master, root still, keeps the status file of the unprivileged fleet.
+    master.wait_until("the respawn in the status file", || {
+        let text = fs::read_to_string(&status_file).ok()?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let worker = &status["workers"][0];
+        (worker["pid"] == after[&0].as_raw() && worker["restarts"] == 1).then_some(())
+    });
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+    systemd.wait_for("STOPPING=1", 1);
 }
 
 #[test]

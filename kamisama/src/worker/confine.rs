@@ -7,13 +7,14 @@
 //! that no worker is forked to fail. A worker then applies the result with system calls
 //! only: no lookup, no allocation, as a child of a master that may run its reaper thread must.
 //!
-//! The order is the one that works: CPUs, OOM score and limits while the worker still has the
-//! master's rights (lowering an OOM score or raising a hard limit needs them, and
-//! `/proc/self/oom_score_adj` belongs to root once the identity changed); then the groups,
-//! the group, the user, in that order, since each step needs the rights the next one takes
-//! away; then `no_new_privs`; then the proof that root cannot be had back.
+//! The OOM score comes with the fork ([`oom_score`](super::oom_score)). Then the order is the
+//! one that works: CPUs and limits while the worker still has the master's rights (raising a
+//! hard limit needs them); then the groups, the group, the user, in that order, since each
+//! step needs the rights the next one takes away; then `no_new_privs`; then the proof that
+//! root cannot be had back.
 
-use crate::config::{Config, CpuAffinity, Limits, WORKER_OOM_SCORE_BIAS};
+use super::oom_score::{OomScore, Raised};
+use crate::config::{Config, CpuAffinity, Limits};
 use crate::Error;
 use nix::errno::Errno;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
@@ -34,6 +35,7 @@ pub(crate) struct Confinement {
     no_new_privs: bool,
     /// Each limit to set, as both the soft and the hard limit.
     limits: Vec<(Resource, u64)>,
+    /// Given at the fork, by the master.
     oom_score_adj: Option<OomScore>,
     /// The CPUs to pin worker `i` to, the `i % len`-th; empty when not pinned.
     cpus: Vec<usize>,
@@ -45,15 +47,6 @@ struct Identity {
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
-}
-
-/// `oom_score_adj`, written out as `/proc/self/oom_score_adj` takes it.
-#[derive(Debug)]
-struct OomScore {
-    text: [u8; 6],
-    len: usize,
-    /// Whether a refusal is the worker's failure: only when the setting asked for it.
-    required: bool,
 }
 
 /// Why a worker could not confine itself: the step and the error.
@@ -78,7 +71,7 @@ impl Confinement {
     pub(crate) fn resolve(config: &Config) -> Result<Self, Error> {
         let identity = Identity::resolve(config)?;
         let limits = resolve_limits(&config.limits)?;
-        let oom_score_adj = OomScore::resolve(config.oom_score_adj)?;
+        let oom_score_adj = OomScore::open(config.oom_score_adj, has_capability(CAP_SYS_RESOURCE))?;
         let cpus = match config.cpu_affinity {
             CpuAffinity::Off => Vec::new(),
             CpuAffinity::Auto => {
@@ -100,20 +93,26 @@ impl Confinement {
         })
     }
 
+    /// In the master, just before a fork: what the worker gets from it rather than sets
+    /// itself (its OOM score), until the guard drops after the fork.
+    pub(crate) fn forking(&self) -> Option<Raised<'_>> {
+        let score = self.oom_score_adj.as_ref()?;
+        // A score the kernel refuses now (an operator changed the master's floor since the
+        // start) leaves the worker with the master's: no worker is lost for it.
+        score.raise().ok().flatten()
+    }
+
     /// In worker `index`, just forked: applies everything, in the order that works (see the
     /// module's documentation). System calls only.
     pub(crate) fn apply(&self, index: usize) -> Result<(), Failed> {
         let failed = |step| move |errno| Failed { step, errno };
+        if let Some(score) = &self.oom_score_adj {
+            score.close_in_worker();
+        }
         if !self.cpus.is_empty() {
             let mut mask = CpuSet::new();
             let _ = mask.set(self.cpus[index % self.cpus.len()]);
             sched_setaffinity(Pid::from_raw(0), &mask).map_err(failed("sched_setaffinity"))?;
-        }
-        if let Some(score) = &self.oom_score_adj {
-            match score.write() {
-                Err(errno) if score.required => return Err(failed("oom_score_adj")(errno)),
-                _ => {}
-            }
         }
         for (resource, limit) in &self.limits {
             setrlimit(*resource, *limit, *limit).map_err(failed("setrlimit"))?;
@@ -273,55 +272,6 @@ impl fmt::Display for Shown {
     }
 }
 
-impl OomScore {
-    /// The score a worker writes: `setting`, which may not be lower than the master's without
-    /// `CAP_SYS_RESOURCE`, or by default the master's plus the bias, at most 1000.
-    fn resolve(setting: Option<i32>) -> Result<Option<OomScore>, Error> {
-        let master = fs::read_to_string("/proc/self/oom_score_adj")
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok());
-        let score = match (setting, master) {
-            (Some(wanted), Some(master)) if wanted < master => {
-                if !has_capability(CAP_SYS_RESOURCE) {
-                    return Err(Error::Confine {
-                        setting: "oom_score_adj",
-                        value: wanted.to_string(),
-                        reason: format!(
-                            "it is below the master's {master}, which needs CAP_SYS_RESOURCE"
-                        ),
-                    });
-                }
-                wanted
-            }
-            (Some(wanted), _) => wanted,
-            // Where /proc cannot tell, the default is left alone rather than guessed.
-            (None, None) => return Ok(None),
-            (None, Some(master)) => (master + WORKER_OOM_SCORE_BIAS).min(1000),
-        };
-        let written = score.to_string();
-        let mut text = [0; 6];
-        text[..written.len()].copy_from_slice(written.as_bytes());
-        Ok(Some(OomScore {
-            text,
-            len: written.len(),
-            required: setting.is_some(),
-        }))
-    }
-
-    /// Writes the score for this process. Async-signal-safe.
-    fn write(&self) -> Result<(), Errno> {
-        const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
-        // SAFETY: PATH ends with a nul; the flags are valid.
-        let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        let fd = Errno::result(fd)?;
-        // SAFETY: `text` holds `len` bytes.
-        let written = unsafe { libc::write(fd, self.text.as_ptr().cast(), self.len) };
-        // SAFETY: `fd` is ours, opened above.
-        unsafe { libc::close(fd) };
-        Errno::result(written).map(drop)
-    }
-}
-
 /// Whether this process has `capability` in its effective set, from `/proc/self/status`;
 /// where /proc cannot tell, whether it runs as root.
 fn has_capability(capability: u32) -> bool {
@@ -341,23 +291,12 @@ fn has_capability(capability: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::oom_score::tests::OOM_SCORE;
     use super::*;
 
     #[test]
-    fn the_default_oom_score_is_the_masters_plus_the_bias_at_most_1000() {
-        let master: i32 = fs::read_to_string("/proc/self/oom_score_adj")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let score = OomScore::resolve(None).unwrap().unwrap();
-        let written = std::str::from_utf8(&score.text[..score.len]).unwrap();
-        assert_eq!(written, (master + 500).min(1000).to_string());
-        assert!(!score.required);
-    }
-
-    #[test]
     fn an_unknown_user_or_group_names_the_setting_and_the_value() {
+        let _oom = OOM_SCORE.lock();
         for config in [
             Config {
                 user: Some("no-such-user-kamisama".into()),
@@ -376,6 +315,7 @@ mod tests {
 
     #[test]
     fn no_new_privs_is_on_by_default_only_for_workers_that_change_identity() {
+        let _oom = OOM_SCORE.lock();
         let own = User::from_uid(geteuid()).unwrap().unwrap().name;
         let unchanged = Confinement::resolve(&Config::default()).unwrap();
         assert!(!unchanged.no_new_privs && unchanged.identity.is_none());

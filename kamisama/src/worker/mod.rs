@@ -19,6 +19,7 @@ pub(crate) mod confine;
 mod forwarded;
 mod function;
 mod handle;
+mod oom_score;
 #[cfg(feature = "tokio")]
 mod runtime;
 pub(crate) mod shared;
@@ -58,6 +59,9 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
     let title = setup
         .titles
         .map(|titles| titles.render(format_args!("worker {index}"), format_args!("w{index}")));
+    // The worker's OOM score, which it inherits; the master's own is back when this drops,
+    // in the master only: the worker never returns here.
+    let _lent = setup.confinement.forking();
     // SAFETY: the master runs no thread but its own reaper's (user threads are refused before
     // the first fork), which holds no lock (`master::reaper`), so the child inherits no lock
     // that another thread holds; the child runs `run_worker`, which never returns.
