@@ -103,9 +103,8 @@ fn cpu_list(list: &str) -> Vec<usize> {
 /// own, and a worker that kept it could change the master's score.
 fn holds_an_oom_score(pid: u32) -> bool {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    fds.flatten().any(|fd| {
-        fs::read_link(fd.path()).is_ok_and(|target| target.ends_with("oom_score_adj"))
-    })
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.ends_with("oom_score_adj")))
 }
 
 fn stop(mut master: Master) {

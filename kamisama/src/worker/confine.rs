@@ -13,7 +13,7 @@
 //! step needs the rights the next one takes away; then `no_new_privs`; then the proof that
 //! root cannot be had back.
 
-use super::oom_score::{OomScore, Raised};
+use super::oom_score::{Lent, OomScore};
 use crate::config::{Config, CpuAffinity, Limits};
 use crate::Error;
 use nix::errno::Errno;
@@ -71,7 +71,8 @@ impl Confinement {
     pub(crate) fn resolve(config: &Config) -> Result<Self, Error> {
         let identity = Identity::resolve(config)?;
         let limits = resolve_limits(&config.limits)?;
-        let oom_score_adj = OomScore::open(config.oom_score_adj, has_capability(CAP_SYS_RESOURCE))?;
+        let oom_score_adj =
+            OomScore::resolve(config.oom_score_adj, has_capability(CAP_SYS_RESOURCE))?;
         let cpus = match config.cpu_affinity {
             CpuAffinity::Off => Vec::new(),
             CpuAffinity::Auto => {
@@ -95,20 +96,17 @@ impl Confinement {
 
     /// In the master, just before a fork: what the worker gets from it rather than sets
     /// itself (its OOM score), until the guard drops after the fork.
-    pub(crate) fn forking(&self) -> Option<Raised<'_>> {
-        let score = self.oom_score_adj.as_ref()?;
+    pub(crate) fn forking(&self) -> Option<Lent> {
         // A score the kernel refuses now (an operator changed the master's floor since the
-        // start) leaves the worker with the master's: no worker is lost for it.
-        score.raise().ok().flatten()
+        // start), or no descriptor to spare, leaves the worker with the master's: no worker
+        // is lost for it.
+        self.oom_score_adj?.lend().ok().flatten()
     }
 
     /// In worker `index`, just forked: applies everything, in the order that works (see the
     /// module's documentation). System calls only.
     pub(crate) fn apply(&self, index: usize) -> Result<(), Failed> {
         let failed = |step| move |errno| Failed { step, errno };
-        if let Some(score) = &self.oom_score_adj {
-            score.close_in_worker();
-        }
         if !self.cpus.is_empty() {
             let mut mask = CpuSet::new();
             let _ = mask.set(self.cpus[index % self.cpus.len()]);

@@ -60,8 +60,8 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
         .titles
         .map(|titles| titles.render(format_args!("worker {index}"), format_args!("w{index}")));
     // The worker's OOM score, which it inherits; the master's own is back when this drops,
-    // in the master only: the worker never returns here.
-    let _lent = setup.confinement.forking();
+    // in the master only.
+    let lent = setup.confinement.forking();
     // SAFETY: the master runs no thread but its own reaper's (user threads are refused before
     // the first fork), which holds no lock (`master::reaper`), so the child inherits no lock
     // that another thread holds; the child runs `run_worker`, which never returns.
@@ -70,7 +70,14 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
         // shells do: a worker that moves to another group at once would be moved back. A stop
         // that comes before the group exists reaches the worker itself (`fleet::stop_worker`).
         ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => run_worker(index, worker, setup, title.as_ref()),
+        ForkResult::Child => {
+            if let Some(lent) = &lent {
+                // SAFETY: the master's descriptor, which the worker must not write through
+                // (it is the master's score); the worker never returns here to drop `lent`.
+                unsafe { libc::close(lent.fd()) };
+            }
+            run_worker(index, worker, setup, title.as_ref())
+        }
     }
 }
 

@@ -1,127 +1,120 @@
 //! A worker's OOM score, given at the fork rather than written by the worker.
 //!
-//! A process inherits its parent's `oom_score_adj`. So the master raises its own for the
-//! instant of a fork and puts it back at once, two writes on a file it keeps open, instead of
-//! each worker opening `/proc/self/oom_score_adj`: a new process must have its /proc
-//! directory looked up and made first, which cost 40 µs per respawn on the bench's machine,
-//! a sixth of a respawn. The master is more killable only while it forks, and never below
-//! the floor the kernel keeps for it (`oom_score_adj_min`): its own value is one it was
-//! allowed to have, so putting it back needs no privilege.
+//! A process inherits its parent's `oom_score_adj`. So the master takes the worker's score
+//! for the instant of a fork and puts its own back at once, instead of each worker opening
+//! `/proc/self/oom_score_adj`: a new process must have its /proc directory looked up and made
+//! first, which cost 40 µs per respawn on the bench's machine, a sixth of a respawn, where
+//! the master's own is cached. The master is more killable only while it forks, and never
+//! below the floor the kernel keeps for it (`oom_score_adj_min`): its own value is one it was
+//! allowed to have, so putting it back needs no privilege. The file is opened for each fork
+//! and closed after it, so that a master with no descriptor to spare loses nothing but the
+//! adjustment.
 
 use crate::config::WORKER_OOM_SCORE_BIAS;
 use crate::Error;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 /// What a worker's score is.
 #[derive(Clone, Copy, Debug)]
-enum Wanted {
+pub(crate) enum OomScore {
     /// A value set by hand.
     Set(i32),
     /// The master's own, as it is at the fork, plus the bias, at most 1000.
     AboveMaster,
 }
 
-/// The master's own `oom_score_adj`, open, and what a worker's is to be.
-#[derive(Debug)]
-pub(crate) struct OomScore {
+/// The master's score, lent to a fork; put back when dropped.
+pub(crate) struct Lent {
     file: File,
-    wanted: Wanted,
-}
-
-/// The master's score raised for a fork; put back when dropped.
-pub(crate) struct Raised<'a> {
-    score: &'a OomScore,
     master: i32,
 }
 
 impl OomScore {
-    /// Opens the master's score and tries the round trip a fork makes, so that a setting that
-    /// cannot be given stops the start: `setting`, or by default the master's plus the bias,
-    /// which is left out, without a word, where /proc refuses it (a sandbox).
-    pub(crate) fn open(setting: Option<i32>, may_lower: bool) -> Result<Option<Self>, Error> {
+    /// Tries the round trip a fork makes, so that a setting that cannot be given stops the
+    /// start: `setting`, or by default the master's plus the bias, which is left out, without
+    /// a word, where /proc refuses it (a sandbox).
+    pub(crate) fn resolve(setting: Option<i32>, may_lower: bool) -> Result<Option<Self>, Error> {
         let refused = |reason: String| Error::Confine {
             setting: "oom_score_adj",
             value: setting.map_or_else(String::new, |adj| adj.to_string()),
             reason,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/proc/self/oom_score_adj");
-        let wanted = setting.map_or(Wanted::AboveMaster, Wanted::Set);
-        let score = match file {
-            Ok(file) => OomScore { file, wanted },
-            Err(_) if setting.is_none() => return Ok(None),
-            Err(error) => return Err(refused(format!("/proc/self/oom_score_adj: {error}"))),
-        };
-        let master = score.master().map_err(|error| refused(error.to_string()))?;
-        if let (Wanted::Set(wanted), false) = (wanted, may_lower) {
+        let score = setting.map_or(OomScore::AboveMaster, OomScore::Set);
+        if let (OomScore::Set(wanted), false) = (score, may_lower) {
+            let master = open()
+                .and_then(|file| read(&file))
+                .map_err(|error| refused(format!("/proc/self/oom_score_adj: {error}")))?;
             if wanted < master {
                 return Err(refused(format!(
                     "it is below the master's {master}, which needs CAP_SYS_RESOURCE"
                 )));
             }
         }
-        match score.raise() {
-            Ok(raised) => drop(raised),
+        match score.lend() {
+            Ok(lent) => drop(lent),
             Err(_) if setting.is_none() => return Ok(None),
-            Err(error) => return Err(refused(error.to_string())),
+            Err(error) => return Err(refused(format!("/proc/self/oom_score_adj: {error}"))),
         }
         Ok(Some(score))
     }
 
     /// In the master, just before a fork: gives the master the worker's score, until the
     /// guard drops. `None` where the two are the same already.
-    pub(crate) fn raise(&self) -> io::Result<Option<Raised<'_>>> {
-        let master = self.master()?;
-        let worker = match self.wanted {
-            Wanted::Set(adj) => adj,
-            Wanted::AboveMaster => (master + WORKER_OOM_SCORE_BIAS).min(1000),
+    pub(crate) fn lend(self) -> io::Result<Option<Lent>> {
+        let file = open()?;
+        let master = read(&file)?;
+        let worker = match self {
+            OomScore::Set(adj) => adj,
+            OomScore::AboveMaster => (master + WORKER_OOM_SCORE_BIAS).min(1000),
         };
         if worker == master {
             return Ok(None);
         }
-        self.write(worker)?;
-        Ok(Some(Raised {
-            score: self,
-            master,
-        }))
-    }
-
-    /// In a worker just forked: closes the master's file, which a worker must not write
-    /// through (it is the master's score). Async-signal-safe.
-    pub(crate) fn close_in_worker(&self) {
-        // SAFETY: the master's descriptor, which the worker never uses; it leaves by exec or
-        // `_exit`, without running the destructor that would close it again.
-        unsafe { libc::close(self.file.as_raw_fd()) };
-    }
-
-    /// The master's score now.
-    fn master(&self) -> io::Result<i32> {
-        let mut text = [0; 16];
-        let read = self.file.read_at(&mut text, 0)?;
-        std::str::from_utf8(&text[..read])
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a number"))
-    }
-
-    fn write(&self, adj: i32) -> io::Result<()> {
-        let mut text = [0; 16];
-        let mut cursor = &mut text[..];
-        write!(cursor, "{adj}")?;
-        let len = 16 - cursor.len();
-        (&self.file).write_all(&text[..len])
+        write(&file, worker)?;
+        Ok(Some(Lent { file, master }))
     }
 }
 
-impl Drop for Raised<'_> {
-    fn drop(&mut self) {
-        let _ = self.score.write(self.master);
+impl Lent {
+    /// The master's descriptor, which a worker just forked closes first thing: through it,
+    /// the worker could change the master's score.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let _ = write(&self.file, self.master);
+    }
+}
+
+/// This process's score, open for reading and writing.
+fn open() -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/oom_score_adj")
+}
+
+fn read(file: &File) -> io::Result<i32> {
+    let mut text = [0; 16];
+    let read = file.read_at(&mut text, 0)?;
+    std::str::from_utf8(&text[..read])
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a number"))
+}
+
+fn write(mut file: &File, adj: i32) -> io::Result<()> {
+    let mut text = [0; 16];
+    let mut cursor = &mut text[..];
+    write!(cursor, "{adj}")?;
+    let len = 16 - cursor.len();
+    file.write_all(&text[..len])
 }
 
 #[cfg(test)]
@@ -141,19 +134,19 @@ pub(super) mod tests {
     fn the_master_is_raised_to_its_own_score_plus_the_bias_and_put_back() {
         let _oom = OOM_SCORE.lock();
         let before = own();
-        let score = OomScore::open(None, false).unwrap().unwrap();
-        let raised = score.raise().unwrap();
+        let score = OomScore::resolve(None, false).unwrap().unwrap();
+        let lent = score.lend().unwrap();
         assert_eq!(own(), (before + 500).min(1000));
-        assert_eq!(raised.is_some(), before < 1000);
-        drop(raised);
+        assert_eq!(lent.is_some(), before < 1000);
+        drop(lent);
         assert_eq!(own(), before);
     }
 
     #[test]
     fn a_score_the_master_has_is_inherited_and_not_written() {
         let _oom = OOM_SCORE.lock();
-        let score = OomScore::open(Some(own()), false).unwrap().unwrap();
-        assert!(score.raise().unwrap().is_none());
+        let score = OomScore::resolve(Some(own()), false).unwrap().unwrap();
+        assert!(score.lend().unwrap().is_none());
     }
 
     #[test]
@@ -163,7 +156,7 @@ pub(super) mod tests {
         if before == -1000 {
             return;
         }
-        let error = OomScore::open(Some(before - 1), false).unwrap_err();
+        let error = OomScore::resolve(Some(before - 1), false).unwrap_err();
         let error = error.to_string();
         assert!(error.contains("CAP_SYS_RESOURCE"), "{error}");
         assert_eq!(own(), before);
