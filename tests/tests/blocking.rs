@@ -3,14 +3,14 @@
 //! workers an hour to stop, so a test that ends at all proves it.
 //!
 //! cargo-mutants finds `set_nonblocking` in the `Accept` impls replaced by `Ok(())` alive:
-//! a listener left blocking only hurts a worker that `poll` woke for a connection another
-//! worker then took, in the microseconds between its `poll` and its `accept` (poll checks the
-//! queue again before it returns); no test can hold a worker in that window, so the race test
-//! below catches the mutant only by luck. In `stop::wait`, `&&` turned into `||` in the last
+//! a listener left blocking only hurts a worker woken for a connection another worker then
+//! took, in the microseconds between its wakeup and its `accept` (with `EPOLLEXCLUSIVE`, a
+//! second worker is rarely woken for one connection at all); no test can hold a worker in
+//! that window, so the race test below catches the mutant only by luck. In `stop::wait`, `&&` turned into `||` in the last
 //! check lives for the same reason: it differs only when a stop comes between `poll`'s
 //! return and that check while the descriptor is readable too.
 
-use kamisama_tests::{field, Master};
+use kamisama_tests::{field, state, status_field, Master};
 use nix::sys::signal::Signal;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -46,8 +46,8 @@ fn accept_hands_out_connections_and_losing_the_race_is_invisible() {
         .unwrap()
         .to_owned();
     master.wait_for_lines("waiting index=", 4);
-    // Each connection wakes every worker and one gets it: the others go back to waiting,
-    // neither told of an error nor stuck in a blocking accept.
+    // A connection may wake more than one worker, and one gets it: the others go back to
+    // waiting, neither told of an error nor stuck in a blocking accept.
     for _ in 0..40 {
         let stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
         let mut greeting = String::new();
@@ -60,6 +60,54 @@ fn accept_hands_out_connections_and_losing_the_race_is_invisible() {
     master.expect_lines("killed", 0);
     master.expect_lines("accept-error", 0);
     assert_eq!(master.count_lines("worker-stopping"), 4);
+}
+
+#[test]
+fn a_connection_wakes_one_waiting_worker_not_all_of_them() {
+    const WORKERS: usize = 8;
+    const CONNECTIONS: u64 = 40;
+    let mut master = Master::launch(ACCEPTOR)
+        .env("KAMISAMA_INSTANCES", &WORKERS.to_string())
+        .start();
+    let port = field(&master.wait_for_line("listening port="), "port")
+        .unwrap()
+        .to_owned();
+    let workers = master.wait_for_workers(WORKERS);
+    // Each waits once before its first connection: its epoll instance is made by then.
+    master.wait_for_lines("waiting index=", WORKERS);
+    let all_asleep = || {
+        master.wait_until("every worker asleep", || {
+            let asleep = workers.values().all(|pid| state(*pid) == Some('S'));
+            asleep.then_some(())
+        });
+    };
+    all_asleep();
+    // A worker that goes to sleep switches out voluntarily, once per wakeup.
+    let sleeps = || -> u64 {
+        workers
+            .values()
+            .map(|pid| status_field(*pid, "voluntary_ctxt_switches").unwrap())
+            .sum()
+    };
+    let before = sleeps();
+    for served in 1..=CONNECTIONS {
+        let stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+        let mut greeting = String::new();
+        BufReader::new(stream).read_line(&mut greeting).unwrap();
+        assert!(greeting.starts_with("hello from "), "{greeting:?}");
+        master.wait_for_lines("waiting index=", WORKERS + served as usize);
+    }
+    all_asleep();
+    let woken = sleeps() - before;
+    // One wakeup per connection, and a little room: the kernel may wake a second exclusive
+    // waiter. Woken all together, 8 workers would sleep 8 times per connection.
+    assert!(
+        woken <= 2 * CONNECTIONS,
+        "{woken} wakeups of {WORKERS} workers for {CONNECTIONS} connections"
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("killed", 0);
 }
 
 #[test]

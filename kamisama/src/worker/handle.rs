@@ -1,5 +1,6 @@
 //! The public [`Worker`] handle: a worker's index and its cooperative stop.
 
+use super::accept_wait;
 use super::shared;
 use super::stop::{self, Woken};
 #[cfg(feature = "tokio")]
@@ -244,11 +245,13 @@ impl Worker {
     /// or a [`TcpListener`] or [`UnixListener`] of your own), or returns `None` as soon as a
     /// stop is requested.
     ///
-    /// The listener is put in non-blocking mode, for all the processes that share it: when
-    /// several workers wait on one listener, each connection wakes them all and only one
-    /// gets it; the others go back to waiting instead of blocking in `accept` where a stop
-    /// cannot reach them. The connection itself is in blocking mode (on Linux, an accepted
-    /// socket does not inherit the listener's).
+    /// A connection wakes one waiting worker, not every worker that shares the listener
+    /// (the thread keeps an epoll instance per listener, holding it with `EPOLLEXCLUSIVE`: one
+    /// descriptor per listener and thread that accepts); a stop wakes them all at once. The
+    /// listener is put in non-blocking mode, for all the processes that share it: when two
+    /// workers are woken for one connection, the one that finds nothing goes back to waiting
+    /// instead of blocking in `accept` where a stop cannot reach it. The connection itself is
+    /// in blocking mode (on Linux, an accepted socket does not inherit the listener's).
     ///
     /// ```no_run
     /// use std::net::TcpListener;
@@ -269,12 +272,15 @@ impl Worker {
             return Some(Err(error));
         }
         loop {
-            if !self.wait_readable(listener.as_fd()) {
+            if waiting(|| accept_wait::wait(listener.as_fd())) != Woken::Ready {
                 return None;
             }
             match listener.accept_now() {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                connection => return Some(connection),
+                connection => {
+                    accept_wait::accepted(listener.as_fd());
+                    return Some(connection);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
+mod accept_wait;
 pub(crate) mod confine;
 mod forwarded;
 mod function;
