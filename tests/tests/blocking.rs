@@ -111,6 +111,45 @@ fn a_connection_wakes_one_waiting_worker_not_all_of_them() {
 }
 
 #[test]
+fn connections_go_round_the_idle_workers_in_turn() {
+    const WORKERS: usize = 4;
+    const CONNECTIONS: usize = 40;
+    let mut master = Master::launch(ACCEPTOR)
+        .env("KAMISAMA_INSTANCES", &WORKERS.to_string())
+        .start();
+    let port = field(&master.wait_for_line("listening port="), "port")
+        .unwrap()
+        .to_owned();
+    master.wait_for_lines("waiting index=", WORKERS);
+    let mut accepted = [0; WORKERS];
+    for served in 1..=CONNECTIONS {
+        let stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+        let mut greeting = String::new();
+        BufReader::new(stream).read_line(&mut greeting).unwrap();
+        let index: usize = greeting
+            .trim()
+            .strip_prefix("hello from ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        accepted[index] += 1;
+        // Each worker idle again before the next connection, the one that served it last.
+        master.wait_for_lines("waiting index=", WORKERS + served);
+    }
+    // In turn, each would have 10; a worker that was not yet back in its wait when a
+    // connection came is passed over for that one. Without the turn, the first worker to
+    // have waited takes nearly all of them.
+    assert!(
+        accepted
+            .iter()
+            .all(|count| *count >= CONNECTIONS / WORKERS / 2),
+        "{accepted:?}"
+    );
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn an_accept_that_fails_tells_the_worker() {
     let master = Master::launch(ACCEPTOR)
         .env("KAMISAMA_INSTANCES", "1")

@@ -150,6 +150,51 @@ fn workers_take_the_users_groups_then_its_group_then_the_user_and_cannot_get_roo
     stop(master);
 }
 
+/// A user that is a member of a group other than its own, from `getent group`, if any.
+fn a_user_with_supplementary_groups() -> Option<String> {
+    let output = std::process::Command::new("getent")
+        .arg("group")
+        .output()
+        .ok()?;
+    let groups = String::from_utf8(output.stdout).ok()?;
+    groups.lines().find_map(|line| {
+        let members = line.split(':').nth(3)?;
+        let member = members.split(',').next()?;
+        (!member.is_empty()).then(|| member.to_owned())
+    })
+}
+
+#[test]
+fn a_user_brings_its_supplementary_groups() {
+    let test = "a_user_brings_its_supplementary_groups";
+    if !as_root(test) {
+        return;
+    }
+    let Some(user) = a_user_with_supplementary_groups() else {
+        return skip(
+            test,
+            "no user here is a member of another group (getent group)",
+        );
+    };
+    let master = Master::launch(CONFINED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_USER", &user)
+        .start();
+    let groups = groups_of(&user);
+    assert!(groups.len() >= 2, "{user}: {groups:?}");
+    let (_, pid, _) = confined(&master, 1)[0];
+    assert_eq!(
+        group_set(&status(pid, "Groups")),
+        groups.iter().copied().collect(),
+        "{user}"
+    );
+    assert_eq!(
+        status(pid, "Gid").split(' ').next(),
+        Some(&*groups[0].to_string())
+    );
+    stop(master);
+}
+
 #[test]
 fn a_group_replaces_the_users_own_and_no_new_privs_can_be_turned_off() {
     if !as_root("a_group_replaces_the_users_own") {
