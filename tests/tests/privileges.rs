@@ -219,6 +219,23 @@ fn a_group_replaces_the_users_own_and_no_new_privs_can_be_turned_off() {
 }
 
 #[test]
+fn a_group_alone_keeps_the_masters_user_and_is_the_only_group() {
+    if !as_root("a_group_alone_keeps_the_masters_user_and_is_the_only_group") {
+        return;
+    }
+    let master = Master::launch_under(&["setpriv", "--groups=4,27"], SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_GROUP", "daemon")
+        .start();
+    let pid = master.wait_for_workers(1)[&0].as_raw() as u32;
+    assert_eq!(status(pid, "Uid"), "0 0 0 0");
+    assert_eq!(status(pid, "Gid"), "1 1 1 1");
+    assert_eq!(status(pid, "Groups"), "1");
+    assert_eq!(status(pid, "NoNewPrivs"), "1");
+    stop(master);
+}
+
+#[test]
 fn workers_get_their_limits_oom_score_and_cpu() {
     if !as_root("workers_get_their_limits_oom_score_and_cpu") {
         return;
