@@ -183,10 +183,24 @@ impl Launch {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut adopted = adopted();
-        let mut child = self.command.spawn().expect("start the master");
-        adopted.std_children.insert(child.id() as i32);
-        drop(adopted);
+        // A program just written (a deployment's) is busy while a child that another test
+        // forked in the meantime still holds the descriptor it was written through, until
+        // that child's exec closes it: ETXTBSY, which passes in microseconds.
+        let spawned = poll_until(|| {
+            let mut adopted = adopted();
+            match self.command.spawn() {
+                Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => None,
+                spawned => {
+                    if let Ok(child) = &spawned {
+                        adopted.std_children.insert(child.id() as i32);
+                    }
+                    Some(spawned)
+                }
+            }
+        });
+        let mut child = spawned
+            .expect("a program still busy at the deadline")
+            .expect("start the master");
         let output = Arc::new(Output::default());
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");

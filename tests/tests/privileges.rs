@@ -116,6 +116,14 @@ fn master_score_is_back(master: &Master, score: i32) {
     });
 }
 
+/// Waits until worker `pid`, listed by the master as soon as it is forked, has confined
+/// itself: `no_new_privs` is its last step.
+fn settled(master: &Master, pid: u32) -> u32 {
+    master.wait_until("the worker to confine itself", || {
+        (status(pid, "NoNewPrivs") == "1").then_some(pid)
+    })
+}
+
 fn stop(mut master: Master) {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
@@ -227,7 +235,7 @@ fn a_group_alone_keeps_the_masters_user_and_is_the_only_group() {
         .env("KAMISAMA_INSTANCES", "1")
         .env("KAMISAMA_GROUP", "daemon")
         .start();
-    let pid = master.wait_for_workers(1)[&0].as_raw() as u32;
+    let pid = settled(&master, master.wait_for_workers(1)[&0].as_raw() as u32);
     assert_eq!(status(pid, "Uid"), "0 0 0 0");
     assert_eq!(status(pid, "Gid"), "1 1 1 1");
     assert_eq!(status(pid, "Groups"), "1");
@@ -460,7 +468,7 @@ fn hang_detection_notify_and_the_status_file_work_with_unprivileged_workers() {
     systemd.wait_for("READY=1", 1);
     let before = master.wait_for_workers(2);
     assert_eq!(
-        status(before[&0].as_raw() as u32, "Uid"),
+        status(settled(&master, before[&0].as_raw() as u32), "Uid"),
         "65534 65534 65534 65534"
     );
     master.wait_for_line(&format!("hung index=0 pid={}", before[&0]));
@@ -471,16 +479,22 @@ fn hang_detection_notify_and_the_status_file_work_with_unprivileged_workers() {
             .filter(|now| now.len() == 2 && now[&0] != before[&0])
     });
     assert_eq!(
-        status(after[&0].as_raw() as u32, "Uid"),
+        status(settled(&master, after[&0].as_raw() as u32), "Uid"),
         "65534 65534 65534 65534"
     );
     // The master, root still, keeps the status file of the unprivileged fleet.
-    master.wait_until("the respawn in the status file", || {
+    let status = master.wait_until("the respawn in the status file", || {
         let text = fs::read_to_string(&status_file).ok()?;
         let status: serde_json::Value = serde_json::from_str(&text).ok()?;
         let worker = &status["workers"][0];
-        (worker["pid"] == after[&0].as_raw() && worker["restarts"] == 1).then_some(())
+        (worker["pid"] == after[&0].as_raw() && worker["restarts"] == 1).then_some(status)
     });
+    assert_eq!(status["settings"]["user"], "nobody", "{status}");
+    assert_eq!(
+        status["settings"]["group"],
+        serde_json::Value::Null,
+        "{status}"
+    );
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     systemd.wait_for("STOPPING=1", 1);
@@ -494,7 +508,10 @@ fn a_listening_fleet_of_nobody_serves_restarts_and_upgrades_under_load_without_a
     let deployment = Deployment::new(scratch!("privileges-nobody-under-load"), HELLO);
     let (mut master, address, workers) = deployment.start(4, &[("KAMISAMA_USER", "nobody")]);
     for worker in &workers {
-        assert_eq!(status(*worker, "Uid"), "65534 65534 65534 65534");
+        assert_eq!(
+            status(settled(&master, *worker), "Uid"),
+            "65534 65534 65534 65534"
+        );
     }
     let load = Load::start(address, 8, false);
     load.wait_for(300);
@@ -514,7 +531,10 @@ fn a_listening_fleet_of_nobody_serves_restarts_and_upgrades_under_load_without_a
         "{tally:?}"
     );
     for worker in &new_workers {
-        assert_eq!(status(*worker, "Uid"), "65534 65534 65534 65534");
+        assert_eq!(
+            status(settled(&master, *worker), "Uid"),
+            "65534 65534 65534 65534"
+        );
     }
     // The new master is root still, as the old one was.
     assert_eq!(status(successor.as_raw() as u32, "Uid"), "0 0 0 0");

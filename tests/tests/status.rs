@@ -69,6 +69,8 @@ fn the_status_follows_respawns_scaling_and_a_rolling_restart() {
     assert_eq!(status["master"], master.pid().as_raw());
     assert_eq!(status["phase"], "ready");
     assert_eq!(status["settings"]["respawn_limit"], 3);
+    assert!(status["settings"]["user"].is_null(), "{status}");
+    assert_eq!(status["settings"]["cpu_affinity"], "off", "{status}");
     for (index, pid) in &workers {
         let worker = &status["workers"][*index];
         assert_eq!(worker["pid"], pid.as_raw());

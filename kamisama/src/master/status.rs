@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::event::Value;
 use crate::log::{Json, JsonString, Timestamp};
 use std::ffi::OsString;
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
@@ -134,7 +134,8 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
          \"running\":{},\"respawns_in_window\":{},\"settings\":{{\"respawn_limit\":{},\
          \"respawn_interval\":{},\"shutdown_timeout\":{},\"restart\":\"{}\",\
          \"backoff_max\":{},\"timeout\":{},\"boot_timeout\":{},\"hang_grace\":{},\
-         \"hang_signal\":\"{}\",\"readiness\":\"{}\"}},\"workers\":[",
+         \"hang_signal\":\"{}\",\"readiness\":\"{}\",\"user\":{},\"group\":{},\
+         \"cpu_affinity\":\"{}\"}},\"workers\":[",
         fleet.master,
         fleet.phase,
         Timestamp(wall),
@@ -151,6 +152,9 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         span(config.hang_grace),
         config.hang_signal,
         config.readiness,
+        Name(config.user.as_deref()),
+        Name(config.group.as_deref()),
+        config.cpu_affinity,
     );
     for (index, slot) in fleet.slots.iter().enumerate() {
         if index > 0 {
@@ -159,6 +163,18 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         worker(out, index, slot, now, wall);
     }
     out.push_str("]}\n");
+}
+
+/// A user's or group's name as JSON: a string, or `null` for none set.
+struct Name<'a>(Option<&'a str>);
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => JsonString(name).fmt(f),
+            None => f.write_str("null"),
+        }
+    }
 }
 
 /// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,...}`.
