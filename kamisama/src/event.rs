@@ -262,6 +262,12 @@ pub enum Event {
         /// The new master.
         pid: u32,
     },
+    /// In the new master of an upgrade: the old master handed over, and this one is the
+    /// service's main process.
+    UpgradeDone {
+        /// The old master.
+        old: u32,
+    },
     /// The new master did not get its fleet ready: it is stopped, and this master serves on.
     UpgradeFailed {
         /// The new master, or 0 if none could be started.
@@ -419,6 +425,7 @@ impl Event {
             Event::UpgradeStarted { .. } => "upgrade-started",
             Event::UpgradeBusy => "upgrade-busy",
             Event::UpgradeHandingOver { .. } => "upgrade-handing-over",
+            Event::UpgradeDone { .. } => "upgrade-done",
             Event::UpgradeFailed { .. } => "upgrade-failed",
         }
     }
@@ -590,6 +597,7 @@ impl Event {
             }
             Event::UpgradeBusy => field("reason", Text("an upgrade is under way")),
             Event::UpgradeHandingOver { pid } => field("pid", Count(u64::from(*pid))),
+            Event::UpgradeDone { old } => field("old", Count(u64::from(*old))),
             Event::UpgradeFailed { pid, reason } => {
                 field("pid", Count(u64::from(*pid)));
                 field("reason", Text(reason));

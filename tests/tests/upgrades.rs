@@ -101,14 +101,18 @@ fn an_upgrade_hands_the_listener_over_to_the_new_binary() {
     expected.sort_unstable();
     assert_eq!(alive, expected, "{}", master.transcript());
     answered_by(address, &workers);
-    // The status file is the new master's.
+    // The status file is the new master's, and says how the upgrade went.
     let says = format!("{{\"master\":{successor},\"phase\":\"ready\"");
-    master.wait_until("the new master's status file", || {
-        fs::read_to_string(&status)
-            .ok()?
-            .starts_with(&says)
-            .then_some(())
+    let text = master.wait_until("the new master's status file", || {
+        let text = fs::read_to_string(&status).ok()?;
+        text.starts_with(&says).then_some(text)
     });
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["upgrade"]["state"], "done", "{text}");
+    assert_eq!(status["upgrade"]["old"], old.as_raw(), "{text}");
+    assert_eq!(status["upgrade"]["new"], successor.as_raw(), "{text}");
+    assert!(status["upgrade"]["reason"].is_null(), "{text}");
+    master.wait_for_line(&format!("kamisama[{successor}]: upgrade-done old={old}"));
     // The test process, a subreaper, adopted the new master when the old one exited.
     assert_eq!(parent_of(successor), Some(Pid::this()));
     stop_successor(successor);
@@ -495,16 +499,33 @@ fn a_rolled_back_master_gets_term_at_the_upgrade_timeout() {
     // back at upgrade_timeout, not sooner and not much later; TERM lets the new master stop
     // its own workers and exit 0.
     let deployment = deploy("upgrade-rollback-term");
+    let status = deployment.dir.join("status.json");
     let settings = [
         ("FIXTURE", "crash-index-0"),
         ("KAMISAMA_BACKOFF_MAX", "30"),
         ("KAMISAMA_RESPAWN_LIMIT", "100"),
         ("KAMISAMA_UPGRADE_TIMEOUT", "2"),
+        ("KAMISAMA_STATUS_FILE", status.to_str().unwrap()),
     ];
     let (mut master, _, _) = deployment.start(2, &settings);
+    let old = master.pid();
     deployment.install(&fs::read(SUPERVISED).unwrap());
     let sent = std::time::Instant::now();
-    let successor = upgrade(&master, master.pid());
+    let successor = upgrade(&master, old);
+    // The old master's status file says where the upgrade stands, then how it ended.
+    let upgrade_in = |state: &'static str| {
+        master.wait_until(state, || {
+            let text = fs::read_to_string(&status).ok()?;
+            let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let upgrade = &status["upgrade"];
+            (upgrade["state"] == state
+                && upgrade["old"] == old.as_raw()
+                && upgrade["new"] == successor.as_raw())
+            .then(|| upgrade.clone())
+        })
+    };
+    let in_progress = upgrade_in("in-progress");
+    assert!(in_progress["reason"].is_null(), "{in_progress}");
     let failed = master.wait_for_line("upgrade-failed");
     let took = sent.elapsed();
     assert!(failed.contains("not ready within 2s"), "{failed}");
@@ -515,6 +536,11 @@ fn a_rolled_back_master_gets_term_at_the_upgrade_timeout() {
     assert!(
         took < std::time::Duration::from_millis(2800),
         "rolled back after {took:?}"
+    );
+    let rolled_back = upgrade_in("rolled-back");
+    assert_eq!(
+        rolled_back["reason"],
+        "the new fleet was not ready within 2s"
     );
     let reaped = master.wait_for_line(&format!("reaped pid={successor}"));
     assert_eq!(field(&reaped, "status"), Some("0"), "{reaped}");

@@ -93,6 +93,8 @@ pub(crate) struct Master<'a, W, S> {
     successor: Option<Pid>,
     /// In a master an upgrade started, until the old master hands over.
     takeover: Option<Takeover>,
+    /// How the last upgrade went, for the status file.
+    upgraded: Option<upgrade::Report>,
     /// Whether every initial worker has been ready once.
     ready_once: bool,
     /// The phase of the fleet the log last heard of.
@@ -207,6 +209,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             upgrade: None,
             successor: None,
             takeover,
+            upgraded: None,
             ready_once: false,
             announced: None,
             reaped: false,
@@ -811,6 +814,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             instances: self.instances,
             respawns: self.limiter.in_window(Instant::now()),
             slots: &self.slots,
+            upgrade: self.upgraded.as_ref(),
         };
         // Checked before the first fork; a file system that fails later costs only the
         // status, never the supervision.

@@ -13,6 +13,7 @@
 //! generations of an upgrade) never write the same one.
 
 use super::slots::{Slot, Slots, State};
+use super::upgrade::Report;
 use crate::config::Config;
 use crate::event::Value;
 use crate::log::{Json, JsonString, Timestamp};
@@ -42,6 +43,8 @@ pub(super) struct Fleet<'a> {
     pub(super) instances: usize,
     pub(super) respawns: usize,
     pub(super) slots: &'a Slots,
+    /// How the last upgrade went, if there was one in this master's life.
+    pub(super) upgrade: Option<&'a Report>,
 }
 
 impl StatusFile {
@@ -131,7 +134,7 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
     let _ = write!(
         out,
         "{{\"master\":{},\"phase\":\"{}\",\"written\":\"{}\",\"instances\":{},\
-         \"running\":{},\"respawns_in_window\":{},\"settings\":{{\"respawn_limit\":{},\
+         \"running\":{},\"respawns_in_window\":{},\"upgrade\":{},\"settings\":{{\"respawn_limit\":{},\
          \"respawn_interval\":{},\"shutdown_timeout\":{},\"restart\":\"{}\",\
          \"backoff_max\":{},\"timeout\":{},\"boot_timeout\":{},\"hang_grace\":{},\
          \"hang_signal\":\"{}\",\"readiness\":\"{}\",\"user\":{},\"group\":{},\
@@ -142,6 +145,7 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         fleet.instances,
         fleet.slots.live_workers(),
         fleet.respawns,
+        UpgradeJson(fleet.upgrade),
         config.respawn_limit,
         span(config.respawn_interval),
         span(config.shutdown_timeout),
@@ -163,6 +167,33 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         worker(out, index, slot, now, wall);
     }
     out.push_str("]}\n");
+}
+
+/// The last upgrade as JSON: `null`, or
+/// `{"state":"rolled-back","old":4242,"new":4300,"reason":"..."}` (`new` null when no new
+/// master could be started, `reason` null unless rolled back).
+struct UpgradeJson<'a>(Option<&'a Report>);
+
+impl fmt::Display for UpgradeJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(report) = self.0 else {
+            return f.write_str("null");
+        };
+        write!(
+            f,
+            "{{\"state\":\"{}\",\"old\":{},\"new\":",
+            report.state, report.old
+        )?;
+        match report.new {
+            Some(pid) => write!(f, "{pid}")?,
+            None => f.write_str("null")?,
+        }
+        f.write_str(",\"reason\":")?;
+        match &report.reason {
+            Some(reason) => write!(f, "{}}}", JsonString(reason)),
+            None => f.write_str("null}"),
+        }
+    }
 }
 
 /// A user's or group's name as JSON: a string, or `null` for none set.

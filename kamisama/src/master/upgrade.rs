@@ -56,8 +56,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             None
         };
         let (None, Some(relaunch)) = (refusal, self.relaunch) else {
-            let reason = refusal.unwrap_or_default().to_owned();
-            self.emit(Event::UpgradeFailed { pid: 0, reason });
+            self.upgrade_failed(None, refusal.unwrap_or_default().to_owned());
             return;
         };
         let passed_on = self.notify.as_ref().map_or(&[][..], Notify::passed_on);
@@ -69,16 +68,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         match Upgrade::start(relaunch, listeners, passed_on, scaled, timeout, inherited) {
             Ok(upgrade) => {
                 self.reaper.watch(upgrade.pid);
+                let pid = upgrade.pid.as_raw() as u32;
                 self.emit(Event::UpgradeStarted {
-                    pid: upgrade.pid.as_raw() as u32,
+                    pid,
                     path: relaunch.path(),
                 });
+                self.report_upgrade(IN_PROGRESS, Some(pid), None);
                 self.upgrade = Some(upgrade);
             }
-            Err(errno) => {
-                let reason = format!("fork: {errno}");
-                self.emit(Event::UpgradeFailed { pid: 0, reason });
-            }
+            Err(errno) => self.upgrade_failed(None, format!("fork: {errno}")),
         }
     }
 
@@ -130,10 +128,28 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
         let pid = upgrade.pid;
         let _ = kill(pid, Signal::SIGTERM);
-        self.emit(Event::UpgradeFailed {
-            pid: pid.as_raw() as u32,
-            reason: reason.to_owned(),
+        self.upgrade_failed(Some(pid.as_raw() as u32), reason.to_owned());
+    }
+
+    /// Says the upgrade failed, and that the old generation (this one) serves on: in the log
+    /// and the status file.
+    fn upgrade_failed(&mut self, pid: Option<u32>, reason: String) {
+        self.report_upgrade(ROLLED_BACK, pid, Some(reason.clone()));
+        let pid = pid.unwrap_or(0);
+        self.emit(Event::UpgradeFailed { pid, reason });
+    }
+
+    /// Records how the upgrade stands, for the status file.
+    fn report_upgrade(&mut self, state: &'static str, new: Option<u32>, reason: Option<String>) {
+        self.upgraded = Some(Report {
+            state,
+            old: self.setup.master.as_raw() as u32,
+            new,
+            reason,
         });
+        if let Some(status) = &mut self.status {
+            status.changed();
+        }
     }
 
     /// The new master of an upgrade exited (and was reaped).
@@ -149,7 +165,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             };
             upgrade.give_up();
             let pid = upgrade.pid.as_raw() as u32;
-            self.emit(Event::UpgradeFailed { pid, reason });
+            self.upgrade_failed(Some(pid), reason);
         }
         self.upgrade = None;
     }
@@ -157,7 +173,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Whether this master, started by an upgrade, waits for the old master to hand over.
     fn taking_over(&mut self) -> bool {
         if self.takeover.as_ref().is_some_and(Takeover::handed_over) {
-            self.takeover = None;
+            let old = self.takeover.take().map_or(0, |takeover| takeover.master);
+            // This master's first status file says so.
+            self.upgraded = Some(Report {
+                state: DONE,
+                old,
+                new: Some(self.setup.master.as_raw() as u32),
+                reason: None,
+            });
+            self.emit(Event::UpgradeDone { old });
         }
         self.takeover.is_some()
     }
@@ -178,6 +202,26 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 }
+
+/// How the last upgrade went, as the status file says it.
+#[derive(Clone, Debug)]
+pub(super) struct Report {
+    /// [`IN_PROGRESS`], [`DONE`] or [`ROLLED_BACK`].
+    pub(super) state: &'static str,
+    /// The master that started it.
+    pub(super) old: u32,
+    /// The new master, if one could be started.
+    pub(super) new: Option<u32>,
+    /// Why it was rolled back.
+    pub(super) reason: Option<String>,
+}
+
+/// The new master runs, and its fleet is not ready yet.
+const IN_PROGRESS: &str = "in-progress";
+/// The old master handed over to the new one: said by the new master.
+const DONE: &str = "done";
+/// The new master was stopped (or never started), and the old generation serves on.
+const ROLLED_BACK: &str = "rolled-back";
 
 /// How long every worker of a new generation must have lived, when workers are ready once
 /// forked, for the generation to be ready: a binary whose workers crash at start is found
@@ -475,6 +519,8 @@ fn exec_new_master(
 pub(crate) struct Takeover {
     /// The write end of the old master's pipe.
     pipe: File,
+    /// The old master.
+    master: u32,
     said_ready: bool,
     /// The old master's count of workers, when scaled.
     instances: Option<usize>,
@@ -531,6 +577,7 @@ impl Takeover {
         let pipe = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         Some(Takeover {
             pipe,
+            master: master as u32,
             said_ready: false,
             instances,
         })
