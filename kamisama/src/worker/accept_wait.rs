@@ -17,7 +17,7 @@ use super::stop::{self, Woken};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::stat::fstat;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 /// The most listeners a thread keeps an epoll instance for; past it, the oldest is closed.
@@ -37,6 +37,9 @@ struct Waiter {
 
 thread_local! {
     static WAITERS: RefCell<Vec<Waiter>> = const { RefCell::new(Vec::new()) };
+    /// The listener this thread last waited on, and its inode, for [`accepted`]: an `fstat`
+    /// saved on every connection.
+    static LAST: Cell<(RawFd, u64)> = const { Cell::new((-1, 0)) };
 }
 
 /// Blocks until `listener` has a connection to accept (and this thread is the one woken for
@@ -46,6 +49,7 @@ pub(crate) fn wait(listener: BorrowedFd<'_>) -> Woken {
     let Ok(inode) = fstat(listener).map(|stat| stat.st_ino) else {
         return stop::wait(Some(listener), None);
     };
+    LAST.set((listener.as_raw_fd(), inode));
     WAITERS.with_borrow_mut(|waiters| {
         let at = waiters
             .iter()
@@ -70,10 +74,14 @@ pub(crate) fn wait(listener: BorrowedFd<'_>) -> Woken {
 /// After a connection was accepted on `listener`: this thread goes to the end of the queue
 /// of those waiting for the next one.
 pub(crate) fn accepted(listener: BorrowedFd<'_>) {
+    let (fd, inode) = LAST.get();
+    if fd != listener.as_raw_fd() {
+        return;
+    }
     WAITERS.with_borrow_mut(|waiters| {
         let at = waiters
             .iter()
-            .position(|waiter| waiter.listener == listener.as_raw_fd());
+            .position(|waiter| waiter.listener == fd && waiter.inode == inode);
         if let Some(at) = at {
             // Deleted and added again, which puts it at the end. An instance the listener
             // could not be added back to (out of kernel memory, or of `max_user_watches`)

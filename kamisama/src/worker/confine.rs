@@ -49,15 +49,19 @@ struct Identity {
     groups: Vec<Gid>,
 }
 
-/// Why a worker could not confine itself: the step and the error.
-pub(crate) struct Failed {
-    step: &'static str,
-    errno: Errno,
+/// Why a worker could not confine itself: the step and its error, or what went wrong
+/// though every call succeeded.
+pub(crate) enum Failed {
+    Call { step: &'static str, errno: Errno },
+    RootRegained,
 }
 
 impl fmt::Debug for Failed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {}", self.step, self.errno.desc())
+        match self {
+            Failed::Call { step, errno } => write!(f, "{step} failed: {}", errno.desc()),
+            Failed::RootRegained => f.write_str("setuid(0) succeeded after the switch of user"),
+        }
     }
 }
 
@@ -106,7 +110,7 @@ impl Confinement {
     /// In worker `index`, just forked: applies everything, in the order that works (see the
     /// module's documentation). System calls only.
     pub(crate) fn apply(&self, index: usize) -> Result<(), Failed> {
-        let failed = |step| move |errno| Failed { step, errno };
+        let failed = |step| move |errno| Failed::Call { step, errno };
         if !self.cpus.is_empty() {
             let mut mask = CpuSet::new();
             let _ = mask.set(self.cpus[index % self.cpus.len()]);
@@ -122,7 +126,7 @@ impl Confinement {
             let uid = identity.uid;
             setresuid(uid, uid, uid).map_err(failed("setresuid"))?;
             if !uid.is_root() && setuid(Uid::from_raw(0)).is_ok() {
-                return Err(failed("giving up root")(Errno::EPERM));
+                return Err(Failed::RootRegained);
             }
         }
         if self.no_new_privs {
