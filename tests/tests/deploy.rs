@@ -51,6 +51,13 @@ fn verify(test: &str, units: &[&str]) {
                 .replace(
                     "/usr/local/bin/hello_server",
                     env!("CARGO_BIN_EXE_hello-server"),
+                )
+                .replace(
+                    "/usr/local/bin/kamisama-upgrade",
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../examples/deploy/kamisama-upgrade"
+                    ),
                 );
             let path = dir.join(name);
             std::fs::write(&path, unit).unwrap();

@@ -162,6 +162,69 @@ fn an_upgrade_of_async_workers_under_load_loses_no_request_on_kept_alive_connect
     an_upgrade_under_load(ASYNC_HELLO, "upgrade-load-async-keep-alive", true);
 }
 
+/// Runs `examples/deploy/kamisama-upgrade` on the status file `status`, as a unit's
+/// `ExecReload=` would.
+fn kamisama_upgrade(status: &std::path::Path) -> std::process::Output {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/deploy/kamisama-upgrade"
+    );
+    std::process::Command::new(script)
+        .arg(status)
+        .arg("20")
+        .output()
+        .expect("run kamisama-upgrade")
+}
+
+#[test]
+fn the_upgrade_command_exits_0_once_the_new_master_took_over_and_1_on_a_rollback() {
+    let deployment = deploy("upgrade-command");
+    let status = deployment.dir.join("status.json");
+    let settings = [("KAMISAMA_STATUS_FILE", status.to_str().unwrap())];
+    let (mut master, address, workers) = deployment.start(2, &settings);
+    master.wait_until("the first status file", || {
+        fs::read_to_string(&status)
+            .ok()?
+            .contains("\"phase\":\"ready\"")
+            .then_some(())
+    });
+    // A release that cannot start: rolled back, and the command says so.
+    deployment.install_script("exit 3");
+    let said = kamisama_upgrade(&status);
+    let stderr = String::from_utf8_lossy(&said.stderr);
+    assert_eq!(said.status.code(), Some(1), "{stderr}");
+    // With the reason the old master logged (the new master exited, or its pipe closed
+    // first: whichever the old master heard of first).
+    let reason = stderr
+        .trim_end()
+        .split_once("rolled back, master ")
+        .and_then(|(_, rest)| rest.split_once(" serves on: "))
+        .map(|(_, reason)| reason.to_owned());
+    let failed = master.wait_for_line("upgrade-failed");
+    let logged = failed
+        .split_once("reason=")
+        .map(|(_, reason)| reason.trim_matches('"'));
+    assert_eq!(reason.as_deref(), logged, "{stderr}");
+    assert_eq!(live_children(master.pid()), workers);
+    // A good one: the command returns once the new master took over.
+    deployment.install(&fs::read(HELLO).unwrap());
+    let old = master.pid();
+    let said = kamisama_upgrade(&status);
+    let stdout = String::from_utf8_lossy(&said.stdout);
+    assert_eq!(said.status.code(), Some(0), "{stdout}");
+    // The second upgrade the master started.
+    let started = master.wait_for_lines(&format!("kamisama[{old}]: upgrade-started pid="), 2);
+    let successor: i32 = field(&started[1], "pid").unwrap().parse().unwrap();
+    assert!(
+        stdout.contains(&format!("master {old} handed over to master {successor}")),
+        "{stdout}"
+    );
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    let successor = Pid::from_raw(successor);
+    answered_by(address, &live_children(successor));
+    stop_successor(successor);
+}
+
 #[test]
 fn a_new_binary_that_dies_at_start_is_rolled_back() {
     let deployment = deploy("upgrade-dies");

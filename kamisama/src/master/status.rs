@@ -170,8 +170,8 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
 }
 
 /// The last upgrade as JSON: `null`, or
-/// `{"state":"rolled-back","old":4242,"new":4300,"reason":"..."}` (`new` null when no new
-/// master could be started, `reason` null unless rolled back).
+/// `{"state":"rolled-back","old":4242,"new":4300,"reason":"...","at":"2026-..."}` (`new`
+/// null when no new master could be started, `reason` null unless rolled back).
 struct UpgradeJson<'a>(Option<&'a Report>);
 
 impl fmt::Display for UpgradeJson<'_> {
@@ -190,9 +190,10 @@ impl fmt::Display for UpgradeJson<'_> {
         }
         f.write_str(",\"reason\":")?;
         match &report.reason {
-            Some(reason) => write!(f, "{}}}", JsonString(reason)),
-            None => f.write_str("null}"),
+            Some(reason) => write!(f, "{}", JsonString(reason))?,
+            None => f.write_str("null")?,
         }
+        write!(f, ",\"at\":\"{}\"}}", Timestamp(report.at))
     }
 }
 

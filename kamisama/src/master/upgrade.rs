@@ -33,7 +33,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// USR2: starts a new master (on the same sockets, if the fleet listens), to take over once its
@@ -146,6 +146,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             old: self.setup.master.as_raw() as u32,
             new,
             reason,
+            at: SystemTime::now(),
         });
         if let Some(status) = &mut self.status {
             status.changed();
@@ -180,6 +181,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 old,
                 new: Some(self.setup.master.as_raw() as u32),
                 reason: None,
+                at: SystemTime::now(),
             });
             self.emit(Event::UpgradeDone { old });
         }
@@ -214,6 +216,8 @@ pub(super) struct Report {
     pub(super) new: Option<u32>,
     /// Why it was rolled back.
     pub(super) reason: Option<String>,
+    /// When it came to this state, by the wall clock: two reports never read the same.
+    pub(super) at: SystemTime,
 }
 
 /// The new master runs, and its fleet is not ready yet.
