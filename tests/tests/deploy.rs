@@ -182,6 +182,18 @@ fn the_dockerfile_passes_hadolint() {
 }
 
 #[test]
+fn the_upgrade_command_passes_shellcheck_as_posix_sh() {
+    let path = deploy_path("kamisama-upgrade");
+    let test = "the_upgrade_command_passes_shellcheck_as_posix_sh";
+    let Some(output) = run_tool(test, "shellcheck", &["--shell=sh", &path]) else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    assert!(deploy_file("kamisama-upgrade").starts_with("#!/bin/sh\n"));
+}
+
+#[test]
 fn the_kubernetes_deployment_passes_its_schema_and_runs_read_only() {
     let path = deploy_path("kubernetes.yaml");
     let test = "the_kubernetes_deployment_passes_its_schema";
