@@ -1062,6 +1062,24 @@ impl NotifySocket {
             messages = self.arrived.wait_timeout(messages, left).unwrap().0;
         }
     }
+
+    /// Waits for the first message whose `STATUS=` passes `condition`.
+    pub fn wait_for_status(&self, condition: impl Fn(&str) -> bool) -> Notification {
+        let mut messages = self.messages.lock().unwrap();
+        let deadline = Instant::now() + deadline();
+        loop {
+            let found = messages
+                .iter()
+                .find(|m| m.value("STATUS").is_some_and(&condition));
+            if let Some(found) = found {
+                return found.clone();
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no STATUS= as awaited: {messages:#?}"));
+            messages = self.arrived.wait_timeout(messages, left).unwrap().0;
+        }
+    }
 }
 
 /// One datagram and its sender's pid, or `None` when none came in the read timeout.

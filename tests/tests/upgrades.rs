@@ -228,7 +228,8 @@ fn the_upgrade_command_exits_0_once_the_new_master_took_over_and_1_on_a_rollback
 #[test]
 fn a_new_binary_that_dies_at_start_is_rolled_back() {
     let deployment = deploy("upgrade-dies");
-    let (mut master, address, workers) = deployment.start(2, &[]);
+    let systemd = NotifySocket::bind(scratch!("upgrade-dies-socket").join("notify"), None);
+    let (mut master, address, workers) = deployment.start(2, &[("NOTIFY_SOCKET", systemd.path())]);
     deployment.install_script("exit 3");
     let successor = upgrade(&master, master.pid());
     let failed = master.wait_for_line("upgrade-failed");
@@ -237,6 +238,10 @@ fn a_new_binary_that_dies_at_start_is_rolled_back() {
         (!is_alive(successor) && parent_of(successor).is_none()).then_some(())
     });
     assert_eq!(master.count_lines("upgrade-failed"), 1);
+    // `systemctl status` says so.
+    let rolled_back =
+        systemd.wait_for_status(|status| status.ends_with(", last upgrade rolled back"));
+    assert_eq!(rolled_back.pid, master.pid());
     // The old generation serves on, untouched.
     assert_eq!(live_children(master.pid()), workers);
     answered_by(address, &workers);
@@ -405,6 +410,14 @@ fn the_service_manager_is_told_of_the_new_main_process() {
     assert_eq!((reloading.pid, main_pid.pid), (old, old));
     assert_eq!(ready.pid, successor);
     assert!(ready.at >= main_pid.at);
+    // `systemctl status` says what is going on, then how it went.
+    let upgrading = reloading.value("STATUS").unwrap_or_default();
+    assert!(upgrading.starts_with("upgrading: "), "{reloading:?}");
+    let done = ready.value("STATUS").unwrap_or_default();
+    assert!(
+        done.ends_with(&format!(", upgraded from master {old}")),
+        "{ready:?}"
+    );
     assert_eq!(master.wait_exit_alone().code(), Some(0));
     stop_successor(successor);
     systemd.wait_for("STOPPING=1", 1);

@@ -768,6 +768,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             respawns: self.limiter.in_window(now),
             window: self.limiter.interval(),
             hung: self.slots.hung(),
+            upgrade: self
+                .upgraded
+                .as_ref()
+                .map(|report| (report.state, report.old)),
         }
     }
 

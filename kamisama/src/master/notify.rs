@@ -8,6 +8,7 @@
 //! that no worker inherits them and writes to the socket, and it keeps one socket for its
 //! whole life rather than opening one per message.
 
+use super::upgrade;
 use crate::text::Text;
 use crate::worker::shared::now_nanos;
 use std::fmt::{self, Write};
@@ -50,16 +51,22 @@ pub(super) struct Summary {
     pub(super) window: Duration,
     /// Workers found hung and not yet gone.
     pub(super) hung: usize,
+    /// How the last upgrade went, if there was one: its state and the old master.
+    pub(super) upgrade: Option<(&'static str, u32)>,
 }
 
 impl fmt::Display for Summary {
-    /// The `STATUS=` text: `17/17 workers running, 2 respawns in the last 60s`.
+    /// The `STATUS=` text: `17/17 workers running, 2 respawns in the last 60s`, and how the
+    /// last upgrade went (`upgrading: ...`, `, last upgrade rolled back`,
+    /// `, upgraded from master 4242`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.phase == Phase::Stopping {
             return write!(f, "stopping: {} workers left", self.running);
         }
+        let upgrade = self.upgrade.map(|(state, _)| state);
         let doing = match self.phase {
             Phase::Starting => "starting: ",
+            Phase::Reloading if upgrade == Some(upgrade::IN_PROGRESS) => "upgrading: ",
             Phase::Reloading => "rolling restart: ",
             Phase::Ready | Phase::Stopping => "",
         };
@@ -72,6 +79,11 @@ impl fmt::Display for Summary {
             self.respawns,
             self.window.as_secs()
         )?;
+        match self.upgrade {
+            Some((upgrade::ROLLED_BACK, _)) => f.write_str(", last upgrade rolled back")?,
+            Some((upgrade::DONE, old)) => write!(f, ", upgraded from master {old}")?,
+            _ => {}
+        }
         if self.hung > 0 {
             write!(f, ", {} hung", self.hung)?;
         }

@@ -221,11 +221,11 @@ pub(super) struct Report {
 }
 
 /// The new master runs, and its fleet is not ready yet.
-const IN_PROGRESS: &str = "in-progress";
+pub(super) const IN_PROGRESS: &str = "in-progress";
 /// The old master handed over to the new one: said by the new master.
-const DONE: &str = "done";
+pub(super) const DONE: &str = "done";
 /// The new master was stopped (or never started), and the old generation serves on.
-const ROLLED_BACK: &str = "rolled-back";
+pub(super) const ROLLED_BACK: &str = "rolled-back";
 
 /// How long every worker of a new generation must have lived, when workers are ready once
 /// forked, for the generation to be ready: a binary whose workers crash at start is found
