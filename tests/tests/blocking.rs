@@ -120,9 +120,19 @@ fn connections_go_round_the_idle_workers_in_turn() {
     let port = field(&master.wait_for_line("listening port="), "port")
         .unwrap()
         .to_owned();
+    let workers = master.wait_for_workers(WORKERS);
     master.wait_for_lines("waiting index=", WORKERS);
+    // Asleep in its wait: a worker that said `waiting` may not be there yet, and one that is
+    // not waiting when a connection comes is passed over for it.
+    let all_asleep = || {
+        master.wait_until("every worker asleep", || {
+            let asleep = workers.values().all(|pid| state(*pid) == Some('S'));
+            asleep.then_some(())
+        });
+    };
     let mut accepted = [0; WORKERS];
     for served in 1..=CONNECTIONS {
+        all_asleep();
         let stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
         let mut greeting = String::new();
         BufReader::new(stream).read_line(&mut greeting).unwrap();
@@ -136,9 +146,8 @@ fn connections_go_round_the_idle_workers_in_turn() {
         // Each worker idle again before the next connection, the one that served it last.
         master.wait_for_lines("waiting index=", WORKERS + served);
     }
-    // In turn, each would have 10; a worker that was not yet back in its wait when a
-    // connection came is passed over for that one. Without the turn, the first worker to
-    // have waited takes nearly all of them.
+    // In turn, each has 10. Without the turn, the first worker to have waited takes all of
+    // them.
     assert!(
         accepted
             .iter()
