@@ -602,6 +602,11 @@ fn a_rolled_back_master_gets_term_at_the_upgrade_timeout() {
     };
     let in_progress = upgrade_in("in-progress");
     assert!(in_progress["reason"].is_null(), "{in_progress}");
+    // The deploy command will not start a second one meanwhile.
+    let said = kamisama_upgrade(&status);
+    let stderr = String::from_utf8_lossy(&said.stderr);
+    assert_eq!(said.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("upgrading already"), "{stderr}");
     let failed = master.wait_for_line("upgrade-failed");
     let took = sent.elapsed();
     assert!(failed.contains("not ready within 2s"), "{failed}");
