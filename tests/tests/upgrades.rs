@@ -442,15 +442,33 @@ fn as_pid_1_of_a_container_the_master_refuses_to_upgrade() {
         return;
     }
     let deployment = deploy("upgrade-pid-1");
+    let status = deployment.dir.join("status.json");
     let mut master = Master::launch_under(&["unshare", "--pid", "--fork"], &deployment.app())
         .env("KAMISAMA_LISTEN", "127.0.0.1:0")
         .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
         .start();
     spawned_by(&master, Pid::from_raw(1), 2);
     let workers = live_children(master.pid());
+    master.wait_until("the fleet's status", || {
+        let text = fs::read_to_string(&status).ok()?;
+        text.contains("\"phase\":\"ready\"").then_some(())
+    });
     master.signal(Signal::SIGUSR2);
     let failed = master.wait_for_line("kamisama[1]: upgrade-failed pid=0");
     assert!(failed.contains("PID 1"), "{failed}");
+    // Refused before any new master, which the status file says too: no phase changed.
+    let upgrade = master.wait_until("the refusal in the status file", || {
+        let text = fs::read_to_string(&status).ok()?;
+        let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (status["upgrade"]["state"] == "rolled-back").then(|| status["upgrade"].clone())
+    });
+    assert_eq!(upgrade["old"], 1, "{upgrade}");
+    assert!(upgrade["new"].is_null(), "{upgrade}");
+    assert!(
+        upgrade["reason"].as_str().unwrap().contains("PID 1"),
+        "{upgrade}"
+    );
     assert_eq!(master.count_lines("upgrade-started"), 0);
     assert_eq!(live_children(master.pid()), workers);
     master.signal(Signal::SIGTERM);

@@ -139,7 +139,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.emit(Event::UpgradeFailed { pid, reason });
     }
 
-    /// Records how the upgrade stands, for the status file.
+    /// Records how the upgrade stands, for the status file (rewritten after the turn, as the
+    /// event that goes with every report marks it changed).
     fn report_upgrade(&mut self, state: &'static str, new: Option<u32>, reason: Option<String>) {
         self.upgraded = Some(Report {
             state,
@@ -148,9 +149,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             reason,
             at: SystemTime::now(),
         });
-        if let Some(status) = &mut self.status {
-            status.changed();
-        }
     }
 
     /// The new master of an upgrade exited (and was reaped).
