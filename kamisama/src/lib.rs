@@ -99,7 +99,19 @@
 //! tells systemd `MAINPID=` the new one, stops its own workers as in a shutdown and exits 0
 //! ([`Outcome::Upgraded`]). If the new binary exits first, or is not ready within
 //! [`Supervisor::upgrade_timeout`], it is stopped and the old fleet serves on. A master that
-//! is PID 1 refuses, as its exit would end the container.
+//! is PID 1 refuses, as its exit would end the container. The status file and systemd's
+//! `STATUS=` say how the last upgrade went (in progress, done, rolled back and why).
+//!
+//! # Least privilege
+//!
+//! The master may run as root to bind a privileged port and keep what an upgrade needs, and
+//! its workers, which face the network, as another user ([`Supervisor::user`],
+//! [`Supervisor::group`]), with no way to gain privileges ([`Supervisor::no_new_privs`]),
+//! within limits of their own ([`Supervisor::limit_nofile`], [`Supervisor::limit_core`],
+//! [`Supervisor::limit_as`]), more killable than the master under memory pressure
+//! ([`Supervisor::oom_score_adj`]), as many as the CPUs the process may really use
+//! ([`usable_cpus`]) and pinned to them ([`Supervisor::cpu_affinity`]). The master checks
+//! before its first fork that it may grant each of them.
 //!
 //! # Configuration
 //!
@@ -109,9 +121,13 @@
 //! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_HANG_GRACE`,
 //! `KAMISAMA_HANG_SIGNAL`, `KAMISAMA_RUNTIME`, `KAMISAMA_WORKER_THREADS`,
 //! `KAMISAMA_HEARTBEAT`, `KAMISAMA_LOG`,
-//! `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`, `KAMISAMA_LISTEN`, `KAMISAMA_BACKLOG` and
-//! `KAMISAMA_UPGRADE_TIMEOUT` (durations in seconds). An invalid value stops the program before anything is forked, with exit status
-//! 2 and a message naming the variable and the value.
+//! `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`, `KAMISAMA_LISTEN`, `KAMISAMA_BACKLOG`,
+//! `KAMISAMA_UPGRADE_TIMEOUT`, `KAMISAMA_USER`, `KAMISAMA_GROUP`, `KAMISAMA_NO_NEW_PRIVS`,
+//! `KAMISAMA_LIMIT_NOFILE`, `KAMISAMA_LIMIT_CORE`, `KAMISAMA_LIMIT_AS`,
+//! `KAMISAMA_OOM_SCORE_ADJ` and `KAMISAMA_CPU_AFFINITY` (durations in seconds;
+//! `KAMISAMA_INSTANCES=auto` for one worker per usable CPU). An invalid value stops the
+//! program before anything is forked, with exit status 2 and a message naming the variable
+//! and the value.
 //!
 //! # Observing
 //!
