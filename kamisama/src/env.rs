@@ -214,7 +214,8 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
 
 const WORKERS: &str =
     "a whole number of workers, at least 1 and at most 4194304, or `auto` for one per usable CPU";
-const LIMIT: &str = "a whole number, or `infinity` for no limit";
+const LIMIT: &str =
+    "a whole number, with K, M, G or T for powers of 1024, or `infinity` for no limit";
 const OOM_SCORE: &str = "a whole number from -1000 to 1000";
 const SECONDS: &str = "a whole number of seconds, at least 1";
 const POLICIES: &str = "`always`, `on-failure` or `never`";
@@ -235,17 +236,26 @@ impl FromStr for Instances {
     }
 }
 
-/// A resource limit: a number, or `infinity` (`unlimited`, as `ulimit` writes it).
+/// A resource limit: a number, with a suffix `K`, `M`, `G` or `T` (powers of 1024, as
+/// systemd's `LimitAS=4G`), or `infinity` (`unlimited`, as `ulimit` writes it).
 struct Limit(u64);
 
 impl FromStr for Limit {
-    type Err = std::num::ParseIntError;
+    type Err = ();
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "infinity" | "unlimited" => Ok(Limit(u64::MAX)),
-            number => number.parse().map(Limit),
+        if matches!(text, "infinity" | "unlimited") {
+            return Ok(Limit(u64::MAX));
         }
+        let (number, shift) = match text.char_indices().last() {
+            Some((at, 'K')) => (&text[..at], 10),
+            Some((at, 'M')) => (&text[..at], 20),
+            Some((at, 'G')) => (&text[..at], 30),
+            Some((at, 'T')) => (&text[..at], 40),
+            _ => (text, 0),
+        };
+        let number: u64 = number.parse().map_err(drop)?;
+        number.checked_mul(1 << shift).map(Limit).ok_or(())
     }
 }
 
@@ -345,7 +355,7 @@ mod tests {
             (NO_NEW_PRIVS, "false"),
             (LIMIT_NOFILE, "4096"),
             (LIMIT_CORE, "infinity"),
-            (LIMIT_AS, "1073741824"),
+            (LIMIT_AS, "1G"),
             (OOM_SCORE_ADJ, "-5"),
             (CPU_AFFINITY, "auto"),
         ])
@@ -381,6 +391,22 @@ mod tests {
                 ..Config::default()
             }
         );
+    }
+
+    #[test]
+    fn limits_take_the_suffixes_systemd_takes() {
+        for (value, bytes) in [
+            ("0", 0),
+            ("512", 512),
+            ("4K", 4 << 10),
+            ("64M", 64 << 20),
+            ("4G", 4 << 30),
+            ("2T", 2 << 40),
+            ("infinity", u64::MAX),
+        ] {
+            let config = apply_vars(&[(LIMIT_AS, value)]).unwrap();
+            assert_eq!(config.limits.address_space, Some(bytes), "{value}");
+        }
     }
 
     #[test]
@@ -424,7 +450,9 @@ mod tests {
             (GROUP, ""),
             (NO_NEW_PRIVS, "maybe"),
             (LIMIT_NOFILE, "-1"),
-            (LIMIT_CORE, "1G"),
+            (LIMIT_CORE, "1g"),
+            (LIMIT_CORE, "G"),
+            (LIMIT_NOFILE, "16777216T"),
             (LIMIT_AS, "unlimited "),
             (OOM_SCORE_ADJ, "1001"),
             (OOM_SCORE_ADJ, "-1001"),
