@@ -116,6 +116,7 @@ pub(crate) enum Key {
     Listen,
     Backlog,
     UpgradeTimeout,
+    UpgradeTrial,
     User,
     Group,
     NoNewPrivs,
@@ -128,7 +129,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 28] = [
+    const ALL: [Key; 29] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -148,6 +149,7 @@ impl Key {
         Key::Listen,
         Key::Backlog,
         Key::UpgradeTimeout,
+        Key::UpgradeTrial,
         Key::User,
         Key::Group,
         Key::NoNewPrivs,
@@ -180,6 +182,7 @@ impl Key {
             Key::Listen => "listen",
             Key::Backlog => "backlog",
             Key::UpgradeTimeout => "upgrade_timeout",
+            Key::UpgradeTrial => "upgrade_trial",
             Key::User => "user",
             Key::Group => "group",
             Key::NoNewPrivs => "no_new_privs",
@@ -268,6 +271,7 @@ impl Key {
             | Key::LimitCore
             | Key::LimitAs
             | Key::CpuAffinity
+            | Key::UpgradeTrial
             | Key::Crate => 0,
             // Negative values are parsed on their own, down to -1000.
             Key::OomScoreAdj => 0,
@@ -319,6 +323,7 @@ impl Key {
             Key::Listen => "\"127.0.0.1:8080\"",
             Key::Backlog => "1024",
             Key::UpgradeTimeout => "120",
+            Key::UpgradeTrial => "30",
             Key::User => "\"www-data\"",
             Key::Group => "\"www-data\"",
             Key::NoNewPrivs => "true",

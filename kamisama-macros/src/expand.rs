@@ -170,6 +170,7 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::StatusFile => quote!(.status_file(#value)),
         Key::Backlog => quote!(.backlog(#value)),
         Key::UpgradeTimeout => quote!(.upgrade_timeout(#seconds)),
+        Key::UpgradeTrial => quote!(.upgrade_trial(#seconds)),
         Key::User => quote!(.user(#value)),
         Key::Group => quote!(.group(#value)),
         Key::NoNewPrivs => quote!(.no_new_privs(#value)),

@@ -59,6 +59,9 @@ pub(crate) struct Config {
     pub(crate) backlog: u32,
     /// How long the new generation of an upgrade has to get ready.
     pub(crate) upgrade_timeout: Duration,
+    /// How long the old master of an upgrade stays after the hand-over, ready to fork its
+    /// fleet again; zero for no trial.
+    pub(crate) upgrade_trial: Duration,
     /// The user workers run as; `None` keeps the master's.
     pub(crate) user: Option<String>,
     /// The group workers run as; `None` keeps the user's, or the master's.
@@ -115,6 +118,7 @@ impl Default for Config {
             listen: Vec::new(),
             backlog: 1024,
             upgrade_timeout: Duration::from_secs(60),
+            upgrade_trial: Duration::from_secs(10),
             user: None,
             group: None,
             no_new_privs: None,

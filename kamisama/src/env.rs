@@ -48,6 +48,8 @@ pub(crate) const LISTEN: &str = "KAMISAMA_LISTEN";
 pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
 /// Overrides `upgrade_timeout`, in seconds.
 pub(crate) const UPGRADE_TIMEOUT: &str = "KAMISAMA_UPGRADE_TIMEOUT";
+/// Overrides `upgrade_trial`, in seconds; 0 for none.
+pub(crate) const UPGRADE_TRIAL: &str = "KAMISAMA_UPGRADE_TRIAL";
 /// Overrides the user workers run as.
 pub(crate) const USER: &str = "KAMISAMA_USER";
 /// Overrides the group workers run as.
@@ -177,6 +179,10 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     }
     if let Some(seconds) = parse(&lookup, UPGRADE_TIMEOUT, SECONDS, at_least_one)? {
         overridden.upgrade_timeout = Duration::from_secs(seconds);
+    }
+    let seconds = "a whole number of seconds, 0 for none";
+    if let Some(seconds) = parse(&lookup, UPGRADE_TRIAL, seconds, |_: &u64| true)? {
+        overridden.upgrade_trial = Duration::from_secs(seconds);
     }
     let name = |name: &String| !name.is_empty() && !name.contains('\0');
     if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
@@ -358,6 +364,7 @@ mod tests {
             (LIMIT_AS, "1G"),
             (OOM_SCORE_ADJ, "-5"),
             (CPU_AFFINITY, "auto"),
+            (UPGRADE_TRIAL, "0"),
         ])
         .unwrap();
         assert_eq!(
@@ -388,6 +395,7 @@ mod tests {
                 },
                 oom_score_adj: Some(-5),
                 cpu_affinity: CpuAffinity::Auto,
+                upgrade_trial: Duration::ZERO,
                 ..Config::default()
             }
         );

@@ -262,6 +262,20 @@ pub enum Event {
         /// The new master.
         pid: u32,
     },
+    /// The new master's fleet is ready and serves; this master stops its own workers, and
+    /// stays for the upgrade's trial, ready to fork them again should the new fleet fail.
+    UpgradeTrial {
+        /// The new master.
+        pid: u32,
+        /// How long the trial lasts.
+        trial: Duration,
+    },
+    /// In the new master of an upgrade, during its trial: a worker crashed or hung, or the
+    /// master is stopping. It stops its fleet, and the old master forks its own again.
+    UpgradeTrialFailed {
+        /// Why.
+        reason: String,
+    },
     /// In the new master of an upgrade: the old master handed over, and this one is the
     /// service's main process.
     UpgradeDone {
@@ -425,6 +439,8 @@ impl Event {
             Event::UpgradeStarted { .. } => "upgrade-started",
             Event::UpgradeBusy => "upgrade-busy",
             Event::UpgradeHandingOver { .. } => "upgrade-handing-over",
+            Event::UpgradeTrial { .. } => "upgrade-trial",
+            Event::UpgradeTrialFailed { .. } => "upgrade-trial-failed",
             Event::UpgradeDone { .. } => "upgrade-done",
             Event::UpgradeFailed { .. } => "upgrade-failed",
         }
@@ -441,6 +457,7 @@ impl Event {
             | Event::RollingRestartBusy
             | Event::UpgradeBusy
             | Event::UpgradeFailed { .. }
+            | Event::UpgradeTrialFailed { .. }
             | Event::ShutdownForced { .. } => Level::Warn,
             Event::Exited {
                 status,
@@ -597,6 +614,11 @@ impl Event {
             }
             Event::UpgradeBusy => field("reason", Text("an upgrade is under way")),
             Event::UpgradeHandingOver { pid } => field("pid", Count(u64::from(*pid))),
+            Event::UpgradeTrial { pid, trial } => {
+                field("pid", Count(u64::from(*pid)));
+                field("for", Span(*trial));
+            }
+            Event::UpgradeTrialFailed { reason } => field("reason", Text(reason)),
             Event::UpgradeDone { old } => field("old", Count(u64::from(*old))),
             Event::UpgradeFailed { pid, reason } => {
                 field("pid", Count(u64::from(*pid)));

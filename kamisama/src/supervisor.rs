@@ -81,6 +81,10 @@ pub enum Outcome {
     /// Workers died more often than the respawn limit allows, or a worker could not be
     /// forked; every worker was stopped. Exit status 1.
     GaveUp,
+    /// This master was the new one of an upgrade, and its fleet failed the upgrade's trial
+    /// (a worker crashed or hung, or the master was stopped): it stopped its workers, and the
+    /// old master serves on. Exit status 1.
+    RolledBack,
     /// With the restart policy `on-failure` or `never`: no worker runs and none will be
     /// forked again. Exit status 0 if the last worker of every index succeeded, 1 otherwise.
     #[non_exhaustive]
@@ -103,7 +107,7 @@ impl Outcome {
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Stopped | Outcome::Upgraded | Outcome::Finished { failed: 0 } => 0,
-            Outcome::GaveUp | Outcome::Finished { .. } => 1,
+            Outcome::GaveUp | Outcome::RolledBack | Outcome::Finished { .. } => 1,
         }
     }
 }
@@ -476,6 +480,28 @@ impl<'a> Supervisor<'a> {
     /// ```
     pub fn upgrade_timeout(mut self, upgrade_timeout: Duration) -> Self {
         self.config.upgrade_timeout = upgrade_timeout;
+        self
+    }
+
+    /// How long the old master of an upgrade (USR2) stays after its successor's fleet is
+    /// ready, with its listeners and all it needs to fork its own fleet again; default 10
+    /// seconds, zero for none. Its workers are stopped at the hand-over as they would be
+    /// without a trial, and the new master serves; if, within the trial, a worker of the new
+    /// fleet crashes or hangs, or the new master exits, the old master forks its fleet again
+    /// and stops the new master. It stays the service manager's main process until the trial
+    /// passes, so that `systemctl reload` with `kamisama-upgrade` returns then.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .listen("127.0.0.1:8080")
+    ///     .upgrade_trial(Duration::from_secs(30))
+    ///     .run(worker);
+    /// ```
+    pub fn upgrade_trial(mut self, upgrade_trial: Duration) -> Self {
+        self.config.upgrade_trial = upgrade_trial;
         self
     }
 

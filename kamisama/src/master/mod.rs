@@ -437,6 +437,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// A worker ended by itself: apply the restart policy, the respawn limit and the backoff.
     fn after_crash(&mut self, index: usize, status: ExitStatus, lived: Duration, now: Instant) {
         let succeeded = status.success();
+        if self.on_trial() && !(succeeded && lived >= RECYCLED_ITSELF) {
+            // A crash or a hang of the new release: the old one serves again at once.
+            let lived = crate::event::Value::Span(lived);
+            self.fail_trial(format!("worker {index} exited ({status}) after {lived}"));
+            self.begin_shutdown(None, Outcome::RolledBack);
+            return;
+        }
         if !self.config.restart.respawns(succeeded) {
             self.slots.set(index, State::Done);
             self.emit(Event::Done { index, succeeded });
@@ -531,7 +538,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// TERM does not wait for a thousand forks to finish.
     fn spawn_due(&mut self) {
         let now = Instant::now();
-        if self.fork_retry.not_before.is_some_and(|at| at > now) {
+        if self.fork_retry.not_before.is_some_and(|at| at > now) || self.standing_by() {
             return;
         }
         let Some(mut index) = self.slots.next_due(now) else {
@@ -643,7 +650,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         if self.shutdown.is_some() {
             return;
         }
-        if self.rolling.is_some() {
+        if self.rolling.is_some() || self.standing_by() {
             self.emit(Event::RollingRestartBusy);
             return;
         }
@@ -754,7 +761,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         self.ready_once = self.ready_once || self.fleet_ready();
         let phase = if self.shutdown.is_some() {
             Phase::Stopping
-        } else if self.rolling.is_some() || self.upgrade.as_ref().is_some_and(Upgrade::waiting) {
+        } else if self.rolling.is_some()
+            || self
+                .upgrade
+                .as_ref()
+                .is_some_and(|upgrade| upgrade.waiting() || upgrade.on_trial())
+        {
             Phase::Reloading
         } else if self.ready_once {
             Phase::Ready
@@ -771,7 +783,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             upgrade: self
                 .upgraded
                 .as_ref()
-                .map(|report| (report.state, report.old)),
+                .map(|report| (report.state, report.old, report.new.unwrap_or(0))),
         }
     }
 
@@ -808,7 +820,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Rewrites the status file, if there is one and anything happened since.
     fn write_status(&mut self, phase: &'static str) {
-        let Some(status) = self.status.as_mut().filter(|_| self.takeover.is_none()) else {
+        // A new master writes it from its trial on, or once handed over without one.
+        let own = self.takeover.as_ref().map_or(true, Takeover::on_trial);
+        let Some(status) = self.status.as_mut().filter(|_| own) else {
             return;
         };
         let fleet = status::Fleet {
@@ -859,9 +873,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.rolling = None;
-        if let Some(upgrade) = &mut self.upgrade {
-            // The new master is a child like any other now: the sweep stops it.
-            upgrade.give_up();
+        // The new master is a child like any other now: the sweep stops it.
+        self.abandon_upgrade();
+        if self.on_trial() {
+            let reason = match signal {
+                Some(signal) => format!(
+                    "the new master got {}",
+                    crate::event::Value::Signal(signal as i32)
+                ),
+                None => "the new master gave up".to_owned(),
+            };
+            self.fail_trial(reason);
         }
         self.emit(Event::ShutdownStarted {
             signal: signal.map(|signal| signal as i32),
@@ -1061,10 +1083,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .awaits_readiness()
             .then(|| now.instant.checked_add(READINESS_POLL))
             .flatten();
-        let upgrade = self
-            .upgrade
-            .as_ref()
-            .and_then(|upgrade| upgrade.deadline.or(upgrade.kill_at));
+        let upgrade = self.upgrade.as_ref().and_then(Upgrade::next_deadline);
         // The count of recent respawns that the status and systemd show changes then.
         let told = self.status.is_some() || self.notify.is_some();
         let window = told

@@ -51,19 +51,27 @@ pub(super) struct Summary {
     pub(super) window: Duration,
     /// Workers found hung and not yet gone.
     pub(super) hung: usize,
-    /// How the last upgrade went, if there was one: its state and the old master.
-    pub(super) upgrade: Option<(&'static str, u32)>,
+    /// How the last upgrade went, if there was one: its state, the old master and the new
+    /// one (0 if none could be started).
+    pub(super) upgrade: Option<(&'static str, u32, u32)>,
 }
 
 impl fmt::Display for Summary {
     /// The `STATUS=` text: `17/17 workers running, 2 respawns in the last 60s`, and how the
     /// last upgrade went (`upgrading: ...`, `, last upgrade rolled back`,
-    /// `, upgraded from master 4242`).
+    /// `, upgraded from master 4242`), or, in an old master whose successor is on trial,
+    /// `upgrade on trial: master 4300 serves`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.phase == Phase::Stopping {
             return write!(f, "stopping: {} workers left", self.running);
         }
-        let upgrade = self.upgrade.map(|(state, _)| state);
+        let upgrade = self.upgrade.map(|(state, _, _)| state);
+        if let Some((upgrade::TRIAL, _, new)) =
+            self.upgrade.filter(|_| self.phase == Phase::Reloading)
+        {
+            // This master's workers are stopped: the new fleet serves.
+            return write!(f, "upgrade on trial: master {new} serves");
+        }
         let doing = match self.phase {
             Phase::Starting => "starting: ",
             Phase::Reloading if upgrade == Some(upgrade::IN_PROGRESS) => "upgrading: ",
@@ -80,8 +88,8 @@ impl fmt::Display for Summary {
             self.window.as_secs()
         )?;
         match self.upgrade {
-            Some((upgrade::ROLLED_BACK, _)) => f.write_str(", last upgrade rolled back")?,
-            Some((upgrade::DONE, old)) => write!(f, ", upgraded from master {old}")?,
+            Some((upgrade::ROLLED_BACK, _, _)) => f.write_str(", last upgrade rolled back")?,
+            Some((upgrade::DONE, old, _)) => write!(f, ", upgraded from master {old}")?,
             _ => {}
         }
         if self.hung > 0 {

@@ -5,20 +5,30 @@
 //! after a deploy, `/proc/self/exe` names the old, deleted file, while the path names the new
 //! one (or the symlink swapped to it). The child gets the listening sockets at descriptors 3
 //! and up with `LISTEN_FDS` and `LISTEN_PID`, as systemd's socket activation hands them over,
-//! so the new master serves on the same sockets without binding; and the write end of a pipe,
-//! named by `KAMISAMA_UPGRADE` with what proves it is that pipe (the old master's pid, the
-//! pipe's inode), on which it writes one byte once its fleet is ready (or, if the exec
-//! fails, the child writes why before it exits). The old master
-//! then tells the service manager that the new one is the main process, and closes the pipe,
-//! which tells the new master so in turn (until then it leaves the service manager and the
-//! status file alone); and it stops its own workers, in-flight work first, and exits. End of
-//! file on the pipe before that byte (the new binary died), or no byte within
+//! so the new master serves on the same sockets without binding; and, named by
+//! `KAMISAMA_UPGRADE` with what proves them (the old master's pid, the pipe's inode), the
+//! write end of a pipe on which it writes one byte once its fleet is ready (or, if the exec
+//! fails, the child writes why before it exits), and with a trial, the read end of a second
+//! pipe on which the old master says that the trial began.
+//!
+//! Once the new fleet is ready, the old master stops its own workers, in-flight work first.
+//! Without a trial it then tells the service manager that the new master is the main
+//! process, closes the pipe, which tells the new master so in turn (until then it leaves the
+//! service manager and the status file alone), and exits. With a trial (`upgrade_trial`), it
+//! stays that long, forking nothing, with its listeners, and still the main process: it says
+//! on the second pipe that the trial began, from which moment the status file is the new
+//! master's. A new worker that crashes or hangs during the trial, or a new master that stops,
+//! fails the trial: the new master writes why on the first pipe (and stops writing the
+//! status file first), stops its fleet and exits; the old master forks its fleet again at
+//! once. A trial that passes ends as an upgrade without one does.
+//!
+//! End of file on the pipe before the fleet is ready (the new binary died), or no byte within
 //! `upgrade_timeout`, rolls the upgrade back: the new master gets TERM, and the old one goes
 //! on serving.
 
 use super::reaper::Inherited;
 use super::slots::State;
-use super::{Master, Notify, Outcome};
+use super::{Master, Notify, Outcome, StatusFile};
 use crate::config::{Readiness, MAX_INSTANCES};
 use crate::event::{Event, ExitStatus};
 use crate::listen::Listener;
@@ -63,9 +73,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let listeners = crate::listen::listeners();
         // TTIN and TTOU carry over; a count the settings give is the new release's to set.
         let scaled = (self.instances != self.config.instances).then_some(self.instances);
-        let timeout = self.config.upgrade_timeout;
-        let inherited = self.setup.inherited;
-        match Upgrade::start(relaunch, listeners, passed_on, scaled, timeout, inherited) {
+        let plan = Plan {
+            instances: scaled,
+            timeout: self.config.upgrade_timeout,
+            trial: !self.config.upgrade_trial.is_zero(),
+            inherited: self.setup.inherited,
+        };
+        match Upgrade::start(relaunch, listeners, passed_on, plan) {
             Ok(upgrade) => {
                 self.reaper.watch(upgrade.pid);
                 let pid = upgrade.pid.as_raw() as u32;
@@ -80,27 +94,64 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Listens to the new master of an upgrade: hands over once it is ready, rolls back if
-    /// it went, or when it is late.
+    /// Listens to the new master of an upgrade: begins the trial (or hands over) once its
+    /// fleet is ready, rolls back if it went, failed its trial or is late, and hands over once
+    /// the trial passed.
     pub(super) fn watch_upgrade(&mut self, now: Instant) {
         let Some(upgrade) = &mut self.upgrade else {
             return;
         };
-        let late = upgrade.deadline.is_some_and(|deadline| deadline <= now);
+        let late = upgrade.late(now);
+        let passed = upgrade.trial_passed(now);
+        let on_trial = upgrade.on_trial();
         match upgrade.hear() {
-            Heard::Ready => self.hand_over(),
+            Heard::Ready if self.config.upgrade_trial.is_zero() => self.hand_over(),
+            Heard::Ready => self.begin_trial(now),
+            Heard::Failed(reason) => {
+                self.roll_back(&format!("the new fleet failed its trial: {reason}"))
+            }
+            Heard::Gone if on_trial => self.roll_back("the new master went during its trial"),
             Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
             Heard::NotRun(errno) => self.roll_back(&not_run(self.relaunch, errno)),
             Heard::Nothing if late => {
                 let timeout = crate::event::Value::Span(self.config.upgrade_timeout);
                 self.roll_back(&format!("the new fleet was not ready within {timeout}"));
             }
+            Heard::Nothing if passed => self.hand_over(),
             Heard::Nothing => {}
         }
     }
 
-    /// The new master's fleet is ready: make it the service's main process, and stop this
-    /// master's own workers (the new master is spared).
+    /// The new master's fleet is ready: this master stops its own workers and stays, forking
+    /// nothing, ready to fork them again should the new fleet fail. The status file is the
+    /// new master's from now on; the service manager still knows this one as the main process.
+    fn begin_trial(&mut self, now: Instant) {
+        let trial = self.config.upgrade_trial;
+        let lent = self.status.take();
+        let Some(upgrade) = &mut self.upgrade else {
+            return;
+        };
+        let pid = upgrade.pid;
+        upgrade.begin_trial(now.checked_add(trial), lent);
+        self.emit(Event::UpgradeTrial {
+            pid: pid.as_raw() as u32,
+            trial,
+        });
+        self.report_upgrade(TRIAL, Some(pid.as_raw() as u32), None);
+        self.rolling = None;
+        let kill_at = self.deadline();
+        for index in 0..self.slots.len() {
+            self.stop(index, kill_at);
+        }
+    }
+
+    /// Whether this master is the old one of an upgrade on trial: it forks no worker.
+    pub(super) fn standing_by(&self) -> bool {
+        self.upgrade.as_ref().is_some_and(Upgrade::on_trial)
+    }
+
+    /// The new master's fleet is ready (and passed its trial, if it had one): make it the
+    /// service's main process, and stop this master's own workers (the new master is spared).
     fn hand_over(&mut self) {
         let Some(upgrade) = self.upgrade.take() else {
             return;
@@ -113,22 +164,33 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
         self.status = None;
         self.successor = Some(upgrade.pid);
-        // Closes the pipe: the new master takes over the service manager and the status file.
+        // Closes the pipes: the new master takes over the service manager and the status file.
         drop(upgrade);
         self.begin_shutdown(None, Outcome::Upgraded);
     }
 
     /// Gives the upgrade up: the new master gets TERM (and stops its workers), SIGKILL after
-    /// `shutdown_timeout` if it is still there, and this master serves on.
+    /// `shutdown_timeout` if it is still there, and this master serves on, forking its fleet
+    /// again if a trial had stopped it.
     fn roll_back(&mut self, reason: &str) {
-        let Some(upgrade) = &mut self.upgrade else {
+        let Some(pid) = self.abandon_upgrade() else {
             return;
         };
-        upgrade.give_up();
-        upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
-        let pid = upgrade.pid;
+        if let Some(upgrade) = &mut self.upgrade {
+            upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
+        }
         let _ = kill(pid, Signal::SIGTERM);
         self.upgrade_failed(Some(pid.as_raw() as u32), reason.to_owned());
+    }
+
+    /// Stops waiting for the new master, and takes the status file back if a trial had lent
+    /// it; returns the new master.
+    pub(super) fn abandon_upgrade(&mut self) -> Option<Pid> {
+        let upgrade = self.upgrade.as_mut()?;
+        if let Some(lent) = upgrade.give_up() {
+            self.status = Some(lent);
+        }
+        Some(upgrade.pid)
     }
 
     /// Says the upgrade failed, and that the old generation (this one) serves on: in the log
@@ -156,24 +218,36 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let Some(upgrade) = &mut self.upgrade else {
             return;
         };
-        if upgrade.waiting() {
+        let reason = if upgrade.on_trial() {
+            // It may have said why first.
+            match upgrade.hear() {
+                Heard::Failed(reason) => format!("the new fleet failed its trial: {reason}"),
+                _ => format!("the new master exited ({status}) during its trial"),
+            }
+        } else if upgrade.waiting() {
             // A child that could not exec said why before it exited: read it first.
-            let reason = match upgrade.hear() {
+            match upgrade.hear() {
                 Heard::NotRun(errno) => not_run(self.relaunch, errno),
                 _ => format!("the new master exited ({status}) before its fleet was ready"),
-            };
-            upgrade.give_up();
-            let pid = upgrade.pid.as_raw() as u32;
-            self.upgrade_failed(Some(pid), reason);
-        }
+            }
+        } else {
+            self.upgrade = None;
+            return;
+        };
+        let pid = self.abandon_upgrade().map(|pid| pid.as_raw() as u32);
+        self.upgrade_failed(pid, reason);
         self.upgrade = None;
     }
 
     /// Whether this master, started by an upgrade, waits for the old master to hand over.
     fn taking_over(&mut self) -> bool {
-        if self.takeover.as_ref().is_some_and(Takeover::handed_over) {
-            let old = self.takeover.take().map_or(0, |takeover| takeover.master);
-            // This master's first status file says so.
+        let Some(takeover) = &mut self.takeover else {
+            return false;
+        };
+        if takeover.handed_over() {
+            let old = takeover.master;
+            self.takeover = None;
+            // This master's first status file says so (or its next one, after a trial).
             self.upgraded = Some(Report {
                 state: DONE,
                 old,
@@ -182,8 +256,44 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 at: SystemTime::now(),
             });
             self.emit(Event::UpgradeDone { old });
+            return false;
         }
-        self.takeover.is_some()
+        if takeover.trial_began() {
+            // The status file is this master's now.
+            let old = takeover.master;
+            self.upgraded = Some(Report {
+                state: TRIAL,
+                old,
+                new: Some(self.setup.master.as_raw() as u32),
+                reason: None,
+                at: SystemTime::now(),
+            });
+            if let Some(status) = &mut self.status {
+                status.changed();
+            }
+        }
+        true
+    }
+
+    /// Whether this master, started by an upgrade, serves on trial: the old master stands by.
+    pub(super) fn on_trial(&self) -> bool {
+        self.takeover.as_ref().is_some_and(Takeover::on_trial)
+    }
+
+    /// In a master on trial: the trial failed. Gives the status file back to the old master,
+    /// which forks its fleet again, and tells it why; the caller stops this master.
+    pub(super) fn fail_trial(&mut self, reason: String) {
+        let Some(takeover) = self
+            .takeover
+            .as_mut()
+            .filter(|takeover| takeover.on_trial())
+        else {
+            return;
+        };
+        // Before the word: the old master writes the file from the moment it hears it.
+        self.status = None;
+        takeover.fail(&reason);
+        self.emit(Event::UpgradeTrialFailed { reason });
     }
 
     /// In a master an upgrade started: once its fleet is ready, and has settled, says so to
@@ -206,7 +316,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 /// How the last upgrade went, as the status file says it.
 #[derive(Clone, Debug)]
 pub(super) struct Report {
-    /// [`IN_PROGRESS`], [`DONE`] or [`ROLLED_BACK`].
+    /// [`IN_PROGRESS`], [`TRIAL`], [`DONE`] or [`ROLLED_BACK`].
     pub(super) state: &'static str,
     /// The master that started it.
     pub(super) old: u32,
@@ -220,6 +330,9 @@ pub(super) struct Report {
 
 /// The new master runs, and its fleet is not ready yet.
 pub(super) const IN_PROGRESS: &str = "in-progress";
+/// The new fleet serves, and the old master stands by until the trial ends: said by the old
+/// master to the service manager, and by the new one in the status file.
+pub(super) const TRIAL: &str = "trial";
 /// The old master handed over to the new one: said by the new master.
 pub(super) const DONE: &str = "done";
 /// The new master was stopped (or never started), and the old generation serves on.
@@ -308,12 +421,38 @@ fn find_in_path(name: &std::path::Path) -> Option<PathBuf> {
 pub(super) struct Upgrade {
     /// The new master.
     pub(super) pid: Pid,
-    /// Where it says it is ready; `None` once it said so, or failed.
-    ready: Option<File>,
-    /// When it must be ready by.
-    pub(super) deadline: Option<Instant>,
+    /// Where it says it is ready, and, during the trial, that it failed; `None` once given up.
+    said: Option<File>,
+    /// Where this master says that the trial began (with a trial).
+    trial: Option<File>,
+    stage: Stage,
     /// When a new master given up on gets SIGKILL, if it has not gone.
     pub(super) kill_at: Option<Instant>,
+}
+
+enum Stage {
+    /// Until its fleet is ready, which must be by `deadline`.
+    Starting { deadline: Option<Instant> },
+    /// Its fleet serves; this master stands by with the status file, which it lent the new
+    /// master, until `until`.
+    Trial {
+        until: Option<Instant>,
+        lent: Option<StatusFile>,
+    },
+    /// Rolled back, or this master stops.
+    GivenUp,
+}
+
+/// How to start the new master.
+pub(super) struct Plan {
+    /// The old master's count of workers, when TTIN or TTOU changed it.
+    instances: Option<usize>,
+    /// How long it has to get its fleet ready.
+    timeout: Duration,
+    /// Whether its fleet serves on trial once ready.
+    trial: bool,
+    /// What the master's reaper leaves a child to undo.
+    inherited: Inherited,
 }
 
 /// What the pipe from the new master said.
@@ -324,6 +463,8 @@ pub(super) enum Heard {
     Gone,
     /// The new binary could not be run at all (`execve` failed with this error).
     NotRun(Errno),
+    /// During the trial: the new fleet failed it, for this reason.
+    Failed(String),
 }
 
 /// How often a new binary busy being written is tried, 10 ms apart: for a second.
@@ -333,24 +474,42 @@ const EXEC_BUSY_TRIES: u32 = 100;
 /// the errno (4 bytes, native order), in one write.
 const NOT_RUN: u8 = b'E';
 
+/// What a new master writes once its fleet is ready.
+const READY: u8 = b'R';
+
+/// What a new master whose trial failed writes, followed by why, in one write.
+const FAILED: u8 = b'F';
+
+/// The longest reason a new master gives, in bytes: one write, well within `PIPE_BUF`.
+const LONGEST_REASON: usize = 400;
+
+/// What the old master writes on the trial pipe as the trial begins.
+const TRIAL_BEGINS: u8 = b'T';
+
 impl Upgrade {
-    /// Forks and execs the new master, with the listeners, the readiness pipe and `extra`
-    /// variables (those the old master took out of its own environment, such as
-    /// `NOTIFY_SOCKET`).
+    /// Forks and execs the new master, with the listeners, the pipes and `extra` variables
+    /// (those the old master took out of its own environment, such as `NOTIFY_SOCKET`).
     pub(super) fn start(
         relaunch: &Relaunch,
         listeners: &[Listener],
         extra: &[(String, String)],
-        instances: Option<usize>,
-        timeout: Duration,
-        inherited: Inherited,
+        plan: Plan,
     ) -> Result<Upgrade, Errno> {
-        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        use nix::fcntl::OFlag;
+        let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let trial = plan
+            .trial
+            .then(|| pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK))
+            .transpose()?;
         let count = listeners.len();
-        let upgrade_fd = 3 + count as RawFd;
+        let said_at = 3 + count as RawFd;
         let inode = nix::sys::stat::fstat(&write)?.st_ino;
-        let mut upgrade = format!("fd={upgrade_fd},master={},pipe={inode}", std::process::id());
-        if let Some(instances) = instances {
+        let mut upgrade = format!("fd={said_at},master={},pipe={inode}", std::process::id());
+        if let Some((trial_read, _)) = &trial {
+            let inode = nix::sys::stat::fstat(trial_read)?.st_ino;
+            upgrade.push_str(&format!(",trial={},trial_pipe={inode}", said_at + 1));
+        }
+        if let Some(instances) = plan.instances {
             upgrade.push_str(&format!(",instances={instances}"));
         }
         // The environment, prepared before the fork: the child only fills in its own pid.
@@ -384,155 +543,229 @@ impl Upgrade {
             .map(|argument| argument.as_ptr())
             .collect();
         argv.push(std::ptr::null());
+        // The listeners, then the pipe the new master speaks on, then the trial's.
         let sources: Vec<RawFd> = listeners
             .iter()
             .map(|listener| listener.as_fd().as_raw_fd())
             .chain([write.as_raw_fd()])
+            .chain(trial.iter().map(|(read, _)| read.as_raw_fd()))
             .collect();
         // Filled in by the child, which must not allocate.
         let mut moved = vec![-1; sources.len()];
+        let child = Child {
+            relaunch,
+            inherited: plan.inherited,
+            sources: &sources,
+            said_at,
+            argv: &argv,
+            environment: &environment,
+        };
         // SAFETY: the master's only other thread, its reaper, holds no lock, so the child
         // inherits none another thread holds; the child only calls async-signal-safe
         // functions and execs or exits.
         match unsafe { fork() }? {
             ForkResult::Parent { child } => Ok(Upgrade {
                 pid: child,
-                ready: Some(File::from(read)),
-                deadline: Instant::now().checked_add(timeout),
+                said: Some(File::from(read)),
+                trial: trial.map(|(_, write)| File::from(write)),
+                stage: Stage::Starting {
+                    deadline: Instant::now().checked_add(plan.timeout),
+                },
                 kill_at: None,
             }),
-            ForkResult::Child => exec_new_master(
-                relaunch,
-                inherited,
-                &sources,
-                &mut moved,
-                &argv,
-                &environment,
-                &mut listen_pid,
-            ),
+            ForkResult::Child => child.exec(&mut moved, &mut listen_pid),
         }
     }
 
-    /// The pipe, to wait on with the signals; `None` once it said what it had to say.
+    /// The pipe, to wait on with the signals; `None` once given up.
     pub(super) fn poll_fd(&self) -> Option<PollFd<'_>> {
-        let pipe = self.ready.as_ref()?;
+        let pipe = self.said.as_ref()?;
         Some(PollFd::new(pipe.as_fd(), PollFlags::POLLIN))
     }
 
     /// Whether the new master has yet to say it is ready (or to fail).
     pub(super) fn waiting(&self) -> bool {
-        self.ready.is_some()
+        matches!(self.stage, Stage::Starting { .. })
+    }
+
+    /// Whether its fleet serves on trial.
+    pub(super) fn on_trial(&self) -> bool {
+        matches!(self.stage, Stage::Trial { .. })
+    }
+
+    /// Whether its fleet is not ready, and should have been by `now`.
+    fn late(&self, now: Instant) -> bool {
+        matches!(self.stage, Stage::Starting { deadline: Some(deadline) } if deadline <= now)
+    }
+
+    /// Whether its fleet has served on trial until `now` without failing.
+    fn trial_passed(&self, now: Instant) -> bool {
+        matches!(self.stage, Stage::Trial { until: Some(until), .. } if until <= now)
+    }
+
+    /// When the master must look at the upgrade without a word from the new master.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Starting { deadline } => deadline,
+            Stage::Trial { until, .. } => until,
+            Stage::GivenUp => self.kill_at,
+        }
     }
 
     /// Reads what the new master said, without blocking. The pipe stays open after `Ready`:
     /// closing it tells the new master that it is the service's main process, which the
     /// old master does once it has told the service manager so.
     pub(super) fn hear(&mut self) -> Heard {
-        let Some(pipe) = &mut self.ready else {
+        let waiting = self.waiting();
+        let Some(pipe) = &mut self.said else {
             return Heard::Nothing;
         };
-        let mut said = [0u8; 5];
-        match pipe.read(&mut said) {
-            Ok(5) if said[0] == NOT_RUN => {
-                self.give_up();
-                let errno = i32::from_ne_bytes([said[1], said[2], said[3], said[4]]);
-                Heard::NotRun(Errno::from_raw(errno))
+        // One byte at a time until ready: a failure may follow at once, to be read next.
+        let mut said = [0u8; 1 + LONGEST_REASON];
+        let want = if waiting { 1 } else { said.len() };
+        let heard = match pipe.read(&mut said[..want]) {
+            Ok(1) if waiting && said[0] == NOT_RUN => {
+                let mut errno = [0u8; 4];
+                match pipe.read(&mut errno) {
+                    Ok(4) => Heard::NotRun(Errno::from_raw(i32::from_ne_bytes(errno))),
+                    _ => Heard::Gone,
+                }
             }
-            Ok(1) => Heard::Ready,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Heard::Nothing,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => Heard::Nothing,
-            Ok(_) | Err(_) => {
-                self.give_up();
-                Heard::Gone
+            Ok(1) if waiting => return Heard::Ready,
+            Ok(length @ 1..) if said[0] == FAILED => {
+                Heard::Failed(String::from_utf8_lossy(&said[1..length]).into_owned())
             }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Heard::Nothing,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => return Heard::Nothing,
+            Ok(_) | Err(_) => Heard::Gone,
+        };
+        // Nothing more to hear from a new master that said any of these.
+        self.said = None;
+        heard
+    }
+
+    /// Its fleet is ready: it serves on trial until `until`, and is told so, and `lent` the
+    /// status file.
+    fn begin_trial(&mut self, until: Option<Instant>, lent: Option<StatusFile>) {
+        self.stage = Stage::Trial { until, lent };
+        if let Some(trial) = &mut self.trial {
+            // Into an empty pipe: never blocks. A new master gone is heard of on the other.
+            let _ = trial.write_all(&[TRIAL_BEGINS]);
         }
     }
 
-    /// Stops waiting for the new master: it failed, or the master stops.
-    pub(super) fn give_up(&mut self) {
-        self.ready = None;
-        self.deadline = None;
+    /// Stops waiting for the new master (it failed, or this master stops); returns the status
+    /// file a trial had lent it.
+    pub(super) fn give_up(&mut self) -> Option<StatusFile> {
+        self.said = None;
+        match std::mem::replace(&mut self.stage, Stage::GivenUp) {
+            Stage::Trial { lent, .. } => lent,
+            Stage::Starting { .. } | Stage::GivenUp => None,
+        }
     }
 }
 
-/// In the forked child: the listeners at 3 and up, the pipe after them, a clean signal mask,
-/// and the new binary. Raw descriptors, buffers made before the fork, and async-signal-safe
-/// calls only.
-fn exec_new_master(
-    relaunch: &Relaunch,
+/// What the forked child needs to exec the new master: all of it made before the fork.
+struct Child<'a> {
+    relaunch: &'a Relaunch,
     inherited: Inherited,
-    sources: &[RawFd],
-    moved: &mut [RawFd],
-    argv: &[*const libc::c_char],
-    environment: &[*const libc::c_char],
-    listen_pid: &mut [u8; 22],
-) -> ! {
-    inherited.restore();
-    // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec, and
-    // the copies out of the way keep it, so that the new master has only its places.
-    let out_of_the_way = 3 + sources.len() as RawFd;
-    for (place, source) in moved.iter_mut().zip(sources) {
-        // SAFETY: fcntl with integer arguments.
-        *place = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, out_of_the_way) };
-    }
-    for (i, fd) in moved.iter().enumerate() {
-        // SAFETY: dup2 and _exit with integer arguments.
+    /// The descriptors to hand over, in their order from 3 on.
+    sources: &'a [RawFd],
+    /// Where the pipe the new master speaks on is placed.
+    said_at: RawFd,
+    argv: &'a [*const libc::c_char],
+    environment: &'a [*const libc::c_char],
+}
+
+impl Child<'_> {
+    /// In the forked child: the listeners at 3 and up, the pipes after them, a clean signal
+    /// mask, and the new binary. Raw descriptors, buffers made before the fork (`moved` is
+    /// filled in), and async-signal-safe calls only.
+    fn exec(&self, moved: &mut [RawFd], listen_pid: &mut [u8; 22]) -> ! {
+        self.inherited.restore();
+        // Each source out of the way of 3.. first, then in place: dup2 clears close-on-exec,
+        // and the copies out of the way keep it, so that the new master has only its places.
+        let out_of_the_way = 3 + self.sources.len() as RawFd;
+        for (place, source) in moved.iter_mut().zip(self.sources) {
+            // SAFETY: fcntl with integer arguments.
+            *place = unsafe { libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, out_of_the_way) };
+        }
+        for (i, fd) in moved.iter().enumerate() {
+            // SAFETY: dup2 and _exit with integer arguments.
+            unsafe {
+                if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                    libc::_exit(127);
+                }
+            }
+        }
+        // SAFETY: getpid has no preconditions.
+        let mut pid = unsafe { libc::getpid() } as u32;
+        for digit in listen_pid[11..21].iter_mut().rev() {
+            *digit = b'0' + (pid % 10) as u8;
+            pid /= 10;
+        }
+        let (path, argv, environment) = (&self.relaunch.path, self.argv, self.environment);
+        // SAFETY: a zeroed sigset_t is valid, emptied before use; `argv` and `environment`
+        // are null-terminated arrays of C strings that live until exec replaces the process.
         unsafe {
-            if libc::dup2(*fd, 3 + i as RawFd) < 0 {
-                libc::_exit(127);
+            let mut nothing: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut nothing);
+            libc::sigprocmask(libc::SIG_SETMASK, &nothing, std::ptr::null_mut());
+            // A file still open for writing somewhere (a deploy tool that has not closed it
+            // yet, or any process that forked while it had) cannot be run: ETXTBSY until it
+            // is closed.
+            for _ in 0..EXEC_BUSY_TRIES {
+                libc::execve(path.as_ptr(), argv.as_ptr(), environment.as_ptr());
+                if *libc::__errno_location() != libc::ETXTBSY {
+                    break;
+                }
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 10_000_000,
+                };
+                libc::nanosleep(&pause, std::ptr::null_mut());
             }
+            // Why, for the old master's log, on the pipe the new master would have spoken on.
+            let errno = (*libc::__errno_location()).to_ne_bytes();
+            let said = [NOT_RUN, errno[0], errno[1], errno[2], errno[3]];
+            libc::write(self.said_at, said.as_ptr().cast(), said.len());
+            libc::_exit(127)
         }
-    }
-    // SAFETY: getpid has no preconditions.
-    let mut pid = unsafe { libc::getpid() } as u32;
-    for digit in listen_pid[11..21].iter_mut().rev() {
-        *digit = b'0' + (pid % 10) as u8;
-        pid /= 10;
-    }
-    // SAFETY: a zeroed sigset_t is valid, emptied before use; `argv` and `environment` are
-    // null-terminated arrays of C strings that live until exec replaces the process.
-    unsafe {
-        let mut nothing: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut nothing);
-        libc::sigprocmask(libc::SIG_SETMASK, &nothing, std::ptr::null_mut());
-        // A file still open for writing somewhere (a deploy tool that has not closed it yet,
-        // or any process that forked while it had) cannot be run: ETXTBSY until it is closed.
-        for _ in 0..EXEC_BUSY_TRIES {
-            libc::execve(relaunch.path.as_ptr(), argv.as_ptr(), environment.as_ptr());
-            if *libc::__errno_location() != libc::ETXTBSY {
-                break;
-            }
-            let pause = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 10_000_000,
-            };
-            libc::nanosleep(&pause, std::ptr::null_mut());
-        }
-        // Why, for the old master's log, on the pipe: the last place, after the listeners.
-        let errno = (*libc::__errno_location()).to_ne_bytes();
-        let said = [NOT_RUN, errno[0], errno[1], errno[2], errno[3]];
-        libc::write(2 + moved.len() as RawFd, said.as_ptr().cast(), said.len());
-        libc::_exit(127)
     }
 }
 
 /// A master an upgrade started, until the old master hands over: it says nothing to the
-/// service manager and writes no status file, both still the old master's, until then.
+/// service manager until then, and writes no status file before a trial begins.
 pub(crate) struct Takeover {
     /// The write end of the old master's pipe.
     pipe: File,
+    /// The read end of the pipe the old master says the trial began on, until it did.
+    trial: Option<File>,
     /// The old master.
     master: u32,
     said_ready: bool,
+    /// Where the trial is.
+    stage: TrialStage,
     /// The old master's count of workers, when scaled.
     instances: Option<usize>,
 }
 
+/// Where a new master's trial is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TrialStage {
+    /// None yet (and none at all without a trial pipe).
+    NotBegun,
+    OnTrial,
+    /// It failed, and the old master was told.
+    Failed,
+}
+
 impl Takeover {
-    /// The pipe the old master handed over, named by the environment (and removed from it, so
-    /// that no worker inherits it); `None` in a master no upgrade started. A variable that does
-    /// not prove itself is ignored: the descriptor must be the write end of a pipe, of the
-    /// inode the old master named, and that master must be this process's parent.
+    /// The pipes the old master handed over, named by the environment (and removed from it,
+    /// so that no worker inherits it); `None` in a master no upgrade started. A variable that
+    /// does not prove itself is ignored: the descriptors must be the ends of pipes (write for
+    /// the first, read for the trial's), of the inodes the old master named, and that master
+    /// must be this process's parent. A trial pipe that does not prove itself is no trial.
     pub(crate) fn from_env() -> Option<Takeover> {
         let value = std::env::var(UPGRADE).ok();
         // The master is single-threaded, as changing the environment requires.
@@ -558,29 +791,18 @@ impl Takeover {
         if nix::unistd::getppid().as_raw() != master {
             return None;
         }
-        // SAFETY: a zeroed stat is a valid out-parameter; fstat fails on a descriptor that is
-        // not open, and touches no other memory.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-            return None;
-        }
-        let is_pipe = stat.st_mode & libc::S_IFMT == libc::S_IFIFO;
-        // SAFETY: fcntl with integer arguments.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        let write_end = flags >= 0 && flags & libc::O_ACCMODE == libc::O_WRONLY;
-        if !is_pipe || !write_end || stat.st_ino != inode {
-            return None;
-        }
-        // SAFETY: fcntl with integer arguments on a descriptor known open.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        // SAFETY: the old master handed this descriptor over, open (checked above), to this
-        // process alone.
-        let pipe = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let pipe = pipe_end(fd, inode, libc::O_WRONLY)?;
+        let trial = field("trial")
+            .zip(field("trial_pipe"))
+            .and_then(|(fd, inode)| {
+                pipe_end(fd.parse().ok()?, inode.parse().ok()?, libc::O_RDONLY)
+            });
         Some(Takeover {
             pipe,
+            trial,
             master: master as u32,
             said_ready: false,
+            stage: TrialStage::NotBegun,
             instances,
         })
     }
@@ -594,7 +816,7 @@ impl Takeover {
     /// fails) has nothing left to hand over.
     pub(super) fn say_ready(&mut self) {
         if !self.said_ready {
-            let _ = self.pipe.write_all(b"R");
+            let _ = self.pipe.write_all(&[READY]);
             self.said_ready = true;
         }
     }
@@ -604,23 +826,97 @@ impl Takeover {
         self.said_ready
     }
 
-    /// What to wait on once the fleet is ready: the old master closes its end as it hands
-    /// over (or as it dies), which wakes a poll with an error on this end.
+    /// What to wait on once the fleet is ready: the old master says on the trial pipe that
+    /// the trial began, and closes its end of the other as it hands over (or as it dies),
+    /// which wakes a poll with an error on this end.
     pub(super) fn poll_fd(&self) -> Option<PollFd<'_>> {
-        self.said_ready
-            .then(|| PollFd::new(self.pipe.as_fd(), PollFlags::empty()))
+        if !self.said_ready || self.stage == TrialStage::Failed {
+            return None;
+        }
+        Some(match &self.trial {
+            Some(trial) => PollFd::new(trial.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(self.pipe.as_fd(), PollFlags::empty()),
+        })
+    }
+
+    /// Whether the old master said, since the last call, that the trial began: the status
+    /// file is this master's from then on.
+    pub(super) fn trial_began(&mut self) -> bool {
+        let Some(trial) = self.trial.as_mut().filter(|_| self.said_ready) else {
+            return false;
+        };
+        let mut said = [0u8; 1];
+        match trial.read(&mut said) {
+            Ok(1) if said[0] == TRIAL_BEGINS => {
+                self.trial = None;
+                self.stage = TrialStage::OnTrial;
+                true
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => false,
+            // The old master is gone: the other pipe says so too.
+            Ok(_) | Err(_) => {
+                self.trial = None;
+                false
+            }
+        }
+    }
+
+    /// Whether its fleet serves on trial, not failed yet.
+    pub(super) fn on_trial(&self) -> bool {
+        self.stage == TrialStage::OnTrial
+    }
+
+    /// Tells the old master that the trial failed, and why.
+    pub(super) fn fail(&mut self, reason: &str) {
+        let mut said = Vec::with_capacity(1 + LONGEST_REASON);
+        said.push(FAILED);
+        let mut end = reason.len().min(LONGEST_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        said.extend_from_slice(&reason.as_bytes()[..end]);
+        // One write, atomic on a pipe: an old master gone has nothing to hear.
+        let _ = self.pipe.write_all(&said);
+        self.stage = TrialStage::Failed;
     }
 
     /// Whether the old master closed its end: this master is the service's main process now.
+    /// A master whose trial failed is never handed over: the old master closes its end as
+    /// it gives up.
     pub(super) fn handed_over(&self) -> bool {
-        let Some(fd) = self.poll_fd() else {
+        if !self.said_ready || self.stage == TrialStage::Failed {
             return false;
-        };
-        let mut fds = [fd];
+        }
+        let mut fds = [PollFd::new(self.pipe.as_fd(), PollFlags::empty())];
         let closed = PollFlags::POLLERR | PollFlags::POLLHUP;
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
             && fds[0]
                 .revents()
                 .is_some_and(|revents| revents.intersects(closed))
     }
+}
+
+/// The descriptor `fd`, handed over open, if it is the end of the pipe `inode` open for
+/// `access` (`O_WRONLY` or `O_RDONLY`); made close-on-exec.
+fn pipe_end(fd: RawFd, inode: u64, access: libc::c_int) -> Option<File> {
+    // SAFETY: a zeroed stat is a valid out-parameter; fstat fails on a descriptor that is not
+    // open, and touches no other memory.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return None;
+    }
+    let is_pipe = stat.st_mode & libc::S_IFMT == libc::S_IFIFO;
+    // SAFETY: fcntl with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let end = flags >= 0 && flags & libc::O_ACCMODE == access;
+    if !is_pipe || !end || stat.st_ino != inode {
+        return None;
+    }
+    // SAFETY: fcntl with integer arguments on a descriptor known open.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the old master handed this descriptor over, open (checked above), to this
+    // process alone.
+    Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
