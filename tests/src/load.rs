@@ -40,6 +40,10 @@ pub struct Tally {
     pub accepted: BTreeMap<u32, u64>,
     /// Requests each worker answered, by the worker's pid.
     pub served: BTreeMap<u32, u64>,
+    /// When each answer came, and from which worker.
+    pub answers: Vec<(Instant, u32)>,
+    /// When each failed request ended.
+    pub failures: Vec<Instant>,
 }
 
 impl Tally {
@@ -89,6 +93,8 @@ impl Tally {
         self.empty += other.empty;
         self.errors += other.errors;
         self.requests.extend(other.requests);
+        self.answers.extend(other.answers);
+        self.failures.extend(other.failures);
         for (worker, count) in other.accepted {
             *self.accepted.entry(worker).or_default() += count;
         }
@@ -156,10 +162,15 @@ fn client(address: SocketAddr, keep_alive: bool, stop: &AtomicBool, done: &Atomi
         let started = Instant::now();
         let fresh = connection.is_none();
         let outcome = request(address, keep_alive, &mut connection);
-        tally.requests.push((started, started.elapsed()));
+        let took = started.elapsed();
+        tally.requests.push((started, took));
         done.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_err() {
+            tally.failures.push(started + took);
+        }
         match outcome {
             Ok(worker) => {
+                tally.answers.push((started + took, worker));
                 tally.ok += 1;
                 *tally.served.entry(worker).or_default() += 1;
                 if fresh {

@@ -97,6 +97,8 @@ pub(crate) struct Master<'a, W, S> {
     upgraded: Option<upgrade::Report>,
     /// Whether every initial worker has been ready once.
     ready_once: bool,
+    /// Whether the fleet is being forked again after a failed trial, and is not ready yet.
+    refilling: bool,
     /// The phase of the fleet the log last heard of.
     announced: Option<Phase>,
     /// A child was reaped since the last sweep, which may have handed its own children over.
@@ -211,6 +213,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             takeover,
             upgraded: None,
             ready_once: false,
+            refilling: false,
             announced: None,
             reaped: false,
             reaper,
@@ -748,7 +751,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// word to the master: the fleet's first readiness, or a rolling restart's replacement.
     fn awaits_readiness(&self) -> bool {
         let declared = self.config.readiness == Readiness::Declared
-            && (!self.ready_once || self.rolling.is_some());
+            && (!self.ready_once || self.rolling.is_some() || self.refilling);
         let taking_over = self
             .takeover
             .as_ref()
@@ -758,10 +761,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
 
     /// Where the fleet stands, for the service manager.
     fn summary(&mut self, now: Instant) -> Summary {
-        self.ready_once = self.ready_once || self.fleet_ready();
+        let ready = self.fleet_ready();
+        self.ready_once = self.ready_once || ready;
+        self.refilling = self.refilling && !ready;
         let phase = if self.shutdown.is_some() {
             Phase::Stopping
         } else if self.rolling.is_some()
+            || self.refilling
             || self
                 .upgrade
                 .as_ref()

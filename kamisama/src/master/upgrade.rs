@@ -187,9 +187,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// it; returns the new master.
     pub(super) fn abandon_upgrade(&mut self) -> Option<Pid> {
         let upgrade = self.upgrade.as_mut()?;
+        let on_trial = upgrade.on_trial();
         if let Some(lent) = upgrade.give_up() {
             self.status = Some(lent);
         }
+        // The fleet the trial stopped is forked again: reloading until it is ready.
+        self.refilling = on_trial;
         Some(upgrade.pid)
     }
 
@@ -276,7 +279,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     }
 
     /// Whether this master, started by an upgrade, serves on trial: the old master stands by.
-    pub(super) fn on_trial(&self) -> bool {
+    /// Asked of the pipe too: the word that the trial began may have come with the signal or
+    /// the death being handled, before the turn that reads it.
+    pub(super) fn on_trial(&mut self) -> bool {
+        self.taking_over();
         self.takeover.as_ref().is_some_and(Takeover::on_trial)
     }
 
