@@ -24,7 +24,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use std::fs;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
 const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
