@@ -8,6 +8,9 @@
 //! instance per listener, with the worker's stop pipe beside it (not exclusive: a stop still
 //! wakes every worker at once), made on its first accept and reused after.
 //!
+//! A thread woken for a connection takes it even if a stop came with it: no other waiter was
+//! woken, and a connection left in the queue would wait for the next one to wake somebody.
+//!
 //! The kernel tries exclusive waiters in the order they joined the socket's queue, so the
 //! first worker would take every connection it is idle for, and eight connections opened at
 //! once would all go to one worker. A worker that accepted a connection joins the queue
@@ -123,9 +126,9 @@ impl Waiter {
                 Err(Errno::EINTR) => continue,
                 Err(_) => return stop::wait(Some(listener), None),
             };
-            if stop::requested() {
-                return Woken::Stop;
-            }
+            // A connection this thread was woken for is its to take, stop or not: the
+            // kernel woke no other waiter for it, and one left in the queue would wait for
+            // the next connection to wake someone. The next wait returns the stop.
             if events[..count].iter().any(|event| event.data() == LISTENER) {
                 return Woken::Ready;
             }
