@@ -1,14 +1,18 @@
 //! The hello servers under a constant load on loopback, through a rolling restart, an upgrade
-//! to a rebuilt binary and an upgrade to a binary that dies at start (rolled back): every
-//! request counted, the latency before and during each change, the longest time without an
-//! answer, and how evenly the workers share the connections.
+//! to a rebuilt binary, an upgrade to a binary that dies at start (rolled back), and an
+//! upgrade to a release that is ready and then crashes on its first requests (rolled back
+//! during its trial): every request counted, the latency before and during each change, the
+//! longest time without an answer, and how evenly the workers share the connections. For the
+//! bad release, failed requests are also weighed against those answered in as long a window
+//! before the signal.
 //!
 //! ```text
 //! cargo bench -p kamisama-tests --bench servers
 //! ```
 //!
 //! Each figure is the median of three runs; failed requests are the sum over all of them.
-//! `ONLY_FAIRNESS=1` runs the fairness table alone.
+//! `ONLY_FAIRNESS=1` runs the fairness table alone; `ONLY_CHANGE=BadRelease` (or
+//! `RollingRestart`, `Upgrade`, `Rollback`) one change alone.
 
 use kamisama_tests::deployment::{upgrade, Deployment};
 use kamisama_tests::load::{Load, Tally};
@@ -17,6 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use std::fs;
 use std::time::{Duration, Instant};
 
+const BAD_RELEASE: &str = env!("CARGO_BIN_EXE_bad-release");
 const SERVERS: [(&str, &str); 2] = [
     ("threads", env!("CARGO_BIN_EXE_hello-server")),
     ("tokio", env!("CARGO_BIN_EXE_async-hello-server")),
@@ -32,6 +37,8 @@ enum Change {
     RollingRestart,
     Upgrade,
     Rollback,
+    /// To `tests/fixtures/bad_release.rs`, rolled back during its trial.
+    BadRelease,
 }
 
 impl Change {
@@ -40,6 +47,7 @@ impl Change {
             Change::RollingRestart => "HUP (rolling restart)",
             Change::Upgrade => "USR2 (upgrade)",
             Change::Rollback => "USR2 to a binary that exits (rollback)",
+            Change::BadRelease => "USR2 to a release that crashes on its first requests (trial)",
         }
     }
 }
@@ -54,8 +62,11 @@ struct Run {
     /// From the signal to the change done: the last replacement, the old master gone, the
     /// rollback logged.
     took: Duration,
-    /// For an upgrade, from the signal to the hand-over (the new fleet ready).
+    /// For an upgrade, from the signal to the hand-over (the new fleet ready, its trial
+    /// begun).
     handed_over: Option<Duration>,
+    /// Requests answered in a window as long as the change's, before it.
+    answered_before: u64,
 }
 
 fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
@@ -77,10 +88,17 @@ fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
         Change::Upgrade => {
             deployment.install(&fs::read(server).expect("the server"));
             let new = upgrade(&master, old);
-            master.wait_for_line(&format!("kamisama[{old}]: upgrade-handing-over"));
+            master.wait_for_line(&format!("kamisama[{old}]: upgrade-trial"));
             handed_over = Some(signalled.elapsed());
             master.wait_exit_alone();
             successor = Some(new);
+        }
+        Change::BadRelease => {
+            deployment.install(&fs::read(BAD_RELEASE).expect("the bad release"));
+            master.signal(Signal::SIGUSR2);
+            master.wait_for_line("upgrade-failed");
+            // Done once the fleet forked again is ready.
+            master.wait_for_lines(&format!("kamisama[{old}]: ready workers="), 2);
         }
         Change::Rollback => {
             deployment.install_script("exit 1");
@@ -112,6 +130,11 @@ fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
         gap_during: tally.longest_gap_in(Some(during)),
         took: done - signalled,
         handed_over,
+        answered_before: tally
+            .answers
+            .iter()
+            .filter(|(at, _)| (before.0..before.1).contains(at))
+            .count() as u64,
         tally,
     }
 }
@@ -149,7 +172,16 @@ fn changes() {
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     for (server, binary) in SERVERS {
         for keep_alive in [false, true] {
-            for change in [Change::RollingRestart, Change::Upgrade, Change::Rollback] {
+            for change in [
+                Change::RollingRestart,
+                Change::Upgrade,
+                Change::Rollback,
+                Change::BadRelease,
+            ] {
+                let only = std::env::var("ONLY_CHANGE").ok();
+                if only.is_some_and(|only| only != format!("{change:?}")) {
+                    continue;
+                }
                 let runs: Vec<Run> = (0..RUNS)
                     .map(|run| through(binary, keep_alive, change, run))
                     .collect();
@@ -158,6 +190,14 @@ fn changes() {
                     .map(|run| run.tally.ok + run.tally.failed())
                     .sum();
                 let failed: u64 = runs.iter().map(|run| run.tally.failed()).sum();
+                let answered_before: u64 = runs.iter().map(|run| run.answered_before).sum();
+                let failed = match change {
+                    Change::BadRelease => format!(
+                        "{failed} ({:.2} % of {answered_before} answered before)",
+                        failed as f64 * 100.0 / answered_before.max(1) as f64
+                    ),
+                    _ => failed.to_string(),
+                };
                 let before = median(runs.iter().map(|run| run.p99_before).collect());
                 let during = median(runs.iter().map(|run| run.p99_during).collect());
                 let gap_before = median(runs.iter().map(|run| run.gap_before).collect());
@@ -236,6 +276,8 @@ fn main() {
     if std::env::var_os("ONLY_FAIRNESS").is_none() {
         changes();
     }
-    println!();
-    fairness();
+    if std::env::var_os("ONLY_CHANGE").is_none() {
+        println!();
+        fairness();
+    }
 }

@@ -71,12 +71,12 @@ impl Tally {
     }
 
     /// The longest time between two answers that came in `from..until`, or over the whole
-    /// load.
+    /// load. A failed request is no answer: a release that fails every request answers none.
     pub fn longest_gap_in(&self, window: Option<(Instant, Instant)>) -> Duration {
         let mut ends: Vec<Instant> = self
-            .requests
+            .answers
             .iter()
-            .map(|(at, took)| *at + *took)
+            .map(|(at, _)| *at)
             .filter(|end| window.is_none_or(|(from, until)| (from..until).contains(end)))
             .collect();
         ends.sort_unstable();

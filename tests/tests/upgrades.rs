@@ -760,7 +760,7 @@ fn a_release_that_crashes_on_its_first_requests_is_rolled_back_within_its_trial(
         "kamisama[{old}]: upgrade-trial pid={successor} for=30s"
     ));
     let failed = master.wait_for_line(&format!("kamisama[{old}]: upgrade-failed pid={successor}"));
-    assert!(failed.contains("panicked"), "{failed}");
+    assert!(failed.contains("exited (70)"), "{failed}");
     master.wait_for_line(&format!("kamisama[{successor}]: upgrade-trial-failed"));
     // The old master forked its fleet again, and stopped and reaped the new master.
     let again: Pids = master
@@ -911,14 +911,15 @@ fn a_new_master_killed_during_its_trial_is_rolled_back() {
         .skip(2)
         .map(|line| pid_in(line, "pid").as_raw() as u32)
         .collect();
-    answered_by(address, &again);
-    // The new workers went with their master.
+    // The new workers went with their master (each serving what it had taken), and the
+    // old release serves alone.
     master.wait_until("the new workers to be gone", || {
         new_workers
             .iter()
             .all(|pid| !is_alive(Pid::from_raw(*pid as i32)))
             .then_some(())
     });
+    answered_by(address, &again);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.expect_tree_gone();

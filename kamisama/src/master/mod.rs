@@ -243,6 +243,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 let (level, note) = blind.note();
                 self.log.note(level, note);
             }
+            // First: a rollback forks the fleet again in this very turn.
+            self.watch_upgrade(Instant::now());
             self.spawn_due();
             self.watch_if_large();
             self.advance_rolling_restart();
@@ -250,7 +252,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             let now = Now::read();
             self.kill_overdue(now.instant);
             self.detect_hangs(now);
-            self.watch_upgrade(now.instant);
             self.take_over(now.instant);
             let ping = self.tell_the_service_manager(now.instant);
             if let Some(outcome) = self.finished() {

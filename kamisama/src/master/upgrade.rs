@@ -108,7 +108,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             Heard::Ready if self.config.upgrade_trial.is_zero() => self.hand_over(),
             Heard::Ready => self.begin_trial(now),
             Heard::Failed(reason) => {
-                self.roll_back(&format!("the new fleet failed its trial: {reason}"))
+                // It stops by itself: a TERM on top would only race its exit.
+                let reason = format!("the new fleet failed its trial: {reason}");
+                self.give_up_on(&reason, None);
             }
             Heard::Gone if on_trial => self.roll_back("the new master went during its trial"),
             Heard::Gone => self.roll_back("the new master went before its fleet was ready"),
@@ -173,13 +175,21 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// `shutdown_timeout` if it is still there, and this master serves on, forking its fleet
     /// again if a trial had stopped it.
     fn roll_back(&mut self, reason: &str) {
+        self.give_up_on(reason, Some(Signal::SIGTERM));
+    }
+
+    /// Rolls back, with `stop` for the new master, SIGKILL after `shutdown_timeout` if it is
+    /// still there.
+    fn give_up_on(&mut self, reason: &str, stop: Option<Signal>) {
         let Some(pid) = self.abandon_upgrade() else {
             return;
         };
         if let Some(upgrade) = &mut self.upgrade {
             upgrade.kill_at = Instant::now().checked_add(self.config.shutdown_timeout);
         }
-        let _ = kill(pid, Signal::SIGTERM);
+        if let Some(stop) = stop {
+            let _ = kill(pid, stop);
+        }
         self.upgrade_failed(Some(pid.as_raw() as u32), reason.to_owned());
     }
 
