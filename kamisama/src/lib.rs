@@ -96,11 +96,15 @@
 //! `USR2` then upgrades the binary without a moment where nobody accepts: the master starts
 //! the program again from the path it was started with (where a deploy has installed the new
 //! one), handing it the listening sockets. Once the new master's fleet is ready, the old one
-//! tells systemd `MAINPID=` the new one, stops its own workers as in a shutdown and exits 0
-//! ([`Outcome::Upgraded`]). If the new binary exits first, or is not ready within
-//! [`Supervisor::upgrade_timeout`], it is stopped and the old fleet serves on. A master that
-//! is PID 1 refuses, as its exit would end the container. The status file and systemd's
-//! `STATUS=` say how the last upgrade went (in progress, done, rolled back and why).
+//! stops its own workers as in a shutdown, and stays for the upgrade's trial
+//! ([`Supervisor::upgrade_trial`], 10 seconds by default), forking nothing: if a new worker
+//! crashes or hangs, or the new master ends, it forks its fleet again at once and the new
+//! master stops ([`Outcome::RolledBack`]). Once the trial has passed, it tells systemd
+//! `MAINPID=` the new one and exits 0 ([`Outcome::Upgraded`]). If the new binary exits
+//! first, or is not ready within [`Supervisor::upgrade_timeout`], it is stopped and the old
+//! fleet serves on. A master that is PID 1 refuses, as its exit would end the container. The
+//! status file and systemd's `STATUS=` say how the last upgrade went (in progress, on trial,
+//! done, rolled back and why).
 //!
 //! # Least privilege
 //!

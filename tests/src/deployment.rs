@@ -50,14 +50,18 @@ impl Deployment {
 
     /// Starts the installed server with `instances` workers on a free port of loopback, and
     /// `settings` in its environment; returns it with its address and its workers. An
-    /// upgrade's trial lasts a second, unless `settings` say otherwise.
+    /// upgrade's trial lasts a second, unless `settings` say otherwise (an empty value leaves
+    /// a variable unset: the default).
     pub fn start(&self, instances: usize, settings: &[(&str, &str)]) -> (Master, SocketAddr, Pids) {
         let mut launch = Master::launch(&self.app())
             .env("KAMISAMA_LISTEN", "127.0.0.1:0")
             .env("KAMISAMA_INSTANCES", &instances.to_string())
             .env("KAMISAMA_UPGRADE_TRIAL", "1");
         for (key, value) in settings {
-            launch = launch.env(key, value);
+            launch = match *value {
+                "" => launch.env_remove(key),
+                value => launch.env(key, value),
+            };
         }
         let master = launch.start();
         let line = master.wait_for_line("listening address=");

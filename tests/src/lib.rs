@@ -65,6 +65,12 @@ impl Launch {
         self
     }
 
+    /// Leaves an environment variable unset for the master.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
     /// Hands `socket` to the master as descriptor 3, with `LISTEN_FDS=1` (the master's
     /// `LISTEN_PID` must come from a wrapper that knows its pid, such as
     /// `sh -c 'LISTEN_PID=$$ exec "$0"'`).

@@ -836,7 +836,8 @@ fn a_release_that_passes_its_trial_takes_over_once_the_trial_is_over() {
     let settings = [
         ("KAMISAMA_STATUS_FILE", status.to_str().unwrap()),
         ("NOTIFY_SOCKET", systemd.path()),
-        ("KAMISAMA_UPGRADE_TRIAL", "10"),
+        // Unset: the default.
+        ("KAMISAMA_UPGRADE_TRIAL", ""),
     ];
     let (mut master, address, _) = deployment.start(2, &settings);
     let old = master.pid();
