@@ -964,3 +964,41 @@ fn a_new_master_stopped_during_its_trial_hands_back_to_the_old_one() {
     master.expect_exit_code(0);
     master.expect_tree_gone();
 }
+
+#[test]
+fn a_job_fleet_whose_new_release_fails_its_first_jobs_is_rolled_back_within_its_trial() {
+    let deployment = Deployment::new(scratch!("upgrade-trial-jobs"), SUPERVISED);
+    let status = deployment.dir.join("status.json");
+    let mut master = Master::launch(&deployment.app())
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
+        .env("KAMISAMA_UPGRADE_TRIAL", "30")
+        .start();
+    let old = master.pid();
+    spawned_by(&master, old, 2);
+    // Without listeners, the bad release's workers fail their first job once on trial.
+    deployment.install(&fs::read(BAD_RELEASE).unwrap());
+    let successor = upgrade(&master, old);
+    master.wait_for_line(&format!("kamisama[{old}]: upgrade-trial pid={successor}"));
+    let failed = master.wait_for_line(&format!("kamisama[{old}]: upgrade-failed pid={successor}"));
+    assert!(failed.contains("failed its trial: worker "), "{failed}");
+    assert!(failed.contains("exited (70)"), "{failed}");
+    let again: Pids = master
+        .wait_for_lines(&format!("kamisama[{old}]: spawned index="), 4)
+        .iter()
+        .skip(2)
+        .map(|line| pid_in(line, "pid").as_raw() as u32)
+        .collect();
+    master.wait_for_line(&format!("kamisama[{old}]: reaped pid={successor} status=1"));
+    assert_eq!(live_children(old), again);
+    let text = master.wait_until("the old master's status file", || {
+        let text = fs::read_to_string(&status).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (json["master"] == old.as_raw() && json["upgrade"]["state"] == "rolled-back")
+            .then_some(text)
+    });
+    assert!(text.contains("\"running\":2"), "{text}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
