@@ -117,6 +117,8 @@ pub(crate) enum Key {
     Backlog,
     UpgradeTimeout,
     UpgradeTrial,
+    MaxLifetime,
+    MaxLifetimeJitter,
     User,
     Group,
     NoNewPrivs,
@@ -129,7 +131,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 29] = [
+    const ALL: [Key; 31] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -150,6 +152,8 @@ impl Key {
         Key::Backlog,
         Key::UpgradeTimeout,
         Key::UpgradeTrial,
+        Key::MaxLifetime,
+        Key::MaxLifetimeJitter,
         Key::User,
         Key::Group,
         Key::NoNewPrivs,
@@ -183,6 +187,8 @@ impl Key {
             Key::Backlog => "backlog",
             Key::UpgradeTimeout => "upgrade_timeout",
             Key::UpgradeTrial => "upgrade_trial",
+            Key::MaxLifetime => "max_lifetime",
+            Key::MaxLifetimeJitter => "max_lifetime_jitter",
             Key::User => "user",
             Key::Group => "group",
             Key::NoNewPrivs => "no_new_privs",
@@ -272,6 +278,8 @@ impl Key {
             | Key::LimitAs
             | Key::CpuAffinity
             | Key::UpgradeTrial
+            | Key::MaxLifetime
+            | Key::MaxLifetimeJitter
             | Key::Crate => 0,
             // Negative values are parsed on their own, down to -1000.
             Key::OomScoreAdj => 0,
@@ -324,6 +332,8 @@ impl Key {
             Key::Backlog => "1024",
             Key::UpgradeTimeout => "120",
             Key::UpgradeTrial => "30",
+            Key::MaxLifetime => "3600",
+            Key::MaxLifetimeJitter => "600",
             Key::User => "\"www-data\"",
             Key::Group => "\"www-data\"",
             Key::NoNewPrivs => "true",

@@ -171,6 +171,8 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::Backlog => quote!(.backlog(#value)),
         Key::UpgradeTimeout => quote!(.upgrade_timeout(#seconds)),
         Key::UpgradeTrial => quote!(.upgrade_trial(#seconds)),
+        Key::MaxLifetime => quote!(.max_lifetime(#seconds)),
+        Key::MaxLifetimeJitter => quote!(.max_lifetime_jitter(#seconds)),
         Key::User => quote!(.user(#value)),
         Key::Group => quote!(.group(#value)),
         Key::NoNewPrivs => quote!(.no_new_privs(#value)),

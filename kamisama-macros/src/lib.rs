@@ -52,6 +52,8 @@ use proc_macro::TokenStream;
 /// | `listen`           | none       | addresses the master binds for its workers: `"127.0.0.1:8080"`, `"unix:/run/app.sock"`, or a list |
 /// | `backlog`          | `1024`     | each listener's queue of connections not yet accepted, at most 4096 |
 /// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
+/// | `max_lifetime`     | `0`        | seconds a worker runs before it is replaced (forked anew, then stopped); 0 is never |
+/// | `max_lifetime_jitter` | `0`     | the most seconds added to each worker's `max_lifetime`, at random |
 /// | `upgrade_trial`    | `10`       | seconds the old master stays after the hand-over, to fork its fleet again if the new one crashes; 0 is off |
 /// | `user`             | none       | the user workers run as: `"www-data"`, or a number as a string |
 /// | `group`            | the user's | the group workers run as                                       |

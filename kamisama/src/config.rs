@@ -62,6 +62,10 @@ pub(crate) struct Config {
     /// How long the old master of an upgrade stays after the hand-over, ready to fork its
     /// fleet again; zero for no trial.
     pub(crate) upgrade_trial: Duration,
+    /// How long a worker runs before it is replaced; zero for ever.
+    pub(crate) max_lifetime: Duration,
+    /// The most added to each worker's `max_lifetime`, at random.
+    pub(crate) max_lifetime_jitter: Duration,
     /// The user workers run as; `None` keeps the master's.
     pub(crate) user: Option<String>,
     /// The group workers run as; `None` keeps the user's, or the master's.
@@ -119,6 +123,8 @@ impl Default for Config {
             backlog: 1024,
             upgrade_timeout: Duration::from_secs(60),
             upgrade_trial: Duration::from_secs(10),
+            max_lifetime: Duration::ZERO,
+            max_lifetime_jitter: Duration::ZERO,
             user: None,
             group: None,
             no_new_privs: None,

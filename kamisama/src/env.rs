@@ -50,6 +50,10 @@ pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
 pub(crate) const UPGRADE_TIMEOUT: &str = "KAMISAMA_UPGRADE_TIMEOUT";
 /// Overrides `upgrade_trial`, in seconds; 0 for none.
 pub(crate) const UPGRADE_TRIAL: &str = "KAMISAMA_UPGRADE_TRIAL";
+/// Overrides `max_lifetime`, in seconds; 0 for none.
+pub(crate) const MAX_LIFETIME: &str = "KAMISAMA_MAX_LIFETIME";
+/// Overrides `max_lifetime_jitter`, in seconds.
+pub(crate) const MAX_LIFETIME_JITTER: &str = "KAMISAMA_MAX_LIFETIME_JITTER";
 /// Overrides the user workers run as.
 pub(crate) const USER: &str = "KAMISAMA_USER";
 /// Overrides the group workers run as.
@@ -183,6 +187,13 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     let seconds = "a whole number of seconds, 0 for none";
     if let Some(seconds) = parse(&lookup, UPGRADE_TRIAL, seconds, |_: &u64| true)? {
         overridden.upgrade_trial = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = parse(&lookup, MAX_LIFETIME, seconds, |_: &u64| true)? {
+        overridden.max_lifetime = Duration::from_secs(seconds);
+    }
+    let jitter = "a whole number of seconds";
+    if let Some(seconds) = parse(&lookup, MAX_LIFETIME_JITTER, jitter, |_: &u64| true)? {
+        overridden.max_lifetime_jitter = Duration::from_secs(seconds);
     }
     let name = |name: &String| !name.is_empty() && !name.contains('\0');
     if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
@@ -365,6 +376,8 @@ mod tests {
             (OOM_SCORE_ADJ, "-5"),
             (CPU_AFFINITY, "auto"),
             (UPGRADE_TRIAL, "0"),
+            (MAX_LIFETIME, "3600"),
+            (MAX_LIFETIME_JITTER, "600"),
         ])
         .unwrap();
         assert_eq!(
@@ -396,6 +409,8 @@ mod tests {
                 oom_score_adj: Some(-5),
                 cpu_affinity: CpuAffinity::Auto,
                 upgrade_trial: Duration::ZERO,
+                max_lifetime: Duration::from_secs(3600),
+                max_lifetime_jitter: Duration::from_secs(600),
                 ..Config::default()
             }
         );

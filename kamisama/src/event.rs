@@ -168,6 +168,17 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
+    /// A worker reached its `max_lifetime`: its successor is forked at its index, and it is
+    /// stopped once the successor is ready. Its exit follows, as `Exited` with `stopped`.
+    #[non_exhaustive]
+    Recycling {
+        /// Its index.
+        index: usize,
+        /// Its pid.
+        pid: u32,
+        /// How long it ran.
+        lived: Duration,
+    },
     /// Every worker due for replacement was replaced.
     RollingRestartFinished,
     /// SIGHUP came during a rolling restart, and was ignored.
@@ -424,6 +435,7 @@ impl Event {
             Event::ScaleDownRefused { .. } => "scale-down-refused",
             Event::RollingRestartStarted { .. } => "rolling-restart-started",
             Event::Replacing { .. } => "replacing",
+            Event::Recycling { .. } => "recycling",
             Event::RollingRestartFinished => "rolling-restart-finished",
             Event::RollingRestartBusy => "rolling-restart-busy",
             Event::Forwarded { .. } => "forwarded",
@@ -619,6 +631,11 @@ impl Event {
                 field("for", Span(*trial));
             }
             Event::UpgradeTrialFailed { reason } => field("reason", Text(reason)),
+            Event::Recycling { index, pid, lived } => {
+                field("index", Count(*index as u64));
+                field("pid", Count(u64::from(*pid)));
+                field("lived", Span(*lived));
+            }
             Event::UpgradeDone { old } => field("old", Count(u64::from(*old))),
             Event::UpgradeFailed { pid, reason } => {
                 field("pid", Count(u64::from(*pid)));

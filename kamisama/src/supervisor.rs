@@ -505,6 +505,45 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// How long a worker runs before the master recycles it, as uWSGI's
+    /// `max-worker-lifetime`; default zero, for ever. The worker is replaced before it is
+    /// stopped: its successor (same index) is forked first, and once it is ready, the old one
+    /// gets its cooperative stop, with SIGKILL after `shutdown_timeout`. One worker is
+    /// replaced at a time; a recycle is no crash, and never counts against `respawn_limit`.
+    /// Each worker's lifetime is this plus up to [`max_lifetime_jitter`](Self::max_lifetime_jitter).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .max_lifetime(Duration::from_secs(6 * 3600))
+    ///     .max_lifetime_jitter(Duration::from_secs(1800))
+    ///     .run(worker);
+    /// ```
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.config.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// The most added to each worker's [`max_lifetime`](Self::max_lifetime), drawn at random
+    /// as it is forked (gunicorn's `max_requests_jitter`, for time): workers started together
+    /// are then not recycled together. Default zero.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .max_lifetime(Duration::from_secs(3600))
+    ///     .max_lifetime_jitter(Duration::from_secs(600))
+    ///     .run(worker);
+    /// ```
+    pub fn max_lifetime_jitter(mut self, max_lifetime_jitter: Duration) -> Self {
+        self.config.max_lifetime_jitter = max_lifetime_jitter;
+        self
+    }
+
     /// The user every worker runs as, by name or number (`"www-data"`, `"65534"`), as
     /// Unicorn's `user` and gunicorn's `--user`: the master keeps its own identity, to bind
     /// privileged ports before its first fork and to run upgrades, and each worker takes,

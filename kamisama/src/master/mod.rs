@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use notify::{Notify, Phase, Summary};
 pub(crate) use reaper::Inherited;
 use reaper::{Reaper, Sigchld};
+use recycle::Recycler;
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Due, Slot, Slots, State, Stopping};
 pub(crate) use status::StatusFile;
@@ -38,6 +39,7 @@ use watchdog::{Now, Verdict, Watch, Watchdog};
 mod fleet;
 mod notify;
 mod reaper;
+mod recycle;
 mod respawn;
 mod slots;
 mod status;
@@ -105,6 +107,8 @@ pub(crate) struct Master<'a, W, S> {
     reaped: bool,
     /// Which children died.
     reaper: Reaper,
+    /// Workers past their lifetime, replaced one at a time.
+    recycler: Recycler,
     /// The pids the reaper named in a turn, kept for its room.
     dead: Vec<Pid>,
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
@@ -217,6 +221,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             announced: None,
             reaped: false,
             reaper,
+            recycler: Recycler::new(config.max_lifetime, config.max_lifetime_jitter),
             dead: Vec::new(),
             shard_limits: HashMap::new(),
         }
@@ -245,6 +250,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             // First: a rollback forks the fleet again in this very turn.
             self.watch_upgrade(Instant::now());
+            // Before the forks: a successor begun now is forked in this turn.
+            self.recycle(Instant::now());
             self.spawn_due();
             self.watch_if_large();
             self.advance_rolling_restart();
@@ -379,13 +386,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Reaps the child `pid`, which has exited; returns whether it could.
     fn reap_child(&mut self, pid: Pid) -> bool {
         let index = self.slots.index_of(pid);
-        if index.is_some() {
+        // A worker replaced by recycling is no longer its index's, and still a worker.
+        let recycled = index.is_none().then(|| self.recycler.reaped(pid)).flatten();
+        let worker = index.is_some() || recycled.is_some();
+        if worker {
             Leftovers::worker_died(pid);
         }
         let Ok(status) = fleet::reap(pid) else {
             return false;
         };
-        if index.is_some() && self.leftovers.worker_reaped(pid, self.deadline()) {
+        if worker && self.leftovers.worker_reaped(pid, self.deadline()) {
             self.reaper.orphans_about(Instant::now());
         }
         self.orphans.reaped(pid);
@@ -397,9 +407,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         {
             self.upgrade_ended(status);
         }
-        match index {
-            Some(index) => self.on_exit(index, pid, status),
-            None => self.emit(Event::Reaped {
+        match (index, recycled) {
+            (Some(index), _) => self.on_exit(index, pid, status),
+            (None, Some(index)) => self.outgoing_exited(index, pid, status),
+            (None, None) => self.emit(Event::Reaped {
                 pid: pid.as_raw() as u32,
                 status,
             }),
@@ -560,6 +571,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     self.fork_retry.not_before = None;
                     let started = Instant::now();
                     self.watchdog.forked(started);
+                    self.recycler.forked(index, pid, started);
                     let slot = &mut self.slots[index];
                     slot.forks = slot.forks.saturating_add(1);
                     let running = State::Running {
@@ -749,7 +761,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     }
 
     /// Whether something waits for a worker to declare itself ready, which it does without a
-    /// word to the master: the fleet's first readiness, or a rolling restart's replacement.
+    /// word to the master: the fleet's first readiness, a rolling restart's replacement, or a
+    /// recycled worker's successor.
     fn awaits_readiness(&self) -> bool {
         let declared = self.config.readiness == Readiness::Declared
             && (!self.ready_once || self.rolling.is_some() || self.refilling);
@@ -757,7 +770,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .takeover
             .as_ref()
             .is_some_and(|takeover| !takeover.said_ready());
-        self.shutdown.is_none() && (declared || taking_over)
+        // A recycled worker is stopped on the turn after its successor is ready, forked or
+        // declared: nothing else would wake the master for it.
+        let replacing = self.recycler.replacing();
+        self.shutdown.is_none() && (declared || taking_over || replacing)
     }
 
     /// Where the fleet stands, for the service manager.
@@ -903,6 +919,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             self.stop(index, kill_at);
         }
+        self.stop_recycling(kill_at);
         self.shutdown = Some(Shutdown {
             outcome,
             kill_at,
@@ -962,6 +979,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 fleet::stop_worker(pid, Stop::Kill);
             }
         }
+        self.kill_overdue_outgoing(None);
         self.sweep_now(Stop::Kill);
     }
 
@@ -982,6 +1000,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
         }
         self.leftovers.kill_overdue(now, &self.orphans);
+        self.kill_overdue_outgoing(Some(now));
         if let Some(upgrade) = &mut self.upgrade {
             if upgrade.kill_at.is_some_and(|kill_at| kill_at <= now) {
                 upgrade.kill_at = None;
@@ -1097,6 +1116,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .then(|| self.limiter.next_expiry(now.instant))
             .flatten();
         let leftovers = self.leftovers.next();
+        let recycling = self.recycler.next_deadline(self.recycling_may_begin());
         let watchdog = self.watchdog.next_pass().filter(|_| shutdown.is_none());
         self.slots
             .next_deadline()
@@ -1110,6 +1130,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(upgrade)
             .chain(window)
             .chain(leftovers)
+            .chain(recycling)
             .min()
     }
 
