@@ -28,7 +28,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
     instances = 4,
     listen = "127.0.0.1:8080",
     readiness = "declared",
-    shutdown_timeout = 30
+    shutdown_timeout = 30,
+    max_requests = 100_000,
+    max_requests_jitter = 10_000
 )]
 async fn worker(worker: kamisama::Worker) -> io::Result<()> {
     let Some(listener) = worker.listeners().first() else {
@@ -81,6 +83,9 @@ async fn serve(worker: kamisama::Worker, stream: TcpStream) -> io::Result<()> {
             KEEP_ALIVE.as_secs()
         );
         reader.get_mut().write_all(response.as_bytes()).await?;
+        // Counted for max_requests: a worker is replaced after 100,000 to 110,000 of them
+        // (its successor first), as a guard against slow growth.
+        worker.completed(1);
         if close {
             return Ok(());
         }

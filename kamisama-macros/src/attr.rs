@@ -119,6 +119,8 @@ pub(crate) enum Key {
     UpgradeTrial,
     MaxLifetime,
     MaxLifetimeJitter,
+    MaxRequests,
+    MaxRequestsJitter,
     User,
     Group,
     NoNewPrivs,
@@ -131,7 +133,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 31] = [
+    const ALL: [Key; 33] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -154,6 +156,8 @@ impl Key {
         Key::UpgradeTrial,
         Key::MaxLifetime,
         Key::MaxLifetimeJitter,
+        Key::MaxRequests,
+        Key::MaxRequestsJitter,
         Key::User,
         Key::Group,
         Key::NoNewPrivs,
@@ -189,6 +193,8 @@ impl Key {
             Key::UpgradeTrial => "upgrade_trial",
             Key::MaxLifetime => "max_lifetime",
             Key::MaxLifetimeJitter => "max_lifetime_jitter",
+            Key::MaxRequests => "max_requests",
+            Key::MaxRequestsJitter => "max_requests_jitter",
             Key::User => "user",
             Key::Group => "group",
             Key::NoNewPrivs => "no_new_privs",
@@ -280,6 +286,8 @@ impl Key {
             | Key::UpgradeTrial
             | Key::MaxLifetime
             | Key::MaxLifetimeJitter
+            | Key::MaxRequests
+            | Key::MaxRequestsJitter
             | Key::Crate => 0,
             // Negative values are parsed on their own, down to -1000.
             Key::OomScoreAdj => 0,
@@ -334,6 +342,8 @@ impl Key {
             Key::UpgradeTrial => "30",
             Key::MaxLifetime => "3600",
             Key::MaxLifetimeJitter => "600",
+            Key::MaxRequests => "10_000",
+            Key::MaxRequestsJitter => "1000",
             Key::User => "\"www-data\"",
             Key::Group => "\"www-data\"",
             Key::NoNewPrivs => "true",

@@ -173,6 +173,8 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::UpgradeTrial => quote!(.upgrade_trial(#seconds)),
         Key::MaxLifetime => quote!(.max_lifetime(#seconds)),
         Key::MaxLifetimeJitter => quote!(.max_lifetime_jitter(#seconds)),
+        Key::MaxRequests => quote!(.max_requests(#value)),
+        Key::MaxRequestsJitter => quote!(.max_requests_jitter(#value)),
         Key::User => quote!(.user(#value)),
         Key::Group => quote!(.group(#value)),
         Key::NoNewPrivs => quote!(.no_new_privs(#value)),

@@ -54,6 +54,8 @@ use proc_macro::TokenStream;
 /// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
 /// | `max_lifetime`     | `0`        | seconds a worker runs before it is replaced (forked anew, then stopped); 0 is never |
 /// | `max_lifetime_jitter` | `0`     | the most seconds added to each worker's `max_lifetime`, at random |
+/// | `max_requests`     | `0`        | units of work (`Worker::completed`) a worker does before it is replaced; 0 is no limit |
+/// | `max_requests_jitter` | `0`     | the most added to each worker's `max_requests`, at random |
 /// | `upgrade_trial`    | `10`       | seconds the old master stays after the hand-over, to fork its fleet again if the new one crashes; 0 is off |
 /// | `user`             | none       | the user workers run as: `"www-data"`, or a number as a string |
 /// | `group`            | the user's | the group workers run as                                       |

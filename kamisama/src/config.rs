@@ -66,6 +66,11 @@ pub(crate) struct Config {
     pub(crate) max_lifetime: Duration,
     /// The most added to each worker's `max_lifetime`, at random.
     pub(crate) max_lifetime_jitter: Duration,
+    /// How many units of work (`Worker::completed`) a worker does before it is replaced;
+    /// zero for no limit.
+    pub(crate) max_requests: u64,
+    /// The most added to each worker's `max_requests`, at random.
+    pub(crate) max_requests_jitter: u64,
     /// The user workers run as; `None` keeps the master's.
     pub(crate) user: Option<String>,
     /// The group workers run as; `None` keeps the user's, or the master's.
@@ -125,6 +130,8 @@ impl Default for Config {
             upgrade_trial: Duration::from_secs(10),
             max_lifetime: Duration::ZERO,
             max_lifetime_jitter: Duration::ZERO,
+            max_requests: 0,
+            max_requests_jitter: 0,
             user: None,
             group: None,
             no_new_privs: None,

@@ -54,6 +54,10 @@ pub(crate) const UPGRADE_TRIAL: &str = "KAMISAMA_UPGRADE_TRIAL";
 pub(crate) const MAX_LIFETIME: &str = "KAMISAMA_MAX_LIFETIME";
 /// Overrides `max_lifetime_jitter`, in seconds.
 pub(crate) const MAX_LIFETIME_JITTER: &str = "KAMISAMA_MAX_LIFETIME_JITTER";
+/// Overrides `max_requests`; 0 for none.
+pub(crate) const MAX_REQUESTS: &str = "KAMISAMA_MAX_REQUESTS";
+/// Overrides `max_requests_jitter`.
+pub(crate) const MAX_REQUESTS_JITTER: &str = "KAMISAMA_MAX_REQUESTS_JITTER";
 /// Overrides the user workers run as.
 pub(crate) const USER: &str = "KAMISAMA_USER";
 /// Overrides the group workers run as.
@@ -194,6 +198,13 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     let jitter = "a whole number of seconds";
     if let Some(seconds) = parse(&lookup, MAX_LIFETIME_JITTER, jitter, |_: &u64| true)? {
         overridden.max_lifetime_jitter = Duration::from_secs(seconds);
+    }
+    let count = "a whole number";
+    if let Some(count) = parse(&lookup, MAX_REQUESTS, count, |_: &u64| true)? {
+        overridden.max_requests = count;
+    }
+    if let Some(count) = parse(&lookup, MAX_REQUESTS_JITTER, count, |_: &u64| true)? {
+        overridden.max_requests_jitter = count;
     }
     let name = |name: &String| !name.is_empty() && !name.contains('\0');
     if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
@@ -378,6 +389,8 @@ mod tests {
             (UPGRADE_TRIAL, "0"),
             (MAX_LIFETIME, "3600"),
             (MAX_LIFETIME_JITTER, "600"),
+            (MAX_REQUESTS, "10000"),
+            (MAX_REQUESTS_JITTER, "1000"),
         ])
         .unwrap();
         assert_eq!(
@@ -411,6 +424,8 @@ mod tests {
                 upgrade_trial: Duration::ZERO,
                 max_lifetime: Duration::from_secs(3600),
                 max_lifetime_jitter: Duration::from_secs(600),
+                max_requests: 10_000,
+                max_requests_jitter: 1000,
                 ..Config::default()
             }
         );

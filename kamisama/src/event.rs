@@ -168,14 +168,17 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
-    /// A worker reached its `max_lifetime`: its successor is forked at its index, and it is
-    /// stopped once the successor is ready. Its exit follows, as `Exited` with `stopped`.
+    /// A worker reached its `max_lifetime` or its `max_requests`: its successor is forked at
+    /// its index, and it is stopped once the successor is ready. Its exit follows, as
+    /// `Exited` with `stopped`.
     #[non_exhaustive]
     Recycling {
         /// Its index.
         index: usize,
         /// Its pid.
         pid: u32,
+        /// Which limit it reached: `"lifetime"` or `"requests"`.
+        reason: &'static str,
         /// How long it ran.
         lived: Duration,
     },
@@ -631,9 +634,15 @@ impl Event {
                 field("for", Span(*trial));
             }
             Event::UpgradeTrialFailed { reason } => field("reason", Text(reason)),
-            Event::Recycling { index, pid, lived } => {
+            Event::Recycling {
+                index,
+                pid,
+                reason,
+                lived,
+            } => {
                 field("index", Count(*index as u64));
                 field("pid", Count(u64::from(*pid)));
+                field("reason", Value::Word(reason));
                 field("lived", Span(*lived));
             }
             Event::UpgradeDone { old } => field("old", Count(u64::from(*old))),

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 /// The signals the master acts on.
-pub(crate) const HANDLED: [Signal; 9] = [
+pub(crate) const HANDLED: [Signal; 10] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -21,6 +21,8 @@ pub(crate) const HANDLED: [Signal; 9] = [
     Signal::SIGHUP,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
+    // A worker's word that it completed its `max_requests`.
+    Signal::SIGURG,
 ];
 
 /// The master's signal state while it runs; dropping it puts back the state it found.

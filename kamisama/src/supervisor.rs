@@ -544,6 +544,42 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// How many units of work a worker does before the master recycles it, as gunicorn's
+    /// `max_requests`: counted by the worker with [`Worker::completed`](crate::Worker::completed)
+    /// (a store in memory it shares with the master, no system call), and replaced as
+    /// [`max_lifetime`](Self::max_lifetime) replaces it (successor first, one at a time,
+    /// never counted against `respawn_limit`). Default zero, no limit.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(max_requests = 10_000, max_requests_jitter = 1000)]
+    /// fn worker(worker: kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         // One request or job...
+    ///         worker.completed(1);
+    ///     }
+    /// }
+    /// ```
+    pub fn max_requests(mut self, max_requests: u64) -> Self {
+        self.config.max_requests = max_requests;
+        self
+    }
+
+    /// The most added to each worker's [`max_requests`](Self::max_requests), drawn at random
+    /// as it is forked, so that workers started together are not recycled together (gunicorn's
+    /// `max_requests_jitter`). Default zero.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .max_requests(10_000)
+    ///     .max_requests_jitter(1000)
+    ///     .run(worker);
+    /// ```
+    pub fn max_requests_jitter(mut self, max_requests_jitter: u64) -> Self {
+        self.config.max_requests_jitter = max_requests_jitter;
+        self
+    }
+
     /// The user every worker runs as, by name or number (`"www-data"`, `"65534"`), as
     /// Unicorn's `user` and gunicorn's `--user`: the master keeps its own identity, to bind
     /// privileged ports before its first fork and to run upgrades, and each worker takes,
@@ -817,7 +853,8 @@ impl<'a> Supervisor<'a> {
         // Read while a file descriptor is sure to be free: with none to spare later, the master
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
-        let shared = if config.timeout.is_zero() && config.readiness == Readiness::Forked {
+        let unwatched = config.timeout.is_zero() && config.readiness == Readiness::Forked;
+        let shared = if unwatched && config.max_requests == 0 {
             None
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)

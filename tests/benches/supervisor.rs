@@ -607,6 +607,23 @@ fn hang_detection(rows: &mut Vec<Row>) {
         clock,
         Unit::Nanos,
     ));
+    // One unit of work counted, under the same filter, beside the heartbeat.
+    let output = Command::new(env!("CARGO_BIN_EXE_bench-heartbeat"))
+        .env("PROBE", "completed")
+        .env("KAMISAMA_MAX_REQUESTS", "1000000000000")
+        .stderr(Stdio::null())
+        .output()
+        .expect("run the counting probe");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let counted: f64 = field(&report, "heartbeat-ns")
+        .and_then(|nanos| nanos.trim().parse().ok())
+        .unwrap_or_else(|| panic!("Worker::completed made a system call: {report:?}"));
+    rows.push(row(
+        "one Worker::completed (no system call: checked under seccomp), against one heartbeat",
+        counted,
+        nanos,
+        Unit::Nanos,
+    ));
 
     // Wakeups of an idle master of 17 async workers, which beat on their own, with a
     // timeout of 1 s and without hang detection.

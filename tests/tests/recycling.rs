@@ -205,3 +205,42 @@ fn a_replaced_worker_is_stopped_only_once_its_successor_is_ready() {
     master.expect_exit_code(0);
     master.expect_tree_gone();
 }
+
+/// Runs a hello server with `max_requests` under load until `recycles` workers were recycled
+/// for it; checks that none was before its count, and that no request failed.
+fn max_requests_under_load(name: &str, keep_alive: bool) {
+    let deployment = Deployment::new(scratch!(name), HELLO);
+    let settings = [("KAMISAMA_MAX_REQUESTS", "50")];
+    let (mut master, address, _) = deployment.start(2, &settings);
+    let load = Load::start(address, 4, keep_alive);
+    let recycled: Vec<u32> = master
+        .wait_for_lines("reason=requests", 6)
+        .iter()
+        .map(|line| field(line, "pid").unwrap().parse().unwrap())
+        .collect();
+    load.wait_for(50);
+    let tally = load.stop();
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    for pid in &recycled {
+        let served = tally.served.get(pid).copied().unwrap_or(0);
+        assert!(
+            served >= 50,
+            "{pid} recycled after {served}: {:?}",
+            tally.served
+        );
+    }
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("respawning", 0);
+    master.expect_lines("reason=lifetime", 0);
+}
+
+#[test]
+fn a_worker_that_completed_its_max_requests_is_replaced() {
+    max_requests_under_load("recycle-requests", false);
+}
+
+#[test]
+fn a_worker_that_completed_its_max_requests_on_kept_alive_connections_is_replaced() {
+    max_requests_under_load("recycle-requests-keep-alive", true);
+}

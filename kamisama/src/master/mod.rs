@@ -221,7 +221,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             announced: None,
             reaped: false,
             reaper,
-            recycler: Recycler::new(config.max_lifetime, config.max_lifetime_jitter),
+            recycler: Recycler::new(config),
             dead: Vec::new(),
             shard_limits: HashMap::new(),
         }
@@ -323,6 +323,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             Signal::SIGHUP => self.begin_rolling_restart(),
             Signal::SIGUSR2 => self.begin_upgrade(),
             Signal::SIGUSR1 => self.forward(signal),
+            Signal::SIGURG => self.recycle_requested(sender),
             // SIGCHLD: reaped before the batch.
             _ => {}
         }
@@ -564,6 +565,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let _ = std::io::stdout().flush();
         while self.shutdown.is_none() {
             self.watchdog.forking(index);
+            self.recycler.forking(self.setup.shared, index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
                     self.reaper.watch(pid);

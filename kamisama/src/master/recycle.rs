@@ -1,5 +1,5 @@
-//! Recycling: a worker that has run for `max_lifetime` (plus its jitter) is replaced before
-//! it is stopped. Its successor is forked at its index first; once that one is ready, the old
+//! Recycling: a worker that has run for `max_lifetime`, or done `max_requests` units of work
+//! (each plus its jitter), is replaced before it is stopped. Its successor is forked at its index first; once that one is ready, the old
 //! worker gets its cooperative stop, with SIGKILL after `shutdown_timeout`. One worker is
 //! replaced at a time, so that the fleet never has fewer ready workers than it should, and a
 //! recycle is no crash: it never counts against `respawn_limit`.
@@ -13,25 +13,45 @@ use super::fleet::{self, Stop};
 use super::slots::State;
 use super::Master;
 use crate::event::{Event, ExitStatus};
+use crate::worker::shared::SharedSlots;
 use crate::worker::WorkerFn;
 use nix::unistd::Pid;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What the master keeps of recycling.
 pub(super) struct Recycler {
     lifetime: Duration,
     jitter: Duration,
-    /// When each worker is due, soonest first. An entry whose worker is gone, or no longer
-    /// its index's, is skipped when it comes up.
-    due: BinaryHeap<Reverse<(Instant, usize, Pid)>>,
+    requests: u64,
+    requests_jitter: u64,
+    /// When each worker is due, soonest first, and why. An entry whose worker is gone, or no
+    /// longer its index's, is skipped when it comes up.
+    due: BinaryHeap<Reverse<(Instant, usize, Pid, Why)>>,
     /// The index whose successor is forked or about to be, and the worker it replaces.
     replacing: Option<Outgoing>,
     /// Replaced workers, asked to stop, until they are reaped.
     stopping: Vec<Outgoing>,
     /// State of the jitter's generator.
     seed: u64,
+}
+
+/// Why a worker is recycled.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Why {
+    Lifetime,
+    Requests,
+}
+
+impl Why {
+    fn name(self) -> &'static str {
+        match self {
+            Why::Lifetime => "lifetime",
+            Why::Requests => "requests",
+        }
+    }
 }
 
 /// A replaced worker.
@@ -44,14 +64,40 @@ struct Outgoing {
 }
 
 impl Recycler {
-    pub(super) fn new(lifetime: Duration, jitter: Duration) -> Self {
+    pub(super) fn new(config: &crate::config::Config) -> Self {
         Recycler {
-            lifetime,
-            jitter,
+            lifetime: config.max_lifetime,
+            jitter: config.max_lifetime_jitter,
+            requests: config.max_requests,
+            requests_jitter: config.max_requests_jitter,
             due: BinaryHeap::new(),
             replacing: None,
             stopping: Vec::new(),
             seed: crate::worker::shared::now_nanos() ^ u64::from(std::process::id()),
+        }
+    }
+
+    /// Before a fork for `index`: sets the worker's count of work to zero and its limit.
+    pub(super) fn forking(&mut self, shared: Option<&SharedSlots>, index: usize) {
+        let Some(words) = shared.map(|shared| shared.slot(index)) else {
+            return;
+        };
+        let limit = match (self.requests, self.requests_jitter) {
+            (0, _) => 0,
+            (requests, 0) => requests,
+            (requests, jitter) => {
+                let drawn = splitmix(&mut self.seed) % jitter.saturating_add(1);
+                requests.saturating_add(drawn)
+            }
+        };
+        words.done.store(0, Ordering::Relaxed);
+        words.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The worker `pid` of `index` did its `max_requests`: it is due now.
+    pub(super) fn requested(&mut self, index: usize, pid: Pid, now: Instant) {
+        if self.requests > 0 {
+            self.due.push(Reverse((now, index, pid, Why::Requests)));
         }
     }
 
@@ -65,7 +111,7 @@ impl Recycler {
             millis => Duration::from_millis(splitmix(&mut self.seed) % (millis as u64 + 1)),
         };
         if let Some(due) = started.checked_add(self.lifetime + jitter) {
-            self.due.push(Reverse((due, index, pid)));
+            self.due.push(Reverse((due, index, pid, Why::Lifetime)));
         }
     }
 
@@ -77,7 +123,7 @@ impl Recycler {
             .due
             .peek()
             .filter(|_| begins && self.replacing.is_none())
-            .map(|Reverse((due, _, _))| *due);
+            .map(|Reverse((due, _, _, _))| *due);
         let kill = self.stopping.iter().filter_map(|out| out.kill_at).min();
         due.into_iter().chain(kill).min()
     }
@@ -124,7 +170,7 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
             self.stop_outgoing(out, self.deadline());
         }
         while self.recycling_may_begin() {
-            let Some(Reverse((due, index, pid))) = self.recycler.due.peek().copied() else {
+            let Some(Reverse((due, index, pid, why))) = self.recycler.due.peek().copied() else {
                 return;
             };
             let current = index < self.instances
@@ -142,6 +188,7 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
             self.emit(Event::Recycling {
                 index,
                 pid: pid.as_raw() as u32,
+                reason: why.name(),
                 lived: now.saturating_duration_since(started),
             });
             // The slot is the successor's from now on: forked in this turn.
@@ -152,6 +199,21 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
                 kill_at: None,
             });
             return;
+        }
+    }
+
+    /// SIGURG: a worker says it did its `max_requests`. From anyone else, or from a worker
+    /// already on its way out, it means nothing.
+    pub(super) fn recycle_requested(&mut self, sender: u32) {
+        let pid = Pid::from_raw(sender as i32);
+        let Some(index) = self.slots.index_of(pid).filter(|_| sender != 0) else {
+            return;
+        };
+        if matches!(
+            *self.slots[index].state(),
+            State::Running { stop: None, .. }
+        ) {
+            self.recycler.requested(index, pid, Instant::now());
         }
     }
 
@@ -222,7 +284,12 @@ mod tests {
     #[test]
     fn each_lifetime_is_drawn_within_the_jitter_and_they_differ() {
         let (lifetime, jitter) = (Duration::from_secs(60), Duration::from_secs(10));
-        let mut recycler = Recycler::new(lifetime, jitter);
+        let config = crate::config::Config {
+            max_lifetime: lifetime,
+            max_lifetime_jitter: jitter,
+            ..Default::default()
+        };
+        let mut recycler = Recycler::new(&config);
         let started = Instant::now();
         for index in 0..100 {
             recycler.forked(index, Pid::from_raw(index as i32 + 1), started);
@@ -230,7 +297,7 @@ mod tests {
         let dues: Vec<Duration> = recycler
             .due
             .iter()
-            .map(|Reverse((due, _, _))| *due - started)
+            .map(|Reverse((due, _, _, _))| *due - started)
             .collect();
         assert!(dues
             .iter()
@@ -241,7 +308,11 @@ mod tests {
 
     #[test]
     fn without_a_lifetime_no_worker_is_ever_due() {
-        let mut recycler = Recycler::new(Duration::ZERO, Duration::from_secs(10));
+        let config = crate::config::Config {
+            max_lifetime_jitter: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut recycler = Recycler::new(&config);
         recycler.forked(0, Pid::from_raw(1), Instant::now());
         assert_eq!(recycler.next_deadline(true), None);
     }

@@ -199,6 +199,27 @@ impl Worker {
         shared::ready();
     }
 
+    /// Counts `units` of work done (a request answered, a job finished), in memory the
+    /// master reads: no system call. The status file shows each worker's count, and with
+    /// [`Supervisor::max_requests`](crate::Supervisor::max_requests) the worker is replaced
+    /// once it has done that many (its successor first; the worker gets its cooperative stop
+    /// once that one is ready, and finishes what it has in hand). Returns the count so far.
+    ///
+    /// ```no_run
+    /// # fn one_job() {}
+    /// #[kamisama::main(instances = 4, max_requests = 1000)]
+    /// fn worker(worker: kamisama::Worker) {
+    ///     while !worker.stop_requested() {
+    ///         one_job();
+    ///         worker.completed(1);
+    ///     }
+    /// }
+    /// ```
+    pub fn completed(&self, units: u64) -> u64 {
+        shared::completed(units);
+        shared::done()
+    }
+
     /// The fleet's listening sockets, in the order of the `listen` settings (or of the
     /// sockets systemd passed): bound by the master before the first fork and shared by every
     /// worker. Empty when none is configured.

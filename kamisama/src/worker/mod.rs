@@ -114,7 +114,10 @@ fn run_worker<W: WorkerFn<S>, S>(
         exit(1);
     }
     forwarded::install();
-    shared::install(setup.shared.map(|shared| shared.slot(index)));
+    shared::install(
+        setup.shared.map(|shared| shared.slot(index)),
+        setup.master.as_raw() as u32,
+    );
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {
             handle.report_failure(&error);

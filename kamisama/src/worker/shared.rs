@@ -1,9 +1,13 @@
-//! What a worker tells its master through memory they share: its signs of life and its
-//! readiness. The master maps two words per worker index (`MAP_SHARED`, inherited by every
-//! fork). A worker stores in the first the time of its last beat on the monotonic clock, so
-//! that a wall-clock jump changes nothing, and in the second its pid once it is ready. A beat
-//! is a clock read, which the vDSO answers without entering the kernel, and a store: no
-//! system call. The master only reads, but for clearing a slot before a fork.
+//! What a worker tells its master through memory they share: its signs of life, its
+//! readiness, and the work it did. The master maps four words per worker index (`MAP_SHARED`,
+//! inherited by every fork). A worker stores in the first the time of its last beat on the
+//! monotonic clock, so that a wall-clock jump changes nothing, in the second its pid once it
+//! is ready, and in the third how many units of work it completed; the fourth is the master's
+//! word to it: after how many units it is to be recycled. A beat is a clock read, which the
+//! vDSO answers without entering the kernel, and a store; a unit of work is an addition to a
+//! count of the worker's own and a store: no system call. The master only reads, but for
+//! setting a slot before a fork. The one system call is the worker's word that it reached its
+//! limit, once in its life: `SIGURG` to the master, which replaces it.
 
 use crate::config::MAX_INSTANCES;
 use nix::errno::Errno;
@@ -24,6 +28,11 @@ pub(crate) struct Words {
     pub(crate) beat: AtomicU64,
     /// The pid of the worker that declared itself ready, or 0.
     pub(crate) ready: AtomicU64,
+    /// Units of work the worker completed.
+    pub(crate) done: AtomicU64,
+    /// After how many units the worker is to be recycled; 0 for never. Set by the master
+    /// before the fork.
+    pub(crate) limit: AtomicU64,
 }
 
 /// The shared words of every index; owned by the master, which unmaps them when it is done.
@@ -72,14 +81,45 @@ impl Drop for SharedSlots {
 /// This worker's slot, or null when the master watches neither hangs nor readiness.
 static SLOT: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Units of work this worker completed: its own count, which a replaced worker still running
+/// beside its successor cannot disturb (they share their index's words).
+static DONE: AtomicU64 = AtomicU64::new(0);
+
+/// After how many units this worker asks to be recycled, and its master; read at start.
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+static MASTER: AtomicU64 = AtomicU64::new(0);
+
 /// In a new worker: beats and readiness go to `slot` from now on. The mapping is never
 /// unmapped in a worker, so the slot is valid for the rest of its life.
-pub(crate) fn install(slot: Option<&Words>) {
+pub(crate) fn install(slot: Option<&Words>, master: u32) {
     // Without a slot, nothing is written: the master never set one, and a store of null
     // over null would still copy the page after the fork.
     if let Some(slot) = slot {
         SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
+        LIMIT.store(slot.limit.load(Ordering::Relaxed), Ordering::Relaxed);
+        MASTER.store(u64::from(master), Ordering::Relaxed);
     }
+}
+
+/// Counts `units` of work done; at the limit the master set, asks it for a successor.
+pub(crate) fn completed(units: u64) {
+    let before = DONE.fetch_add(units, Ordering::Relaxed);
+    let done = before.saturating_add(units);
+    let Some(slot) = own_slot() else {
+        return;
+    };
+    slot.done.store(done, Ordering::Relaxed);
+    let limit = LIMIT.load(Ordering::Relaxed);
+    if limit > 0 && before < limit && done >= limit {
+        let master = MASTER.load(Ordering::Relaxed) as libc::pid_t;
+        // SAFETY: kill has no memory preconditions. A master gone has nothing to replace.
+        unsafe { libc::kill(master, libc::SIGURG) };
+    }
+}
+
+/// Units of work this worker completed.
+pub(crate) fn done() -> u64 {
+    DONE.load(Ordering::Relaxed)
 }
 
 /// Declares this worker ready.
