@@ -75,6 +75,27 @@ fn a_worker_past_its_max_lifetime_is_replaced_before_it_is_stopped() {
 }
 
 #[test]
+fn the_status_file_counts_recycles_apart_from_restarts() {
+    let status = scratch!("recycle-status").join("status.json");
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "1")
+        .env("KAMISAMA_MAX_LIFETIME", "1")
+        .env("KAMISAMA_STATUS_FILE", status.to_str().unwrap())
+        .start();
+    master.wait_for_lines("recycling index=0 ", 2);
+    let worker = master.wait_until("two recycles in the status file", || {
+        let text = std::fs::read_to_string(&status).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let worker = json["workers"][0].clone();
+        (worker["recycles"] == 2 && worker["state"] == "running").then_some(worker)
+    });
+    assert_eq!(worker["restarts"], 0, "{worker}");
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
 fn one_worker_is_replaced_at_a_time() {
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "3")

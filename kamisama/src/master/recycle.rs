@@ -193,6 +193,8 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
             });
             // The slot is the successor's from now on: forked in this turn.
             self.slots.set(index, State::Pending { not_before: None });
+            let slot = &mut self.slots[index];
+            slot.recycles = slot.recycles.saturating_add(1);
             self.recycler.replacing = Some(Outgoing {
                 index,
                 pid,

@@ -51,6 +51,8 @@ pub(super) struct Slot {
     pub(super) early_deaths: u32,
     /// Workers forked for this index so far, for the status.
     pub(super) forks: u32,
+    /// Of them, successors of a recycled worker.
+    pub(super) recycles: u32,
     /// How the last one ended, for the status.
     pub(super) last_exit: Option<ExitStatus>,
 }
@@ -105,6 +107,7 @@ impl Slot {
             state: State::Pending { not_before: None },
             early_deaths: 0,
             forks: 0,
+            recycles: 0,
             last_exit: None,
         }
     }

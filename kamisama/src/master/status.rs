@@ -209,7 +209,8 @@ impl fmt::Display for Name<'_> {
     }
 }
 
-/// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,...}`.
+/// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,
+/// "recycles":0,...}`: restarts after an exit or a rolling restart, and recycles apart.
 fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: SystemTime) {
     let (state, pid, since) = match slot.state() {
         State::Running {
@@ -248,7 +249,12 @@ fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: Syste
             Timestamp(started)
         );
     }
-    let _ = write!(out, ",\"restarts\":{}", slot.forks.saturating_sub(1));
+    let restarts = slot.forks.saturating_sub(1).saturating_sub(slot.recycles);
+    let _ = write!(
+        out,
+        ",\"restarts\":{restarts},\"recycles\":{}",
+        slot.recycles
+    );
     match slot.last_exit {
         Some(status) => {
             let _ = write!(out, ",\"last_exit\":{}", JsonString(&status.to_string()));
