@@ -23,6 +23,7 @@ use notify::{Notify, Phase, Summary};
 pub(crate) use reaper::Inherited;
 use reaper::{Reaper, Sigchld};
 use recycle::Recycler;
+use replace::Replacements;
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Due, Slot, Slots, State, Stopping};
 pub(crate) use status::StatusFile;
@@ -40,6 +41,7 @@ mod fleet;
 mod notify;
 mod reaper;
 mod recycle;
+mod replace;
 mod respawn;
 mod slots;
 mod status;
@@ -107,8 +109,10 @@ pub(crate) struct Master<'a, W, S> {
     reaped: bool,
     /// Which children died.
     reaper: Reaper,
-    /// Workers past their lifetime, replaced one at a time.
+    /// Which worker is due to be recycled.
     recycler: Recycler,
+    /// Workers being replaced, their successors forked first.
+    replacements: Replacements,
     /// The pids the reaper named in a turn, kept for its room.
     dead: Vec<Pid>,
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
@@ -222,6 +226,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             reaped: false,
             reaper,
             recycler: Recycler::new(config),
+            replacements: Replacements::default(),
             dead: Vec::new(),
             shard_limits: HashMap::new(),
         }
@@ -388,7 +393,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn reap_child(&mut self, pid: Pid) -> bool {
         let index = self.slots.index_of(pid);
         // A worker replaced by recycling is no longer its index's, and still a worker.
-        let recycled = index.is_none().then(|| self.recycler.reaped(pid)).flatten();
+        let recycled = index
+            .is_none()
+            .then(|| self.replacements.reaped(pid))
+            .flatten();
         let worker = index.is_some() || recycled.is_some();
         if worker {
             Leftovers::worker_died(pid);
@@ -410,7 +418,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
         match (index, recycled) {
             (Some(index), _) => self.on_exit(index, pid, status),
-            (None, Some(index)) => self.outgoing_exited(index, pid, status),
+            (None, Some(index)) => self.replaced_exited(index, pid, status),
             (None, None) => self.emit(Event::Reaped {
                 pid: pid.as_raw() as u32,
                 status,
@@ -602,6 +610,60 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
+    /// Recycling: moves the replacement under way on, then begins the next one that is due.
+    fn recycle(&mut self, now: Instant) {
+        self.advance_replacement();
+        if !self.recycling_may_begin() {
+            return;
+        }
+        let (slots, instances) = (&self.slots, self.instances);
+        let current = |index: usize, pid: Pid| {
+            index < instances
+                && matches!(*slots[index].state(), State::Running { pid: running, stop: None, .. } if running == pid)
+        };
+        let Some((index, pid, why)) = self.recycler.due(now, current) else {
+            return;
+        };
+        let started = match *self.slots[index].state() {
+            State::Running { started, .. } => started,
+            _ => now,
+        };
+        self.emit(Event::Recycling {
+            index,
+            pid: pid.as_raw() as u32,
+            reason: why.name(),
+            lived: now.saturating_duration_since(started),
+        });
+        let slot = &mut self.slots[index];
+        slot.recycles = slot.recycles.saturating_add(1);
+        self.begin_replacement(index, pid);
+    }
+
+    /// Whether a replacement may begin: one at a time, and none during a shutdown, a rolling
+    /// restart or an upgrade, which replace workers their own way.
+    fn recycling_may_begin(&self) -> bool {
+        !self.replacements.in_progress()
+            && self.shutdown.is_none()
+            && self.rolling.is_none()
+            && self.upgrade.is_none()
+            && self.takeover.is_none()
+    }
+
+    /// SIGURG: a worker says it did its `max_requests`. From anyone else, or from a worker
+    /// already on its way out, it means nothing.
+    fn recycle_requested(&mut self, sender: u32) {
+        let pid = Pid::from_raw(sender as i32);
+        let Some(index) = self.slots.index_of(pid).filter(|_| sender != 0) else {
+            return;
+        };
+        if matches!(
+            *self.slots[index].state(),
+            State::Running { stop: None, .. }
+        ) {
+            self.recycler.requested(index, pid, Instant::now());
+        }
+    }
+
     /// Has the reaper's watcher report deaths once the fleet is large, from the turn its
     /// first forks are done.
     fn watch_if_large(&mut self) {
@@ -774,7 +836,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .is_some_and(|takeover| !takeover.said_ready());
         // A recycled worker is stopped on the turn after its successor is ready, forked or
         // declared: nothing else would wake the master for it.
-        let replacing = self.recycler.replacing();
+        let replacing = self.replacements.in_progress();
         self.shutdown.is_none() && (declared || taking_over || replacing)
     }
 
@@ -921,7 +983,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
             self.stop(index, kill_at);
         }
-        self.stop_recycling(kill_at);
+        self.stop_replacement(kill_at);
         self.shutdown = Some(Shutdown {
             outcome,
             kill_at,
@@ -981,7 +1043,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 fleet::stop_worker(pid, Stop::Kill);
             }
         }
-        self.kill_overdue_outgoing(None);
+        self.kill_overdue_replaced(None);
         self.sweep_now(Stop::Kill);
     }
 
@@ -1002,7 +1064,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
         }
         self.leftovers.kill_overdue(now, &self.orphans);
-        self.kill_overdue_outgoing(Some(now));
+        self.kill_overdue_replaced(Some(now));
         if let Some(upgrade) = &mut self.upgrade {
             if upgrade.kill_at.is_some_and(|kill_at| kill_at <= now) {
                 upgrade.kill_at = None;
@@ -1118,7 +1180,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .then(|| self.limiter.next_expiry(now.instant))
             .flatten();
         let leftovers = self.leftovers.next();
-        let recycling = self.recycler.next_deadline(self.recycling_may_begin());
+        let recycling = self
+            .recycler
+            .next_deadline()
+            .filter(|_| self.recycling_may_begin());
         let watchdog = self.watchdog.next_pass().filter(|_| shutdown.is_none());
         self.slots
             .next_deadline()
@@ -1133,6 +1198,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(window)
             .chain(leftovers)
             .chain(recycling)
+            .chain(self.replacements.next_deadline())
             .min()
     }
 

@@ -1,0 +1,141 @@
+//! The replacement step: a worker's successor is forked at its index first, and the worker is
+//! stopped once the successor is ready, with its cooperative stop, then SIGKILL after
+//! `shutdown_timeout`. One replacement at a time, so that the fleet never has fewer ready
+//! workers than it should. The one place where two workers run for one index, for a moment;
+//! recycling calls it (a rolling restart stops first, as it promises: never two workers on one
+//! index).
+//!
+//! The replaced worker leaves the slot table as its successor becomes due: it is kept here
+//! until it is reaped, which the master asks of [`Replacements::reaped`] first.
+
+use super::fleet::{self, Stop};
+use super::slots::State;
+use super::Master;
+use crate::event::{Event, ExitStatus};
+use crate::worker::WorkerFn;
+use nix::unistd::Pid;
+use std::time::Instant;
+
+/// The workers being replaced.
+#[derive(Default)]
+pub(super) struct Replacements {
+    /// The one whose successor is forked, or about to be, and not ready yet.
+    waiting: Option<Replaced>,
+    /// Those asked to stop, until they are reaped.
+    stopping: Vec<Replaced>,
+}
+
+/// A replaced worker.
+#[derive(Clone, Copy)]
+struct Replaced {
+    index: usize,
+    pid: Pid,
+    /// When SIGKILL follows its stop; `None` once sent, or before the stop.
+    kill_at: Option<Instant>,
+}
+
+impl Replacements {
+    /// Whether a successor is not ready yet: no other replacement begins meanwhile.
+    pub(super) fn in_progress(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// If `pid` was a replaced worker, forgets it and returns its index.
+    pub(super) fn reaped(&mut self, pid: Pid) -> Option<usize> {
+        if let Some(waiting) = self.waiting.filter(|replaced| replaced.pid == pid) {
+            // Gone before its successor was ready: nothing left to stop.
+            self.waiting = None;
+            return Some(waiting.index);
+        }
+        let at = self
+            .stopping
+            .iter()
+            .position(|replaced| replaced.pid == pid)?;
+        Some(self.stopping.swap_remove(at).index)
+    }
+
+    /// The next SIGKILL due.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.stopping
+            .iter()
+            .filter_map(|replaced| replaced.kill_at)
+            .min()
+    }
+}
+
+impl<W: WorkerFn<S>, S> Master<'_, W, S> {
+    /// Replaces the worker `pid` of `index`: its slot is its successor's from now on, due for
+    /// a fork at once; the worker serves on until the successor is ready.
+    pub(super) fn begin_replacement(&mut self, index: usize, pid: Pid) {
+        self.slots.set(index, State::Pending { not_before: None });
+        self.replacements.waiting = Some(Replaced {
+            index,
+            pid,
+            kill_at: None,
+        });
+    }
+
+    /// Once per turn: stops the replaced worker once its successor is ready (or its index is
+    /// retired or done with).
+    pub(super) fn advance_replacement(&mut self) {
+        let Some(replaced) = self.replacements.waiting else {
+            return;
+        };
+        let index = replaced.index;
+        let ready = index >= self.instances
+            || self.is_ready(index)
+            || matches!(self.slots[index].state(), State::Done | State::Retired);
+        if ready {
+            self.replacements.waiting = None;
+            self.stop_replaced(replaced, self.deadline());
+        }
+    }
+
+    fn stop_replaced(&mut self, mut replaced: Replaced, kill_at: Option<Instant>) {
+        fleet::stop_worker(replaced.pid, Stop::Term);
+        replaced.kill_at = kill_at;
+        self.replacements.stopping.push(replaced);
+    }
+
+    /// In a shutdown: the worker whose successor is not ready yet is stopped too.
+    pub(super) fn stop_replacement(&mut self, kill_at: Option<Instant>) {
+        if let Some(replaced) = self.replacements.waiting.take() {
+            self.stop_replaced(replaced, kill_at);
+        }
+    }
+
+    /// Sends SIGKILL to every replaced worker whose time is up, or to all with `now` `None`.
+    pub(super) fn kill_overdue_replaced(&mut self, now: Option<Instant>) {
+        let after = self.config.shutdown_timeout;
+        let mut killed = Vec::new();
+        for replaced in &mut self.replacements.stopping {
+            let due = match now {
+                None => true,
+                Some(now) => replaced.kill_at.is_some_and(|at| at <= now),
+            };
+            if due {
+                replaced.kill_at = None;
+                if fleet::stop_worker(replaced.pid, Stop::Kill) {
+                    killed.push((replaced.index, replaced.pid));
+                }
+            }
+        }
+        for (index, pid) in killed {
+            self.emit(Event::Killed {
+                index,
+                pid: pid.as_raw() as u32,
+                after,
+            });
+        }
+    }
+
+    /// A replaced worker exited: said as any stopped worker's exit is.
+    pub(super) fn replaced_exited(&mut self, index: usize, pid: Pid, status: ExitStatus) {
+        self.emit(Event::Exited {
+            index,
+            pid: pid.as_raw() as u32,
+            status,
+            stopped: true,
+        });
+    }
+}
