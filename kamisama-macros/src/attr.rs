@@ -121,6 +121,7 @@ pub(crate) enum Key {
     MaxLifetimeJitter,
     MaxRequests,
     MaxRequestsJitter,
+    MaxMemory,
     User,
     Group,
     NoNewPrivs,
@@ -133,7 +134,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 33] = [
+    const ALL: [Key; 34] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -158,6 +159,7 @@ impl Key {
         Key::MaxLifetimeJitter,
         Key::MaxRequests,
         Key::MaxRequestsJitter,
+        Key::MaxMemory,
         Key::User,
         Key::Group,
         Key::NoNewPrivs,
@@ -195,6 +197,7 @@ impl Key {
             Key::MaxLifetimeJitter => "max_lifetime_jitter",
             Key::MaxRequests => "max_requests",
             Key::MaxRequestsJitter => "max_requests_jitter",
+            Key::MaxMemory => "max_memory",
             Key::User => "user",
             Key::Group => "group",
             Key::NoNewPrivs => "no_new_privs",
@@ -288,6 +291,7 @@ impl Key {
             | Key::MaxLifetimeJitter
             | Key::MaxRequests
             | Key::MaxRequestsJitter
+            | Key::MaxMemory
             | Key::Crate => 0,
             // Negative values are parsed on their own, down to -1000.
             Key::OomScoreAdj => 0,
@@ -344,6 +348,7 @@ impl Key {
             Key::MaxLifetimeJitter => "600",
             Key::MaxRequests => "10_000",
             Key::MaxRequestsJitter => "1000",
+            Key::MaxMemory => "536_870_912",
             Key::User => "\"www-data\"",
             Key::Group => "\"www-data\"",
             Key::NoNewPrivs => "true",

@@ -71,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) max_requests: u64,
     /// The most added to each worker's `max_requests`, at random.
     pub(crate) max_requests_jitter: u64,
+    /// The proportional set size, in bytes, past which a worker is replaced; zero for none.
+    pub(crate) max_memory: u64,
     /// The user workers run as; `None` keeps the master's.
     pub(crate) user: Option<String>,
     /// The group workers run as; `None` keeps the user's, or the master's.
@@ -132,6 +134,7 @@ impl Default for Config {
             max_lifetime_jitter: Duration::ZERO,
             max_requests: 0,
             max_requests_jitter: 0,
+            max_memory: 0,
             user: None,
             group: None,
             no_new_privs: None,

@@ -58,6 +58,8 @@ pub(crate) const MAX_LIFETIME_JITTER: &str = "KAMISAMA_MAX_LIFETIME_JITTER";
 pub(crate) const MAX_REQUESTS: &str = "KAMISAMA_MAX_REQUESTS";
 /// Overrides `max_requests_jitter`.
 pub(crate) const MAX_REQUESTS_JITTER: &str = "KAMISAMA_MAX_REQUESTS_JITTER";
+/// Overrides `max_memory`: bytes, with `K`, `M`, `G` or `T`; 0 for none.
+pub(crate) const MAX_MEMORY: &str = "KAMISAMA_MAX_MEMORY";
 /// Overrides the user workers run as.
 pub(crate) const USER: &str = "KAMISAMA_USER";
 /// Overrides the group workers run as.
@@ -205,6 +207,12 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
     }
     if let Some(count) = parse(&lookup, MAX_REQUESTS_JITTER, count, |_: &u64| true)? {
         overridden.max_requests_jitter = count;
+    }
+    let bytes = "a number of bytes, with K, M, G or T (powers of 1024), or 0 for none";
+    if let Some(Limit(bytes)) = parse(&lookup, MAX_MEMORY, bytes, |limit: &Limit| {
+        limit.0 < u64::MAX
+    })? {
+        overridden.max_memory = bytes;
     }
     let name = |name: &String| !name.is_empty() && !name.contains('\0');
     if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
@@ -391,6 +399,7 @@ mod tests {
             (MAX_LIFETIME_JITTER, "600"),
             (MAX_REQUESTS, "10000"),
             (MAX_REQUESTS_JITTER, "1000"),
+            (MAX_MEMORY, "512M"),
         ])
         .unwrap();
         assert_eq!(
@@ -426,6 +435,7 @@ mod tests {
                 max_lifetime_jitter: Duration::from_secs(600),
                 max_requests: 10_000,
                 max_requests_jitter: 1000,
+                max_memory: 512 << 20,
                 ..Config::default()
             }
         );

@@ -1,4 +1,5 @@
-//! What the master reads from /proc: its own thread count, the largest pid, and its children.
+//! What the master reads from /proc: its own thread count, the largest pid, its children, and
+//! a worker's memory.
 
 use nix::unistd::Pid;
 use std::fs;
@@ -7,6 +8,15 @@ use std::fs;
 pub(crate) fn thread_count() -> Option<usize> {
     // num_threads, field 20 of proc(5)'s stat.
     stat_field("/proc/self/stat", 20).and_then(|threads| usize::try_from(threads).ok())
+}
+
+/// The proportional set size of `pid`, in bytes (`Pss` in its `smaps_rollup`: its private
+/// pages, and its share of those it shares), or `None` when /proc cannot tell.
+pub(crate) fn proportional_set_size(pid: Pid) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|line| line.starts_with("Pss:"))?;
+    let kibibytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kibibytes.checked_mul(1024)
 }
 
 /// The largest pid the kernel hands out, or `None` when /proc cannot tell.

@@ -580,6 +580,25 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// The memory, in bytes, past which the master recycles a worker, as uWSGI's
+    /// `reload-on-rss`, PM2's `max_memory_restart` or Sidekiq's `SIDEKIQ_MAXMEM_MB`: the
+    /// worker's proportional set size (`Pss` in `/proc/PID/smaps_rollup`: its private pages,
+    /// and its share of those it shares with the master and its siblings), sampled for the
+    /// whole fleet every 5 seconds, one wakeup of the master each time; never sampled without
+    /// it. A worker past it is replaced as [`max_lifetime`](Self::max_lifetime) replaces it.
+    /// Default zero, no limit.
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .max_memory(512 << 20)
+    ///     .run(worker);
+    /// ```
+    pub fn max_memory(mut self, max_memory: u64) -> Self {
+        self.config.max_memory = max_memory;
+        self
+    }
+
     /// The user every worker runs as, by name or number (`"www-data"`, `"65534"`), as
     /// Unicorn's `user` and gunicorn's `--user`: the master keeps its own identity, to bind
     /// privileged ports before its first fork and to run upgrades, and each worker takes,

@@ -273,3 +273,26 @@ fn a_worker_that_completed_its_max_requests_is_replaced() {
 fn a_worker_that_completed_its_max_requests_on_kept_alive_connections_is_replaced() {
     max_requests_under_load("recycle-requests-keep-alive", true);
 }
+
+#[test]
+fn a_worker_past_max_memory_is_replaced_and_one_below_it_is_not() {
+    // Index 0 holds 64 MiB past a limit of 32 MiB; index 1 holds nothing. The first sample
+    // comes 5 s after the start.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "2")
+        .env("KAMISAMA_MAX_MEMORY", "32M")
+        .env("FIXTURE", "hold-64m-index-0")
+        .start();
+    let first = master.wait_for_line("spawned index=0 ");
+    let first = field(&first, "pid").unwrap().to_owned();
+    let line = master.wait_for_line("recycling index=0 ");
+    assert_eq!(field(&line, "pid"), Some(&*first), "{line}");
+    assert_eq!(field(&line, "reason"), Some("memory"), "{line}");
+    // Its successor holds as much: replaced at the next sample, five seconds on.
+    master.wait_for_lines("recycling index=0 ", 2);
+    master.expect_lines("recycling index=1 ", 0);
+    master.expect_lines("respawning", 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}

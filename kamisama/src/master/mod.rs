@@ -610,9 +610,22 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Recycling: moves the replacement under way on, then begins the next one that is due.
+    /// Recycling: moves the replacement under way on, samples the fleet's memory when due,
+    /// then begins the next replacement that is due.
     fn recycle(&mut self, now: Instant) {
         self.advance_replacement();
+        if self.recycler.sample_now(now) {
+            for index in 0..self.instances.min(self.slots.len()) {
+                if let State::Running {
+                    pid, stop: None, ..
+                } = *self.slots[index].state()
+                {
+                    if let Some(bytes) = crate::procfs::proportional_set_size(pid) {
+                        self.recycler.sampled(index, pid, bytes, now);
+                    }
+                }
+            }
+        }
         if !self.recycling_may_begin() {
             return;
         }

@@ -1,6 +1,7 @@
 //! Recycling, a policy with one question: which worker is due to be replaced? One that has run
 //! for `max_lifetime`, or said it did `max_requests` units of work (each plus a jitter drawn
-//! as it is forked). The loop asks it once per turn, and carries the answer out with the
+//! as it is forked), or whose memory was found past `max_memory` (sampled for the whole fleet
+//! every [`MEMORY_SAMPLING`], and never without `max_memory`). The loop asks it once per turn, and carries the answer out with the
 //! replacement step (`replace.rs`): the successor first, the old worker stopped once the
 //! successor is ready. A recycle is no crash: it never counts against `respawn_limit`.
 //!
@@ -22,6 +23,9 @@ pub(super) struct Recycler {
     jitter: Duration,
     requests: u64,
     requests_jitter: u64,
+    memory: u64,
+    /// When the fleet's memory is next sampled, with `max_memory`.
+    next_sample: Option<Instant>,
     /// When each worker is due, and why, soonest first.
     due: BinaryHeap<Reverse<(Instant, usize, Pid, Why)>>,
     /// State of the jitter's generator.
@@ -33,7 +37,12 @@ pub(super) struct Recycler {
 pub(super) enum Why {
     Lifetime,
     Requests,
+    Memory,
 }
+
+/// How often the fleet's memory is sampled, with `max_memory`: one wakeup of the master, and
+/// one read of `/proc/PID/smaps_rollup` per worker (about 10 µs each).
+pub(super) const MEMORY_SAMPLING: Duration = Duration::from_secs(5);
 
 impl Why {
     /// As the `recycling` event says it.
@@ -41,6 +50,7 @@ impl Why {
         match self {
             Why::Lifetime => "lifetime",
             Why::Requests => "requests",
+            Why::Memory => "memory",
         }
     }
 }
@@ -52,6 +62,10 @@ impl Recycler {
             jitter: config.max_lifetime_jitter,
             requests: config.max_requests,
             requests_jitter: config.max_requests_jitter,
+            memory: config.max_memory,
+            next_sample: (config.max_memory > 0)
+                .then(|| Instant::now().checked_add(MEMORY_SAMPLING))
+                .flatten(),
             due: BinaryHeap::new(),
             seed: crate::worker::shared::now_nanos() ^ u64::from(std::process::id()),
         }
@@ -88,6 +102,23 @@ impl Recycler {
         }
     }
 
+    /// Whether the fleet's memory is to be sampled `now`; if so, the next sample is due one
+    /// interval later.
+    pub(super) fn sample_now(&mut self, now: Instant) -> bool {
+        if !self.next_sample.is_some_and(|at| at <= now) {
+            return false;
+        }
+        self.next_sample = now.checked_add(MEMORY_SAMPLING);
+        true
+    }
+
+    /// The worker `pid` of `index` was found using `bytes`: due `now` if past `max_memory`.
+    pub(super) fn sampled(&mut self, index: usize, pid: Pid, bytes: u64, now: Instant) {
+        if self.memory > 0 && bytes > self.memory {
+            self.due.push(Reverse((now, index, pid, Why::Memory)));
+        }
+    }
+
     /// The next worker due by `now` that is still its index's (`current` says), and why;
     /// entries for workers no longer current are dropped on the way.
     pub(super) fn due(
@@ -108,9 +139,10 @@ impl Recycler {
         None
     }
 
-    /// When the next worker is due.
+    /// When the next worker is due, or the fleet's memory is next sampled.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((due, _, _, _))| *due)
+        let due = self.due.peek().map(|Reverse((due, _, _, _))| *due);
+        due.into_iter().chain(self.next_sample).min()
     }
 
     /// A number from 0 to `most`, at random.
@@ -189,6 +221,31 @@ mod tests {
             Some((1, two, Why::Lifetime))
         );
         assert_eq!(recycler.due(later, all), None);
+    }
+
+    #[test]
+    fn memory_is_sampled_once_an_interval_and_only_with_a_limit() {
+        let config = Config {
+            max_memory: 100 << 20,
+            ..Default::default()
+        };
+        let mut recycler = Recycler::new(&config);
+        let first = recycler.next_deadline().unwrap();
+        assert!(!recycler.sample_now(first - Duration::from_millis(1)));
+        assert!(recycler.sample_now(first));
+        assert!(!recycler.sample_now(first));
+        assert_eq!(recycler.next_deadline(), Some(first + MEMORY_SAMPLING));
+        recycler.sampled(0, Pid::from_raw(10), 100 << 20, first);
+        recycler.sampled(1, Pid::from_raw(20), (100 << 20) + 1, first);
+        let all = |_: usize, _: Pid| true;
+        assert_eq!(
+            recycler.due(first, all),
+            Some((1, Pid::from_raw(20), Why::Memory))
+        );
+        assert_eq!(recycler.due(first, all), None);
+        let mut unlimited = Recycler::new(&Config::default());
+        assert_eq!(unlimited.next_deadline(), None);
+        assert!(!unlimited.sample_now(first + Duration::from_secs(3600)));
     }
 
     #[test]
