@@ -4,7 +4,7 @@
 //! during its trial): every request counted, the latency before and during each change, the
 //! longest time without an answer, and how evenly the workers share the connections. For the
 //! bad release, failed requests are also weighed against those answered in as long a window
-//! before the signal.
+//! before the signal. And with `max_requests = 300`: eight recycles under the same load.
 //!
 //! ```text
 //! cargo bench -p kamisama-tests --bench servers
@@ -39,6 +39,8 @@ enum Change {
     Rollback,
     /// To `tests/fixtures/bad_release.rs`, rolled back during its trial.
     BadRelease,
+    /// Every worker recycled after 300 requests (`max_requests`), eight times over.
+    Recycling,
 }
 
 impl Change {
@@ -48,6 +50,7 @@ impl Change {
             Change::Upgrade => "USR2 (upgrade)",
             Change::Rollback => "USR2 to a binary that exits (rollback)",
             Change::BadRelease => "USR2 to a release that crashes on its first requests (trial)",
+            Change::Recycling => "max_requests = 300: eight workers recycled",
         }
     }
 }
@@ -72,7 +75,11 @@ struct Run {
 fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
     let name = format!("bench-servers-{change:?}-{keep_alive}-{run}");
     let deployment = Deployment::new(scratch!(name), server);
-    let (mut master, address, _) = deployment.start(WORKERS, &[]);
+    let settings: &[(&str, &str)] = match change {
+        Change::Recycling => &[("KAMISAMA_MAX_REQUESTS", "300")],
+        _ => &[],
+    };
+    let (mut master, address, _) = deployment.start(WORKERS, settings);
     let old = master.pid();
     let load = Load::start(address, CLIENTS, keep_alive);
     let warm = Instant::now();
@@ -99,6 +106,10 @@ fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
             master.wait_for_line("upgrade-failed");
             // Done once the fleet forked again is ready.
             master.wait_for_lines(&format!("kamisama[{old}]: ready workers="), 2);
+        }
+        Change::Recycling => {
+            let before = master.count_lines("recycling index=");
+            master.wait_for_lines("recycling index=", before + 8);
         }
         Change::Rollback => {
             deployment.install_script("exit 1");
@@ -177,6 +188,7 @@ fn changes() {
                 Change::Upgrade,
                 Change::Rollback,
                 Change::BadRelease,
+                Change::Recycling,
             ] {
                 let only = std::env::var("ONLY_CHANGE").ok();
                 if only.is_some_and(|only| only != format!("{change:?}")) {

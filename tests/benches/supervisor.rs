@@ -625,6 +625,40 @@ fn hang_detection(rows: &mut Vec<Row>) {
         Unit::Nanos,
     ));
 
+    // Wakeups of an idle master whose workers are recycled: by memory, sampled every 5 s for
+    // the whole fleet, against by count and by age, which never wake it while nothing is due.
+    const SAMPLED: Duration = Duration::from_secs(10);
+    let mut recycling = [0.0; 2];
+    let settings = [
+        [
+            ("KAMISAMA_MAX_MEMORY", "1G"),
+            ("KAMISAMA_MAX_LIFETIME", "0"),
+        ],
+        [
+            ("KAMISAMA_MAX_REQUESTS", "1000"),
+            ("KAMISAMA_MAX_LIFETIME", "3600"),
+        ],
+    ];
+    for (which, settings) in settings.iter().enumerate() {
+        let mut launch =
+            Master::launch(env!("CARGO_BIN_EXE_supervised")).env("KAMISAMA_INSTANCES", "17");
+        for (key, value) in settings {
+            launch = launch.env(key, value);
+        }
+        let mut master = launch.start();
+        master.wait_for_workers(17);
+        master.wait_until_blocked();
+        recycling[which] = wakeups_per_second(master.pid(), SAMPLED);
+        master.signal(Signal::SIGTERM);
+        master.wait_exit();
+    }
+    rows.push(row(
+        "master wakeups per second while idle, 17 workers: max_memory (5 s sampling) against max_requests and max_lifetime",
+        recycling[0],
+        recycling[1],
+        Unit::Count,
+    ));
+
     // Wakeups of an idle master of 17 async workers, which beat on their own, with a
     // timeout of 1 s and without hang detection.
     const WINDOW: Duration = Duration::from_secs(3);
