@@ -75,8 +75,13 @@ struct Run {
 fn through(server: &str, keep_alive: bool, change: Change, run: usize) -> Run {
     let name = format!("bench-servers-{change:?}-{keep_alive}-{run}");
     let deployment = Deployment::new(scratch!(name), server);
+    let status = deployment.dir.join("status.json");
+    let status = status.to_str().expect("a UTF-8 path");
     let settings: &[(&str, &str)] = match change {
         Change::Recycling => &[("KAMISAMA_MAX_REQUESTS", "300")],
+        // The bad release waits for its trial in the status file: it fails after the
+        // hand-over, not during its start (which the new master's own respawn limit ends).
+        Change::BadRelease => &[("KAMISAMA_STATUS_FILE", status)],
         _ => &[],
     };
     let (mut master, address, _) = deployment.start(WORKERS, settings);
