@@ -106,6 +106,15 @@
 //! status file and systemd's `STATUS=` say how the last upgrade went (in progress, on trial,
 //! done, rolled back and why).
 //!
+//! # Recycling
+//!
+//! Long-running workers grow. [`Supervisor::max_lifetime`], [`Supervisor::max_requests`]
+//! (counted by the worker with [`Worker::completed`], without a system call) and
+//! [`Supervisor::max_memory`] (its proportional set size, sampled every 5 seconds) recycle a
+//! worker: its successor is forked at its index first, and it gets its cooperative stop once
+//! the successor is ready, one worker at a time. A recycle is no crash: it never counts
+//! against the respawn limit.
+//!
 //! # Least privilege
 //!
 //! The master may run as root to bind a privileged port and keep what an upgrade needs, and
