@@ -49,14 +49,12 @@ impl Deployment {
     }
 
     /// Starts the installed server with `instances` workers on a free port of loopback, and
-    /// `settings` in its environment; returns it with its address and its workers. An
-    /// upgrade's trial lasts a second, unless `settings` say otherwise (an empty value leaves
-    /// a variable unset: the default).
+    /// `settings` in its environment; returns it with its address and its workers. An empty
+    /// value leaves a variable unset: the default.
     pub fn start(&self, instances: usize, settings: &[(&str, &str)]) -> (Master, SocketAddr, Pids) {
         let mut launch = Master::launch(&self.app())
             .env("KAMISAMA_LISTEN", "127.0.0.1:0")
-            .env("KAMISAMA_INSTANCES", &instances.to_string())
-            .env("KAMISAMA_UPGRADE_TRIAL", "1");
+            .env("KAMISAMA_INSTANCES", &instances.to_string());
         for (key, value) in settings {
             launch = match *value {
                 "" => launch.env_remove(key),

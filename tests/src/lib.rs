@@ -244,7 +244,9 @@ impl Launch {
 
 impl Master {
     /// Prepares to start `binary` (a `CARGO_BIN_EXE_*` path) with no `KAMISAMA_*` setting
-    /// inherited from the test's own environment.
+    /// inherited from the test's own environment, but for an upgrade's trial of a second:
+    /// the default, ten seconds, would hold every test that upgrades for that long
+    /// (`env_remove("KAMISAMA_UPGRADE_TRIAL")` runs the default).
     pub fn launch(binary: &str) -> Launch {
         let mut command = Command::new(binary);
         for (key, _) in std::env::vars_os() {
@@ -252,6 +254,7 @@ impl Master {
                 command.env_remove(key);
             }
         }
+        command.env("KAMISAMA_UPGRADE_TRIAL", "1");
         Launch {
             command,
             socket: None,
