@@ -122,6 +122,7 @@ pub(crate) enum Key {
     MaxRequests,
     MaxRequestsJitter,
     MaxMemory,
+    RecycleAtOnce,
     User,
     Group,
     NoNewPrivs,
@@ -134,7 +135,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 34] = [
+    const ALL: [Key; 35] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -160,6 +161,7 @@ impl Key {
         Key::MaxRequests,
         Key::MaxRequestsJitter,
         Key::MaxMemory,
+        Key::RecycleAtOnce,
         Key::User,
         Key::Group,
         Key::NoNewPrivs,
@@ -198,6 +200,7 @@ impl Key {
             Key::MaxRequests => "max_requests",
             Key::MaxRequestsJitter => "max_requests_jitter",
             Key::MaxMemory => "max_memory",
+            Key::RecycleAtOnce => "recycle_at_once",
             Key::User => "user",
             Key::Group => "group",
             Key::NoNewPrivs => "no_new_privs",
@@ -302,7 +305,8 @@ impl Key {
             | Key::HangGrace
             | Key::WorkerThreads
             | Key::Backlog
-            | Key::UpgradeTimeout => 1,
+            | Key::UpgradeTimeout
+            | Key::RecycleAtOnce => 1,
         }
     }
 
@@ -349,6 +353,7 @@ impl Key {
             Key::MaxRequests => "10_000",
             Key::MaxRequestsJitter => "1000",
             Key::MaxMemory => "536_870_912",
+            Key::RecycleAtOnce => "2",
             Key::User => "\"www-data\"",
             Key::Group => "\"www-data\"",
             Key::NoNewPrivs => "true",

@@ -176,6 +176,7 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::MaxRequests => quote!(.max_requests(#value)),
         Key::MaxRequestsJitter => quote!(.max_requests_jitter(#value)),
         Key::MaxMemory => quote!(.max_memory(#value)),
+        Key::RecycleAtOnce => quote!(.recycle_at_once(#value)),
         Key::User => quote!(.user(#value)),
         Key::Group => quote!(.group(#value)),
         Key::NoNewPrivs => quote!(.no_new_privs(#value)),

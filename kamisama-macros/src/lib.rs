@@ -57,6 +57,7 @@ use proc_macro::TokenStream;
 /// | `max_requests`     | `0`        | units of work (`Worker::completed`) a worker does before it is replaced; 0 is no limit |
 /// | `max_requests_jitter` | `0`     | the most added to each worker's `max_requests`, at random |
 /// | `max_memory`       | `0`        | bytes of proportional set size past which a worker is replaced, sampled every 5 seconds; 0 is no limit |
+/// | `recycle_at_once`  | `1`        | how many workers may be recycled at once, at least 1            |
 /// | `upgrade_trial`    | `10`       | seconds the old master stays after the hand-over, to fork its fleet again if the new one crashes; 0 is off |
 /// | `user`             | none       | the user workers run as: `"www-data"`, or a number as a string |
 /// | `group`            | the user's | the group workers run as                                       |

@@ -73,6 +73,8 @@ pub(crate) struct Config {
     pub(crate) max_requests_jitter: u64,
     /// The proportional set size, in bytes, past which a worker is replaced; zero for none.
     pub(crate) max_memory: u64,
+    /// How many workers may be replaced at once.
+    pub(crate) recycle_at_once: usize,
     /// The user workers run as; `None` keeps the master's.
     pub(crate) user: Option<String>,
     /// The group workers run as; `None` keeps the user's, or the master's.
@@ -135,6 +137,7 @@ impl Default for Config {
             max_requests: 0,
             max_requests_jitter: 0,
             max_memory: 0,
+            recycle_at_once: 1,
             user: None,
             group: None,
             no_new_privs: None,
@@ -176,6 +179,12 @@ impl Config {
             return Err(Error::InvalidConfig {
                 setting: "hang_grace",
                 expected: "longer than zero",
+            });
+        }
+        if self.recycle_at_once == 0 {
+            return Err(Error::InvalidConfig {
+                setting: "recycle_at_once",
+                expected: "at least 1",
             });
         }
         if !(1..=libc::SOMAXCONN as u32).contains(&self.backlog) {

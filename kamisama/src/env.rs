@@ -60,6 +60,8 @@ pub(crate) const MAX_REQUESTS: &str = "KAMISAMA_MAX_REQUESTS";
 pub(crate) const MAX_REQUESTS_JITTER: &str = "KAMISAMA_MAX_REQUESTS_JITTER";
 /// Overrides `max_memory`: bytes, with `K`, `M`, `G` or `T`; 0 for none.
 pub(crate) const MAX_MEMORY: &str = "KAMISAMA_MAX_MEMORY";
+/// Overrides `recycle_at_once`.
+pub(crate) const RECYCLE_AT_ONCE: &str = "KAMISAMA_RECYCLE_AT_ONCE";
 /// Overrides the user workers run as.
 pub(crate) const USER: &str = "KAMISAMA_USER";
 /// Overrides the group workers run as.
@@ -213,6 +215,10 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         limit.0 < u64::MAX
     })? {
         overridden.max_memory = bytes;
+    }
+    let count = "a whole number, at least 1";
+    if let Some(count) = parse(&lookup, RECYCLE_AT_ONCE, count, |n: &usize| *n >= 1)? {
+        overridden.recycle_at_once = count;
     }
     let name = |name: &String| !name.is_empty() && !name.contains('\0');
     if let Some(user) = parse(&lookup, USER, "a user's name or number", name)? {
@@ -400,6 +406,7 @@ mod tests {
             (MAX_REQUESTS, "10000"),
             (MAX_REQUESTS_JITTER, "1000"),
             (MAX_MEMORY, "512M"),
+            (RECYCLE_AT_ONCE, "3"),
         ])
         .unwrap();
         assert_eq!(
@@ -436,6 +443,7 @@ mod tests {
                 max_requests: 10_000,
                 max_requests_jitter: 1000,
                 max_memory: 512 << 20,
+                recycle_at_once: 3,
                 ..Config::default()
             }
         );

@@ -599,6 +599,26 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// How many workers recycling may replace at once; default 1, so that the fleet never
+    /// has more than one successor starting. More shortens the time a large fleet takes to
+    /// recycle workers that came due together (after a deploy, all of them), at the cost of
+    /// that many workers starting at once.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new()
+    ///     .instances(64)
+    ///     .max_lifetime(Duration::from_secs(3600))
+    ///     .recycle_at_once(4)
+    ///     .run(worker);
+    /// ```
+    pub fn recycle_at_once(mut self, recycle_at_once: usize) -> Self {
+        self.config.recycle_at_once = recycle_at_once;
+        self
+    }
+
     /// The user every worker runs as, by name or number (`"www-data"`, `"65534"`), as
     /// Unicorn's `user` and gunicorn's `--user`: the master keeps its own identity, to bind
     /// privileged ports before its first fork and to run upgrades, and each worker takes,

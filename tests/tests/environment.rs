@@ -68,6 +68,7 @@ fn an_invalid_value_stops_before_anything_is_forked() {
         ("KAMISAMA_MAX_REQUESTS", "lots"),
         ("KAMISAMA_MAX_MEMORY", "512MB"),
         ("KAMISAMA_MAX_MEMORY", "infinity"),
+        ("KAMISAMA_RECYCLE_AT_ONCE", "0"),
         ("KAMISAMA_HANG_SIGNAL", "SIGNOPE"),
         ("KAMISAMA_WORKER_THREADS", "100000"),
         // More than any machine can fork: a refusal, not an abort on a failed allocation.

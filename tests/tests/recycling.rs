@@ -126,6 +126,33 @@ fn one_worker_is_replaced_at_a_time() {
 }
 
 #[test]
+fn recycle_at_once_replaces_that_many_workers_together_and_no_more() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", "4")
+        .env("KAMISAMA_MAX_LIFETIME", "1")
+        .env("KAMISAMA_RECYCLE_AT_ONCE", "2")
+        .start();
+    master.wait_for_lines("recycling index=", 8);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    // The workers forked together came due together: two recycles begin in one turn (two
+    // `recycling` lines before their successors' `spawned`), never more.
+    let transcript = master.transcript();
+    let mut together = 0;
+    let mut most = 0;
+    for line in transcript.lines() {
+        if line.contains(": recycling index=") {
+            together += 1;
+            most = most.max(together);
+        } else if line.contains(": spawned index=") {
+            together = 0;
+        }
+    }
+    assert_eq!(most, 2, "{transcript}");
+    master.expect_tree_gone();
+}
+
+#[test]
 fn a_replaced_worker_that_ignores_its_stop_is_killed_after_shutdown_timeout() {
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "1")

@@ -226,7 +226,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             reaped: false,
             reaper,
             recycler: Recycler::new(config),
-            replacements: Replacements::default(),
+            replacements: Replacements::new(config.recycle_at_once),
             dead: Vec::new(),
             shard_limits: HashMap::new(),
         }
@@ -626,36 +626,35 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 }
             }
         }
-        if !self.recycling_may_begin() {
-            return;
+        while self.recycling_may_begin() {
+            let (slots, instances) = (&self.slots, self.instances);
+            let current = |index: usize, pid: Pid| {
+                index < instances
+                    && matches!(*slots[index].state(), State::Running { pid: running, stop: None, .. } if running == pid)
+            };
+            let Some((index, pid, why)) = self.recycler.due(now, current) else {
+                return;
+            };
+            let started = match *self.slots[index].state() {
+                State::Running { started, .. } => started,
+                _ => now,
+            };
+            self.emit(Event::Recycling {
+                index,
+                pid: pid.as_raw() as u32,
+                reason: why.name(),
+                lived: now.saturating_duration_since(started),
+            });
+            let slot = &mut self.slots[index];
+            slot.recycles = slot.recycles.saturating_add(1);
+            self.begin_replacement(index, pid);
         }
-        let (slots, instances) = (&self.slots, self.instances);
-        let current = |index: usize, pid: Pid| {
-            index < instances
-                && matches!(*slots[index].state(), State::Running { pid: running, stop: None, .. } if running == pid)
-        };
-        let Some((index, pid, why)) = self.recycler.due(now, current) else {
-            return;
-        };
-        let started = match *self.slots[index].state() {
-            State::Running { started, .. } => started,
-            _ => now,
-        };
-        self.emit(Event::Recycling {
-            index,
-            pid: pid.as_raw() as u32,
-            reason: why.name(),
-            lived: now.saturating_duration_since(started),
-        });
-        let slot = &mut self.slots[index];
-        slot.recycles = slot.recycles.saturating_add(1);
-        self.begin_replacement(index, pid);
     }
 
-    /// Whether a replacement may begin: one at a time, and none during a shutdown, a rolling
-    /// restart or an upgrade, which replace workers their own way.
+    /// Whether a replacement may begin: `recycle_at_once` at a time, and none during a
+    /// shutdown, a rolling restart or an upgrade, which replace workers their own way.
     fn recycling_may_begin(&self) -> bool {
-        !self.replacements.in_progress()
+        self.replacements.room()
             && self.shutdown.is_none()
             && self.rolling.is_none()
             && self.upgrade.is_none()

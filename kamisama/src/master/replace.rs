@@ -1,7 +1,8 @@
 //! The replacement step: a worker's successor is forked at its index first, and the worker is
 //! stopped once the successor is ready, with its cooperative stop, then SIGKILL after
-//! `shutdown_timeout`. One replacement at a time, so that the fleet never has fewer ready
-//! workers than it should. The one place where two workers run for one index, for a moment;
+//! `shutdown_timeout`. At most `recycle_at_once` replacements at a time (one by default), and
+//! the fleet never has fewer ready workers than it should. The one place where two workers
+//! run for one index, for a moment;
 //! recycling calls it (a rolling restart stops first, as it promises: never two workers on one
 //! index).
 //!
@@ -17,10 +18,11 @@ use nix::unistd::Pid;
 use std::time::Instant;
 
 /// The workers being replaced.
-#[derive(Default)]
 pub(super) struct Replacements {
-    /// The one whose successor is forked, or about to be, and not ready yet.
-    waiting: Option<Replaced>,
+    /// How many may wait for their successors at once.
+    at_once: usize,
+    /// Those whose successors are forked, or about to be, and not ready yet.
+    waiting: Vec<Replaced>,
     /// Those asked to stop, until they are reaped.
     stopping: Vec<Replaced>,
 }
@@ -35,17 +37,29 @@ struct Replaced {
 }
 
 impl Replacements {
-    /// Whether a successor is not ready yet: no other replacement begins meanwhile.
+    pub(super) fn new(at_once: usize) -> Self {
+        Replacements {
+            at_once,
+            waiting: Vec::new(),
+            stopping: Vec::new(),
+        }
+    }
+
+    /// Whether a successor is not ready yet, which the master polls for.
     pub(super) fn in_progress(&self) -> bool {
-        self.waiting.is_some()
+        !self.waiting.is_empty()
+    }
+
+    /// Whether another replacement may begin.
+    pub(super) fn room(&self) -> bool {
+        self.waiting.len() < self.at_once
     }
 
     /// If `pid` was a replaced worker, forgets it and returns its index.
     pub(super) fn reaped(&mut self, pid: Pid) -> Option<usize> {
-        if let Some(waiting) = self.waiting.filter(|replaced| replaced.pid == pid) {
+        if let Some(at) = self.waiting.iter().position(|replaced| replaced.pid == pid) {
             // Gone before its successor was ready: nothing left to stop.
-            self.waiting = None;
-            return Some(waiting.index);
+            return Some(self.waiting.swap_remove(at).index);
         }
         let at = self
             .stopping
@@ -68,26 +82,28 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
     /// a fork at once; the worker serves on until the successor is ready.
     pub(super) fn begin_replacement(&mut self, index: usize, pid: Pid) {
         self.slots.set(index, State::Pending { not_before: None });
-        self.replacements.waiting = Some(Replaced {
+        self.replacements.waiting.push(Replaced {
             index,
             pid,
             kill_at: None,
         });
     }
 
-    /// Once per turn: stops the replaced worker once its successor is ready (or its index is
+    /// Once per turn: stops each replaced worker whose successor is ready (or whose index is
     /// retired or done with).
     pub(super) fn advance_replacement(&mut self) {
-        let Some(replaced) = self.replacements.waiting else {
-            return;
-        };
-        let index = replaced.index;
-        let ready = index >= self.instances
-            || self.is_ready(index)
-            || matches!(self.slots[index].state(), State::Done | State::Retired);
-        if ready {
-            self.replacements.waiting = None;
-            self.stop_replaced(replaced, self.deadline());
+        let mut at = 0;
+        while let Some(replaced) = self.replacements.waiting.get(at).copied() {
+            let index = replaced.index;
+            let ready = index >= self.instances
+                || self.is_ready(index)
+                || matches!(self.slots[index].state(), State::Done | State::Retired);
+            if ready {
+                self.replacements.waiting.swap_remove(at);
+                self.stop_replaced(replaced, self.deadline());
+            } else {
+                at += 1;
+            }
         }
     }
 
@@ -97,9 +113,9 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
         self.replacements.stopping.push(replaced);
     }
 
-    /// In a shutdown: the worker whose successor is not ready yet is stopped too.
+    /// In a shutdown: the workers whose successors are not ready yet are stopped too.
     pub(super) fn stop_replacement(&mut self, kill_at: Option<Instant>) {
-        if let Some(replaced) = self.replacements.waiting.take() {
+        for replaced in std::mem::take(&mut self.replacements.waiting) {
             self.stop_replaced(replaced, kill_at);
         }
     }
