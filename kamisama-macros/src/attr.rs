@@ -114,6 +114,7 @@ pub(crate) enum Key {
     Readiness,
     StatusFile,
     Listen,
+    Metrics,
     Backlog,
     UpgradeTimeout,
     UpgradeTrial,
@@ -135,7 +136,7 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 35] = [
+    const ALL: [Key; 36] = [
         Key::Instances,
         Key::RespawnLimit,
         Key::RespawnInterval,
@@ -153,6 +154,7 @@ impl Key {
         Key::Readiness,
         Key::StatusFile,
         Key::Listen,
+        Key::Metrics,
         Key::Backlog,
         Key::UpgradeTimeout,
         Key::UpgradeTrial,
@@ -192,6 +194,7 @@ impl Key {
             Key::Readiness => "readiness",
             Key::StatusFile => "status_file",
             Key::Listen => "listen",
+            Key::Metrics => "metrics",
             Key::Backlog => "backlog",
             Key::UpgradeTimeout => "upgrade_timeout",
             Key::UpgradeTrial => "upgrade_trial",
@@ -259,7 +262,10 @@ impl Key {
 
     /// Whether the key takes a string that is not one of a few names.
     fn takes_string(self) -> bool {
-        matches!(self, Key::StatusFile | Key::Crate | Key::User | Key::Group)
+        matches!(
+            self,
+            Key::StatusFile | Key::Metrics | Key::Crate | Key::User | Key::Group
+        )
     }
 
     /// Whether the key sets up an async worker's runtime, which a sync worker has none of.
@@ -282,6 +288,7 @@ impl Key {
             | Key::Readiness
             | Key::StatusFile
             | Key::Listen
+            | Key::Metrics
             | Key::User
             | Key::Group
             | Key::NoNewPrivs
@@ -345,6 +352,7 @@ impl Key {
             Key::Readiness => "\"declared\"",
             Key::StatusFile => "\"/run/app/status.json\"",
             Key::Listen => "\"127.0.0.1:8080\"",
+            Key::Metrics => "\"127.0.0.1:9464\"",
             Key::Backlog => "1024",
             Key::UpgradeTimeout => "120",
             Key::UpgradeTrial => "30",
@@ -387,6 +395,7 @@ impl Key {
             (Key::StatusFile, _) => "a path",
             (Key::Crate, _) => "the path of the kamisama crate",
             (Key::Listen, _) => "an address or a list of them",
+            (Key::Metrics, _) => "an address, such as `\"127.0.0.1:9464\"`",
             (_, 0) => "a whole number",
             _ => "a positive integer",
         }
@@ -592,6 +601,12 @@ fn parse_setting(meta: &ParseNestedMeta<'_>, earlier: &[Setting]) -> syn::Result
         }
         (None, Lit::Str(path)) if key == Key::StatusFile && !path.value().is_empty() => {
             Value::Path(path.value())
+        }
+        (None, Lit::Str(address)) if key == Key::Metrics && !address.value().is_empty() => {
+            if let Some(message) = address_error(&address.value()) {
+                return Err(Error::new(address.span(), message));
+            }
+            Value::Path(address.value())
         }
         (None, Lit::Str(auto)) if key == Key::Instances && auto.value() == "auto" => Value::Auto,
         (None, Lit::Str(name)) if matches!(key, Key::User | Key::Group) => {

@@ -47,9 +47,23 @@ fn supervise(args: &Args, worker: &ItemFn) -> TokenStream {
         }
         None => adapted(worker),
     };
-    let run = quote! {
+    let mut supervisor = quote! {
         #krate::Supervisor::new()
             #(#settings)*
+    };
+    // Through a macro of the runtime crate, which without its `metrics` feature is an error
+    // that says so, at the key.
+    if let Some(metrics) = args.settings.iter().find(|s| s.key == Key::Metrics) {
+        if let Value::Path(address) = &metrics.value {
+            let mut literal = Literal::string(address);
+            literal.set_span(metrics.span);
+            let krate = respanned(krate, metrics.key_span);
+            supervisor =
+                quote_spanned!(metrics.key_span=> #krate::__metrics!(#supervisor, #literal));
+        }
+    }
+    let run = quote! {
+        #supervisor
             .run(#function)
     };
     // A worker named `main` lives inside the generated `main`, where it shadows it.
@@ -185,8 +199,9 @@ fn builder_call(krate: &TokenStream, setting: &Setting) -> TokenStream {
         Key::LimitAs => quote!(.limit_as(#value)),
         Key::OomScoreAdj => quote!(.oom_score_adj(#value)),
         Key::CpuAffinity => quote!(.cpu_affinity(#value)),
-        // Emitted above, one call per address; `crate` is where the paths start.
-        Key::Listen | Key::Crate => TokenStream::new(),
+        // Emitted above, one call per address; `crate` is where the paths start; `metrics`
+        // wraps the whole chain.
+        Key::Listen | Key::Metrics | Key::Crate => TokenStream::new(),
     }
 }
 

@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) process_titles: bool,
     /// The addresses the master listens on for its workers.
     pub(crate) listen: Vec<String>,
+    /// Where the master answers scrapes of its metrics, if anywhere.
+    pub(crate) metrics: Option<String>,
     /// The length of each listener's queue of connections not yet accepted.
     pub(crate) backlog: u32,
     /// How long the new generation of an upgrade has to get ready.
@@ -129,6 +131,7 @@ impl Default for Config {
             status_file: None,
             process_titles: true,
             listen: Vec::new(),
+            metrics: None,
             backlog: 1024,
             upgrade_timeout: Duration::from_secs(60),
             upgrade_trial: Duration::from_secs(10),

@@ -44,6 +44,8 @@ pub(crate) const READINESS: &str = "KAMISAMA_READINESS";
 pub(crate) const STATUS_FILE: &str = "KAMISAMA_STATUS_FILE";
 /// Overrides the addresses to listen on, separated by commas.
 pub(crate) const LISTEN: &str = "KAMISAMA_LISTEN";
+/// Overrides where the master answers scrapes of its metrics: an address, or `off`.
+pub(crate) const METRICS: &str = "KAMISAMA_METRICS";
 /// Overrides the listeners' backlog.
 pub(crate) const BACKLOG: &str = "KAMISAMA_BACKLOG";
 /// Overrides `upgrade_timeout`, in seconds.
@@ -180,6 +182,9 @@ fn apply_from(config: &mut Config, lookup: impl Fn(&str) -> Option<OsString>) ->
         |addresses| !addresses.0.is_empty(),
     )? {
         overridden.listen = addresses.0;
+    }
+    if let Some(Metrics(address)) = parse(&lookup, METRICS, METRICS_ADDRESS, Metrics::valid)? {
+        overridden.metrics = address;
     }
     if let Some(backlog) = parse(
         &lookup,
@@ -329,6 +334,44 @@ impl FromStr for Addresses {
             .filter(|address| !address.is_empty())
             .map(str::to_owned);
         Ok(Addresses(addresses.collect()))
+    }
+}
+
+/// What `KAMISAMA_METRICS` takes, in a program built with or without the `metrics` feature.
+#[cfg(feature = "metrics")]
+const METRICS_ADDRESS: &str =
+    "an address such as `127.0.0.1:9464` or `unix:/run/app/metrics.sock`, \
+                               or `off`";
+#[cfg(not(feature = "metrics"))]
+const METRICS_ADDRESS: &str = "nothing: this program was built without kamisama's `metrics` \
+                               feature (`cargo add kamisama --features metrics`)";
+
+/// `KAMISAMA_METRICS`: an address to serve metrics on, or `off` for none.
+struct Metrics(Option<String>);
+
+impl FromStr for Metrics {
+    type Err = std::convert::Infallible;
+
+    fn from_str(written: &str) -> Result<Self, Self::Err> {
+        let address = written.trim();
+        Ok(Metrics((address != "off").then(|| address.to_owned())))
+    }
+}
+
+impl Metrics {
+    /// A host and a port, or `unix:` and a path; with the feature only, as the variable
+    /// would do nothing in a program built without it.
+    fn valid(&self) -> bool {
+        let Some(address) = &self.0 else {
+            return true;
+        };
+        let well_formed = match address.strip_prefix("unix:") {
+            Some(path) => !path.is_empty(),
+            None => address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains(',') && port.parse::<u16>().is_ok()
+            }),
+        };
+        cfg!(feature = "metrics") && well_formed
     }
 }
 
@@ -513,6 +556,11 @@ mod tests {
             (OOM_SCORE_ADJ, "1001"),
             (OOM_SCORE_ADJ, "-1001"),
             (CPU_AFFINITY, "all"),
+            (METRICS, ""),
+            (METRICS, "9464"),
+            (METRICS, "unix:"),
+            (METRICS, ":9464"),
+            (METRICS, "127.0.0.1:http"),
         ] {
             let error = apply_vars(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{error}");
@@ -550,6 +598,23 @@ mod tests {
             config.unwrap().listen,
             ["127.0.0.1:80", "unix:/run/a.sock", "[::1]:8080"]
         );
+    }
+
+    #[test]
+    fn a_metrics_address_is_taken_with_the_feature_and_off_turns_it_off() {
+        let config = apply_vars(&[(METRICS, " 127.0.0.1:9464 ")]);
+        if cfg!(feature = "metrics") {
+            assert_eq!(config.unwrap().metrics.as_deref(), Some("127.0.0.1:9464"));
+        } else {
+            let error = config.unwrap_err().to_string();
+            assert!(error.contains("`metrics` feature"), "{error}");
+        }
+        let mut config = Config {
+            metrics: Some("[::1]:9464".to_owned()),
+            ..Config::default()
+        };
+        apply_from(&mut config, |name| (name == METRICS).then(|| "off".into())).unwrap();
+        assert_eq!(config.metrics, None);
     }
 
     #[test]

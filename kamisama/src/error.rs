@@ -55,6 +55,14 @@ pub enum Error {
         /// Why not.
         error: std::io::Error,
     },
+    /// The metrics endpoint could not be opened: the address is wrong, in use, or not ours to
+    /// bind.
+    Metrics {
+        /// The address, as configured.
+        address: String,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The status file cannot be written: checked before anything is forked.
     StatusFile {
         /// The file.
@@ -104,6 +112,9 @@ impl fmt::Display for Error {
                  after the fork, never in the master",
             ),
             Error::Listen { address, error } => write!(f, "cannot listen on {address}: {error}"),
+            Error::Metrics { address, error } => {
+                write!(f, "cannot serve metrics on {address}: {error}")
+            }
             Error::StatusFile { path, error } => {
                 write!(
                     f,
@@ -126,7 +137,8 @@ impl std::error::Error for Error {
         match self {
             Error::Os { error, .. }
             | Error::StatusFile { error, .. }
-            | Error::Listen { error, .. } => Some(error),
+            | Error::Listen { error, .. }
+            | Error::Metrics { error, .. } => Some(error),
             _ => None,
         }
     }

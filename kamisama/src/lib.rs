@@ -330,6 +330,33 @@ macro_rules! __async_worker {
     };
 }
 
+/// What `#[kamisama::main(metrics = "...")]` makes of the chain of settings: the call to
+/// `metrics` with the `metrics` feature, and without it an error that names the feature. Not
+/// public API.
+#[cfg(feature = "metrics")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __metrics {
+    ($supervisor:expr, $address:expr) => {
+        $supervisor.metrics($address)
+    };
+}
+
+/// What `#[kamisama::main(metrics = "...")]` makes of the chain of settings: the call to
+/// `metrics` with the `metrics` feature, and without it an error that names the feature. Not
+/// public API.
+#[cfg(not(feature = "metrics"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __metrics {
+    ($supervisor:expr, $address:expr) => {
+        ::core::compile_error!(
+            "`metrics` needs kamisama's `metrics` feature: \
+             `cargo add kamisama --features metrics`"
+        )
+    };
+}
+
 /// The README's examples, each a whole program, compiled as doctests (with the `tokio`
 /// feature, which one of them needs). Not public API.
 #[cfg(all(doctest, feature = "tokio"))]

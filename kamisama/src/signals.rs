@@ -74,10 +74,10 @@ impl Signals {
 
     /// Blocks until a signal is pending, one of `also` has an event, or `timeout` has passed;
     /// `None` waits for ever.
-    pub(crate) fn wait(
+    pub(crate) fn wait<'a>(
         &self,
         timeout: Option<Duration>,
-        also: [Option<PollFd<'_>>; 2],
+        also: impl Iterator<Item = PollFd<'a>>,
     ) -> Result<(), Errno> {
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -88,10 +88,12 @@ impl Signals {
             }
         };
         let signals = || PollFd::new(self.fd.as_fd(), PollFlags::POLLIN);
-        let mut fds = [signals(), signals(), signals()];
+        // On the stack: the upgrade's pipe, the reaper's, the metrics endpoint's listener and
+        // connections. Any past its room would only be looked at on the next wakeup.
+        let mut fds: [PollFd<'_>; 16] = std::array::from_fn(|_| signals());
         let mut watched = 1;
-        for fd in also.into_iter().flatten() {
-            fds[watched] = fd;
+        for (place, fd) in fds[1..].iter_mut().zip(also) {
+            *place = fd;
             watched += 1;
         }
         match poll(&mut fds[..watched], timeout) {

@@ -454,6 +454,25 @@ impl<'a> Supervisor<'a> {
         self
     }
 
+    /// Answers `GET /metrics` on `address` (`"127.0.0.1:9464"`, `"[::1]:9464"` or
+    /// `"unix:/run/app/metrics.sock"`) with the fleet's metrics in the Prometheus text format
+    /// (OpenMetrics to a scraper that asks for it): per worker, its state, pid, age, whether
+    /// it is busy, the work it completed, its memory, its recycles and exits by reason; per
+    /// fleet, the respawns, hangs and upgrades; per listener, the accept queue. Served by the
+    /// master itself, from its own loop, only when a scrape arrives: no thread, no timer. Off
+    /// by default; `KAMISAMA_METRICS` overrides it (`off` turns it off).
+    ///
+    /// ```no_run
+    /// # fn worker(_: usize) {}
+    /// kamisama::Supervisor::new().metrics("127.0.0.1:9464").run(worker);
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, address: impl Into<String>) -> Self {
+        self.config.metrics = Some(address.into());
+        self
+    }
+
     /// The length of each listener's queue of connections not yet accepted; default 1024,
     /// at most 4096 (the kernel may cap it lower, at `net.core.somaxconn`).
     ///
@@ -893,12 +912,19 @@ impl<'a> Supervisor<'a> {
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
         let unwatched = config.timeout.is_zero() && config.readiness == Readiness::Forked;
-        let shared = if unwatched && config.max_requests == 0 {
+        // The metrics show what the workers say there: busy or waiting, work done.
+        let shared = if unwatched && config.max_requests == 0 && config.metrics.is_none() {
             None
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
         let listeners = listen::open(&config.listen, config.backlog)?;
+        #[cfg(feature = "metrics")]
+        let metrics = config
+            .metrics
+            .as_deref()
+            .map(crate::master::metrics::Endpoint::open)
+            .transpose()?;
         if W::IS_ASYNC {
             // For tokio's `from_std` and the like, which need them so, with no extra call.
             listen::set_nonblocking(listeners)?;
@@ -921,6 +947,8 @@ impl<'a> Supervisor<'a> {
                 pid_max,
                 relaunch: relaunch.as_ref(),
                 takeover,
+                #[cfg(feature = "metrics")]
+                metrics,
             };
             Master::new(&config, worker, resources, on_event).run()
         });

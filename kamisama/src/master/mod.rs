@@ -25,7 +25,7 @@ use reaper::{Reaper, Sigchld};
 use recycle::Recycler;
 use replace::Replacements;
 use respawn::{Backoff, RespawnLimiter};
-use slots::{Due, Slot, Slots, State, Stopping};
+use slots::{Due, Ending, Slot, Slots, State, Stopping};
 pub(crate) use status::StatusFile;
 use std::collections::HashMap;
 use std::io::Write;
@@ -38,6 +38,8 @@ pub(crate) use upgrade::{Relaunch, Takeover};
 use watchdog::{Now, Verdict, Watch, Watchdog};
 
 mod fleet;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod notify;
 mod reaper;
 mod recycle;
@@ -48,6 +50,22 @@ mod status;
 mod table;
 mod upgrade;
 mod watchdog;
+
+/// Without the `metrics` feature, the loop's hooks for the endpoint do nothing.
+#[cfg(not(feature = "metrics"))]
+impl<W, S> Master<'_, W, S> {
+    fn metrics_fds(&self) -> std::iter::Empty<nix::poll::PollFd<'_>> {
+        std::iter::empty()
+    }
+
+    fn serve_metrics(&mut self) {}
+
+    fn metrics_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn count(&mut self, _event: &Event) {}
+}
 
 /// The callback given every event.
 pub(crate) type OnEvent<'a> = Box<dyn FnMut(&Event) + 'a>;
@@ -65,6 +83,9 @@ pub(crate) struct Resources<'a> {
     pub(crate) relaunch: Option<&'a Relaunch>,
     /// In a master an upgrade started, the old master's pipe.
     pub(crate) takeover: Option<Takeover>,
+    /// Where scrapes of the metrics come, if anywhere.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<metrics::Endpoint>,
 }
 
 /// The master's whole state.
@@ -118,6 +139,14 @@ pub(crate) struct Master<'a, W, S> {
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
     /// that keeps failing must not stop the others. Only shards that failed have one.
     shard_limits: HashMap<usize, RespawnLimiter>,
+    /// Upgrades that led to this master.
+    generation: u64,
+    /// Where scrapes of the metrics come, and the counts they show.
+    #[cfg(feature = "metrics")]
+    metrics: Option<(metrics::Endpoint, metrics::exposition::Counters)>,
+    /// When the master started, by the wall clock.
+    #[cfg(feature = "metrics")]
+    started: std::time::SystemTime,
 }
 
 /// A failed fork is retried after a backoff, and no fork is tried before then: the failure
@@ -179,6 +208,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             pid_max,
             relaunch,
             takeover,
+            #[cfg(feature = "metrics")]
+            metrics,
         } = resources;
         let pid = Pid::this();
         let notify = Notify::from_env();
@@ -197,6 +228,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 confinement,
                 notify: notify.as_ref().map(Notify::fd),
                 inherited: reaper.inherited(),
+                #[cfg(feature = "metrics")]
+                metrics: metrics.as_ref().map(metrics::Endpoint::fds),
             },
             on_event,
             instances: config.instances,
@@ -218,6 +251,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             relaunch,
             upgrade: None,
             successor: None,
+            generation: takeover.as_ref().map_or(0, Takeover::generation),
             takeover,
             upgraded: None,
             ready_once: false,
@@ -229,6 +263,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             replacements: Replacements::new(config.recycle_at_once),
             dead: Vec::new(),
             shard_limits: HashMap::new(),
+            #[cfg(feature = "metrics")]
+            metrics: metrics.map(|endpoint| (endpoint, Default::default())),
+            #[cfg(feature = "metrics")]
+            started: std::time::SystemTime::now(),
         }
     }
 
@@ -292,11 +330,13 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 (None, None) => None,
             };
             self.reaper.flush();
+            let also = [pipe, self.reaper.poll_fd()].into_iter().flatten();
             let _ = self
                 .setup
                 .signals
-                .wait(timeout, [pipe, self.reaper.poll_fd()]);
+                .wait(timeout, also.chain(self.metrics_fds()));
             self.read_signals();
+            self.serve_metrics();
         }
     }
 
@@ -432,14 +472,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// otherwise.
     fn on_exit(&mut self, index: usize, pid: Pid, status: ExitStatus) {
         let now = Instant::now();
-        let (lived, deliberate) = match self.slots[index].state() {
-            State::Running { started, stop, .. } => {
-                (now - *started, stop.as_ref().is_some_and(|stop| !stop.hung))
-            }
+        let (lived, deliberate, hung) = match self.slots[index].state() {
+            State::Running { started, stop, .. } => (
+                now - *started,
+                stop.as_ref().is_some_and(|stop| !stop.hung),
+                stop.as_ref().is_some_and(|stop| stop.hung),
+            ),
             _ => return,
         };
         self.slots.set(index, State::Pending { not_before: None });
         self.slots[index].last_exit = Some(status);
+        self.slots[index].ended(Ending::of(status, deliberate, hung));
         self.emit(Event::Exited {
             index,
             pid: pid.as_raw() as u32,
@@ -1211,6 +1254,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(leftovers)
             .chain(recycling)
             .chain(self.replacements.next_deadline())
+            .chain(self.metrics_deadline())
             .min()
     }
 
@@ -1240,6 +1284,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// written before the master next blocks.
     fn emit(&mut self, event: Event) {
         self.log.event(&event);
+        self.count(&event);
         if let Some(status) = &mut self.status {
             status.changed();
         }

@@ -10,7 +10,7 @@
 //! until it is reaped, which the master asks of [`Replacements::reaped`] first.
 
 use super::fleet::{self, Stop};
-use super::slots::State;
+use super::slots::{Ending, State};
 use super::Master;
 use crate::event::{Event, ExitStatus};
 use crate::worker::WorkerFn;
@@ -147,6 +147,9 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
 
     /// A replaced worker exited: said as any stopped worker's exit is.
     pub(super) fn replaced_exited(&mut self, index: usize, pid: Pid, status: ExitStatus) {
+        if index < self.slots.len() {
+            self.slots[index].ended(Ending::Recycled);
+        }
         self.emit(Event::Exited {
             index,
             pid: pid.as_raw() as u32,

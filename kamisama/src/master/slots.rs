@@ -55,6 +55,60 @@ pub(super) struct Slot {
     pub(super) recycles: u32,
     /// How the last one ended, for the status.
     pub(super) last_exit: Option<ExitStatus>,
+    /// How many ended, by how, for the metrics.
+    pub(super) exits: [u32; Ending::ALL.len()],
+}
+
+/// How a worker ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// It exited with status 0, by itself.
+    Success,
+    /// It exited with another status (a panic is 101), by itself.
+    Failure,
+    /// A signal ended it, not sent by the master.
+    Signal,
+    /// It was found hung, and killed.
+    Hung,
+    /// The master stopped it: a shutdown, a rolling restart, fewer instances.
+    Stopped,
+    /// It was recycled: stopped once its successor was ready.
+    Recycled,
+}
+
+impl Ending {
+    pub(super) const ALL: [Ending; 6] = [
+        Ending::Success,
+        Ending::Failure,
+        Ending::Signal,
+        Ending::Hung,
+        Ending::Stopped,
+        Ending::Recycled,
+    ];
+
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Ending::Success => "success",
+            Ending::Failure => "failure",
+            Ending::Signal => "signal",
+            Ending::Hung => "hung",
+            Ending::Stopped => "stopped",
+            Ending::Recycled => "recycled",
+        }
+    }
+
+    /// How a worker that exited with `status` ended: `stopped` when the master asked it to,
+    /// `hung` when it was killed for a hang.
+    pub(super) fn of(status: ExitStatus, stopped: bool, hung: bool) -> Ending {
+        match status {
+            _ if hung => Ending::Hung,
+            _ if stopped => Ending::Stopped,
+            ExitStatus::Code(0) => Ending::Success,
+            ExitStatus::Code(_) => Ending::Failure,
+            ExitStatus::Signal(_) => Ending::Signal,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -109,11 +163,37 @@ impl Slot {
             forks: 0,
             recycles: 0,
             last_exit: None,
+            exits: [0; Ending::ALL.len()],
         }
     }
 
     pub(super) fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The state as the status file and the metrics name it: `running`, `hung`, `stopping`,
+    /// `backing-off`, `pending`, `done` or `retired`.
+    pub(super) fn state_name(&self, now: Instant) -> &'static str {
+        match &self.state {
+            State::Running { stop: None, .. } => "running",
+            State::Running {
+                stop: Some(stopping),
+                ..
+            } if stopping.hung => "hung",
+            State::Running { .. } => "stopping",
+            State::Pending {
+                not_before: Some(at),
+            } if *at > now => "backing-off",
+            State::Pending { .. } => "pending",
+            State::Done => "done",
+            State::Retired => "retired",
+        }
+    }
+
+    /// Counts a worker of this index that ended so.
+    pub(super) fn ended(&mut self, ending: Ending) {
+        let count = &mut self.exits[ending as usize];
+        *count = count.saturating_add(1);
     }
 
     pub(super) fn pid(&self) -> Option<Pid> {

@@ -212,23 +212,10 @@ impl fmt::Display for Name<'_> {
 /// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,
 /// "recycles":0,...}`: restarts after an exit or a rolling restart, and recycles apart.
 fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: SystemTime) {
-    let (state, pid, since) = match slot.state() {
-        State::Running {
-            pid, started, stop, ..
-        } => {
-            let state = match stop {
-                None => "running",
-                Some(stopping) if stopping.hung => "hung",
-                Some(_) => "stopping",
-            };
-            (state, Some(pid.as_raw()), Some(*started))
-        }
-        State::Pending {
-            not_before: Some(at),
-        } if *at > now => ("backing-off", None, None),
-        State::Pending { .. } => ("pending", None, None),
-        State::Done => ("done", None, None),
-        State::Retired => ("retired", None, None),
+    let state = slot.state_name(now);
+    let (pid, since) = match slot.state() {
+        State::Running { pid, started, .. } => (Some(pid.as_raw()), Some(*started)),
+        _ => (None, None),
     };
     let _ = write!(out, "{{\"index\":{index},\"state\":\"{state}\"");
     if let Some(pid) = pid {

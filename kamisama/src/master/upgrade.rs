@@ -78,6 +78,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             timeout: self.config.upgrade_timeout,
             trial: !self.config.upgrade_trial.is_zero(),
             inherited: self.setup.inherited,
+            generation: self.generation + 1,
         };
         match Upgrade::start(relaunch, listeners, passed_on, plan) {
             Ok(upgrade) => {
@@ -469,6 +470,8 @@ pub(super) struct Plan {
     trial: bool,
     /// What the master's reaper leaves a child to undo.
     inherited: Inherited,
+    /// The new master's place in the chain of upgrades.
+    generation: u64,
 }
 
 /// What the pipe from the new master said.
@@ -528,6 +531,7 @@ impl Upgrade {
         if let Some(instances) = plan.instances {
             upgrade.push_str(&format!(",instances={instances}"));
         }
+        upgrade.push_str(&format!(",generation={}", plan.generation));
         // The environment, prepared before the fork: the child only fills in its own pid.
         let mut variables: Vec<CString> = std::env::vars_os()
             .filter(|(key, _)| key != UPGRADE)
@@ -764,6 +768,9 @@ pub(crate) struct Takeover {
     stage: TrialStage,
     /// The old master's count of workers, when scaled.
     instances: Option<usize>,
+    /// Upgrades that led to this master (1 when an old master with none before it started
+    /// it, or one from a release that did not count them).
+    generation: u64,
 }
 
 /// Where a new master's trial is.
@@ -804,6 +811,9 @@ impl Takeover {
                     .filter(|n| (1..=MAX_INSTANCES).contains(n))?,
             ),
         };
+        let generation = field("generation")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(1);
         if nix::unistd::getppid().as_raw() != master {
             return None;
         }
@@ -820,7 +830,13 @@ impl Takeover {
             said_ready: false,
             stage: TrialStage::NotBegun,
             instances,
+            generation,
         })
+    }
+
+    /// Upgrades that led to this master.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many workers the old master ran, when TTIN or TTOU had changed it.

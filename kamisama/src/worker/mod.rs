@@ -46,6 +46,10 @@ pub(crate) struct Setup<'a> {
     pub(crate) confinement: &'a Confinement,
     /// What the master's reaper leaves a child to undo.
     pub(crate) inherited: Inherited,
+    /// The master's metrics endpoint: its listener and open connections, which a worker
+    /// closes.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::master::metrics::Fds>,
 }
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
@@ -100,6 +104,12 @@ fn run_worker<W: WorkerFn<S>, S>(
         // SAFETY: the master's socket, which nothing in the worker uses; it leaves with
         // `_exit`, without running the destructor that would close it again.
         unsafe { libc::close(fd) };
+    }
+    #[cfg(feature = "metrics")]
+    for fd in setup.metrics.iter().flatten().filter(|fd| **fd >= 0) {
+        // SAFETY: the master's sockets, as above: a worker must neither keep the port bound
+        // nor hold a scraper's connection open.
+        unsafe { libc::close(*fd) };
     }
     let handle = Worker::new(index, setup.master.as_raw() as u32, setup.config);
     if let Err(failed) = setup.confinement.apply(index) {

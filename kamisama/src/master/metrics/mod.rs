@@ -1,0 +1,392 @@
+//! The metrics endpoint: `GET /metrics` answered by the master itself, from its own loop.
+//!
+//! The master is the one process that must never block, and the endpoint is open to any
+//! client that can reach its address. So every socket is non-blocking, and everything is
+//! bounded: a request is at most [`REQUEST_MAX`](http::REQUEST_MAX) bytes and one per
+//! connection, at most [`CONNECTIONS`] are open at once (a new one pushes the oldest out),
+//! and each has [`CONNECTION_TIME`] from its accept to its last byte sent. The master wakes
+//! for the endpoint only when a client connects or sends, and for a connection's deadline
+//! while one is open: with no scrape, it adds no wakeup.
+//!
+//! Its descriptors are the master's: each forked worker closes them first thing, so that a
+//! worker never keeps the port bound nor a scraper's connection open.
+
+pub(crate) mod exposition;
+pub(crate) mod http;
+
+use crate::Error;
+use http::{Answer, Format};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::socket::{
+    accept4, bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage, UnixAddr,
+};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How many connections are open at once, at most.
+pub(crate) const CONNECTIONS: usize = 8;
+
+/// How long a connection has from its accept to the end of its answer.
+pub(crate) const CONNECTION_TIME: Duration = Duration::from_secs(5);
+
+/// The listening socket's queue: a flood beyond it waits in the clients' retries.
+const BACKLOG: i32 = 64;
+
+/// How many connections one turn of the loop accepts, at most: a flood costs each turn a
+/// bounded amount of work, and the rest waits in the queue.
+const ACCEPTS_PER_TURN: usize = 16;
+
+/// The master's descriptors of the endpoint, which a worker closes after its fork.
+pub(crate) type Fds = [RawFd; CONNECTIONS + 1];
+
+pub(crate) struct Endpoint {
+    listener: OwnedFd,
+    /// The socket file of a `unix:` address, removed when the master is done if it is still
+    /// the one this master made.
+    socket_file: Option<SocketFile>,
+    connections: Vec<Connection>,
+    /// The text of the last answer, kept so that it is allocated once.
+    text: String,
+}
+
+struct Connection {
+    fd: OwnedFd,
+    /// When it is closed, answered or not.
+    until: Instant,
+    received: Vec<u8>,
+    /// The answer, once the request is whole, and how much of it went out.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+struct SocketFile {
+    path: PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+impl Endpoint {
+    /// Binds `address` (`host:port`, or `unix:PATH`), before anything is forked.
+    pub(crate) fn open(address: &str) -> Result<Endpoint, Error> {
+        let failed = |error: io::Error| Error::Metrics {
+            address: address.to_owned(),
+            error,
+        };
+        let (listener, socket_file) = match address.strip_prefix("unix:") {
+            Some(path) => bind_unix(Path::new(path)).map_err(failed)?,
+            None => (bind_tcp(address).map_err(failed)?, None),
+        };
+        Ok(Endpoint {
+            listener,
+            socket_file,
+            connections: Vec::with_capacity(CONNECTIONS),
+            text: String::new(),
+        })
+    }
+
+    /// What the master waits on for the endpoint: its listener, and each connection until
+    /// it is answered (for more bytes) or its answer is sent (for room).
+    pub(crate) fn poll_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
+        let listener = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
+        let connections = self.connections.iter().map(|connection| {
+            let flags = match connection.answer {
+                None => PollFlags::POLLIN,
+                Some(_) => PollFlags::POLLOUT,
+            };
+            PollFd::new(connection.fd.as_fd(), flags)
+        });
+        std::iter::once(listener).chain(connections)
+    }
+
+    /// The descriptors a forked worker closes.
+    pub(crate) fn fds(&self) -> Fds {
+        let mut fds = [-1; CONNECTIONS + 1];
+        fds[0] = self.listener.as_raw_fd();
+        for (place, connection) in fds[1..].iter_mut().zip(&self.connections) {
+            *place = connection.fd.as_raw_fd();
+        }
+        fds
+    }
+
+    /// When the oldest connection runs out of time.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.connections
+            .iter()
+            .map(|connection| connection.until)
+            .min()
+    }
+
+    /// Accepts what is waiting, reads what came, answers what is whole (with the text
+    /// `render` writes, in the format asked), sends what fits, and closes what is done or out
+    /// of time; never blocks. Returns whether the set of descriptors changed.
+    pub(crate) fn serve(
+        &mut self,
+        now: Instant,
+        mut render: impl FnMut(&mut String, Format),
+    ) -> bool {
+        let before = self.fds();
+        self.accept(now);
+        for connection in &mut self.connections {
+            if connection.answer.is_some() {
+                continue;
+            }
+            let ended = connection.read();
+            match http::answer(&connection.received) {
+                Some(answer) => {
+                    connection.received = Vec::new();
+                    connection.answer = Some((respond(answer, &mut self.text, &mut render), 0));
+                }
+                // Closed, or failed, before a whole request: nothing to answer.
+                None if ended => connection.answer = Some((Vec::new(), 0)),
+                None => {}
+            }
+        }
+        self.connections
+            .retain_mut(|connection| connection.until > now && !connection.send());
+        self.fds() != before
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let fd = match accept4(&self.listener, flags) {
+                Ok(fd) => fd,
+                // EAGAIN: none waits. Anything else (out of descriptors, a connection reset
+                // before its accept) leaves the rest to the next turn.
+                Err(_) => return,
+            };
+            if self.connections.len() == CONNECTIONS {
+                // The oldest goes: a slow client cannot hold the endpoint.
+                let oldest = (0..self.connections.len())
+                    .min_by_key(|&at| self.connections[at].until)
+                    .unwrap_or(0);
+                self.connections.swap_remove(oldest);
+            }
+            self.connections.push(Connection {
+                fd,
+                until: now + CONNECTION_TIME,
+                received: Vec::new(),
+                answer: None,
+            });
+        }
+    }
+}
+
+impl Connection {
+    /// Reads what came, up to the limit of a request; returns whether the client has sent
+    /// all it will (it shut its side, or the connection failed).
+    fn read(&mut self) -> bool {
+        let mut buffer = [0; http::REQUEST_MAX];
+        loop {
+            let room = http::REQUEST_MAX - self.received.len();
+            if room == 0 {
+                return false;
+            }
+            match nix::unistd::read(&self.fd, &mut buffer[..room]) {
+                Ok(0) => return true,
+                Ok(read) => self.received.extend_from_slice(&buffer[..read]),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Sends what the socket takes; returns whether the connection is done with.
+    fn send(&mut self) -> bool {
+        let Some((answer, sent)) = &mut self.answer else {
+            return false;
+        };
+        while *sent < answer.len() {
+            let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(self.fd.as_raw_fd(), &answer[*sent..], flags) {
+                Ok(written) => *sent += written,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return false,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+/// The whole answer to `answer`, its body written by `render` for a scrape.
+fn respond(
+    answer: Answer,
+    text: &mut String,
+    render: &mut impl FnMut(&mut String, Format),
+) -> Vec<u8> {
+    let (status, content_type, body, head) = match answer {
+        Answer::Metrics { format, head } => {
+            text.clear();
+            render(text, format);
+            ("200 OK", format.content_type(), text.as_str(), head)
+        }
+        Answer::NotFound { head } => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "Not found: the metrics are at /metrics.\n",
+            head,
+        ),
+        Answer::MethodNotAllowed => (
+            "405 Method Not Allowed\r\nAllow: GET, HEAD",
+            "text/plain; charset=utf-8",
+            "Only GET and HEAD.\n",
+            false,
+        ),
+        Answer::BadRequest => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "Bad request.\n",
+            false,
+        ),
+    };
+    let mut whole = http::head(status, content_type, body.len()).into_bytes();
+    if !head {
+        whole.extend_from_slice(body.as_bytes());
+    }
+    whole
+}
+
+fn backlog() -> Backlog {
+    Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)
+}
+
+/// A TCP listener on `address`. `SO_REUSEPORT` lets the new master of an upgrade bind it
+/// while the old one still does (the kernel allows it to processes of the same user only).
+fn bind_tcp(address: &str) -> io::Result<OwnedFd> {
+    let resolved: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
+    let mut last_error = io::Error::other("no address to bind");
+    for address in resolved {
+        let family = match address {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let bound = socket(family, SockType::Stream, flags, None).and_then(|fd| {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            setsockopt(&fd, sockopt::ReusePort, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrStorage::from(address))?;
+            listen(&fd, backlog())?;
+            Ok(fd)
+        });
+        match bound {
+            Ok(fd) => return Ok(fd),
+            Err(errno) => last_error = errno.into(),
+        }
+    }
+    Err(last_error)
+}
+
+/// A Unix listener at `path`: bound beside it, then renamed over it, so that a new master
+/// of an upgrade takes the path over from the old one. Only a socket file is replaced.
+fn bind_unix(path: &Path) -> io::Result<(OwnedFd, Option<SocketFile>)> {
+    if path.as_os_str().is_empty() {
+        return Err(io::Error::other("no path"));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(found) if !found.file_type().is_socket() => {
+            return Err(io::Error::other(
+                "something other than a socket is there; only a socket file is replaced",
+            ));
+        }
+        _ => {}
+    }
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or(path.as_os_str()));
+    name.push(format!(".{}.tmp", std::process::id()));
+    let beside = path.with_file_name(name);
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+    // A file of that name is a socket this pid left behind: only sockets are ever made there.
+    if std::fs::symlink_metadata(&beside).is_ok_and(|found| found.file_type().is_socket()) {
+        std::fs::remove_file(&beside)?;
+    }
+    bind(fd.as_raw_fd(), &UnixAddr::new(&beside)?)?;
+    let placed = listen(&fd, backlog())
+        .map_err(io::Error::from)
+        .and_then(|()| std::fs::rename(&beside, path));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&beside);
+        return Err(error);
+    }
+    let made = std::fs::symlink_metadata(path)?;
+    let socket_file = SocketFile {
+        path: path.to_owned(),
+        device: made.dev(),
+        inode: made.ino(),
+    };
+    Ok((fd, Some(socket_file)))
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Only the master drops it (a worker leaves with `_exit`), and only its own file goes:
+        // a new master may have put its own there since.
+        if let Some(file) = &self.socket_file {
+            let ours = std::fs::symlink_metadata(&file.path)
+                .is_ok_and(|found| found.dev() == file.device && found.ino() == file.inode);
+            if ours {
+                let _ = std::fs::remove_file(&file.path);
+            }
+        }
+    }
+}
+
+/// The loop's hooks for the endpoint.
+impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
+    /// What the loop waits on for scrapes, beside its signals.
+    pub(super) fn metrics_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
+        self.metrics
+            .iter()
+            .flat_map(|(endpoint, _)| endpoint.poll_fds())
+    }
+
+    /// When a scrape's connection runs out of time.
+    pub(super) fn metrics_deadline(&self) -> Option<Instant> {
+        self.metrics.as_ref()?.0.next_deadline()
+    }
+
+    /// Counts what an event tells of the fleet.
+    pub(super) fn count(&mut self, event: &crate::event::Event) {
+        if let Some((_, counters)) = &mut self.metrics {
+            counters.observe(event);
+        }
+    }
+
+    /// Serves the scrapes that came, after the loop woke.
+    pub(super) fn serve_metrics(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let phase = self.summary(now).phase.name();
+        let Some((endpoint, counters)) = &mut self.metrics else {
+            return;
+        };
+        let view = exposition::View {
+            master: self.setup.master.as_raw() as u32,
+            started: self.started,
+            generation: self.generation,
+            phase,
+            instances: self.instances,
+            slots: &self.slots,
+            shared: self.setup.shared,
+            is_async: W::IS_ASYNC,
+            respawns_in_window: self.limiter.in_window(now),
+            respawn_limit: self.limiter.limit(),
+            respawn_interval: self.limiter.interval(),
+            counters,
+            listeners: crate::listen::listeners(),
+            memory: &crate::procfs::proportional_set_size,
+        };
+        if endpoint.serve(now, |out, format| exposition::render(out, format, &view)) {
+            self.setup.metrics = Some(endpoint.fds());
+        }
+    }
+}
