@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod deployment;
 pub mod load;
+pub mod metrics;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};

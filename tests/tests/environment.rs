@@ -69,6 +69,8 @@ fn an_invalid_value_stops_before_anything_is_forked() {
         ("KAMISAMA_MAX_MEMORY", "512MB"),
         ("KAMISAMA_MAX_MEMORY", "infinity"),
         ("KAMISAMA_RECYCLE_AT_ONCE", "0"),
+        ("KAMISAMA_METRICS", "9464"),
+        ("KAMISAMA_METRICS", "unix:"),
         ("KAMISAMA_HANG_SIGNAL", "SIGNOPE"),
         ("KAMISAMA_WORKER_THREADS", "100000"),
         // More than any machine can fork: a refusal, not an abort on a failed allocation.

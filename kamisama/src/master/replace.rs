@@ -50,6 +50,13 @@ impl Replacements {
         !self.waiting.is_empty()
     }
 
+    /// Replaced workers still alive: waiting for their successors, or stopping.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(super) fn alive(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
+        let replaced = self.waiting.iter().chain(&self.stopping);
+        replaced.map(|replaced| (replaced.index, replaced.pid))
+    }
+
     /// Whether another replacement may begin.
     pub(super) fn room(&self) -> bool {
         self.waiting.len() < self.at_once

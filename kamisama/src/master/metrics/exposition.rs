@@ -58,6 +58,8 @@ pub(in crate::master) struct View<'a> {
     pub(in crate::master) phase: &'static str,
     pub(in crate::master) instances: usize,
     pub(in crate::master) slots: &'a Slots,
+    /// Workers replaced by recycling and still alive beside their successors, by index.
+    pub(in crate::master) replaced: &'a [(usize, nix::unistd::Pid)],
     /// The words the workers write, if they are mapped.
     pub(in crate::master) shared: Option<&'a SharedSlots>,
     /// Whether the workers are async, whose waits kamisama does not see.
@@ -126,6 +128,12 @@ pub(in crate::master) fn render(out: &mut String, format: Format, view: &View<'_
     for (state, count) in STATES.iter().zip(states) {
         text.sample("kamisama_workers", &[("state", Label::Str(state))], count);
     }
+    text.gauge(
+        "kamisama_workers_replaced",
+        "Workers being recycled, alive beside their successors until these are ready and \
+         they have stopped; not counted among the states above.",
+        view.replaced.len(),
+    );
     if view.shared.is_some() && !view.is_async {
         text.gauge(
             "kamisama_workers_busy",
@@ -279,6 +287,15 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
     for (index, pid, _) in running() {
         let labels = [("index", Label::Index(index))];
         text.sample("kamisama_worker_pid", &labels, pid.as_raw());
+    }
+    text.family(
+        "kamisama_worker_replaced_pid",
+        Kind::Gauge,
+        "The process id of a worker being recycled, by its index, alive beside its successor.",
+    );
+    for (index, pid) in view.replaced {
+        let labels = [("index", Label::Index(*index))];
+        text.sample("kamisama_worker_replaced_pid", &labels, pid.as_raw());
     }
     text.family(
         "kamisama_worker_start_time_seconds",

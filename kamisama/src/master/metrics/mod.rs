@@ -19,8 +19,8 @@ use http::{Answer, Format};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{
-    accept4, bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage, UnixAddr,
+    accept4, bind, listen, setsockopt, shutdown, socket, sockopt, AddressFamily, Backlog, MsgFlags,
+    Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
 };
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -59,9 +59,20 @@ struct Connection {
     fd: OwnedFd,
     /// When it is closed, answered or not.
     until: Instant,
-    received: Vec<u8>,
-    /// The answer, once the request is whole, and how much of it went out.
-    answer: Option<(Vec<u8>, usize)>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// The request so far.
+    Reading(Vec<u8>),
+    /// The answer, and how much of it went out.
+    Answering(Vec<u8>, usize),
+    /// Answered: the endpoint has shut its side, and reads (and drops) what the client still
+    /// sends until it closes its own. Closed at once, a socket with bytes unread would reset
+    /// the connection, and the client could lose the answer.
+    Draining,
+    /// Nothing more to do: closed at the end of the turn.
+    Done,
 }
 
 struct SocketFile {
@@ -89,14 +100,14 @@ impl Endpoint {
         })
     }
 
-    /// What the master waits on for the endpoint: its listener, and each connection until
-    /// it is answered (for more bytes) or its answer is sent (for room).
+    /// What the master waits on for the endpoint: its listener, and each connection, for
+    /// bytes to read or, while it is answered, for room to send.
     pub(crate) fn poll_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
         let listener = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
         let connections = self.connections.iter().map(|connection| {
-            let flags = match connection.answer {
-                None => PollFlags::POLLIN,
-                Some(_) => PollFlags::POLLOUT,
+            let flags = match connection.stage {
+                Stage::Answering(..) => PollFlags::POLLOUT,
+                _ => PollFlags::POLLIN,
             };
             PollFd::new(connection.fd.as_fd(), flags)
         });
@@ -132,22 +143,11 @@ impl Endpoint {
         let before = self.fds();
         self.accept(now);
         for connection in &mut self.connections {
-            if connection.answer.is_some() {
-                continue;
-            }
-            let ended = connection.read();
-            match http::answer(&connection.received) {
-                Some(answer) => {
-                    connection.received = Vec::new();
-                    connection.answer = Some((respond(answer, &mut self.text, &mut render), 0));
-                }
-                // Closed, or failed, before a whole request: nothing to answer.
-                None if ended => connection.answer = Some((Vec::new(), 0)),
-                None => {}
-            }
+            connection.advance(&mut |answer| respond(answer, &mut self.text, &mut render));
         }
-        self.connections
-            .retain_mut(|connection| connection.until > now && !connection.send());
+        self.connections.retain(|connection| {
+            connection.until > now && !matches!(connection.stage, Stage::Done)
+        });
         self.fds() != before
     }
 
@@ -170,48 +170,65 @@ impl Endpoint {
             self.connections.push(Connection {
                 fd,
                 until: now + CONNECTION_TIME,
-                received: Vec::new(),
-                answer: None,
+                stage: Stage::Reading(Vec::new()),
             });
         }
     }
 }
 
 impl Connection {
-    /// Reads what came, up to the limit of a request; returns whether the client has sent
-    /// all it will (it shut its side, or the connection failed).
-    fn read(&mut self) -> bool {
-        let mut buffer = [0; http::REQUEST_MAX];
-        loop {
-            let room = http::REQUEST_MAX - self.received.len();
-            if room == 0 {
-                return false;
+    /// Takes the connection as far as it goes without blocking: reads the request, answers
+    /// it with what `respond` makes of it, sends the answer, drains what follows.
+    fn advance(&mut self, respond: &mut impl FnMut(Answer) -> Vec<u8>) {
+        if let Stage::Reading(received) = &mut self.stage {
+            let ended = read(&self.fd, received, http::REQUEST_MAX);
+            self.stage = match http::answer(received) {
+                Some(answer) => Stage::Answering(respond(answer), 0),
+                // Closed, or failed, before a whole request: nothing to answer.
+                None if ended => Stage::Done,
+                None => return,
+            };
+        }
+        if let Stage::Answering(answer, sent) = &mut self.stage {
+            while *sent < answer.len() {
+                let flags = MsgFlags::MSG_NOSIGNAL;
+                match nix::sys::socket::send(self.fd.as_raw_fd(), &answer[*sent..], flags) {
+                    Ok(written) => *sent += written,
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return,
+                    Err(_) => {
+                        self.stage = Stage::Done;
+                        return;
+                    }
+                }
             }
-            match nix::unistd::read(&self.fd, &mut buffer[..room]) {
-                Ok(0) => return true,
-                Ok(read) => self.received.extend_from_slice(&buffer[..read]),
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return false,
-                Err(_) => return true,
+            let _ = shutdown(self.fd.as_raw_fd(), Shutdown::Write);
+            self.stage = Stage::Draining;
+        }
+        if let Stage::Draining = self.stage {
+            if read(&self.fd, &mut Vec::new(), 0) {
+                self.stage = Stage::Done;
             }
         }
     }
+}
 
-    /// Sends what the socket takes; returns whether the connection is done with.
-    fn send(&mut self) -> bool {
-        let Some((answer, sent)) = &mut self.answer else {
-            return false;
-        };
-        while *sent < answer.len() {
-            let flags = nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
-            match nix::sys::socket::send(self.fd.as_raw_fd(), &answer[*sent..], flags) {
-                Ok(written) => *sent += written,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return false,
-                Err(_) => return true,
+/// Reads what `fd` has, keeping at most `keep` bytes in `kept` (and dropping the rest);
+/// returns whether the client has sent all it will (it shut its side, or the connection
+/// failed).
+fn read(fd: &OwnedFd, kept: &mut Vec<u8>, keep: usize) -> bool {
+    let mut buffer = [0; http::REQUEST_MAX];
+    loop {
+        match nix::unistd::read(fd, &mut buffer) {
+            Ok(0) => return true,
+            Ok(read) => {
+                let room = keep.saturating_sub(kept.len()).min(read);
+                kept.extend_from_slice(&buffer[..room]);
             }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return false,
+            Err(_) => return true,
         }
-        true
     }
 }
 
@@ -366,6 +383,7 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
         }
         let now = Instant::now();
         let phase = self.summary(now).phase.name();
+        let replaced: Vec<_> = self.replacements.alive().collect();
         let Some((endpoint, counters)) = &mut self.metrics else {
             return;
         };
@@ -376,6 +394,7 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
             phase,
             instances: self.instances,
             slots: &self.slots,
+            replaced: &replaced,
             shared: self.setup.shared,
             is_async: W::IS_ASYNC,
             respawns_in_window: self.limiter.in_window(now),
