@@ -11,13 +11,17 @@
 use std::time::Duration;
 
 #[kamisama::main(instances = 17, respawn_limit = 10, respawn_interval = 60)]
-fn worker(index: usize) {
+fn worker(worker: &kamisama::Worker) {
+    let index = worker.index();
     let mut batch = 0u64;
-    loop {
+    while !worker.stop_requested() {
         batch += 1;
         let checksum = crunch(index, batch);
+        // Counted in the status file and the metrics: work done, per worker.
+        worker.completed(1);
         println!("worker {index}: batch {batch} crunched, checksum {checksum:016x}");
-        std::thread::sleep(Duration::from_secs(5));
+        // Idle until the next batch, as the metrics tell (busy 0); a stop ends it at once.
+        worker.sleep(Duration::from_secs(5));
     }
 }
 

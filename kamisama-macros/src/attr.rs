@@ -659,6 +659,12 @@ fn address_error(address: &str) -> Option<String> {
             .is_empty()
             .then(|| format!("`{address}` has no path; write `unix:/run/app.sock`"));
     }
+    if address.parse::<u16>().is_ok() {
+        return Some(format!(
+            "`{address}` is a port without a host; write `127.0.0.1:{address}`, or \
+             `0.0.0.0:{address}` for every interface"
+        ));
+    }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Some(format!(
             "`{address}` has no port; write `{address}:8080`, or `unix:PATH` for a Unix socket"

@@ -50,6 +50,7 @@ use proc_macro::TokenStream;
 /// | `readiness`        | `"forked"` | when a worker counts as ready: `"forked"`, or `"declared"` by `Worker::ready` |
 /// | `status_file`      | none       | a JSON file with the live status of every worker, such as `"/run/app/status.json"` |
 /// | `listen`           | none       | addresses the master binds for its workers: `"127.0.0.1:8080"`, `"unix:/run/app.sock"`, or a list |
+/// | `metrics`          | none       | where the master answers `GET /metrics` (Prometheus): `"127.0.0.1:9464"` or `"unix:PATH"`; needs the `metrics` feature |
 /// | `backlog`          | `1024`     | each listener's queue of connections not yet accepted, at most 4096 |
 /// | `upgrade_timeout`  | `60`       | seconds the new master of an upgrade (`USR2`) has to get its fleet ready, at least 1 |
 /// | `max_lifetime`     | `0`        | seconds a worker runs before it is replaced (forked anew, then stopped); 0 is never |

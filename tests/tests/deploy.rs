@@ -215,6 +215,12 @@ fn the_kubernetes_deployment_passes_its_schema_and_runs_read_only() {
         "memory:",
         // Ready through a rolling restart too.
         "(ready|reloading)",
+        // Scraped, and scaled on what the scrapes say.
+        "prometheus.io/scrape: \"true\"",
+        "KAMISAMA_METRICS",
+        "containerPort: 9464",
+        "kind: HorizontalPodAutoscaler",
+        "kamisama_workers_busy",
     ] {
         assert!(pod.contains(must), "no {must} in:\n{pod}");
     }

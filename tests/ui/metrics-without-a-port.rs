@@ -1,0 +1,2 @@
+#[kamisama::main(metrics = "9464")]
+fn worker() {}
