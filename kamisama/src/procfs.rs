@@ -19,6 +19,31 @@ pub(crate) fn proportional_set_size(pid: Pid) -> Option<u64> {
     kibibytes.checked_mul(1024)
 }
 
+/// The resident memory of `pid` that is no file's (its heap, stacks and anonymous pages,
+/// those it still shares with the master since its fork included), in bytes: `resident`
+/// less `shared` in its `statm`, counters the kernel keeps, read without walking the
+/// process's page tables as `smaps_rollup` does (a few microseconds, against tens).
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn resident_anonymous(pid: Pid) -> Option<u64> {
+    use std::io::Read;
+    // Read into the stack: open, read, close, and no more (`read_to_string` asks the file's
+    // size first).
+    let mut statm = fs::File::open(format!("/proc/{pid}/statm")).ok()?;
+    let mut buffer = [0u8; 128];
+    let read = statm.read(&mut buffer).ok()?;
+    let mut pages = std::str::from_utf8(&buffer[..read])
+        .ok()?
+        .split(' ')
+        .skip(1);
+    let resident: u64 = pages.next()?.parse().ok()?;
+    let shared: u64 = pages.next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    resident
+        .saturating_sub(shared)
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
 /// The largest pid the kernel hands out, or `None` when /proc cannot tell.
 pub(crate) fn pid_max() -> Option<i32> {
     fs::read_to_string("/proc/sys/kernel/pid_max")

@@ -49,6 +49,13 @@ const ASYNC_WATCHED: Subject = Subject {
     env: &[("KAMISAMA_TIMEOUT", "1")],
 };
 
+/// kamisama with its metrics endpoint on.
+const SCRAPED: Subject = Subject {
+    binary: env!("CARGO_BIN_EXE_bench-kamisama"),
+    env: &[("KAMISAMA_METRICS", "unix:/tmp/kamisama-bench-metrics.sock")],
+};
+const SCRAPED_SOCKET: &str = "/tmp/kamisama-bench-metrics.sock";
+
 /// kamisama against the baseline.
 const AGAINST_BASELINE: [Subject; 2] = [KAMISAMA, BASELINE];
 
@@ -461,6 +468,133 @@ fn at_scale(rows: &mut Vec<Row>) {
     }
 }
 
+/// What a scrape costs the master, against what a respawn does, at 100 and 1000 workers (and
+/// 10,000 with `KAMISAMA_BENCH_SCALE=1`); and respawns under a flood of the endpoint (silent
+/// connections, garbage, clients that send a byte at a time, new connections all along)
+/// against respawns with none.
+fn metrics(rows: &mut Vec<Row>) {
+    use kamisama_tests::metrics::ask;
+    use std::path::Path;
+    const SCRAPES: usize = 20;
+    const KILLS: usize = 100;
+    let large = std::env::var_os("KAMISAMA_BENCH_SCALE").is_some();
+    let sizes: &[usize] = if large {
+        &[100, 1000, 10_000]
+    } else {
+        &[100, 1000]
+    };
+    let socket = Path::new(SCRAPED_SOCKET);
+    for &instances in sizes {
+        let (mut running, _) = Running::start(SCRAPED, instances);
+        running.await_workers(instances);
+        running.await_blocked();
+        let master = running.master_pid();
+        let before = cpu_nanos(master);
+        let mut bytes = 0;
+        for _ in 0..SCRAPES {
+            let answer = ask(socket, b"GET /metrics HTTP/1.1\r\n\r\n");
+            assert_eq!(answer.status, 200);
+            bytes = answer.body.len();
+        }
+        let scrape = (cpu_nanos(master) - before) as f64 / SCRAPES as f64;
+        running.await_blocked();
+        let (_, respawn) = respawns(&mut running, instances, KILLS);
+        let respawn = respawn as f64 / KILLS as f64;
+        rows.push(Row {
+            measure: format!(
+                "master CPU per scrape ({} KiB), {instances} workers, against per respawn",
+                bytes / 1024
+            ),
+            kamisama: Unit::Nanos.format(scrape),
+            baseline: Unit::Nanos.format(respawn),
+            ratio: Some(scrape / respawn),
+        });
+        drop(running);
+    }
+    // Flooded or not, in turn.
+    const INSTANCES: usize = 100;
+    let mut latencies = [Vec::new(), Vec::new()];
+    for run in 0..4 {
+        let flooded = run % 2 == 0;
+        let (mut running, _) = Running::start(SCRAPED, INSTANCES);
+        running.await_workers(INSTANCES);
+        running.await_blocked();
+        let flood = flooded.then(|| Flood::start(socket));
+        let (latency, _) = respawns(&mut running, INSTANCES, KILLS);
+        latencies[usize::from(!flooded)].extend(latency);
+        drop(flood);
+        let stopped = running.shut_down();
+        assert!(
+            stopped < 5_000_000_000,
+            "a shutdown under a flood took {stopped} ns"
+        );
+    }
+    let [flooded, quiet] = &mut latencies;
+    rows.push(row(
+        "respawn latency median, endpoint flooded, against quiet (100 workers)",
+        median(flooded),
+        median(quiet),
+        Unit::Nanos,
+    ));
+}
+
+/// Clients that do everything but scrape, until dropped: 200 silent connections, 4 that send
+/// a byte every 100 ms, and new connections that send garbage, one every half millisecond.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    _silent: Vec<std::os::unix::net::UnixStream>,
+}
+
+impl Flood {
+    fn start(socket: &std::path::Path) -> Flood {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let silent: Vec<_> = (0..200)
+            .filter_map(|_| UnixStream::connect(socket).ok())
+            .collect();
+        for slow in 0..5 {
+            let (stop, socket) = (stop.clone(), socket.to_owned());
+            threads.push(thread::spawn(move || {
+                let mut stream = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if slow == 4 {
+                        // The garbage: a new connection every half millisecond.
+                        if let Ok(mut garbage) = UnixStream::connect(&socket) {
+                            let _ = garbage.write_all(&[0xa5; 64]);
+                        }
+                        thread::sleep(Duration::from_micros(500));
+                        continue;
+                    }
+                    let open = stream.get_or_insert_with(|| UnixStream::connect(&socket).ok());
+                    let sent = open.as_mut().map(|open| open.write_all(b"G").is_ok());
+                    if sent != Some(true) {
+                        stream = None;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }));
+        }
+        Flood {
+            stop,
+            threads,
+            _silent: silent,
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The master's resident memory and wakeups while idle, and what a worker holds privately.
 fn idle_footprint(rows: &mut Vec<Row>) {
     const INSTANCES: usize = 17;
@@ -761,6 +895,7 @@ fn main() {
     hang_detection(&mut features);
     least_privilege(&mut features);
     rolling_restart_of_idle_acceptors(&mut features);
+    metrics(&mut features);
     println!("machine: {}", machine());
     println!();
     print_table(

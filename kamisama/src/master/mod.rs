@@ -143,7 +143,7 @@ pub(crate) struct Master<'a, W, S> {
     generation: u64,
     /// Where scrapes of the metrics come, and the counts they show.
     #[cfg(feature = "metrics")]
-    metrics: Option<(metrics::Endpoint, metrics::exposition::Counters)>,
+    metrics: Option<metrics::Metrics>,
     /// When the master started, by the wall clock.
     #[cfg(feature = "metrics")]
     started: std::time::SystemTime,
@@ -264,7 +264,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             dead: Vec::new(),
             shard_limits: HashMap::new(),
             #[cfg(feature = "metrics")]
-            metrics: metrics.map(|endpoint| (endpoint, Default::default())),
+            metrics: metrics.map(metrics::Metrics::new),
             #[cfg(feature = "metrics")]
             started: std::time::SystemTime::now(),
         }

@@ -30,6 +30,8 @@ pub(super) struct Recycler {
     due: BinaryHeap<Reverse<(Instant, usize, Pid, Why)>>,
     /// State of the jitter's generator.
     seed: u64,
+    /// The last sample of each index's memory, with the worker it is of.
+    samples: Vec<Option<(Pid, u64)>>,
 }
 
 /// Why a worker is recycled.
@@ -68,6 +70,7 @@ impl Recycler {
                 .flatten(),
             due: BinaryHeap::new(),
             seed: crate::worker::shared::now_nanos() ^ u64::from(std::process::id()),
+            samples: Vec::new(),
         }
     }
 
@@ -114,6 +117,10 @@ impl Recycler {
 
     /// The worker `pid` of `index` was found using `bytes`: due `now` if past `max_memory`.
     pub(super) fn sampled(&mut self, index: usize, pid: Pid, bytes: u64, now: Instant) {
+        if self.samples.len() <= index {
+            self.samples.resize(index + 1, None);
+        }
+        self.samples[index] = Some((pid, bytes));
         if self.memory > 0 && bytes > self.memory {
             self.due.push(Reverse((now, index, pid, Why::Memory)));
         }
@@ -137,6 +144,15 @@ impl Recycler {
             }
         }
         None
+    }
+
+    /// The last sample of the memory of `pid`, the worker of `index`, if it was sampled.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(super) fn last_sample(&self, index: usize, pid: Pid) -> Option<u64> {
+        match self.samples.get(index) {
+            Some(Some((sampled, bytes))) if *sampled == pid => Some(*bytes),
+            _ => None,
+        }
     }
 
     /// When the next worker is due, or the fleet's memory is next sampled.

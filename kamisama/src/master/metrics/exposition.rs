@@ -69,8 +69,10 @@ pub(in crate::master) struct View<'a> {
     pub(in crate::master) respawn_interval: Duration,
     pub(in crate::master) counters: &'a Counters,
     pub(in crate::master) listeners: &'a [Listener],
-    /// A worker's memory in bytes, read now.
-    pub(in crate::master) memory: &'a dyn Fn(nix::unistd::Pid) -> Option<u64>,
+    /// A worker's resident memory that is no file's, in bytes, as last read.
+    pub(in crate::master) memory: &'a dyn Fn(usize, nix::unistd::Pid) -> Option<u64>,
+    /// A worker's proportional set size, as recycling last sampled it (with `max_memory`).
+    pub(in crate::master) sampled: &'a dyn Fn(usize, nix::unistd::Pid) -> Option<u64>,
 }
 
 /// The whole exposition of `view` in `format`, appended to `out`.
@@ -347,13 +349,28 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
     text.family(
         "kamisama_worker_memory_bytes",
         Kind::Gauge,
-        "The worker's proportional set size: its private memory, and its share of what it \
-         shares.",
+        "The worker's resident memory that is no file's: heap, stacks, and pages it still \
+         shares with the master since its fork.",
     );
     for (index, pid, _) in running() {
-        if let Some(bytes) = (view.memory)(pid) {
+        if let Some(bytes) = (view.memory)(index, pid) {
             let labels = [("index", Label::Index(index))];
             text.sample("kamisama_worker_memory_bytes", &labels, bytes);
+        }
+    }
+    let sampled: Vec<_> = running()
+        .filter_map(|(index, pid, _)| Some((index, (view.sampled)(index, pid)?)))
+        .collect();
+    if !sampled.is_empty() {
+        text.family(
+            "kamisama_worker_pss_bytes",
+            Kind::Gauge,
+            "The worker's proportional set size (its private memory and its share of what it \
+             shares), as max_memory last sampled it.",
+        );
+        for (index, bytes) in sampled {
+            let labels = [("index", Label::Index(index))];
+            text.sample("kamisama_worker_pss_bytes", &labels, bytes);
         }
     }
     text.family(
@@ -495,5 +512,39 @@ impl fmt::Display for Escaped<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_value_is_escaped_as_both_formats_want() {
+        let written = Escaped("unix:/run/a \"b\"\\c\nd").to_string();
+        assert_eq!(written, "unix:/run/a \\\"b\\\"\\\\c\\nd");
+    }
+
+    #[test]
+    fn counters_count_the_events_that_tell_of_the_fleet() {
+        let mut counters = Counters::default();
+        counters.observe(&Event::Hung {
+            index: 0,
+            pid: 1,
+            silent_for: Duration::from_secs(1),
+        });
+        counters.observe(&Event::NotReady {
+            index: 0,
+            pid: 1,
+            after: Duration::from_secs(1),
+        });
+        counters.observe(&Event::UpgradeFailed {
+            pid: 2,
+            reason: "no".to_owned(),
+        });
+        counters.observe(&Event::RollingRestartFinished);
+        assert_eq!(counters.hangs, 2);
+        assert_eq!(counters.upgrades, [0, 0, 1]);
+        assert_eq!(counters.respawns, 0);
     }
 }

@@ -11,346 +11,79 @@
 //! Its descriptors are the master's: each forked worker closes them first thing, so that a
 //! worker never keeps the port bound nor a scraper's connection open.
 
+mod endpoint;
 pub(crate) mod exposition;
-pub(crate) mod http;
+mod http;
 
-use crate::Error;
-use http::{Answer, Format};
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::{
-    accept4, bind, listen, setsockopt, shutdown, socket, sockopt, AddressFamily, Backlog, MsgFlags,
-    Shutdown, SockFlag, SockType, SockaddrStorage, UnixAddr,
-};
-use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+pub(crate) use endpoint::{Endpoint, Fds};
+use exposition::Counters;
+use nix::poll::PollFd;
+use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
-/// How many connections are open at once, at most.
-pub(crate) const CONNECTIONS: usize = 8;
-
-/// How long a connection has from its accept to the end of its answer.
-pub(crate) const CONNECTION_TIME: Duration = Duration::from_secs(5);
-
-/// The listening socket's queue: a flood beyond it waits in the clients' retries.
-const BACKLOG: i32 = 64;
-
-/// How many connections one turn of the loop accepts, at most: a flood costs each turn a
-/// bounded amount of work, and the rest waits in the queue.
-const ACCEPTS_PER_TURN: usize = 16;
-
-/// The master's descriptors of the endpoint, which a worker closes after its fork.
-pub(crate) type Fds = [RawFd; CONNECTIONS + 1];
-
-pub(crate) struct Endpoint {
-    listener: OwnedFd,
-    /// The socket file of a `unix:` address, removed when the master is done if it is still
-    /// the one this master made.
-    socket_file: Option<SocketFile>,
-    connections: Vec<Connection>,
-    /// The text of the last answer, kept so that it is allocated once.
-    text: String,
+/// What the master keeps for its metrics.
+pub(crate) struct Metrics {
+    endpoint: Endpoint,
+    counters: Counters,
+    memory: Readings,
 }
 
-struct Connection {
-    fd: OwnedFd,
-    /// When it is closed, answered or not.
-    until: Instant,
-    stage: Stage,
-}
-
-enum Stage {
-    /// The request so far.
-    Reading(Vec<u8>),
-    /// The answer, and how much of it went out.
-    Answering(Vec<u8>, usize),
-    /// Answered: the endpoint has shut its side, and reads (and drops) what the client still
-    /// sends until it closes its own. Closed at once, a socket with bytes unread would reset
-    /// the connection, and the client could lose the answer.
-    Draining,
-    /// Nothing more to do: closed at the end of the turn.
-    Done,
-}
-
-struct SocketFile {
-    path: PathBuf,
-    device: u64,
-    inode: u64,
-}
-
-impl Endpoint {
-    /// Binds `address` (`host:port`, or `unix:PATH`), before anything is forked.
-    pub(crate) fn open(address: &str) -> Result<Endpoint, Error> {
-        let failed = |error: io::Error| Error::Metrics {
-            address: address.to_owned(),
-            error,
-        };
-        let (listener, socket_file) = match address.strip_prefix("unix:") {
-            Some(path) => bind_unix(Path::new(path)).map_err(failed)?,
-            None => (bind_tcp(address).map_err(failed)?, None),
-        };
-        Ok(Endpoint {
-            listener,
-            socket_file,
-            connections: Vec::with_capacity(CONNECTIONS),
-            text: String::new(),
-        })
-    }
-
-    /// What the master waits on for the endpoint: its listener, and each connection, for
-    /// bytes to read or, while it is answered, for room to send.
-    pub(crate) fn poll_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
-        let listener = PollFd::new(self.listener.as_fd(), PollFlags::POLLIN);
-        let connections = self.connections.iter().map(|connection| {
-            let flags = match connection.stage {
-                Stage::Answering(..) => PollFlags::POLLOUT,
-                _ => PollFlags::POLLIN,
-            };
-            PollFd::new(connection.fd.as_fd(), flags)
-        });
-        std::iter::once(listener).chain(connections)
-    }
-
-    /// The descriptors a forked worker closes.
-    pub(crate) fn fds(&self) -> Fds {
-        let mut fds = [-1; CONNECTIONS + 1];
-        fds[0] = self.listener.as_raw_fd();
-        for (place, connection) in fds[1..].iter_mut().zip(&self.connections) {
-            *place = connection.fd.as_raw_fd();
+impl Metrics {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Metrics {
+            endpoint,
+            counters: Counters::default(),
+            memory: Readings::default(),
         }
-        fds
     }
+}
 
-    /// When the oldest connection runs out of time.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.connections
-            .iter()
-            .map(|connection| connection.until)
-            .min()
-    }
+/// How long a scrape may spend reading the workers' memory: a fleet larger than that reads
+/// (about 7 µs a worker here, an open, a read and a close of `/proc/PID/statm`) is read in
+/// turns, each scrape taking up where the last one stopped, and shows the last reading of
+/// the others.
+const READING_BUDGET: Duration = Duration::from_millis(2);
 
-    /// Accepts what is waiting, reads what came, answers what is whole (with the text
-    /// `render` writes, in the format asked), sends what fits, and closes what is done or out
-    /// of time; never blocks. Returns whether the set of descriptors changed.
-    pub(crate) fn serve(
+/// The last reading of each index's memory, with the worker it is of.
+#[derive(Default)]
+struct Readings {
+    last: Vec<Option<(Pid, u64)>>,
+    /// Where the next scrape begins reading.
+    next: usize,
+}
+
+impl Readings {
+    /// Reads the memory of the `running` workers (index and pid, by index), from where the
+    /// last scrape stopped, until all are read or `budget` is spent.
+    fn refresh(
         &mut self,
-        now: Instant,
-        mut render: impl FnMut(&mut String, Format),
-    ) -> bool {
-        let before = self.fds();
-        self.accept(now);
-        for connection in &mut self.connections {
-            connection.advance(&mut |answer| respond(answer, &mut self.text, &mut render));
-        }
-        self.connections.retain(|connection| {
-            connection.until > now && !matches!(connection.stage, Stage::Done)
-        });
-        self.fds() != before
-    }
-
-    fn accept(&mut self, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-            let fd = match accept4(&self.listener, flags) {
-                Ok(fd) => fd,
-                // EAGAIN: none waits. Anything else (out of descriptors, a connection reset
-                // before its accept) leaves the rest to the next turn.
-                Err(_) => return,
-            };
-            if self.connections.len() == CONNECTIONS {
-                // The oldest goes: a slow client cannot hold the endpoint.
-                let oldest = (0..self.connections.len())
-                    .min_by_key(|&at| self.connections[at].until)
-                    .unwrap_or(0);
-                self.connections.swap_remove(oldest);
-            }
-            self.connections.push(Connection {
-                fd,
-                until: now + CONNECTION_TIME,
-                stage: Stage::Reading(Vec::new()),
-            });
-        }
-    }
-}
-
-impl Connection {
-    /// Takes the connection as far as it goes without blocking: reads the request, answers
-    /// it with what `respond` makes of it, sends the answer, drains what follows.
-    fn advance(&mut self, respond: &mut impl FnMut(Answer) -> Vec<u8>) {
-        if let Stage::Reading(received) = &mut self.stage {
-            let ended = read(&self.fd, received, http::REQUEST_MAX);
-            self.stage = match http::answer(received) {
-                Some(answer) => Stage::Answering(respond(answer), 0),
-                // Closed, or failed, before a whole request: nothing to answer.
-                None if ended => Stage::Done,
-                None => return,
-            };
-        }
-        if let Stage::Answering(answer, sent) = &mut self.stage {
-            while *sent < answer.len() {
-                let flags = MsgFlags::MSG_NOSIGNAL;
-                match nix::sys::socket::send(self.fd.as_raw_fd(), &answer[*sent..], flags) {
-                    Ok(written) => *sent += written,
-                    Err(Errno::EINTR) => {}
-                    Err(Errno::EAGAIN) => return,
-                    Err(_) => {
-                        self.stage = Stage::Done;
-                        return;
-                    }
-                }
-            }
-            let _ = shutdown(self.fd.as_raw_fd(), Shutdown::Write);
-            self.stage = Stage::Draining;
-        }
-        if let Stage::Draining = self.stage {
-            if read(&self.fd, &mut Vec::new(), 0) {
-                self.stage = Stage::Done;
-            }
-        }
-    }
-}
-
-/// Reads what `fd` has, keeping at most `keep` bytes in `kept` (and dropping the rest);
-/// returns whether the client has sent all it will (it shut its side, or the connection
-/// failed).
-fn read(fd: &OwnedFd, kept: &mut Vec<u8>, keep: usize) -> bool {
-    let mut buffer = [0; http::REQUEST_MAX];
-    loop {
-        match nix::unistd::read(fd, &mut buffer) {
-            Ok(0) => return true,
-            Ok(read) => {
-                let room = keep.saturating_sub(kept.len()).min(read);
-                kept.extend_from_slice(&buffer[..room]);
-            }
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-/// The whole answer to `answer`, its body written by `render` for a scrape.
-fn respond(
-    answer: Answer,
-    text: &mut String,
-    render: &mut impl FnMut(&mut String, Format),
-) -> Vec<u8> {
-    let (status, content_type, body, head) = match answer {
-        Answer::Metrics { format, head } => {
-            text.clear();
-            render(text, format);
-            ("200 OK", format.content_type(), text.as_str(), head)
-        }
-        Answer::NotFound { head } => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "Not found: the metrics are at /metrics.\n",
-            head,
-        ),
-        Answer::MethodNotAllowed => (
-            "405 Method Not Allowed\r\nAllow: GET, HEAD",
-            "text/plain; charset=utf-8",
-            "Only GET and HEAD.\n",
-            false,
-        ),
-        Answer::BadRequest => (
-            "400 Bad Request",
-            "text/plain; charset=utf-8",
-            "Bad request.\n",
-            false,
-        ),
-    };
-    let mut whole = http::head(status, content_type, body.len()).into_bytes();
-    if !head {
-        whole.extend_from_slice(body.as_bytes());
-    }
-    whole
-}
-
-fn backlog() -> Backlog {
-    Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)
-}
-
-/// A TCP listener on `address`. `SO_REUSEPORT` lets the new master of an upgrade bind it
-/// while the old one still does (the kernel allows it to processes of the same user only).
-fn bind_tcp(address: &str) -> io::Result<OwnedFd> {
-    let resolved: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
-    let mut last_error = io::Error::other("no address to bind");
-    for address in resolved {
-        let family = match address {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
+        running: &[(usize, Pid)],
+        budget: Duration,
+        read: impl Fn(Pid) -> Option<u64>,
+    ) {
+        let Some(last) = running.last() else {
+            return;
         };
-        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-        let bound = socket(family, SockType::Stream, flags, None).and_then(|fd| {
-            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-            setsockopt(&fd, sockopt::ReusePort, &true)?;
-            bind(fd.as_raw_fd(), &SockaddrStorage::from(address))?;
-            listen(&fd, backlog())?;
-            Ok(fd)
-        });
-        match bound {
-            Ok(fd) => return Ok(fd),
-            Err(errno) => last_error = errno.into(),
+        if self.last.len() <= last.0 {
+            self.last.resize(last.0 + 1, None);
         }
-    }
-    Err(last_error)
-}
-
-/// A Unix listener at `path`: bound beside it, then renamed over it, so that a new master
-/// of an upgrade takes the path over from the old one. Only a socket file is replaced.
-fn bind_unix(path: &Path) -> io::Result<(OwnedFd, Option<SocketFile>)> {
-    if path.as_os_str().is_empty() {
-        return Err(io::Error::other("no path"));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(found) if !found.file_type().is_socket() => {
-            return Err(io::Error::other(
-                "something other than a socket is there; only a socket file is replaced",
-            ));
-        }
-        _ => {}
-    }
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or(path.as_os_str()));
-    name.push(format!(".{}.tmp", std::process::id()));
-    let beside = path.with_file_name(name);
-    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-    let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-    // A file of that name is a socket this pid left behind: only sockets are ever made there.
-    if std::fs::symlink_metadata(&beside).is_ok_and(|found| found.file_type().is_socket()) {
-        std::fs::remove_file(&beside)?;
-    }
-    bind(fd.as_raw_fd(), &UnixAddr::new(&beside)?)?;
-    let placed = listen(&fd, backlog())
-        .map_err(io::Error::from)
-        .and_then(|()| std::fs::rename(&beside, path));
-    if let Err(error) = placed {
-        let _ = std::fs::remove_file(&beside);
-        return Err(error);
-    }
-    let made = std::fs::symlink_metadata(path)?;
-    let socket_file = SocketFile {
-        path: path.to_owned(),
-        device: made.dev(),
-        inode: made.ino(),
-    };
-    Ok((fd, Some(socket_file)))
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        // Only the master drops it (a worker leaves with `_exit`), and only its own file goes:
-        // a new master may have put its own there since.
-        if let Some(file) = &self.socket_file {
-            let ours = std::fs::symlink_metadata(&file.path)
-                .is_ok_and(|found| found.dev() == file.device && found.ino() == file.inode);
-            if ours {
-                let _ = std::fs::remove_file(&file.path);
+        let began = Instant::now();
+        let start = running.partition_point(|(index, _)| *index < self.next);
+        for at in (start..running.len()).chain(0..start) {
+            let (index, pid) = running[at];
+            self.last[index] = read(pid).map(|bytes| (pid, bytes));
+            self.next = index + 1;
+            if began.elapsed() >= budget {
+                return;
             }
+        }
+    }
+
+    /// The last reading of `pid`, the worker of `index`.
+    fn of(&self, index: usize, pid: Pid) -> Option<u64> {
+        match self.last.get(index) {
+            Some(Some((read, bytes))) if *read == pid => Some(*bytes),
+            _ => None,
         }
     }
 }
@@ -361,18 +94,18 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
     pub(super) fn metrics_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
         self.metrics
             .iter()
-            .flat_map(|(endpoint, _)| endpoint.poll_fds())
+            .flat_map(|metrics| metrics.endpoint.poll_fds())
     }
 
     /// When a scrape's connection runs out of time.
     pub(super) fn metrics_deadline(&self) -> Option<Instant> {
-        self.metrics.as_ref()?.0.next_deadline()
+        self.metrics.as_ref()?.endpoint.next_deadline()
     }
 
     /// Counts what an event tells of the fleet.
     pub(super) fn count(&mut self, event: &crate::event::Event) {
-        if let Some((_, counters)) = &mut self.metrics {
-            counters.observe(event);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.counters.observe(event);
         }
     }
 
@@ -384,28 +117,79 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
         let now = Instant::now();
         let phase = self.summary(now).phase.name();
         let replaced: Vec<_> = self.replacements.alive().collect();
-        let Some((endpoint, counters)) = &mut self.metrics else {
+        let Some(metrics) = &mut self.metrics else {
             return;
         };
-        let view = exposition::View {
-            master: self.setup.master.as_raw() as u32,
-            started: self.started,
-            generation: self.generation,
-            phase,
-            instances: self.instances,
-            slots: &self.slots,
-            replaced: &replaced,
-            shared: self.setup.shared,
-            is_async: W::IS_ASYNC,
-            respawns_in_window: self.limiter.in_window(now),
-            respawn_limit: self.limiter.limit(),
-            respawn_interval: self.limiter.interval(),
+        let Metrics {
+            endpoint,
             counters,
-            listeners: crate::listen::listeners(),
-            memory: &crate::procfs::proportional_set_size,
-        };
-        if endpoint.serve(now, |out, format| exposition::render(out, format, &view)) {
+            memory,
+        } = metrics;
+        let (slots, recycler, limiter) = (&self.slots, &self.recycler, &self.limiter);
+        let changed = endpoint.serve(now, |out, format| {
+            let running: Vec<(usize, Pid)> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(index, slot)| Some((index, slot.pid()?)))
+                .collect();
+            memory.refresh(&running, READING_BUDGET, crate::procfs::resident_anonymous);
+            let memory = &*memory;
+            let view = exposition::View {
+                master: self.setup.master.as_raw() as u32,
+                started: self.started,
+                generation: self.generation,
+                phase,
+                instances: self.instances,
+                slots,
+                replaced: &replaced,
+                shared: self.setup.shared,
+                is_async: W::IS_ASYNC,
+                respawns_in_window: limiter.in_window(now),
+                respawn_limit: limiter.limit(),
+                respawn_interval: limiter.interval(),
+                counters,
+                listeners: crate::listen::listeners(),
+                memory: &|index, pid| memory.of(index, pid),
+                sampled: &|index, pid| recycler.last_sample(index, pid),
+            };
+            exposition::render(out, format, &view);
+        });
+        if changed {
             self.setup.metrics = Some(endpoint.fds());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn memory_past_the_budget_is_read_in_turns_where_the_last_scrape_stopped() {
+        let running: Vec<(usize, Pid)> = [0, 1, 3, 4]
+            .into_iter()
+            .map(|index| (index, Pid::from_raw(100 + index as i32)))
+            .collect();
+        let reads = Cell::new(0);
+        let read = |pid: Pid| {
+            reads.set(reads.get() + 1);
+            Some(pid.as_raw() as u64 * 10)
+        };
+        let mut readings = Readings::default();
+        // No budget: one worker a scrape, in turn, and round again.
+        for (scrape, index) in [0, 1, 3, 4, 0].into_iter().enumerate() {
+            readings.refresh(&running, Duration::ZERO, read);
+            assert_eq!(reads.get(), scrape + 1);
+            let pid = Pid::from_raw(100 + index as i32);
+            assert_eq!(readings.of(index, pid), Some(pid.as_raw() as u64 * 10));
+        }
+        assert_eq!(readings.of(1, Pid::from_raw(101)), Some(1010));
+        // A reading is of its worker only: a successor at the index has none yet.
+        assert_eq!(readings.of(1, Pid::from_raw(999)), None);
+        assert_eq!(readings.of(2, Pid::from_raw(102)), None);
+        // With room, all of them.
+        readings.refresh(&running, Duration::from_secs(60), read);
+        assert_eq!(reads.get(), 5 + 4);
     }
 }
