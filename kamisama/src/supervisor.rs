@@ -919,11 +919,13 @@ impl<'a> Supervisor<'a> {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
         let listeners = listen::open(&config.listen, config.backlog)?;
+        // In a master an upgrade started, a Unix socket's path stays the old master's until the
+        // service is this one's.
         #[cfg(feature = "metrics")]
         let metrics = config
             .metrics
             .as_deref()
-            .map(crate::master::metrics::Endpoint::open)
+            .map(|address| crate::master::metrics::Endpoint::open(address, takeover.is_none()))
             .transpose()?;
         if W::IS_ASYNC {
             // For tokio's `from_std` and the like, which need them so, with no extra call.

@@ -2,6 +2,7 @@
 //! reference parser in both formats; what it answers to anything else; and that no client,
 //! however slow or many, holds the master up or reaches into a worker.
 
+use kamisama_tests::deployment::{spawned_by, upgrade, Deployment};
 use kamisama_tests::metrics::{ask, parse, scrape, scrape_openmetrics, Scrape};
 use kamisama_tests::{field, scratch, status_field, Master};
 use nix::sys::signal::{kill, Signal};
@@ -164,6 +165,86 @@ fn a_worker_mid_recycle_shows_beside_its_successor() {
     );
     master.shut_down_now();
     master.wait_exit();
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_rollback_and_an_upgrade_show_in_the_counts_and_the_new_master_takes_the_endpoint_over() {
+    let deployment = Deployment::new(scratch!("metrics-upgrade"), SUPERVISED);
+    let socket = scratch!("metrics-upgrade-socket").join("metrics.sock");
+    let address = format!("unix:{}", socket.display());
+    let settings = [
+        ("KAMISAMA_METRICS", address.as_str()),
+        ("KAMISAMA_UPGRADE_TIMEOUT", "2"),
+    ];
+    let (mut master, _, workers) = deployment.start(2, &settings);
+    let old = master.pid();
+    // A release whose fleet never gets ready (its worker 0 exits at once): its master, bound
+    // beside the path, is stopped, and takes nothing of the old one's with it.
+    deployment.install_script(&format!("FIXTURE=crash-index-0 exec {SUPERVISED}"));
+    let failed = upgrade(&master, old);
+    master.wait_for_line(&format!("kamisama[{failed}]: spawned index=1 "));
+    assert_eq!(
+        scrape(&socket).value("kamisama_master_pid", &[]),
+        f64::from(old.as_raw())
+    );
+    master.wait_for_line(&format!("kamisama[{old}]: upgrade-failed pid={failed}"));
+    master.wait_for_line(&format!("reaped pid={failed}"));
+    let beside = socket.with_file_name(format!(".metrics.sock.{failed}.tmp"));
+    assert!(!beside.exists(), "{} left behind", beside.display());
+    let seen = scrape(&socket);
+    let stage = |stage| [("stage", stage)];
+    assert_eq!(
+        seen.value("kamisama_upgrades_total", &stage("started")),
+        1.0
+    );
+    assert_eq!(seen.value("kamisama_upgrades_total", &stage("failed")), 1.0);
+    assert_eq!(
+        seen.value("kamisama_upgrades_total", &stage("handed-over")),
+        0.0
+    );
+    assert_eq!(
+        seen.value("kamisama_master_pid", &[]),
+        f64::from(old.as_raw())
+    );
+    let pids = seen.by_index("kamisama_worker_pid").into_values();
+    let pids: BTreeSet<u32> = pids.map(|pid| pid as u32).collect();
+    assert_eq!(
+        pids,
+        workers.iter().copied().collect(),
+        "the old fleet serves on"
+    );
+    // A good one: the new master answers at the same path, one generation on.
+    deployment.install(&std::fs::read(SUPERVISED).unwrap());
+    let successor = upgrade(&master, old);
+    spawned_by(&master, successor, 2);
+    master.wait_for_line(&format!("kamisama[{old}]: upgrade-trial pid={successor}"));
+    scrape_until(&master, &socket, "the new master to answer", |scrape| {
+        scrape.value("kamisama_master_pid", &[]) == f64::from(successor.as_raw())
+    });
+    let seen = scrape(&socket);
+    assert_eq!(seen.value("kamisama_generation", &[]), 1.0);
+    assert_eq!(
+        seen.value("kamisama_upgrades_total", &stage("started")),
+        0.0
+    );
+    master.wait_for_line(&format!("kamisama[{old}]: shutdown-finished"));
+    assert_eq!(master.wait_exit_alone().code(), Some(0));
+    // The old master left the path to its successor.
+    assert!(socket.exists());
+    assert_eq!(
+        scrape(&socket).value("kamisama_master_pid", &[]),
+        f64::from(successor.as_raw())
+    );
+    kill(successor, Signal::SIGTERM).unwrap();
+    assert_eq!(
+        kamisama_tests::reap_orphan(successor),
+        nix::sys::wait::WaitStatus::Exited(successor, 0)
+    );
+    assert!(
+        !socket.exists(),
+        "the new master left its socket file behind"
+    );
     master.expect_tree_gone();
 }
 

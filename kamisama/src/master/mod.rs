@@ -303,6 +303,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.kill_overdue(now.instant);
             self.detect_hangs(now);
             self.take_over(now.instant);
+            self.serve_metrics();
             let ping = self.tell_the_service_manager(now.instant);
             if let Some(outcome) = self.finished() {
                 self.emit(Event::ShutdownFinished {
@@ -336,7 +337,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 .signals
                 .wait(timeout, also.chain(self.metrics_fds()));
             self.read_signals();
-            self.serve_metrics();
         }
     }
 

@@ -64,13 +64,20 @@ enum Stage {
 
 struct SocketFile {
     path: PathBuf,
-    device: u64,
-    inode: u64,
+    /// Where the socket is bound until it is placed at `path`.
+    beside: PathBuf,
+    /// The file placed at `path`, once it is; until then the socket is at `beside` only.
+    placed: Option<(u64, u64)>,
+    /// Whether placing it was tried: it is tried once.
+    tried: bool,
 }
 
 impl Endpoint {
-    /// Binds `address` (`host:port`, or `unix:PATH`), before anything is forked.
-    pub(crate) fn open(address: &str) -> Result<Endpoint, Error> {
+    /// Binds `address` (`host:port`, or `unix:PATH`), before anything is forked. A Unix
+    /// socket is bound beside its path, and placed there at once if `claim`, else by
+    /// [`claim`](Endpoint::claim): the new master of an upgrade takes the path over only
+    /// when the service is its own, so that a rollback leaves the old master's in place.
+    pub(crate) fn open(address: &str, claim: bool) -> Result<Endpoint, Error> {
         let failed = |error: io::Error| Error::Metrics {
             address: address.to_owned(),
             error,
@@ -79,12 +86,37 @@ impl Endpoint {
             Some(path) => bind_unix(Path::new(path)).map_err(failed)?,
             None => (bind_tcp(address).map_err(failed)?, None),
         };
-        Ok(Endpoint {
+        let mut endpoint = Endpoint {
             listener,
             socket_file,
             connections: Vec::with_capacity(CONNECTIONS),
             text: String::new(),
-        })
+        };
+        if claim {
+            endpoint.claim().map_err(failed)?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Places a Unix socket at its path, over the socket file of an old master, the first time
+    /// it is called; a socket that could not be placed stays where it is bound. A TCP listener (`SO_REUSEPORT`) serves beside the old master's from the
+    /// start.
+    pub(crate) fn claim(&mut self) -> io::Result<()> {
+        let Some(file) = self.socket_file.as_mut().filter(|file| !file.tried) else {
+            return Ok(());
+        };
+        file.tried = true;
+        if let Ok(found) = std::fs::symlink_metadata(&file.path) {
+            if !found.file_type().is_socket() {
+                return Err(io::Error::other(
+                    "something other than a socket is there; only a socket file is replaced",
+                ));
+            }
+        }
+        std::fs::rename(&file.beside, &file.path)?;
+        let made = std::fs::symlink_metadata(&file.path)?;
+        file.placed = Some((made.dev(), made.ino()));
+        Ok(())
     }
 
     /// What the master waits on for the endpoint: its listener, and each connection, for
@@ -287,8 +319,8 @@ fn bind_tcp(address: &str) -> io::Result<OwnedFd> {
     Err(last_error)
 }
 
-/// A Unix listener at `path`: bound beside it, then renamed over it, so that a new master
-/// of an upgrade takes the path over from the old one. Only a socket file is replaced.
+/// A Unix listener bound beside `path`, until [`Endpoint::claim`] places it there. Only a
+/// socket file is ever replaced at `path`.
 fn bind_unix(path: &Path) -> io::Result<(OwnedFd, Option<SocketFile>)> {
     if path.as_os_str().is_empty() {
         return Err(io::Error::other("no path"));
@@ -312,18 +344,15 @@ fn bind_unix(path: &Path) -> io::Result<(OwnedFd, Option<SocketFile>)> {
         std::fs::remove_file(&beside)?;
     }
     bind(fd.as_raw_fd(), &UnixAddr::new(&beside)?)?;
-    let placed = listen(&fd, backlog())
-        .map_err(io::Error::from)
-        .and_then(|()| std::fs::rename(&beside, path));
-    if let Err(error) = placed {
+    if let Err(errno) = listen(&fd, backlog()) {
         let _ = std::fs::remove_file(&beside);
-        return Err(error);
+        return Err(errno.into());
     }
-    let made = std::fs::symlink_metadata(path)?;
     let socket_file = SocketFile {
         path: path.to_owned(),
-        device: made.dev(),
-        inode: made.ino(),
+        beside,
+        placed: None,
+        tried: false,
     };
     Ok((fd, Some(socket_file)))
 }
@@ -332,12 +361,17 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         // Only the master drops it (a worker leaves with `_exit`), and only its own file goes:
         // a new master may have put its own there since.
-        if let Some(file) = &self.socket_file {
-            let ours = std::fs::symlink_metadata(&file.path)
-                .is_ok_and(|found| found.dev() == file.device && found.ino() == file.inode);
-            if ours {
-                let _ = std::fs::remove_file(&file.path);
-            }
+        let Some(file) = &self.socket_file else {
+            return;
+        };
+        let Some((device, inode)) = file.placed else {
+            let _ = std::fs::remove_file(&file.beside);
+            return;
+        };
+        let ours = std::fs::symlink_metadata(&file.path)
+            .is_ok_and(|found| found.dev() == device && found.ino() == inode);
+        if ours {
+            let _ = std::fs::remove_file(&file.path);
         }
     }
 }

@@ -19,12 +19,12 @@ pub(crate) struct Counters {
     hangs: u64,
     /// By reason: lifetime, requests, memory.
     recycles: [u64; RECYCLE_REASONS.len()],
-    /// By result: started, handed over, failed.
-    upgrades: [u64; UPGRADE_RESULTS.len()],
+    /// By how far they got: started, on trial, handed over, failed.
+    upgrades: [u64; UPGRADE_STAGES.len()],
 }
 
 const RECYCLE_REASONS: [&str; 3] = ["lifetime", "requests", "memory"];
-const UPGRADE_RESULTS: [&str; 3] = ["started", "handed-over", "failed"];
+const UPGRADE_STAGES: [&str; 4] = ["started", "on-trial", "handed-over", "failed"];
 
 impl Counters {
     /// Counts `event`, if it is one that is counted.
@@ -39,8 +39,9 @@ impl Counters {
                 }
             }
             Event::UpgradeStarted { .. } => &mut self.upgrades[0],
-            Event::UpgradeHandingOver { .. } | Event::UpgradeTrial { .. } => &mut self.upgrades[1],
-            Event::UpgradeFailed { .. } => &mut self.upgrades[2],
+            Event::UpgradeTrial { .. } => &mut self.upgrades[1],
+            Event::UpgradeHandingOver { .. } => &mut self.upgrades[2],
+            Event::UpgradeFailed { .. } => &mut self.upgrades[3],
             _ => return,
         };
         *count = count.saturating_add(1);
@@ -184,14 +185,11 @@ pub(in crate::master) fn render(out: &mut String, format: Format, view: &View<'_
     text.family(
         "kamisama_upgrades",
         Kind::Counter,
-        "Upgrades this master started (USR2), and how they ended.",
+        "Upgrades this master started (USR2), by how far they got: started, on-trial (the new \
+         fleet serves, this master stands by), handed-over, failed (rolled back).",
     );
-    for (result, count) in UPGRADE_RESULTS.iter().zip(counters.upgrades) {
-        text.sample(
-            "kamisama_upgrades",
-            &[("result", Label::Str(result))],
-            count,
-        );
+    for (stage, count) in UPGRADE_STAGES.iter().zip(counters.upgrades) {
+        text.sample("kamisama_upgrades", &[("stage", Label::Str(stage))], count);
     }
     listeners(&mut text, view.listeners);
     workers(&mut text, view, now, wall);
@@ -544,7 +542,7 @@ mod tests {
         });
         counters.observe(&Event::RollingRestartFinished);
         assert_eq!(counters.hangs, 2);
-        assert_eq!(counters.upgrades, [0, 0, 1]);
+        assert_eq!(counters.upgrades, [0, 0, 0, 1]);
         assert_eq!(counters.respawns, 0);
     }
 }

@@ -109,10 +109,22 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
         }
     }
 
-    /// Serves the scrapes that came, after the loop woke.
+    /// Serves the scrapes that came, once a turn of the loop; in the new master of an
+    /// upgrade, places its Unix socket at its path once the service is its own.
     pub(super) fn serve_metrics(&mut self) {
         if self.metrics.is_none() {
             return;
+        }
+        let own = self
+            .takeover
+            .as_ref()
+            .map_or(true, super::Takeover::on_trial);
+        if let Some(metrics) = self.metrics.as_mut().filter(|_| own) {
+            if metrics.endpoint.claim().is_err() {
+                // Its scrapes go on at the path it is bound at, beside it.
+                let note = "metrics-path-not-taken-over";
+                self.log.note(crate::event::Level::Warn, note);
+            }
         }
         let now = Instant::now();
         let phase = self.summary(now).phase.name();
