@@ -376,6 +376,14 @@ pub mod __private {
     impl<T> FnOutput for fn() -> T {
         type Output = T;
     }
+
+    /// What the metrics endpoint sends back to a connection that sent `request` (with a
+    /// one-line body for a scrape), or `None` while `request` may still grow into one: the
+    /// entry of the fuzz target (`fuzz/`).
+    #[cfg(all(target_os = "linux", feature = "metrics"))]
+    pub fn metrics_answer(request: &[u8]) -> Option<Vec<u8>> {
+        crate::master::metrics::answer_to(request)
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -252,7 +252,7 @@ fn read(fd: &OwnedFd, kept: &mut Vec<u8>, keep: usize) -> bool {
 }
 
 /// The whole answer to `answer`, its body written by `render` for a scrape.
-fn respond(
+pub(super) fn respond(
     answer: Answer,
     text: &mut String,
     render: &mut impl FnMut(&mut String, Format),

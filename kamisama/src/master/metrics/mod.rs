@@ -21,6 +21,15 @@ use nix::poll::PollFd;
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
+/// What the endpoint answers to the bytes of `request`, with a scrape's body one line.
+pub(crate) fn answer_to(request: &[u8]) -> Option<Vec<u8>> {
+    let answer = http::answer(request)?;
+    let mut text = String::new();
+    Some(endpoint::respond(answer, &mut text, &mut |out, _| {
+        out.push_str("kamisama_instances 1\n");
+    }))
+}
+
 /// What the master keeps for its metrics.
 pub(crate) struct Metrics {
     endpoint: Endpoint,
