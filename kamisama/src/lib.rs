@@ -134,7 +134,8 @@
 //! `KAMISAMA_TIMEOUT`, `KAMISAMA_BOOT_TIMEOUT`, `KAMISAMA_HANG_GRACE`,
 //! `KAMISAMA_HANG_SIGNAL`, `KAMISAMA_RUNTIME`, `KAMISAMA_WORKER_THREADS`,
 //! `KAMISAMA_HEARTBEAT`, `KAMISAMA_LOG`,
-//! `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`, `KAMISAMA_LISTEN`, `KAMISAMA_BACKLOG`,
+//! `KAMISAMA_READINESS`, `KAMISAMA_STATUS_FILE`, `KAMISAMA_LISTEN`, `KAMISAMA_METRICS`,
+//! `KAMISAMA_BACKLOG`,
 //! `KAMISAMA_UPGRADE_TIMEOUT`, `KAMISAMA_UPGRADE_TRIAL`,
 //! `KAMISAMA_MAX_LIFETIME`, `KAMISAMA_MAX_LIFETIME_JITTER`, `KAMISAMA_MAX_REQUESTS`,
 //! `KAMISAMA_MAX_REQUESTS_JITTER`, `KAMISAMA_MAX_MEMORY`,
@@ -266,6 +267,14 @@
 //!       exec: { command: ["grep", "-q", "\"phase\":\"ready\"", "/tmp/status.json"] }
 //! terminationGracePeriodSeconds: 20
 //! ```
+//!
+//! With the `metrics` feature, `Supervisor::metrics` (`metrics = "127.0.0.1:9464"`, or
+//! `KAMISAMA_METRICS`) has the master answer `GET /metrics` with the fleet in the Prometheus
+//! text format (OpenMetrics to a scraper that asks): each worker's state, pid, age, whether
+//! it is busy, the work it counted with [`Worker::completed`], its memory and how its
+//! predecessors ended; the fleet's respawns, hangs, recycles and upgrades; each TCP
+//! listener's accept queue. The master serves it from its own loop, only when a scrape
+//! comes, with every socket non-blocking and every connection bounded.
 //!
 //! `examples/deploy` in the repository has the whole files, checked by the tests.
 //!

@@ -52,7 +52,10 @@ fn every_test_the_ledger_names_exists() {
             // perhaps in a parent one (kamisama::master::reaper::tests::NAME).
             ["kamisama", modules @ .., "tests", name] if !modules.is_empty() => {
                 let module = modules.join("/");
-                (tests.join(format!("../kamisama/src/{module}.rs")), *name)
+                let file = tests.join(format!("../kamisama/src/{module}.rs"));
+                // Or a module with children of its own: MODULE/mod.rs.
+                let folder = tests.join(format!("../kamisama/src/{module}/mod.rs"));
+                (if file.exists() { file } else { folder }, *name)
             }
             [file, name] => (tests.join(format!("tests/{file}.rs")), *name),
             _ => {
