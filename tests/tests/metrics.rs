@@ -15,6 +15,8 @@ use std::time::Duration;
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const HEARTBEATS: &str = env!("CARGO_BIN_EXE_heartbeats");
+const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+const ASYNC_HELLO: &str = env!("CARGO_BIN_EXE_async-hello-server");
 
 /// A master of `binary` with its endpoint at a Unix socket in a scratch directory of `name`.
 fn with_metrics(binary: &str, name: &str) -> (kamisama_tests::Launch, PathBuf) {
@@ -68,6 +70,8 @@ fn a_scrape_tells_the_fleet_as_it_is_in_both_formats() {
             assert_eq!(scrape.value("kamisama_worker_state", &state), 1.0);
             assert!(scrape.value("kamisama_worker_age_seconds", &labels) > 0.0);
             assert!(scrape.value("kamisama_worker_memory_bytes", &labels) > 0.0);
+            // It sleeps on its own, never in kamisama's waits: at work, as far as one can tell.
+            assert_eq!(scrape.value("kamisama_worker_busy", &labels), 1.0);
             assert_eq!(
                 scrape.value("kamisama_worker_completed_total", &labels),
                 0.0
@@ -246,6 +250,50 @@ fn a_rollback_and_an_upgrade_show_in_the_counts_and_the_new_master_takes_the_end
         "the new master left its socket file behind"
     );
     master.expect_tree_gone();
+}
+
+#[test]
+fn the_example_servers_requests_are_counted_sync_and_async() {
+    for (server, name) in [
+        (HELLO, "metrics-hello"),
+        (ASYNC_HELLO, "metrics-async-hello"),
+    ] {
+        let (launch, socket) = with_metrics(server, name);
+        let mut master = launch
+            .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+            .env("KAMISAMA_INSTANCES", "2")
+            .start();
+        let line = master.wait_for_line("listening address=");
+        let address = field(&line, "address").unwrap().to_owned();
+        spawned_by(&master, master.pid(), 2);
+        for _ in 0..7 {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        scrape_until(&master, &socket, "seven requests counted", |scrape| {
+            let done = scrape.by_index("kamisama_worker_completed_total");
+            done.values().sum::<f64>() == 7.0
+        });
+        let seen = scrape(&socket);
+        let labels = [("listener", address.as_str())];
+        assert_eq!(seen.value("kamisama_listen_queue", &labels), 0.0);
+        assert!(seen.value("kamisama_listen_queue_limit", &labels) > 0.0);
+        if server == HELLO {
+            // Idle in Worker::accept, both.
+            assert_eq!(seen.value("kamisama_workers_busy", &[]), 0.0);
+        } else {
+            // An async worker's waits are its runtime's: kamisama does not say.
+            assert!(seen.find("kamisama_workers_busy", &[]).is_empty());
+        }
+        master.signal(Signal::SIGTERM);
+        master.expect_exit_code(0);
+        master.expect_tree_gone();
+    }
 }
 
 #[test]

@@ -74,7 +74,8 @@ impl Recycler {
         }
     }
 
-    /// Before a fork for `index`: sets the worker's count of work to zero, and its limit.
+    /// Before a fork for `index`: sets the worker's counts of work and of threads at work to
+    /// zero, and its limit.
     pub(super) fn forking(&mut self, shared: Option<&SharedSlots>, index: usize) {
         let Some(words) = shared.map(|shared| shared.slot(index)) else {
             return;
@@ -85,6 +86,7 @@ impl Recycler {
         };
         words.done.store(0, Ordering::Relaxed);
         words.limit.store(limit, Ordering::Relaxed);
+        words.at_work.store(0, Ordering::Relaxed);
     }
 
     /// A worker was forked for `index` at `started`: it is due at the end of its lifetime.

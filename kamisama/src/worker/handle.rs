@@ -400,7 +400,7 @@ impl Worker {
 fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     shared::waiting();
     let woken = wait();
-    shared::beat();
+    shared::woken();
     woken
 }
 

@@ -1,13 +1,14 @@
 //! What a worker tells its master through memory they share: its signs of life, its
-//! readiness, and the work it did. The master maps four words per worker index (`MAP_SHARED`,
+//! readiness, and the work it did. The master maps five words per worker index (`MAP_SHARED`,
 //! inherited by every fork). A worker stores in the first the time of its last beat on the
 //! monotonic clock, so that a wall-clock jump changes nothing, in the second its pid once it
 //! is ready, and in the third how many units of work it completed; the fourth is the master's
-//! word to it: after how many units it is to be recycled. A beat is a clock read, which the
-//! vDSO answers without entering the kernel, and a store; a unit of work is an addition to a
-//! count of the worker's own and a store: no system call. The master only reads, but for
-//! setting a slot before a fork. The one system call is the worker's word that it reached its
-//! limit, once in its life: `SIGURG` to the master, which replaces it.
+//! word to it: after how many units it is to be recycled; the fifth counts its threads at
+//! work, out of kamisama's waits, which the metrics call busy. A beat is a clock read, which
+//! the vDSO answers without entering the kernel, and a store; a unit of work is an addition
+//! to a count of the worker's own and a store: no system call. The master only reads, but
+//! for setting a slot before a fork. The one system call is the worker's word that it
+//! reached its limit, once in its life: `SIGURG` to the master, which replaces it.
 
 use crate::config::MAX_INSTANCES;
 use nix::errno::Errno;
@@ -33,6 +34,9 @@ pub(crate) struct Words {
     /// After how many units the worker is to be recycled; 0 for never. Set by the master
     /// before the fork.
     pub(crate) limit: AtomicU64,
+    /// How many of the worker's threads are at work, out of kamisama's waits (as an `i64`):
+    /// its main thread from the start, any other from its first wait on.
+    pub(crate) at_work: AtomicU64,
 }
 
 /// The shared words of every index; owned by the master, which unmaps them when it is done.
@@ -98,6 +102,45 @@ pub(crate) fn install(slot: Option<&Words>, master: u32) {
         SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
         LIMIT.store(slot.limit.load(Ordering::Relaxed), Ordering::Relaxed);
         MASTER.store(u64::from(master), Ordering::Relaxed);
+        // The main thread is at work from the start.
+        slot.at_work.store(1, Ordering::Relaxed);
+        let _ = THREAD.try_with(|thread| thread.set(Thread::Working));
+    }
+}
+
+/// Where a thread of the worker is, for the count of threads at work.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Thread {
+    /// Never seen in a wait: not counted (a thread kamisama knows nothing of).
+    Unseen,
+    Working,
+    Waiting,
+}
+
+/// This thread's place in the count; a thread that ends at work leaves it.
+struct ThisThread(std::cell::Cell<Thread>);
+
+impl ThisThread {
+    fn set(&self, thread: Thread) {
+        self.0.set(thread);
+    }
+}
+
+impl Drop for ThisThread {
+    fn drop(&mut self) {
+        if self.0.get() == Thread::Working {
+            add_at_work(-1);
+        }
+    }
+}
+
+thread_local! {
+    static THREAD: ThisThread = const { ThisThread(std::cell::Cell::new(Thread::Unseen)) };
+}
+
+fn add_at_work(change: i64) {
+    if let Some(slot) = own_slot() {
+        slot.at_work.fetch_add(change as u64, Ordering::Relaxed);
     }
 }
 
@@ -135,9 +178,33 @@ pub(crate) fn beat() {
     store(now_nanos());
 }
 
-/// Marks the worker as waiting through its handle, alive until its next beat.
+/// Marks the worker as waiting through its handle, alive until its next beat, and this
+/// thread as not at work.
 pub(crate) fn waiting() {
     store(WAITING);
+    let _ = THREAD.try_with(|thread| {
+        if thread.0.get() == Thread::Working {
+            add_at_work(-1);
+        }
+        thread.set(Thread::Waiting);
+    });
+}
+
+/// Back from a wait through the handle: a sign of life, and this thread at work again.
+pub(crate) fn woken() {
+    beat();
+    let _ = THREAD.try_with(|thread| {
+        if thread.0.get() != Thread::Working {
+            add_at_work(1);
+        }
+        thread.set(Thread::Working);
+    });
+}
+
+/// Whether a worker whose slot says `at_work` has a thread at work.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn is_at_work(at_work: u64) -> bool {
+    (at_work as i64) > 0
 }
 
 fn store(value: u64) {

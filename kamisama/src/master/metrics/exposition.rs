@@ -6,7 +6,7 @@ use super::http::Format;
 use crate::event::Event;
 use crate::listen::Listener;
 use crate::master::slots::{Ending, Slots, State};
-use crate::worker::shared::{SharedSlots, WAITING};
+use crate::worker::shared::SharedSlots;
 use std::fmt::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -401,15 +401,14 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
 }
 
 /// Whether the worker of `index` is busy, for a running sync worker whose words are mapped:
-/// a worker that has not shown a sign of life yet is starting, and counts as busy.
+/// whether any of its threads is at work, out of kamisama's waits.
 fn is_busy(view: &View<'_>, index: usize, state: &State) -> Option<bool> {
     let shared = view.shared.filter(|_| !view.is_async)?;
     if !matches!(state, State::Running { stop: None, .. }) {
         return None;
     }
-    // A worker with no sign of life yet (`NOT_YET`) is starting: busy too.
-    let beat = shared.slot(index).beat.load(Ordering::Relaxed);
-    Some(beat != WAITING)
+    let at_work = shared.slot(index).at_work.load(Ordering::Relaxed);
+    Some(crate::worker::shared::is_at_work(at_work))
 }
 
 /// Seconds since the Unix epoch.
