@@ -43,7 +43,8 @@ pub(super) enum Why {
 }
 
 /// How often the fleet's memory is sampled, with `max_memory`: one wakeup of the master, and
-/// one read of `/proc/PID/smaps_rollup` per worker (about 10 µs each).
+/// one read of `/proc/PID/smaps_rollup` per worker (10 to 60 µs each: it walks the worker's
+/// page tables).
 pub(super) const MEMORY_SAMPLING: Duration = Duration::from_secs(5);
 
 impl Why {
