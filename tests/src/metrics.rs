@@ -197,5 +197,15 @@ for family in text_string_to_metric_families(sys.stdin.read()):
             value: parsed["value"].as_f64().unwrap(),
         });
     }
+    // Prometheus refuses a scrape with two samples of one series; the parser does not check.
+    let mut series = std::collections::BTreeSet::new();
+    for sample in &scrape.samples {
+        assert!(
+            series.insert((&sample.name, &sample.labels)),
+            "two samples of {} {:?} in:\n{text}",
+            sample.name,
+            sample.labels
+        );
+    }
     scrape
 }

@@ -289,13 +289,17 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
         text.sample("kamisama_worker_pid", &labels, pid.as_raw());
     }
     text.family(
-        "kamisama_worker_replaced_pid",
+        "kamisama_worker_replaced",
         Kind::Gauge,
-        "The process id of a worker being recycled, by its index, alive beside its successor.",
+        "1 for each worker being recycled, by its index and pid, alive beside its successor \
+         (an index may have several).",
     );
     for (index, pid) in view.replaced {
-        let labels = [("index", Label::Index(*index))];
-        text.sample("kamisama_worker_replaced_pid", &labels, pid.as_raw());
+        let labels = [
+            ("index", Label::Index(*index)),
+            ("pid", Label::Index(pid.as_raw() as usize)),
+        ];
+        text.sample("kamisama_worker_replaced", &labels, 1_u64);
     }
     text.family(
         "kamisama_worker_start_time_seconds",
