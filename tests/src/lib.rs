@@ -700,6 +700,35 @@ pub fn reap_orphan(pid: Pid) -> WaitStatus {
     .unwrap_or_else(|| panic!("{pid} did not exit within {:?}", deadline()))
 }
 
+/// Runs `command` to its end with `input` on its stdin, and returns what it wrote: a child
+/// std waits for, listed as such while it runs, so that [`reap_adopted`], run by any test at
+/// any moment, leaves it alone.
+pub fn run_probe(command: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = {
+        let mut adopted = adopted();
+        let child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("run {command:?}: {error}"));
+        adopted.std_children.insert(child.id() as i32);
+        child
+    };
+    let mut stdin = child.stdin.take().expect("a piped stdin");
+    let input = input.to_vec();
+    // Beside the reads: a child that writes as it reads would otherwise fill its pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &input);
+    });
+    let id = child.id() as i32;
+    let output = child.wait_with_output();
+    let _ = writer.join();
+    adopted().std_children.remove(&id);
+    output.unwrap_or_else(|error| panic!("wait for {command:?}: {error}"))
+}
+
 /// Every adopted orphan reaped so far and not yet claimed by [`reap_orphan`], with how it
 /// ended; claims them all.
 pub fn take_reaped_orphans() -> BTreeMap<Pid, WaitStatus> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// How many connections the endpoint keeps open at once, at most.
@@ -154,20 +154,9 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     } else {
         "prometheus"
     };
-    let mut python = Command::new("python3")
-        .args(["-c", SCRIPT, format])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3, to parse the metrics");
-    python
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = python.wait_with_output().unwrap();
+    let mut python = Command::new("python3");
+    python.args(["-c", SCRIPT, format]);
+    let output = crate::run_probe(&mut python, text.as_bytes());
     assert!(
         output.status.success(),
         "the {format} parser refused the scrape (is prometheus_client installed? \
