@@ -166,6 +166,10 @@ const RECYCLED_ITSELF: Duration = Duration::from_secs(1);
 /// worker declares itself ready in shared memory, without waking the master.
 const READINESS_POLL: Duration = Duration::from_millis(20);
 
+/// How long one turn of the loop reads /proc for the workers' memory, at most: a larger fleet
+/// is read over several turns, with deaths and signals handled between.
+const READING_BUDGET: Duration = Duration::from_millis(2);
+
 /// The longest wait before a fork is retried, unless `backoff_max` is longer.
 const FORK_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -657,8 +661,15 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// then begins the next replacement that is due.
     fn recycle(&mut self, now: Instant) {
         self.advance_replacement();
-        if self.recycler.sample_now(now) {
-            for index in 0..self.instances.min(self.slots.len()) {
+        if let Some(from) = self.recycler.sampling(now) {
+            let began = Instant::now();
+            let end = self.instances.min(self.slots.len());
+            let mut next = None;
+            for index in from..end {
+                if began.elapsed() >= READING_BUDGET {
+                    next = Some(index);
+                    break;
+                }
                 if let State::Running {
                     pid, stop: None, ..
                 } = *self.slots[index].state()
@@ -668,6 +679,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     }
                 }
             }
+            self.recycler.sampled_until(next);
         }
         while self.recycling_may_begin() {
             let (slots, instances) = (&self.slots, self.instances);

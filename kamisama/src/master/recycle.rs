@@ -26,6 +26,8 @@ pub(super) struct Recycler {
     memory: u64,
     /// When the fleet's memory is next sampled, with `max_memory`.
     next_sample: Option<Instant>,
+    /// The sample under way: the index it goes on from, and when it began.
+    sweep: Option<(usize, Instant)>,
     /// When each worker is due, and why, soonest first.
     due: BinaryHeap<Reverse<(Instant, usize, Pid, Why)>>,
     /// State of the jitter's generator.
@@ -44,7 +46,8 @@ pub(super) enum Why {
 
 /// How often the fleet's memory is sampled, with `max_memory`: one wakeup of the master, and
 /// one read of `/proc/PID/smaps_rollup` per worker (10 to 60 µs each: it walks the worker's
-/// page tables).
+/// page tables), in turns of the loop of at most [`READING_BUDGET`](super::READING_BUDGET)
+/// each, with deaths and signals handled between.
 pub(super) const MEMORY_SAMPLING: Duration = Duration::from_secs(5);
 
 impl Why {
@@ -69,6 +72,7 @@ impl Recycler {
             next_sample: (config.max_memory > 0)
                 .then(|| Instant::now().checked_add(MEMORY_SAMPLING))
                 .flatten(),
+            sweep: None,
             due: BinaryHeap::new(),
             seed: crate::worker::shared::now_nanos() ^ u64::from(std::process::id()),
             samples: Vec::new(),
@@ -108,14 +112,20 @@ impl Recycler {
         }
     }
 
-    /// Whether the fleet's memory is to be sampled `now`; if so, the next sample is due one
-    /// interval later.
-    pub(super) fn sample_now(&mut self, now: Instant) -> bool {
-        if !self.next_sample.is_some_and(|at| at <= now) {
-            return false;
+    /// The index from which the fleet's memory is to be sampled `now`, if a sample is under
+    /// way or due; a sample begins one interval after the last one began.
+    pub(super) fn sampling(&mut self, now: Instant) -> Option<usize> {
+        if self.sweep.is_none() && self.next_sample.is_some_and(|at| at <= now) {
+            self.sweep = Some((0, now));
+            self.next_sample = now.checked_add(MEMORY_SAMPLING);
         }
-        self.next_sample = now.checked_add(MEMORY_SAMPLING);
-        true
+        self.sweep.map(|(from, _)| from)
+    }
+
+    /// The sample under way stopped before `next`, to go on from there on the next turn of
+    /// the loop; `None` once it went through the fleet.
+    pub(super) fn sampled_until(&mut self, next: Option<usize>) {
+        self.sweep = next.zip(self.sweep.map(|(_, began)| began));
     }
 
     /// The worker `pid` of `index` was found using `bytes`: due `now` if past `max_memory`.
@@ -158,10 +168,12 @@ impl Recycler {
         }
     }
 
-    /// When the next worker is due, or the fleet's memory is next sampled.
+    /// When the next worker is due, or the fleet's memory is next sampled: at once while a
+    /// sample is under way.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let due = self.due.peek().map(|Reverse((due, _, _, _))| *due);
-        due.into_iter().chain(self.next_sample).min()
+        let sweep = self.sweep.map(|(_, began)| began);
+        due.into_iter().chain(self.next_sample).chain(sweep).min()
     }
 
     /// A number from 0 to `most`, at random.
@@ -250,9 +262,14 @@ mod tests {
         };
         let mut recycler = Recycler::new(&config);
         let first = recycler.next_deadline().unwrap();
-        assert!(!recycler.sample_now(first - Duration::from_millis(1)));
-        assert!(recycler.sample_now(first));
-        assert!(!recycler.sample_now(first));
+        assert_eq!(recycler.sampling(first - Duration::from_millis(1)), None);
+        assert_eq!(recycler.sampling(first), Some(0));
+        // Stopped short: it goes on at once, from there.
+        recycler.sampled_until(Some(7));
+        assert_eq!(recycler.next_deadline(), Some(first));
+        assert_eq!(recycler.sampling(first + Duration::from_millis(3)), Some(7));
+        recycler.sampled_until(None);
+        assert_eq!(recycler.sampling(first + Duration::from_millis(3)), None);
         assert_eq!(recycler.next_deadline(), Some(first + MEMORY_SAMPLING));
         recycler.sampled(0, Pid::from_raw(10), 100 << 20, first);
         recycler.sampled(1, Pid::from_raw(20), (100 << 20) + 1, first);
@@ -264,7 +281,7 @@ mod tests {
         assert_eq!(recycler.due(first, all), None);
         let mut unlimited = Recycler::new(&Config::default());
         assert_eq!(unlimited.next_deadline(), None);
-        assert!(!unlimited.sample_now(first + Duration::from_secs(3600)));
+        assert_eq!(unlimited.sampling(first + Duration::from_secs(3600)), None);
     }
 
     #[test]

@@ -47,12 +47,6 @@ impl Metrics {
     }
 }
 
-/// How long a scrape may spend reading the workers' memory: a fleet larger than that reads
-/// (about 7 µs a worker here, an open, a read and a close of `/proc/PID/statm`) is read in
-/// turns, each scrape taking up where the last one stopped, and shows the last reading of
-/// the others.
-const READING_BUDGET: Duration = Duration::from_millis(2);
-
 /// The last reading of each index's memory, with the worker it is of.
 #[derive(Default)]
 struct Readings {
@@ -153,7 +147,11 @@ impl<W: crate::worker::WorkerFn<S>, S> super::Master<'_, W, S> {
                 .enumerate()
                 .filter_map(|(index, slot)| Some((index, slot.pid()?)))
                 .collect();
-            memory.refresh(&running, READING_BUDGET, crate::procfs::resident_anonymous);
+            // A fleet larger than the budget reads (about 7 µs a worker here: an open, a read
+            // and a close of `/proc/PID/statm`) is read in turns, each scrape taking up where
+            // the last one stopped, and shows the last reading of the others.
+            let budget = super::READING_BUDGET;
+            memory.refresh(&running, budget, crate::procfs::resident_anonymous);
             let memory = &*memory;
             let view = exposition::View {
                 master: self.setup.master.as_raw() as u32,
