@@ -40,7 +40,9 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
-/// A connection accepted on a [`Listener`].
+/// A connection accepted on a [`Listener`], counted among its worker's open connections until
+/// it is dropped: what [`Worker::accept`](crate::Worker::accept) balances the fleet's
+/// connections by, and what the metrics show (`kamisama_worker_connections`).
 ///
 /// ```no_run
 /// use std::io::{Read, Write};
@@ -166,11 +168,14 @@ impl Listener {
         }
     }
 
+    /// Accepts a connection now, counted as open until its `Stream` is dropped.
     pub(crate) fn accept_now(&self) -> io::Result<Stream> {
-        match self {
+        let stream = match self {
             Listener::Tcp(listener) => listener.accept().map(|(stream, _)| Stream::Tcp(stream)),
             Listener::Unix(listener) => listener.accept().map(|(stream, _)| Stream::Unix(stream)),
-        }
+        }?;
+        crate::worker::shared::opened();
+        Ok(stream)
     }
 
     fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
@@ -236,6 +241,14 @@ impl Stream {
             Stream::Tcp(stream) => stream.set_read_timeout(timeout),
             Stream::Unix(stream) => stream.set_read_timeout(timeout),
         }
+    }
+}
+
+/// The connection is closed: one fewer open, for the worker's share of the fleet's
+/// connections (see [`Worker::accept`](crate::Worker::accept)).
+impl Drop for Stream {
+    fn drop(&mut self) {
+        crate::worker::shared::closed();
     }
 }
 

@@ -911,14 +911,16 @@ impl<'a> Supervisor<'a> {
         // Read while a file descriptor is sure to be free: with none to spare later, the master
         // finds its children by asking about every pid up to this one.
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
+        let listeners = listen::open(&config.listen, config.backlog)?;
         let unwatched = config.timeout.is_zero() && config.readiness == Readiness::Forked;
-        // The metrics show what the workers say there: busy or waiting, work done.
-        let shared = if unwatched && config.max_requests == 0 && config.metrics.is_none() {
+        // The metrics show what the workers say there (busy or waiting, work done), and
+        // workers that share listeners balance their connections by it.
+        let unshared = config.max_requests == 0 && config.metrics.is_none() && listeners.is_empty();
+        let shared = if unwatched && unshared {
             None
         } else {
             Some(SharedSlots::map().map_err(|errno| Error::os("mmap", errno))?)
         };
-        let listeners = listen::open(&config.listen, config.backlog)?;
         // In a master an upgrade started, a Unix socket's path stays the old master's until the
         // service is this one's.
         #[cfg(feature = "metrics")]

@@ -299,6 +299,90 @@ fn the_example_servers_requests_are_counted_sync_and_async() {
     }
 }
 
+/// Opens `count` connections to `address` at once, each with one kept-alive request
+/// answered; returns them open, with the pid of the worker that answered each.
+fn kept_alive(address: &str, count: usize) -> Vec<(std::net::TcpStream, u32)> {
+    let mut streams: Vec<std::net::TcpStream> = (0..count)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+    }
+    streams
+        .into_iter()
+        .map(|mut stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0; 1];
+            // Up to the body's line: "hello from worker I (pid P)\n".
+            while !answer.ends_with(b")\n") {
+                std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
+                answer.push(byte[0]);
+            }
+            let answer = String::from_utf8(answer).unwrap();
+            let pid = answer
+                .rsplit("(pid ")
+                .next()
+                .unwrap()
+                .trim_end_matches(")\n");
+            (stream, pid.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn kept_alive_connections_opened_at_once_spread_over_the_workers_and_are_counted() {
+    let (launch, socket) = with_metrics(HELLO, "metrics-connections");
+    let mut master = launch
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "4")
+        .start();
+    let line = master.wait_for_line("listening address=");
+    let address = field(&line, "address").unwrap().to_owned();
+    let workers = spawned_by(&master, master.pid(), 4);
+    master.wait_until("the workers to wait in accept", || {
+        let seen = scrape(&socket);
+        (seen.value("kamisama_workers_busy", &[]) == 0.0).then_some(())
+    });
+    let open = kept_alive(&address, 64);
+    let mut per_worker = std::collections::BTreeMap::new();
+    for (_, pid) in &open {
+        *per_worker.entry(*pid).or_insert(0_u32) += 1;
+    }
+    let seen = scrape(&socket);
+    let counted: BTreeSet<(u32, u32)> = seen
+        .by_index("kamisama_worker_connections")
+        .into_iter()
+        .map(|(index, open)| (pid_of(&seen, index) as u32, open as u32))
+        .collect();
+    let answered: BTreeSet<(u32, u32)> = per_worker.iter().map(|(pid, n)| (*pid, *n)).collect();
+    // What each worker holds is what it answered.
+    assert_eq!(
+        counted.iter().map(|(_, n)| n).sum::<u32>(),
+        64,
+        "{counted:?}"
+    );
+    assert!(answered.is_subset(&counted), "{answered:?} {counted:?}");
+    // Every worker got its share, give or take the one it may take past it.
+    eprintln!("connections per worker: {per_worker:?}");
+    assert_eq!(per_worker.len(), 4, "{per_worker:?} of {workers:?}");
+    let most = per_worker.values().max().unwrap();
+    let least = per_worker.values().min().unwrap();
+    assert!(most - least <= 4, "{per_worker:?}");
+    drop(open);
+    scrape_until(&master, &socket, "the connections closed", |scrape| {
+        let open = scrape.by_index("kamisama_worker_connections");
+        open.values().sum::<f64>() == 0.0
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
 #[test]
 fn anything_but_a_scrape_gets_an_error_status() {
     let (launch, socket) = with_metrics(SUPERVISED, "metrics-errors");

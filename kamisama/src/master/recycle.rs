@@ -92,6 +92,7 @@ impl Recycler {
         words.done.store(0, Ordering::Relaxed);
         words.limit.store(limit, Ordering::Relaxed);
         words.at_work.store(0, Ordering::Relaxed);
+        words.connections.store(0, Ordering::Relaxed);
     }
 
     /// A worker was forked for `index` at `started`: it is due at the end of its lifetime.

@@ -337,6 +337,17 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
             }
         }
         text.family(
+            "kamisama_worker_connections",
+            Kind::Gauge,
+            "Connections the worker holds open, accepted with Worker::accept on a fleet \
+             listener (kamisama::Stream).",
+        );
+        for (index, _, _) in running() {
+            let open = shared.slot(index).connections.load(Ordering::Relaxed);
+            let labels = [("index", Label::Index(index))];
+            text.sample("kamisama_worker_connections", &labels, open);
+        }
+        text.family(
             "kamisama_worker_completed",
             Kind::Counter,
             "Units of work the worker counted with Worker::completed (requests, for the \
