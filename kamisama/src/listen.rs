@@ -41,8 +41,7 @@ pub enum Listener {
 }
 
 /// A connection accepted on a [`Listener`], counted among its worker's open connections until
-/// it is dropped: what [`Worker::accept`](crate::Worker::accept) balances the fleet's
-/// connections by, and what the metrics show (`kamisama_worker_connections`).
+/// it is dropped, as the metrics show them (`kamisama_worker_connections`).
 ///
 /// ```no_run
 /// use std::io::{Read, Write};
@@ -244,8 +243,7 @@ impl Stream {
     }
 }
 
-/// The connection is closed: one fewer open, for the worker's share of the fleet's
-/// connections (see [`Worker::accept`](crate::Worker::accept)).
+/// The connection is closed: one fewer open.
 impl Drop for Stream {
     fn drop(&mut self) {
         crate::worker::shared::closed();

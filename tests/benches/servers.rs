@@ -264,6 +264,8 @@ fn fairness() {
                 let name = format!("bench-servers-fairness-{server}-{keep_alive}-{run}");
                 let deployment = Deployment::new(scratch!(name), binary);
                 let (mut master, address, _) = deployment.start(WORKERS, &[]);
+                // Every worker waiting in its accept, as in a fleet that has run a while.
+                std::thread::sleep(Duration::from_millis(200));
                 let load = Load::start(address, CLIENTS, keep_alive);
                 load.wait_for(REQUESTS);
                 let tally = load.stop();
@@ -286,6 +288,55 @@ fn fairness() {
     }
 }
 
+/// How 64 kept-alive connections opened at once spread over the workers: each sends one
+/// request and stays open, and the answers say which worker holds it.
+fn burst() {
+    use std::io::{Read, Write};
+    const CONNECTIONS: usize = 64;
+    println!("| server | {CONNECTIONS} kept-alive connections opened at once: busiest / least busy worker (runs) |");
+    println!("|---|---:|");
+    for (server, binary) in SERVERS {
+        let mut spreads = Vec::new();
+        for run in 0..RUNS {
+            let name = format!("bench-servers-burst-{server}-{run}");
+            let deployment = Deployment::new(scratch!(name), binary);
+            let (mut master, address, _) = deployment.start(WORKERS, &[]);
+            // Every worker waiting in its accept, as after a quiet moment.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut streams: Vec<_> = (0..CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+                .collect();
+            for stream in &mut streams {
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .expect("send");
+            }
+            let mut held = std::collections::BTreeMap::new();
+            for stream in &mut streams {
+                let mut answer = Vec::new();
+                let mut byte = [0; 1];
+                while !answer.ends_with(b")\n") {
+                    stream.read_exact(&mut byte).expect("an answer");
+                    answer.push(byte[0]);
+                }
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                let pid = answer.rsplit("(pid ").next().unwrap_or_default().to_owned();
+                let pid: u32 = pid.trim_end_matches(")\n").parse().expect("a pid");
+                *held.entry(pid).or_insert(0_u64) += 1;
+            }
+            spreads.push(spread(&held));
+            drop(streams);
+            master.signal(Signal::SIGTERM);
+            master.wait_exit();
+        }
+        let shown: Vec<String> = spreads
+            .iter()
+            .map(|spread| format!("{spread:.2}"))
+            .collect();
+        println!("| {server} | {} |", shown.join(", "));
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     println!("{WORKERS} workers, {CLIENTS} clients on loopback, medians of {RUNS} runs");
@@ -296,5 +347,7 @@ fn main() {
     if std::env::var_os("ONLY_CHANGE").is_none() {
         println!();
         fairness();
+        println!();
+        burst();
     }
 }

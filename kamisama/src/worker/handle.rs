@@ -274,14 +274,6 @@ impl Worker {
     /// instead of blocking in `accept` where a stop cannot reach it. The connection itself is
     /// in blocking mode (on Linux, an accepted socket does not inherit the listener's).
     ///
-    /// On a fleet listener, connections are balanced by how many each worker holds open (a
-    /// [`Stream`] counts as open until it is dropped): a worker that holds more than one past
-    /// the fleet's average leaves new connections to the others for 5 ms before it takes
-    /// one, so that kept-alive connections opened at once spread over the fleet instead of
-    /// going to the worker that woke first (64 over 4 workers: 15 to 17 each, where one
-    /// worker took 51 without it). Up to 1024 workers: past that, each accept would read too
-    /// many siblings' counts.
-    ///
     /// ```no_run
     /// use std::net::TcpListener;
     /// use std::io::Write;
@@ -301,11 +293,7 @@ impl Worker {
             return Some(Err(error));
         }
         loop {
-            // Past its share of the fleet's connections, a worker lets the others accept
-            // first: it leaves the listener to them for a moment, then takes what they left.
-            let deferred = shared::over_share()
-                && waiting(|| stop::wait(None, Some(SHARE_DEFERRAL))) == Woken::Stop;
-            if deferred || waiting(|| accept_wait::wait(listener.as_fd())) != Woken::Ready {
+            if waiting(|| accept_wait::wait(listener.as_fd())) != Woken::Ready {
                 return None;
             }
             match listener.accept_now() {
@@ -409,11 +397,6 @@ impl Worker {
 }
 
 /// Runs a wait through the handle, during which the worker counts as alive.
-/// How long a worker past its share of the fleet's open connections leaves a new connection
-/// to the others before it takes one itself: long enough for a sibling woken for it to run,
-/// short enough that a connection no sibling can take waits no longer.
-const SHARE_DEFERRAL: Duration = Duration::from_millis(5);
-
 fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     shared::waiting();
     let woken = wait();
