@@ -41,7 +41,8 @@ pub enum Listener {
 }
 
 /// A connection accepted on a [`Listener`], counted among its worker's open connections until
-/// it is dropped, as the metrics show them (`kamisama_worker_connections`).
+/// it is dropped: what [`Worker::accept`](crate::Worker::accept) balances the fleet's
+/// connections by, and what the metrics show (`kamisama_worker_connections`).
 ///
 /// ```no_run
 /// use std::io::{Read, Write};
@@ -243,7 +244,8 @@ impl Stream {
     }
 }
 
-/// The connection is closed: one fewer open.
+/// The connection is closed: one fewer open, for the worker's share of the fleet's
+/// connections (see [`Worker::accept`](crate::Worker::accept)).
 impl Drop for Stream {
     fn drop(&mut self) {
         crate::worker::shared::closed();

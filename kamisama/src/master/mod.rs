@@ -228,6 +228,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 signals,
                 config,
                 shared,
+                fleet: config.instances,
                 titles,
                 confinement,
                 notify: notify.as_ref().map(Notify::fd),
@@ -763,6 +764,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.instances += 1;
+        self.setup.fleet = self.instances;
         self.slots.add(self.instances - 1);
         self.set_title();
         self.emit(Event::ScaledUp {
@@ -779,6 +781,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         }
         self.instances -= 1;
+        self.setup.fleet = self.instances;
         self.set_title();
         let index = self.instances;
         self.emit(Event::ScaledDown {

@@ -38,6 +38,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) config: &'a Config,
     /// The memory shared with the workers, when the master watches hangs or readiness.
     pub(crate) shared: Option<&'a shared::SharedSlots>,
+    /// How many workers the fleet runs now.
+    pub(crate) fleet: usize,
     /// The master's socket to the service manager, which a worker closes.
     pub(crate) notify: Option<RawFd>,
     /// The command line's memory, for the worker's title.
@@ -124,7 +126,12 @@ fn run_worker<W: WorkerFn<S>, S>(
         exit(1);
     }
     forwarded::install();
-    shared::install(setup.shared, index, setup.master.as_raw() as u32);
+    shared::install(
+        setup.shared,
+        index,
+        setup.fleet,
+        setup.master.as_raw() as u32,
+    );
     if W::TAKES_HANDLE {
         if let Err(error) = stop::install(setup.master, setup.config.shutdown_timeout) {
             handle.report_failure(&error);

@@ -95,17 +95,24 @@ static DONE: AtomicU64 = AtomicU64::new(0);
 /// Connections this worker holds open: its own count, mirrored to its slot.
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
+/// The first slot of the mapping, and how many workers the fleet had at this one's fork: the
+/// siblings whose open connections this worker compares its own with.
+static FIRST: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
+static FLEET: AtomicU64 = AtomicU64::new(0);
+
 /// After how many units this worker asks to be recycled, and its master; read at start.
 static LIMIT: AtomicU64 = AtomicU64::new(0);
 static MASTER: AtomicU64 = AtomicU64::new(0);
 
 /// In a new worker: beats and readiness go to `slot` from now on. The mapping is never
 /// unmapped in a worker, so the slot is valid for the rest of its life.
-pub(crate) fn install(shared: Option<&SharedSlots>, index: usize, master: u32) {
+pub(crate) fn install(shared: Option<&SharedSlots>, index: usize, fleet: usize, master: u32) {
     // Without a slot, nothing is written: the master never set one, and a store of null
     // over null would still copy the page after the fork.
     if let Some(shared) = shared {
         let slot = shared.slot(index);
+        FIRST.store(shared.words.as_ptr(), Ordering::Relaxed);
+        FLEET.store(fleet.min(MAX_INSTANCES) as u64, Ordering::Relaxed);
         SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
         LIMIT.store(slot.limit.load(Ordering::Relaxed), Ordering::Relaxed);
         MASTER.store(u64::from(master), Ordering::Relaxed);
@@ -226,6 +233,29 @@ pub(crate) fn closed() {
             .store(before.saturating_sub(1), Ordering::Relaxed);
     }
 }
+
+/// Whether this worker holds more than its share of the fleet's open connections: more than
+/// one past the fleet's average. The words of every sibling are read, so past
+/// [`BALANCED_UP_TO`] workers the answer is always no.
+pub(crate) fn over_share() -> bool {
+    let first = FIRST.load(Ordering::Relaxed);
+    let fleet = FLEET.load(Ordering::Relaxed) as usize;
+    if first.is_null() || !(2..=BALANCED_UP_TO).contains(&fleet) {
+        return false;
+    }
+    let mine = CONNECTIONS.load(Ordering::Relaxed);
+    // SAFETY: `install` set `first` to the mapping's first slot, and `fleet` is at most
+    // MAX_INSTANCES, the slots it holds; the mapping lives as long as the worker.
+    let total: u64 = (0..fleet)
+        .map(|index| unsafe { &*first.add(index) })
+        .map(|words| words.connections.load(Ordering::Relaxed))
+        .sum();
+    mine * fleet as u64 > total + fleet as u64
+}
+
+/// The largest fleet whose workers balance their connections: each accept reads a word per
+/// sibling.
+pub(crate) const BALANCED_UP_TO: usize = 1024;
 
 /// Whether a worker whose slot says `at_work` has a thread at work.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
