@@ -181,6 +181,9 @@ pub enum Event {
         reason: &'static str,
         /// How long it ran.
         lived: Duration,
+        /// Units of work it completed ([`Worker::completed`](crate::Worker::completed), or a
+        /// request each for kamisama's servers), when the workers publish their counts.
+        completed: Option<u64>,
     },
     /// Every worker due for replacement was replaced.
     RollingRestartFinished,
@@ -639,11 +642,15 @@ impl Event {
                 pid,
                 reason,
                 lived,
+                completed,
             } => {
                 field("index", Count(*index as u64));
                 field("pid", Count(u64::from(*pid)));
                 field("reason", Value::Word(reason));
                 field("lived", Span(*lived));
+                if let Some(completed) = completed {
+                    field("completed", Count(*completed));
+                }
             }
             Event::UpgradeDone { old } => field("old", Count(u64::from(*old))),
             Event::UpgradeFailed { pid, reason } => {

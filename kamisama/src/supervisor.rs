@@ -913,9 +913,12 @@ impl<'a> Supervisor<'a> {
         let pid_max = procfs::pid_max().unwrap_or(MAX_INSTANCES as i32);
         let listeners = listen::open(&config.listen, config.backlog)?;
         let unwatched = config.timeout.is_zero() && config.readiness == Readiness::Forked;
-        // The metrics show what the workers say there (busy or waiting, work done), and
-        // workers that share listeners balance their connections by it.
-        let unshared = config.max_requests == 0 && config.metrics.is_none() && listeners.is_empty();
+        // The metrics and the status file show what the workers say there (busy or waiting,
+        // work done), and workers that share listeners balance their connections by it.
+        let unshared = config.max_requests == 0
+            && config.metrics.is_none()
+            && config.status_file.is_none()
+            && listeners.is_empty();
         let shared = if unwatched && unshared {
             None
         } else {

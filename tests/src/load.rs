@@ -263,3 +263,38 @@ fn request(
     }
     Ok(worker)
 }
+
+/// Opens `count` connections to `address` at once, each with one kept-alive request
+/// answered; returns them open, with the pid of the worker that answered each.
+pub fn kept_alive(address: &str, count: usize) -> Vec<(TcpStream, u32)> {
+    let mut streams: Vec<TcpStream> = (0..count)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+    }
+    streams
+        .into_iter()
+        .map(|mut stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0; 1];
+            // Up to the body's line: "hello from worker I (pid P)\n".
+            while !answer.ends_with(b")\n") {
+                stream.read_exact(&mut byte).unwrap();
+                answer.push(byte[0]);
+            }
+            let answer = String::from_utf8(answer).unwrap();
+            let pid = answer
+                .rsplit("(pid ")
+                .next()
+                .unwrap()
+                .trim_end_matches(")\n");
+            (stream, pid.parse().unwrap())
+        })
+        .collect()
+}

@@ -3,6 +3,7 @@
 //! however slow or many, holds the master up or reaches into a worker.
 
 use kamisama_tests::deployment::{spawned_by, upgrade, Deployment};
+use kamisama_tests::load::kept_alive;
 use kamisama_tests::metrics::{ask, parse, scrape, scrape_openmetrics, Scrape};
 use kamisama_tests::{field, scratch, status_field, Master};
 use nix::sys::signal::{kill, Signal};
@@ -297,41 +298,6 @@ fn the_example_servers_requests_are_counted_sync_and_async() {
         master.expect_exit_code(0);
         master.expect_tree_gone();
     }
-}
-
-/// Opens `count` connections to `address` at once, each with one kept-alive request
-/// answered; returns them open, with the pid of the worker that answered each.
-fn kept_alive(address: &str, count: usize) -> Vec<(std::net::TcpStream, u32)> {
-    let mut streams: Vec<std::net::TcpStream> = (0..count)
-        .map(|_| std::net::TcpStream::connect(address).unwrap())
-        .collect();
-    for stream in &mut streams {
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-    }
-    streams
-        .into_iter()
-        .map(|mut stream| {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .unwrap();
-            let mut answer = Vec::new();
-            let mut byte = [0; 1];
-            // Up to the body's line: "hello from worker I (pid P)\n".
-            while !answer.ends_with(b")\n") {
-                std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
-                answer.push(byte[0]);
-            }
-            let answer = String::from_utf8(answer).unwrap();
-            let pid = answer
-                .rsplit("(pid ")
-                .next()
-                .unwrap()
-                .trim_end_matches(")\n");
-            (stream, pid.parse().unwrap())
-        })
-        .collect()
 }
 
 #[test]

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
+const CRUNCH: &str = env!("CARGO_BIN_EXE_crunch");
+const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
 
 fn status_path(name: &str) -> PathBuf {
     kamisama_tests::scratch!(name).join("status.json")
@@ -304,4 +306,73 @@ fn a_start_that_cannot_write_the_status_leaves_nothing_behind() {
     master.wait_for_line("error: cannot write the status file");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[test]
+fn the_status_shows_what_each_worker_did_within_a_second_and_is_not_rewritten_while_idle() {
+    use std::os::unix::fs::MetadataExt;
+    // Each crunch worker completes a batch (a few milliseconds) as it starts, then sleeps
+    // 5 s: its count moves once, and the fleet is idle after.
+    let path = status_path("status-counts");
+    let mut master = Master::launch(CRUNCH)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let status = wait_for_status(&master, &path, "each worker's first batch", |status| {
+        (0..2).all(|index| status["workers"][index]["completed"] == 1)
+    });
+    for index in 0..2 {
+        let worker = &status["workers"][index];
+        assert_eq!(worker["busy"], false, "asleep: {worker}");
+        assert_eq!(worker["connections"], 0, "{worker}");
+    }
+    // Nothing moves until the next batch: the file stays the one written (a rewrite is a
+    // new file renamed over it), past two refresh periods.
+    let written = std::fs::metadata(&path).unwrap().ino();
+    let until = Instant::now() + Duration::from_millis(2500);
+    master.wait_until("2.5 s without a rewrite", || {
+        let now = std::fs::metadata(&path).unwrap().ino();
+        assert_eq!(now, written, "rewritten while nothing moved");
+        (Instant::now() >= until).then_some(())
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn the_status_counts_each_servers_requests_and_open_connections() {
+    let path = status_path("status-connections");
+    let mut master = Master::launch(HELLO)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_LISTEN", "127.0.0.1:0")
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let line = master.wait_for_line("listening address=");
+    let address = kamisama_tests::field(&line, "address").unwrap().to_owned();
+    wait_for_status(&master, &path, "two running workers", |status| {
+        status["running"] == 2
+    });
+    let open = kamisama_tests::load::kept_alive(&address, 6);
+    let status = wait_for_status(&master, &path, "six connections counted", |status| {
+        let sum = |key: &str| {
+            (0..2)
+                .map(|index| status["workers"][index][key].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        sum("connections") == 6 && sum("completed") == 6
+    });
+    for (index, worker) in status["workers"].as_array().unwrap().iter().enumerate() {
+        let pid = worker["pid"].as_u64().unwrap() as u32;
+        let held = open.iter().filter(|(_, by)| *by == pid).count();
+        assert_eq!(worker["connections"], held, "index {index}: {status}");
+        assert!(worker["busy"].is_boolean(), "{worker}");
+    }
+    drop(open);
+    wait_for_status(&master, &path, "the connections closed", |status| {
+        (0..2).all(|index| status["workers"][index]["connections"] == 0)
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
 }

@@ -319,15 +319,16 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 return outcome;
             }
             self.sweep(now.instant);
+            let phase = self.summary(now.instant).phase;
+            self.announce(phase);
+            self.write_status(phase.name());
+            // After the status, which may have set its next look at the workers' counts.
             let timeout = self
                 .next_deadline(now)
                 .into_iter()
                 .chain(ping)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
-            let phase = self.summary(now.instant).phase;
-            self.announce(phase);
-            self.write_status(phase.name());
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
             let pipe = match (&self.upgrade, &self.takeover) {
@@ -700,6 +701,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 pid: pid.as_raw() as u32,
                 reason: why.name(),
                 lived: now.saturating_duration_since(started),
+                completed: self
+                    .setup
+                    .shared
+                    .map(|shared| shared.slot(index).done.load(Ordering::Relaxed)),
             });
             let slot = &mut self.slots[index];
             slot.recycles = slot.recycles.saturating_add(1);
@@ -975,10 +980,21 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
+    /// When the status file's master is next to look at the workers' counts.
+    fn status_deadline(&self) -> Option<Instant> {
+        let status = self.status.as_ref().filter(|_| self.owns_status())?;
+        status.next_count(self.setup.shared)
+    }
+
+    /// Whether the status file is this master's to write: a new master writes it from its
+    /// trial on, or once handed over without one.
+    fn owns_status(&self) -> bool {
+        self.takeover.as_ref().map_or(true, Takeover::on_trial)
+    }
+
     /// Rewrites the status file, if there is one and anything happened since.
     fn write_status(&mut self, phase: &'static str) {
-        // A new master writes it from its trial on, or once handed over without one.
-        let own = self.takeover.as_ref().map_or(true, Takeover::on_trial);
+        let own = self.owns_status();
         let Some(status) = self.status.as_mut().filter(|_| own) else {
             return;
         };
@@ -990,10 +1006,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             respawns: self.limiter.in_window(Instant::now()),
             slots: &self.slots,
             upgrade: self.upgraded.as_ref(),
+            shared: self.setup.shared,
+            is_async: W::IS_ASYNC,
         };
         // Checked before the first fork; a file system that fails later costs only the
         // status, never the supervision.
-        let _ = status.write_if_changed(&fleet);
+        let _ = status.write_if_changed(&fleet, Instant::now());
     }
 
     /// Sends `signal` to every live worker.
@@ -1270,6 +1288,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(recycling)
             .chain(self.replacements.next_deadline())
             .chain(self.metrics_deadline())
+            .chain(self.status_deadline())
             .min()
     }
 

@@ -11,9 +11,11 @@
 use super::table::Table;
 use super::watchdog::Watch;
 use crate::event::ExitStatus;
+use crate::worker::shared::SharedSlots;
 use nix::unistd::Pid;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// One slot per index. Slots past the master's `instances` hold workers being retired.
@@ -128,6 +130,19 @@ pub(super) enum State {
     Done,
     /// Retired by TTOU, until the slot is dropped.
     Retired,
+}
+
+impl State {
+    /// Whether the worker of `index` is busy, as its shared words say: whether any of its
+    /// threads is at work, out of kamisama's waits. Known only of a running sync worker
+    /// that was not asked to stop (an async worker's waits are tokio's).
+    pub(super) fn busy(&self, index: usize, shared: &SharedSlots, is_async: bool) -> Option<bool> {
+        if is_async || !matches!(self, State::Running { stop: None, .. }) {
+            return None;
+        }
+        let at_work = shared.slot(index).at_work.load(Ordering::Relaxed);
+        Some(crate::worker::shared::is_at_work(at_work))
+    }
 }
 
 /// A worker the master asked to stop, or found hung.

@@ -5,7 +5,9 @@
 //! respawns changed, once per turn of the master's loop: written to a new file beside its
 //! final name, then renamed over it, so that a reader always sees a whole file. Reading it
 //! needs no client and no socket (`cat`, `jq`), and keeping it costs nothing while nothing
-//! happens: the master does not wake for it, but when a respawn leaves the window.
+//! happens: the master does not wake for it, but when a respawn leaves the window, and, where
+//! the workers publish what they do (work completed, busy, connections open), once every
+//! [`COUNTS_REFRESH`] to look whether that moved, rewriting the file only if it did.
 //!
 //! The file written beside is made for each write, with a name of this process's own, and
 //! never through an existing file or link (`O_CREAT | O_EXCL | O_NOFOLLOW`): a directory
@@ -17,13 +19,19 @@ use super::upgrade::Report;
 use crate::config::Config;
 use crate::event::Value;
 use crate::log::{Json, JsonString, Timestamp};
+use crate::worker::shared::SharedSlots;
 use std::ffi::OsString;
 use std::fmt::{self, Write};
 use std::fs::OpenOptions;
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the master looks whether the workers' counts moved since the file was written:
+/// how old they may be in it.
+pub(super) const COUNTS_REFRESH: Duration = Duration::from_secs(1);
 
 pub(crate) struct StatusFile {
     path: PathBuf,
@@ -32,6 +40,8 @@ pub(crate) struct StatusFile {
     written: Option<(&'static str, usize)>,
     /// Kept between writes, so that the text is allocated once.
     text: String,
+    /// When the workers' counts were last looked at, and what they summed to then.
+    counted: Option<(Instant, u64)>,
 }
 
 /// What the status says of the fleet as a whole.
@@ -45,6 +55,10 @@ pub(super) struct Fleet<'a> {
     pub(super) slots: &'a Slots,
     /// How the last upgrade went, if there was one in this master's life.
     pub(super) upgrade: Option<&'a Report>,
+    /// What the workers publish of their work, when the master maps it.
+    pub(super) shared: Option<&'a SharedSlots>,
+    /// Whether the workers are async: then none is said to be busy or not.
+    pub(super) is_async: bool,
 }
 
 impl StatusFile {
@@ -54,7 +68,15 @@ impl StatusFile {
             changed: true,
             written: None,
             text: String::new(),
+            counted: None,
         }
+    }
+
+    /// When the master is next to look at the workers' counts, if they publish any.
+    pub(super) fn next_count(&self, shared: Option<&SharedSlots>) -> Option<Instant> {
+        shared?;
+        let (at, _) = self.counted?;
+        at.checked_add(COUNTS_REFRESH)
     }
 
     /// Something happened: the file is rewritten at the end of this turn.
@@ -79,14 +101,22 @@ impl StatusFile {
         placed
     }
 
-    /// Rewrites the file if anything happened since the last time.
-    pub(super) fn write_if_changed(&mut self, fleet: &Fleet<'_>) -> io::Result<()> {
-        let now = (fleet.phase, fleet.respawns);
-        if !self.changed && self.written == Some(now) {
+    /// Rewrites the file if anything happened since the last time, or if the workers' counts
+    /// moved and were last written [`COUNTS_REFRESH`] ago or more.
+    pub(super) fn write_if_changed(&mut self, fleet: &Fleet<'_>, now: Instant) -> io::Result<()> {
+        let summary = (fleet.phase, fleet.respawns);
+        let due = self.next_count(fleet.shared).is_some_and(|at| at <= now);
+        let counts = (due || self.changed || self.written != Some(summary))
+            .then(|| fleet.shared.map_or(0, |shared| fingerprint(fleet, shared)));
+        let moved = due && counts != self.counted.map(|(_, counts)| counts);
+        if let Some(counts) = counts {
+            self.counted = Some((now, counts));
+        }
+        if !self.changed && self.written == Some(summary) && !moved {
             return Ok(());
         }
         self.changed = false;
-        self.written = Some(now);
+        self.written = Some(summary);
         self.text.clear();
         render(&mut self.text, fleet);
         let beside = write_beside(&self.path, &self.text)?;
@@ -164,9 +194,26 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
         if index > 0 {
             out.push(',');
         }
-        worker(out, index, slot, now, wall);
+        worker(out, fleet, index, slot, now, wall);
     }
     out.push_str("]}\n");
+}
+
+/// A sum of what the workers publish, which moves when any of it does.
+fn fingerprint(fleet: &Fleet<'_>, shared: &SharedSlots) -> u64 {
+    let mut sum: u64 = 0xcbf2_9ce4_8422_2325;
+    for (index, slot) in fleet.slots.iter().enumerate() {
+        let words = shared.slot(index);
+        let busy = slot.state().busy(index, shared, fleet.is_async);
+        for value in [
+            words.done.load(Ordering::Relaxed),
+            words.connections.load(Ordering::Relaxed),
+            u64::from(busy == Some(true)),
+        ] {
+            sum = (sum ^ value).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    sum
 }
 
 /// The last upgrade as JSON: `null`, or
@@ -210,8 +257,17 @@ impl fmt::Display for Name<'_> {
 }
 
 /// One index: `{"index":3,"pid":4250,"state":"running","started":...,"restarts":1,
-/// "recycles":0,...}`: restarts after an exit or a rolling restart, and recycles apart.
-fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: SystemTime) {
+/// "recycles":0,...}`: restarts after an exit or a rolling restart, and recycles apart; and
+/// for a running worker that publishes them, `"completed"`, `"connections"` and, for a sync
+/// worker, `"busy"`.
+fn worker(
+    out: &mut String,
+    fleet: &Fleet<'_>,
+    index: usize,
+    slot: &Slot,
+    now: Instant,
+    wall: SystemTime,
+) {
     let state = slot.state_name(now);
     let (pid, since) = match slot.state() {
         State::Running { pid, started, .. } => (Some(pid.as_raw()), Some(*started)),
@@ -235,6 +291,18 @@ fn worker(out: &mut String, index: usize, slot: &Slot, now: Instant, wall: Syste
             unix.subsec_millis(),
             Timestamp(started)
         );
+    }
+    if let Some(shared) = fleet.shared.filter(|_| pid.is_some()) {
+        let words = shared.slot(index);
+        let _ = write!(
+            out,
+            ",\"completed\":{},\"connections\":{}",
+            words.done.load(Ordering::Relaxed),
+            words.connections.load(Ordering::Relaxed)
+        );
+        if let Some(busy) = slot.state().busy(index, shared, fleet.is_async) {
+            let _ = write!(out, ",\"busy\":{busy}");
+        }
     }
     let restarts = slot.forks.saturating_sub(1).saturating_sub(slot.recycles);
     let _ = write!(

@@ -415,15 +415,8 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
     }
 }
 
-/// Whether the worker of `index` is busy, for a running sync worker whose words are mapped:
-/// whether any of its threads is at work, out of kamisama's waits.
 fn is_busy(view: &View<'_>, index: usize, state: &State) -> Option<bool> {
-    let shared = view.shared.filter(|_| !view.is_async)?;
-    if !matches!(state, State::Running { stop: None, .. }) {
-        return None;
-    }
-    let at_work = shared.slot(index).at_work.load(Ordering::Relaxed);
-    Some(crate::worker::shared::is_at_work(at_work))
+    state.busy(index, view.shared?, view.is_async)
 }
 
 /// Seconds since the Unix epoch.
