@@ -15,10 +15,10 @@
 //! closes a connection idle for the whole `Keep-Alive` time it advertises. Once its last
 //! connection is done, it returns.
 
+use kamisama::AsyncStream;
 use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// How long a kept-alive connection may stay idle, as every response says.
@@ -37,15 +37,15 @@ async fn worker(worker: kamisama::Worker) -> io::Result<()> {
         eprintln!("async_hello_server: no listener");
         return Ok(());
     };
-    // The worker's own tokio listener, on the socket every worker shares.
-    let listener = listener.to_tokio_tcp()?;
     worker.ready();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             // `None` once the worker is asked to stop.
-            accepted = worker.accept_async(&listener) => match accepted {
-                Some(Ok((stream, _))) => {
+            // One worker woken per connection, and each its share of them: a worker that
+            // holds more than its share leaves new ones to the others for a moment.
+            accepted = worker.accept_async(listener) => match accepted {
+                Some(Ok(stream)) => {
                     connections.spawn(serve(worker.clone(), stream));
                 }
                 Some(Err(_)) => {}
@@ -60,7 +60,7 @@ async fn worker(worker: kamisama::Worker) -> io::Result<()> {
 
 /// Serves one connection until the client closes it, asks for `Connection: close`, or the
 /// worker stops.
-async fn serve(worker: kamisama::Worker, stream: TcpStream) -> io::Result<()> {
+async fn serve(worker: kamisama::Worker, stream: AsyncStream) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         if reader.buffer().is_empty() && !next_request_comes(&worker, &mut reader).await? {
@@ -96,7 +96,7 @@ async fn serve(worker: kamisama::Worker, stream: TcpStream) -> io::Result<()> {
 /// client closed it, or, once the worker is stopping, stayed silent for as long as it may.
 async fn next_request_comes(
     worker: &kamisama::Worker,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<AsyncStream>,
 ) -> io::Result<bool> {
     // `fill_buf` is cancel-safe: a stop that wins the race has read nothing.
     tokio::select! {
@@ -111,7 +111,7 @@ async fn next_request_comes(
 
 /// Reads one request's head; returns whether the client wants the connection kept alive, or
 /// `None` when it closed the connection.
-async fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<bool>> {
+async fn read_request(reader: &mut BufReader<AsyncStream>) -> io::Result<Option<bool>> {
     let mut line = String::new();
     let mut keep_alive = true;
     let mut first = true;

@@ -440,7 +440,7 @@ pub use supervisor::{Outcome, Supervisor};
 pub use worker::{Accept, Worker, WorkerFn, WorkerResult};
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use worker::{Async, AsyncAccept};
+pub use worker::{Async, AsyncAccept, AsyncStream};
 
 /// A sign of life for hang detection, from a worker function that does not take the
 /// [`Worker`] handle; the same as [`Worker::heartbeat`]. Does nothing in the master, or when

@@ -104,10 +104,11 @@ impl Listener {
         }
     }
 
-    /// This TCP listener on the current tokio runtime, for
-    /// [`Worker::accept_async`](crate::Worker::accept_async) or tokio's own `accept`: a
-    /// descriptor of the worker's own, on the socket every worker shares. An error of kind
-    /// `InvalidInput` for a Unix listener.
+    /// This TCP listener on the current tokio runtime, for tokio's own `accept` (or a
+    /// library that takes a tokio listener): a descriptor of the worker's own, on the socket
+    /// every worker shares. An error of kind `InvalidInput` for a Unix listener.
+    /// [`Worker::accept_async`](crate::Worker::accept_async) takes it too, but accepts
+    /// better on the `Listener` itself: one wakeup per connection, and balanced.
     ///
     /// ```no_run
     /// #[kamisama::main(listen = "127.0.0.1:8080")]
@@ -178,7 +179,7 @@ impl Listener {
         Ok(stream)
     }
 
-    fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
         if !getsockopt(&fd, sockopt::AcceptConn)? {
             return Err(io::Error::other("not a listening socket"));
         }

@@ -11,11 +11,13 @@
 //! ```
 //!
 //! Each figure is the median of three runs; failed requests are the sum over all of them.
-//! `ONLY_FAIRNESS=1` runs the fairness table alone; `ONLY_CHANGE=BadRelease` (or
-//! `RollingRestart`, `Upgrade`, `Rollback`) one change alone.
+//! Last, requests a second from wrk against nginx (installed from Debian's packages when
+//! missing). `ONLY_FAIRNESS=1` runs the fairness tables alone; `ONLY_THROUGHPUT=1` the
+//! throughput; `ONLY_CHANGE=BadRelease` (or `RollingRestart`, `Upgrade`, `Rollback`) one
+//! change alone.
 
 use kamisama_tests::deployment::{upgrade, Deployment};
-use kamisama_tests::load::{Load, Tally};
+use kamisama_tests::load::{kept_alive, Load, Tally};
 use kamisama_tests::{reap_orphan, scratch};
 use nix::sys::signal::{kill, Signal};
 use std::fs;
@@ -291,7 +293,6 @@ fn fairness() {
 /// How 64 kept-alive connections opened at once spread over the workers: each sends one
 /// request and stays open, and the answers say which worker holds it.
 fn burst() {
-    use std::io::{Read, Write};
     const CONNECTIONS: usize = 64;
     println!("| server | {CONNECTIONS} kept-alive connections opened at once: busiest / least busy worker (runs) |");
     println!("|---|---:|");
@@ -303,26 +304,10 @@ fn burst() {
             let (mut master, address, _) = deployment.start(WORKERS, &[]);
             // Every worker waiting in its accept, as after a quiet moment.
             std::thread::sleep(Duration::from_millis(200));
-            let mut streams: Vec<_> = (0..CONNECTIONS)
-                .map(|_| std::net::TcpStream::connect(address).expect("connect"))
-                .collect();
-            for stream in &mut streams {
-                stream
-                    .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-                    .expect("send");
-            }
+            let streams = kept_alive(&address.to_string(), CONNECTIONS);
             let mut held = std::collections::BTreeMap::new();
-            for stream in &mut streams {
-                let mut answer = Vec::new();
-                let mut byte = [0; 1];
-                while !answer.ends_with(b")\n") {
-                    stream.read_exact(&mut byte).expect("an answer");
-                    answer.push(byte[0]);
-                }
-                let answer = String::from_utf8_lossy(&answer).into_owned();
-                let pid = answer.rsplit("(pid ").next().unwrap_or_default().to_owned();
-                let pid: u32 = pid.trim_end_matches(")\n").parse().expect("a pid");
-                *held.entry(pid).or_insert(0_u64) += 1;
+            for (_, pid) in &streams {
+                *held.entry(*pid).or_insert(0_u64) += 1;
             }
             spreads.push(spread(&held));
             drop(streams);
@@ -337,17 +322,175 @@ fn burst() {
     }
 }
 
+/// Requests a second from wrk (2 threads, 64 connections, 3 s) to the two servers and to
+/// nginx answering a fixed body with as many workers, in turn, a new connection per request
+/// and kept alive. wrk and nginx-light come from Debian's packages, installed when missing
+/// (as root); without them, the table says so.
+fn throughput() {
+    if let Err(missing) = ensure_packages(&[("wrk", "wrk"), ("nginx", "nginx-light")]) {
+        println!("(throughput against nginx skipped: {missing})");
+        return;
+    }
+    println!("| connections | nginx | threads | tokio | threads / nginx | tokio / nginx | (requests a second, runs) |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for keep_alive in [false, true] {
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        for run in 0..RUNS {
+            rates[0].push(nginx_rate(keep_alive, run));
+            for (at, (server, binary)) in SERVERS.iter().enumerate() {
+                let name = format!("bench-servers-rate-{server}-{keep_alive}-{run}");
+                let deployment = Deployment::new(scratch!(name), binary);
+                let (mut master, address, _) = deployment.start(WORKERS, &[]);
+                rates[at + 1].push(wrk(&address.to_string(), keep_alive));
+                master.signal(Signal::SIGTERM);
+                master.wait_exit();
+            }
+        }
+        let runs: Vec<String> = (0..RUNS)
+            .map(|run| {
+                let rate = |at: usize| format!("{:.0}", rates[at][run]);
+                format!("{}/{}/{}", rate(0), rate(1), rate(2))
+            })
+            .collect();
+        let [nginx, threads, tokio] = rates.map(|mut rates| {
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        });
+        println!(
+            "| {} | {nginx:.0} | {threads:.0} | {tokio:.0} | {:.2} | {:.2} | {} |",
+            connections(keep_alive),
+            threads / nginx,
+            tokio / nginx,
+            runs.join(", ")
+        );
+    }
+}
+
+/// Makes sure each `(program, package)` is installed, with apt-get as root if need be.
+fn ensure_packages(wanted: &[(&str, &str)]) -> Result<(), String> {
+    let found = |program: &str| {
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("command -v {program} || test -x /usr/sbin/{program}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(program, _)| !found(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "{} not installed, and not root",
+            missing.join(", ")
+        ));
+    }
+    let installed = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
+        .status();
+    match installed {
+        Ok(status) if status.success() => Ok(()),
+        _ => Err(format!("apt-get install {} failed", missing.join(" "))),
+    }
+}
+
+/// nginx with `WORKERS` workers answering `hello from nginx` on a free port: its rate.
+fn nginx_rate(keep_alive: bool, run: usize) -> f64 {
+    let dir = scratch!(format!("bench-servers-nginx-{keep_alive}-{run}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|free| free.local_addr())
+        .expect("a free port")
+        .port();
+    let config = format!(
+        "worker_processes {WORKERS};\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; keepalive_timeout 5; keepalive_requests 1000000;\n\
+         client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};\n\
+         uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ default_type text/plain;\n\
+         return 200 \"hello from nginx\\n\"; }} }} }}\n",
+        dir = dir.display()
+    );
+    fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
+    let nginx = if std::path::Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut child = std::process::Command::new(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .args(["-g", "daemon off;"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = wrk(&address, keep_alive);
+    // QUIT: nginx's graceful stop; its workers go with it.
+    let _ = kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGQUIT,
+    );
+    let _ = child.wait();
+    rate
+}
+
+/// wrk's requests a second on `address` (2 threads, 64 connections, 3 s); a run with a
+/// failed request is not a figure.
+fn wrk(address: &str, keep_alive: bool) -> f64 {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t2", "-c64", "-d3s"]);
+    if !keep_alive {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command
+        .arg(format!("http://{address}/"))
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|rate| rate.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rate in wrk's output: {text}"))
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     println!("{WORKERS} workers, {CLIENTS} clients on loopback, medians of {RUNS} runs");
     println!();
-    if std::env::var_os("ONLY_FAIRNESS").is_none() {
+    let only = |name: &str| std::env::var_os(name).is_some();
+    if !only("ONLY_FAIRNESS") && !only("ONLY_THROUGHPUT") {
         changes();
     }
-    if std::env::var_os("ONLY_CHANGE").is_none() {
+    if !only("ONLY_CHANGE") && !only("ONLY_THROUGHPUT") {
         println!();
         fairness();
         println!();
         burst();
+    }
+    if !only("ONLY_CHANGE") && !only("ONLY_FAIRNESS") {
+        println!();
+        throughput();
     }
 }

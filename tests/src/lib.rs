@@ -627,6 +627,36 @@ pub fn state(pid: Pid) -> Option<char> {
         .next()
 }
 
+/// Whether every thread of `pid` is asleep (state `S`).
+pub fn all_threads_asleep(pid: Pid) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            == Some("S")
+    })
+}
+
+/// How many times the threads of `pid` went to sleep (their voluntary context switches).
+pub fn thread_sleeps(pid: Pid) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let status = fs::read_to_string(task.path().join("status")).ok()?;
+            let line = status
+                .lines()
+                .find(|line| line.starts_with("voluntary_ctxt_switches:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Whether `pid` is a process that has not died (a zombie has).
 pub fn is_alive(pid: Pid) -> bool {
     matches!(state(pid), Some(state) if state != 'Z' && state != 'X')

@@ -85,3 +85,66 @@ fn tokio_from_std_on_a_fleet_listener_just_works() {
 fn an_async_worker_accepts_through_its_handle_and_stops_at_once() {
     an_async_fleet_serves_and_stops("kamisama");
 }
+
+#[test]
+fn an_async_worker_accepts_on_the_fleet_listener_and_stops_at_once() {
+    an_async_fleet_serves_and_stops("fleet");
+}
+
+/// How many times the threads of 8 idle async workers go to sleep for 40 connections, one
+/// at a time, accepted as `MODE` says.
+fn sleeps_for_connections(mode: &str) -> u64 {
+    const WORKERS: usize = 8;
+    const CONNECTIONS: usize = 40;
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_async-acceptor"))
+        .env("MODE", mode)
+        .env("KAMISAMA_INSTANCES", &WORKERS.to_string())
+        .start();
+    let line = master.wait_for_line("listening address=");
+    let address = field(&line, "address").unwrap().to_owned();
+    let workers = master.wait_for_workers(WORKERS);
+    master.wait_for_lines("waiting index=", WORKERS);
+    // One connection each first: every worker's acceptor is started and asleep.
+    for answer in hellos(&address, WORKERS) {
+        assert!(answer.starts_with("hello from "), "{answer:?}");
+    }
+    let total = || {
+        workers
+            .values()
+            .map(|pid| kamisama_tests::thread_sleeps(*pid))
+            .sum::<u64>()
+    };
+    let settled = |served: usize| {
+        master.wait_for_lines("waiting index=", WORKERS + served);
+        master.wait_until("every worker asleep", || {
+            let asleep = workers
+                .values()
+                .all(|pid| kamisama_tests::all_threads_asleep(*pid));
+            asleep.then_some(())
+        });
+    };
+    settled(WORKERS);
+    let before = total();
+    for served in 1..=CONNECTIONS {
+        for answer in hellos(&address, 1) {
+            assert!(answer.starts_with("hello from "), "{answer:?}");
+        }
+        settled(WORKERS + served);
+    }
+    let woken = total() - before;
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("killed", 0);
+    woken
+}
+
+#[test]
+fn a_connection_wakes_one_async_worker_on_a_fleet_listener() {
+    // Through its acceptor thread, one worker's: the acceptor and the runtime it hands the
+    // connection to, a few sleeps in all. On a tokio listener, every worker's runtime wakes.
+    let fleet = sleeps_for_connections("fleet");
+    let tokio = sleeps_for_connections("kamisama");
+    eprintln!("sleeps for 40 connections over 8 workers: fleet {fleet}, tokio {tokio}");
+    assert!(fleet <= 40 * 5, "{fleet} sleeps for 40 connections");
+    assert!(fleet * 2 < tokio, "fleet {fleet}, tokio's listener {tokio}");
+}

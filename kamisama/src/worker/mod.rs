@@ -16,6 +16,8 @@ use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 
 mod accept_wait;
+#[cfg(feature = "tokio")]
+mod acceptor;
 pub(crate) mod confine;
 mod forwarded;
 mod function;
@@ -26,6 +28,9 @@ mod runtime;
 pub(crate) mod shared;
 mod stop;
 
+#[cfg(feature = "tokio")]
+#[cfg(feature = "tokio")]
+pub use acceptor::AsyncStream;
 pub use function::{WorkerFn, WorkerResult};
 pub use handle::{Accept, Worker};
 #[cfg(feature = "tokio")]

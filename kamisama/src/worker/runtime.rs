@@ -254,44 +254,84 @@ impl Default for ThreadCounts {
 /// }
 /// ```
 pub trait AsyncAccept: AsyncAcceptSealed {
-    /// What `accept_async` returns: the stream and the peer's address.
+    /// What `accept_async` returns: an [`AsyncStream`](crate::AsyncStream) for a fleet
+    /// listener, the stream and the peer's address for a tokio one.
     type Connection;
 
+    /// The next connection, or `None` once `stopped` (whether it comes first, if both are
+    /// there, is the listener's to say).
     #[doc(hidden)]
-    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>>;
+    fn poll_accept_until(
+        &self,
+        context: &mut Context<'_>,
+        stopped: bool,
+    ) -> Poll<Option<io::Result<Self::Connection>>>;
 }
 
-impl AsyncAccept for tokio::net::TcpListener {
-    type Connection = (tokio::net::TcpStream, std::net::SocketAddr);
+/// One wakeup per connection and a balanced share of the fleet's connections, through the
+/// worker's acceptor thread for the listener; a connection the acceptor was woken for before
+/// a stop is handed over before the `None`.
+impl AsyncAccept for crate::Listener {
+    type Connection = super::acceptor::AsyncStream;
 
-    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>> {
-        tokio::net::TcpListener::poll_accept(self, context)
+    fn poll_accept_until(
+        &self,
+        context: &mut Context<'_>,
+        stopped: bool,
+    ) -> Poll<Option<io::Result<Self::Connection>>> {
+        super::acceptor::poll_accept(self, context, stopped)
     }
 }
 
+/// Every waiting worker is woken by a connection, and one takes it; a stop wins over a
+/// connection ready at the same time, which stays queued for another worker.
+impl AsyncAccept for tokio::net::TcpListener {
+    type Connection = (tokio::net::TcpStream, std::net::SocketAddr);
+
+    fn poll_accept_until(
+        &self,
+        context: &mut Context<'_>,
+        stopped: bool,
+    ) -> Poll<Option<io::Result<Self::Connection>>> {
+        if stopped {
+            return Poll::Ready(None);
+        }
+        tokio::net::TcpListener::poll_accept(self, context).map(Some)
+    }
+}
+
+/// As a tokio `TcpListener`.
 impl AsyncAccept for tokio::net::UnixListener {
     type Connection = (tokio::net::UnixStream, tokio::net::unix::SocketAddr);
 
-    fn poll_accept(&self, context: &mut Context<'_>) -> Poll<io::Result<Self::Connection>> {
-        tokio::net::UnixListener::poll_accept(self, context)
+    fn poll_accept_until(
+        &self,
+        context: &mut Context<'_>,
+        stopped: bool,
+    ) -> Poll<Option<io::Result<Self::Connection>>> {
+        if stopped {
+            return Poll::Ready(None);
+        }
+        tokio::net::UnixListener::poll_accept(self, context).map(Some)
     }
 }
 
 #[doc(hidden)]
 pub trait AsyncAcceptSealed {}
 
+impl AsyncAcceptSealed for crate::Listener {}
 impl AsyncAcceptSealed for tokio::net::TcpListener {}
 impl AsyncAcceptSealed for tokio::net::UnixListener {}
 
-/// Accepts the next connection on `listener`, or completes with `None` as soon as a stop is
-/// requested, which wins when both are ready.
+/// Accepts the next connection on `listener`, or completes with `None` once a stop is
+/// requested.
 pub(super) async fn accept<L: AsyncAccept>(listener: &L) -> Option<io::Result<L::Connection>> {
     let mut stop = std::pin::pin!(stopped());
+    let mut stopped = false;
     std::future::poll_fn(|context| {
-        if stop.as_mut().poll(context).is_ready() {
-            return Poll::Ready(None);
-        }
-        listener.poll_accept(context).map(Some)
+        // Polled no more once it completed.
+        stopped = stopped || stop.as_mut().poll(context).is_ready();
+        listener.poll_accept_until(context, stopped)
     })
     .await
 }
