@@ -161,7 +161,8 @@ pub enum Event {
         /// Live workers to replace.
         workers: usize,
     },
-    /// The rolling restart stops this worker, to fork its replacement once it has exited.
+    /// The rolling restart replaces this worker: its successor is forked at its index, and
+    /// the worker is stopped once the successor is ready.
     Replacing {
         /// Its index.
         index: usize,

@@ -78,7 +78,7 @@
 //! | a second `TERM` or `INT` during a shutdown | `KILL` everything left at once (the first one during a shutdown the master began itself only joins it) |
 //! | `TTIN` | one more worker, with the next index |
 //! | `TTOU` | retire the worker with the highest index (stopped as in a shutdown); refused with one worker left |
-//! | `HUP` | rolling restart: replace the workers one index at a time, each stopped before its replacement is forked |
+//! | `HUP` | rolling restart: replace the workers one index at a time, each stopped once its successor, forked first, is ready |
 //! | `USR2` | upgrade: start the binary now at the master's path (on the same sockets, for a server), hand over once its fleet is ready, roll back if it is not (see [Servers](#servers-and-upgrades)) |
 //! | `USR1` | forwarded to every worker, which counts it ([`Worker::received`]) unless it installed a handler of its own: never its death |
 //! | `KILL`, or any death of the master | every worker gets `TERM` from the kernel (`PR_SET_PDEATHSIG`) |

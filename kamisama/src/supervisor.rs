@@ -618,10 +618,10 @@ impl<'a> Supervisor<'a> {
         self
     }
 
-    /// How many workers recycling may replace at once; default 1, so that the fleet never
-    /// has more than one successor starting. More shortens the time a large fleet takes to
-    /// recycle workers that came due together (after a deploy, all of them), at the cost of
-    /// that many workers starting at once.
+    /// How many workers recycling and a rolling restart (`HUP`) may replace at once; default
+    /// 1, so that the fleet never has more than one successor starting. More shortens the
+    /// time a large fleet takes to recycle workers that came due together (after a deploy,
+    /// all of them) or to restart, at the cost of that many workers starting at once.
     ///
     /// ```no_run
     /// use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The randomized fault test: random worker trees (see `fixtures/chaos.rs`) under a random
 //! schedule of TTIN, TTOU, HUP, USR1, kills and stops, then a final TERM. After every run:
-//! never two live workers on one index, exactly the indices asked for once the fleet is
+//! never two live workers on one index (but for a replaced worker and its successor, until
+//! the replaced one is gone), exactly the indices asked for once the fleet is
 //! quiet, every rolling restart ended, the shutdown ended within `shutdown_timeout` + 1 s,
 //! and nothing left, zombies included.
 //!
@@ -138,11 +139,13 @@ fn live_workers(master: &Master) -> BTreeMap<usize, Vec<Pid>> {
     workers
 }
 
-/// Replays the master's `spawned` and `exited` lines: no index is forked while its last
-/// worker has not exited.
+/// Replays the master's `spawned`, `replacing` and `exited` lines: no index is forked while
+/// its last worker has not exited, or been replaced (a rolling restart forks the successor
+/// first); every worker exits once.
 fn one_worker_per_index_by_the_log(master: &Master) {
     let prefix = format!("kamisama[{}]: ", master.pid());
     let mut live: BTreeMap<usize, String> = BTreeMap::new();
+    let mut replaced: BTreeSet<(usize, String)> = BTreeSet::new();
     let mut seen = BTreeSet::new();
     for line in master.transcript().lines() {
         let Some(event) = line.strip_prefix(&prefix) else {
@@ -156,9 +159,19 @@ fn one_worker_per_index_by_the_log(master: &Master) {
             let before = live.insert(index, pid.to_owned());
             assert!(before.is_none(), "index {index} forked twice: {event}");
             assert!(seen.insert(pid.to_owned()), "pid {pid} spawned twice");
-        } else if event.starts_with("exited ") {
+        } else if event.starts_with("replacing ") {
             assert_eq!(live.remove(&index).as_deref(), Some(pid), "{event}");
+            replaced.insert((index, pid.to_owned()));
+        } else if event.starts_with("exited ") {
+            let was_replaced = replaced.remove(&(index, pid.to_owned()));
+            if !was_replaced {
+                assert_eq!(live.remove(&index).as_deref(), Some(pid), "{event}");
+            }
         }
     }
+    assert!(
+        replaced.is_empty(),
+        "replaced, never seen to exit: {replaced:?}"
+    );
     assert!(live.is_empty(), "never seen to exit: {live:?}");
 }

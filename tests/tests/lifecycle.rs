@@ -225,7 +225,7 @@ fn never_exits_0_when_every_index_succeeded() {
 }
 
 #[test]
-fn hup_replaces_every_worker_once_one_index_at_a_time() {
+fn hup_replaces_every_worker_once_its_successor_forked_first_one_index_at_a_time() {
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", "4")
         // Replacements are deliberate: they never count, even against a limit of zero.
@@ -239,12 +239,15 @@ fn hup_replaces_every_worker_once_one_index_at_a_time() {
     for index in 0..4 {
         assert_ne!(after[&index], before[&index]);
         let replacing = format!("replacing index={index} pid={}", before[&index]);
-        let exited = format!("exited index={index} pid={}", before[&index]);
         let spawned = format!("spawned index={index} pid={}", after[&index]);
-        // Stop, then exit, then the replacement, then the next index: never two workers
-        // on one index, never more than one index down.
-        assert!(position(&log, &replacing) < position(&log, &exited));
-        assert!(position(&log, &exited) < position(&log, &spawned));
+        let exited = format!("exited index={index} pid={}", before[&index]);
+        // The successor first, then the old worker's exit: never an index down. The next
+        // index once the successor runs: one replacement at a time.
+        assert!(position(&log, &replacing) < position(&log, &spawned));
+        assert!(
+            position(&log, &spawned) < position(&log, &exited),
+            "{log:#?}"
+        );
         if index < 3 {
             let next = format!("replacing index={}", index + 1);
             assert!(position(&log, &spawned) < position(&log, &next), "{log:#?}");
@@ -252,29 +255,44 @@ fn hup_replaces_every_worker_once_one_index_at_a_time() {
         assert_eq!(master.count_lines(&format!("spawned index={index} ")), 2);
     }
     assert_eq!(master.count_lines("gave-up"), 0);
+    assert_eq!(master.count_lines("respawning"), 0);
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }
 
 #[test]
-fn a_rolling_restart_waits_for_a_slow_worker_to_exit_before_the_next_index() {
-    // Declared readiness has the master look again every few milliseconds during the
-    // restart: each look comes while a worker takes its time to finish.
-    let witnesses = kamisama_tests::scratch!("rolling-linger");
+fn a_rolling_restart_stops_each_worker_once_its_successor_declared_itself_ready() {
+    // Each successor takes 200 ms to be ready, and each old worker 150 ms to finish.
+    let witnesses = kamisama_tests::scratch!("rolling-ready");
     let mut master = Master::launch(env!("CARGO_BIN_EXE_declared"))
         .env("READY_DIR", witnesses.to_str().unwrap())
-        .env("READY_MS", "20")
+        .env("READY_MS", "200")
         .env("LINGER_MS", "150")
         .start();
-    master.wait_for_lines("worker-started", 3);
+    master.wait_for_lines("ready index=", 3);
     master.wait_until_blocked();
     master.signal(Signal::SIGHUP);
     master.wait_for_line("rolling-restart-finished");
-    let log = master_log(&master);
-    for index in 0..2 {
-        let exited = position(&log, &format!("exited index={index} "));
-        let next = position(&log, &format!("replacing index={}", index + 1));
-        assert!(exited < next, "{log:#?}");
+    let transcript = master.transcript();
+    let at = |what: &str| {
+        transcript
+            .find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in {transcript}"))
+    };
+    for index in 0..3 {
+        // The old worker of the index, and its successor.
+        let spawned = master.wait_for_lines(&format!("spawned index={index} "), 2);
+        let [old, successor] = [0, 1].map(|at| field(&spawned[at], "pid").unwrap().to_owned());
+        // The old worker hears of its stop only after its successor said it was ready.
+        let successor_ready = at(&format!("ready index={index} pid={successor}"));
+        let stopping = at(&format!("stopping index={index} pid={old}"));
+        assert!(successor_ready < stopping, "{transcript}");
+        if index < 2 {
+            // The next index begins once the successor is ready, not when the old worker
+            // has gone.
+            let next = at(&format!("replacing index={}", index + 1));
+            assert!(successor_ready < next, "{transcript}");
+        }
     }
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);

@@ -23,7 +23,7 @@ use notify::{Notify, Phase, Summary};
 pub(crate) use reaper::Inherited;
 use reaper::{Reaper, Sigchld};
 use recycle::Recycler;
-use replace::Replacements;
+use replace::{Replacements, Why};
 use respawn::{Backoff, RespawnLimiter};
 use slots::{Due, Ending, Slot, Slots, State, Stopping};
 pub(crate) use status::StatusFile;
@@ -173,12 +173,10 @@ const READING_BUDGET: Duration = Duration::from_millis(2);
 /// The longest wait before a fork is retried, unless `backoff_max` is longer.
 const FORK_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// A rolling restart (HUP) replacing one index at a time.
+/// A rolling restart (HUP): each index in turn through the replacement step.
 struct Rolling {
-    /// The index being replaced.
-    index: usize,
-    /// Whether its old worker is gone or going: the next worker to run there replaces it.
-    replacing: bool,
+    /// The next index to replace.
+    next: usize,
     /// Indices from here on are left alone: added after the HUP, or retired since.
     end: usize,
 }
@@ -438,12 +436,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// Reaps the child `pid`, which has exited; returns whether it could.
     fn reap_child(&mut self, pid: Pid) -> bool {
         let index = self.slots.index_of(pid);
-        // A worker replaced by recycling is no longer its index's, and still a worker.
-        let recycled = index
+        // A replaced worker is no longer its index's, and still a worker.
+        let replaced = index
             .is_none()
             .then(|| self.replacements.reaped(pid))
             .flatten();
-        let worker = index.is_some() || recycled.is_some();
+        let worker = index.is_some() || replaced.is_some();
         if worker {
             Leftovers::worker_died(pid);
         }
@@ -462,9 +460,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         {
             self.upgrade_ended(status);
         }
-        match (index, recycled) {
+        match (index, replaced) {
             (Some(index), _) => self.on_exit(index, pid, status),
-            (None, Some(index)) => self.replaced_exited(index, pid, status),
+            (None, Some(replaced)) => self.replaced_exited(replaced, pid, status),
             (None, None) => self.emit(Event::Reaped {
                 pid: pid.as_raw() as u32,
                 status,
@@ -708,7 +706,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             });
             let slot = &mut self.slots[index];
             slot.recycles = slot.recycles.saturating_add(1);
-            self.begin_replacement(index, pid);
+            self.begin_replacement(index, pid, Why::Recycle);
         }
     }
 
@@ -813,60 +811,42 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             workers: self.slots.live_workers(),
         });
         self.rolling = Some(Rolling {
-            index: 0,
-            replacing: false,
+            next: 0,
             end: self.instances,
         });
     }
 
-    /// Moves the rolling restart on: stops the worker of the index being replaced, waits
-    /// until its replacement runs, then goes on to the next index, and ends after the last.
-    /// Derived from the slots on every turn of the loop, so that exits, crashes, TTIN, TTOU
-    /// and HUP in any order and batch cannot wedge it. Never two workers on one index,
-    /// never more than one index down.
+    /// Moves the rolling restart on: each index in turn gets a successor, forked first, and
+    /// its worker is stopped once the successor is ready ([`replace`]); the next index
+    /// begins when there is room for another replacement (`recycle_at_once`, one by
+    /// default). An index whose worker is not running, or is already stopping, will run a
+    /// new worker anyway and is passed over. Derived from the slots on every turn of the
+    /// loop, so that exits, crashes, TTIN, TTOU and HUP in any order and batch cannot wedge
+    /// it. The fleet never has fewer ready workers than it should.
     fn advance_rolling_restart(&mut self) {
-        loop {
-            let ready = match self.rolling.as_ref().map(|rolling| rolling.index) {
-                Some(index) if index < self.slots.len() => self.is_ready(index),
-                Some(_) => true,
-                None => return,
-            };
-            let Some(rolling) = &mut self.rolling else {
-                return;
-            };
+        while let Some(rolling) = &mut self.rolling {
             rolling.end = rolling.end.min(self.instances);
-            if rolling.index >= rolling.end {
-                self.rolling = None;
-                self.emit(Event::RollingRestartFinished);
+            if rolling.next >= rolling.end {
+                if !self.replacements.restarting() {
+                    self.rolling = None;
+                    self.emit(Event::RollingRestartFinished);
+                }
                 return;
             }
-            let index = rolling.index;
-            match *self.slots[index].state() {
-                // The old worker is on its way out.
-                State::Running { stop: Some(_), .. } => return,
-                // Its replacement is due (or a crashed worker's respawn, which is as new).
-                State::Pending { .. } => {
-                    rolling.replacing = true;
-                    return;
-                }
-                State::Running {
-                    stop: None, pid, ..
-                } if !rolling.replacing => {
-                    rolling.replacing = true;
-                    self.emit(Event::Replacing {
-                        index,
-                        pid: pid.as_raw() as u32,
-                    });
-                    self.stop(index, self.deadline());
-                    return;
-                }
-                // The replacement runs, but is not ready yet.
-                State::Running { stop: None, .. } if !ready => return,
-                // The replacement runs and is ready, or the index is done with.
-                _ => {
-                    rolling.index += 1;
-                    rolling.replacing = false;
-                }
+            if !self.replacements.room() {
+                return;
+            }
+            let index = rolling.next;
+            rolling.next += 1;
+            if let State::Running {
+                stop: None, pid, ..
+            } = *self.slots[index].state()
+            {
+                self.emit(Event::Replacing {
+                    index,
+                    pid: pid.as_raw() as u32,
+                });
+                self.begin_replacement(index, pid, Why::Restart);
             }
         }
     }

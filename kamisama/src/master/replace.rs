@@ -2,9 +2,8 @@
 //! stopped once the successor is ready, with its cooperative stop, then SIGKILL after
 //! `shutdown_timeout`. At most `recycle_at_once` replacements at a time (one by default), and
 //! the fleet never has fewer ready workers than it should. The one place where two workers
-//! run for one index, for a moment;
-//! recycling calls it (a rolling restart stops first, as it promises: never two workers on one
-//! index).
+//! run for one index, for a moment. A rolling restart (`HUP`) takes its indices through it one
+//! after the other, and recycling one at a time as they come due.
 //!
 //! The replaced worker leaves the slot table as its successor becomes due: it is kept here
 //! until it is reaped, which the master asks of [`Replacements::reaped`] first.
@@ -27,11 +26,21 @@ pub(super) struct Replacements {
     stopping: Vec<Replaced>,
 }
 
+/// Why a worker is replaced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Why {
+    /// A rolling restart.
+    Restart,
+    /// It reached a recycling limit.
+    Recycle,
+}
+
 /// A replaced worker.
 #[derive(Clone, Copy)]
 struct Replaced {
     index: usize,
     pid: Pid,
+    why: Why,
     /// When SIGKILL follows its stop; `None` once sent, or before the stop.
     kill_at: Option<Instant>,
 }
@@ -50,6 +59,13 @@ impl Replacements {
         !self.waiting.is_empty()
     }
 
+    /// Whether a successor of a rolling restart is not ready yet.
+    pub(super) fn restarting(&self) -> bool {
+        self.waiting
+            .iter()
+            .any(|replaced| replaced.why == Why::Restart)
+    }
+
     /// Replaced workers still alive: waiting for their successors, or stopping.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(super) fn alive(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
@@ -62,17 +78,21 @@ impl Replacements {
         self.waiting.len() < self.at_once
     }
 
-    /// If `pid` was a replaced worker, forgets it and returns its index.
-    pub(super) fn reaped(&mut self, pid: Pid) -> Option<usize> {
-        if let Some(at) = self.waiting.iter().position(|replaced| replaced.pid == pid) {
-            // Gone before its successor was ready: nothing left to stop.
-            return Some(self.waiting.swap_remove(at).index);
-        }
-        let at = self
-            .stopping
-            .iter()
-            .position(|replaced| replaced.pid == pid)?;
-        Some(self.stopping.swap_remove(at).index)
+    /// If `pid` was a replaced worker, forgets it and returns its index and why it was
+    /// replaced.
+    pub(super) fn reaped(&mut self, pid: Pid) -> Option<(usize, Why)> {
+        let replaced =
+            if let Some(at) = self.waiting.iter().position(|replaced| replaced.pid == pid) {
+                // Gone before its successor was ready: nothing left to stop.
+                self.waiting.swap_remove(at)
+            } else {
+                let at = self
+                    .stopping
+                    .iter()
+                    .position(|replaced| replaced.pid == pid)?;
+                self.stopping.swap_remove(at)
+            };
+        Some((replaced.index, replaced.why))
     }
 
     /// The next SIGKILL due.
@@ -87,11 +107,12 @@ impl Replacements {
 impl<W: WorkerFn<S>, S> Master<'_, W, S> {
     /// Replaces the worker `pid` of `index`: its slot is its successor's from now on, due for
     /// a fork at once; the worker serves on until the successor is ready.
-    pub(super) fn begin_replacement(&mut self, index: usize, pid: Pid) {
+    pub(super) fn begin_replacement(&mut self, index: usize, pid: Pid, why: Why) {
         self.slots.set(index, State::Pending { not_before: None });
         self.replacements.waiting.push(Replaced {
             index,
             pid,
+            why,
             kill_at: None,
         });
     }
@@ -120,7 +141,8 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
         self.replacements.stopping.push(replaced);
     }
 
-    /// In a shutdown: the workers whose successors are not ready yet are stopped too.
+    /// In a shutdown or at an upgrade's hand-over: the workers whose successors are not ready
+    /// yet are stopped too.
     pub(super) fn stop_replacement(&mut self, kill_at: Option<Instant>) {
         for replaced in std::mem::take(&mut self.replacements.waiting) {
             self.stop_replaced(replaced, kill_at);
@@ -153,9 +175,20 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
     }
 
     /// A replaced worker exited: said as any stopped worker's exit is.
-    pub(super) fn replaced_exited(&mut self, index: usize, pid: Pid, status: ExitStatus) {
+    pub(super) fn replaced_exited(
+        &mut self,
+        (index, why): (usize, Why),
+        pid: Pid,
+        status: ExitStatus,
+    ) {
         if index < self.slots.len() {
-            self.slots[index].ended(Ending::Recycled);
+            let ending = match why {
+                Why::Restart => Ending::Stopped,
+                Why::Recycle => Ending::Recycled,
+            };
+            let slot = &mut self.slots[index];
+            slot.ended(ending);
+            slot.last_exit = Some(status);
         }
         self.emit(Event::Exited {
             index,

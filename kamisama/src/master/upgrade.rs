@@ -146,6 +146,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         for index in 0..self.slots.len() {
             self.stop(index, kill_at);
         }
+        self.stop_replacement(kill_at);
     }
 
     /// Whether this master is the old one of an upgrade on trial: it forks no worker.
