@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `KAMISAMA_LISTEN` moves it elsewhere (`127.0.0.1:0` picks a free port, which the log's
-//! `listening` line gives).
+//! `listening` line gives). `GET /sleep/MS` is answered `MS` milliseconds late (10 s at
+//! most), standing for a request that waits on a slow backend; the servers bench sends one
+//! request in ten there.
 //!
 //! When a worker is asked to stop, it accepts no more connections (the others accept them),
 //! answers the next request on each kept-alive connection with `Connection: close`, and
@@ -66,9 +68,12 @@ async fn serve(worker: kamisama::Worker, stream: AsyncStream) -> io::Result<()> 
         if reader.buffer().is_empty() && !next_request_comes(&worker, &mut reader).await? {
             return Ok(());
         }
-        let Some(keep_alive) = read_request(&mut reader).await? else {
+        let Some((keep_alive, wait)) = read_request(&mut reader).await? else {
             return Ok(());
         };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let close = !keep_alive || worker.stop_requested();
         let body = format!(
             "hello from worker {} (pid {})\n",
@@ -109,12 +114,13 @@ async fn next_request_comes(
     }
 }
 
-/// Reads one request's head; returns whether the client wants the connection kept alive, or
-/// `None` when it closed the connection.
-async fn read_request(reader: &mut BufReader<AsyncStream>) -> io::Result<Option<bool>> {
+/// Reads one request's head; returns whether the client wants the connection kept alive and
+/// how long to wait before the answer, or `None` when it closed the connection.
+async fn read_request(reader: &mut BufReader<AsyncStream>) -> io::Result<Option<(bool, Duration)>> {
     let mut line = String::new();
     let mut keep_alive = true;
     let mut first = true;
+    let mut wait = Duration::ZERO;
     loop {
         line.clear();
         if reader.read_line(&mut line).await? == 0 {
@@ -123,13 +129,25 @@ async fn read_request(reader: &mut BufReader<AsyncStream>) -> io::Result<Option<
         let header = line.trim_end();
         if first {
             keep_alive = header.ends_with("HTTP/1.1");
+            wait = asked_wait(header);
             first = false;
         } else if header.is_empty() {
-            return Ok(Some(keep_alive));
+            return Ok(Some((keep_alive, wait)));
         } else if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("connection") {
                 keep_alive = !value.trim().eq_ignore_ascii_case("close");
             }
         }
     }
+}
+
+/// How long `GET /sleep/MS HTTP/1.1` asks to wait: `MS` milliseconds, 10 s at most.
+fn asked_wait(request_line: &str) -> Duration {
+    let ms = request_line
+        .split(' ')
+        .nth(1)
+        .and_then(|path| path.strip_prefix("/sleep/"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms).min(Duration::from_secs(10))
 }

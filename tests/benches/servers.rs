@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Each figure is the median of three runs; failed requests are the sum over all of them.
-//! Last, requests a second from wrk against nginx (installed from Debian's packages when
-//! missing). `ONLY_FAIRNESS=1` runs the fairness tables alone; `ONLY_THROUGHPUT=1` the
+//! Last, the fast requests' latency when one in ten is slow, and requests a second from wrk
+//! against nginx (installed from Debian's packages when missing). `ONLY_FAIRNESS=1` runs the fairness tables alone; `ONLY_THROUGHPUT=1` the
 //! throughput; `ONLY_CHANGE=BadRelease` (or `RollingRestart`, `Upgrade`, `Rollback`) one
 //! change alone.
 
@@ -322,6 +322,48 @@ fn burst() {
     }
 }
 
+/// The fast requests' p99 with one request in ten waiting 200 ms (`/sleep/200`), against
+/// their p99 with none: whether a worker busy on a slow request holds up the others.
+fn slow_requests() {
+    const REQUESTS: u64 = 1_500;
+    println!("| server | connections | fast requests' p99, none slow | one in ten slow (200 ms) | ratio |");
+    println!("|---|---|---:|---:|---:|");
+    for (server, binary) in SERVERS {
+        for keep_alive in [false, true] {
+            let mut ratios = Vec::new();
+            let mut p99s = [Vec::new(), Vec::new()];
+            for run in 0..RUNS {
+                for (at, slow) in [None, Some((10, 200))].into_iter().enumerate() {
+                    let name = format!("bench-servers-slow-{server}-{keep_alive}-{run}-{at}");
+                    let deployment = Deployment::new(scratch!(name), binary);
+                    let (mut master, address, _) = deployment.start(WORKERS, &[]);
+                    let load = Load::with_slow_requests(address, CLIENTS, keep_alive, slow);
+                    load.wait_for(REQUESTS);
+                    let tally = load.stop();
+                    assert_eq!(tally.failed(), 0, "{tally:?}");
+                    let from = tally.requests.iter().map(|(started, _)| *started).min();
+                    let from = from.expect("fast requests");
+                    let p99 = tally.latency(99, from, Instant::now()).unwrap_or_default();
+                    p99s[at].push(p99);
+                    master.signal(Signal::SIGTERM);
+                    master.wait_exit();
+                }
+                let [quiet, slowed] = [&p99s[0], &p99s[1]].map(|p99s| p99s[run].as_secs_f64());
+                ratios.push(slowed / quiet);
+            }
+            ratios.sort_by(f64::total_cmp);
+            let [quiet, slowed] = p99s.map(median);
+            println!(
+                "| {server} | {} | {} | {} | {:.2} |",
+                connections(keep_alive),
+                millis(quiet),
+                millis(slowed),
+                ratios[ratios.len() / 2]
+            );
+        }
+    }
+}
+
 /// Requests a second from wrk (2 threads, 64 connections, 3 s) to the two servers and to
 /// nginx answering a fixed body with as many workers, in turn, a new connection per request
 /// and kept alive. wrk and nginx-light come from Debian's packages, installed when missing
@@ -490,6 +532,8 @@ fn main() {
         burst();
     }
     if !only("ONLY_CHANGE") && !only("ONLY_FAIRNESS") {
+        println!();
+        slow_requests();
         println!();
         throughput();
     }

@@ -34,8 +34,10 @@ pub struct Tally {
     pub empty: u64,
     /// Anything else: a bad answer, a timeout.
     pub errors: u64,
-    /// Each request's start and how long it took, answered or not.
+    /// Each request's start and how long it took, answered or not; but for slow ones.
     pub requests: Vec<(Instant, Duration)>,
+    /// The same, for the requests asked to be slow (see [`Load::with_slow_requests`]).
+    pub slow_requests: Vec<(Instant, Duration)>,
     /// Connections each worker accepted, by the worker's pid (which its first answer names).
     pub accepted: BTreeMap<u32, u64>,
     /// Requests each worker answered, by the worker's pid.
@@ -93,6 +95,7 @@ impl Tally {
         self.empty += other.empty;
         self.errors += other.errors;
         self.requests.extend(other.requests);
+        self.slow_requests.extend(other.slow_requests);
         self.answers.extend(other.answers);
         self.failures.extend(other.failures);
         for (worker, count) in other.accepted {
@@ -108,12 +111,24 @@ impl Load {
     /// Starts `clients` client threads against `address`, each on kept-alive connections
     /// (reopened when the server asks to close) or on a new connection per request.
     pub fn start(address: SocketAddr, clients: usize, keep_alive: bool) -> Load {
+        Load::with_slow_requests(address, clients, keep_alive, None)
+    }
+
+    /// As [`start`](Load::start), with one request in `every` for `/sleep/MS` (`slow` is
+    /// `(every, MS)`), which the hello servers answer `MS` milliseconds late: a request that
+    /// waits on a slow backend.
+    pub fn with_slow_requests(
+        address: SocketAddr,
+        clients: usize,
+        keep_alive: bool,
+        slow: Option<(u64, u64)>,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let clients = (0..clients)
             .map(|_| {
                 let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
-                thread::spawn(move || client(address, keep_alive, &stop, &done))
+                thread::spawn(move || client(address, keep_alive, slow, &stop, &done))
             })
             .collect();
         Load {
@@ -154,16 +169,36 @@ impl Load {
 }
 
 /// One client's loop.
-fn client(address: SocketAddr, keep_alive: bool, stop: &AtomicBool, done: &AtomicU64) -> Tally {
+fn client(
+    address: SocketAddr,
+    keep_alive: bool,
+    slow: Option<(u64, u64)>,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+) -> Tally {
     let mut tally = Tally::default();
     let began = Instant::now();
     let mut connection: Option<BufReader<TcpStream>> = None;
+    // Requests until the next slow one.
+    let mut until_slow = slow.map_or(0, |(every, _)| every);
     while !stop.load(Ordering::Relaxed) && began.elapsed() < LONGEST {
         let started = Instant::now();
         let fresh = connection.is_none();
-        let outcome = request(address, keep_alive, &mut connection);
+        until_slow = until_slow.saturating_sub(1);
+        let path = match slow {
+            Some((every, ms)) if until_slow == 0 => {
+                until_slow = every;
+                format!("/sleep/{ms}")
+            }
+            _ => "/".to_owned(),
+        };
+        let outcome = request(address, keep_alive, &path, &mut connection);
         let took = started.elapsed();
-        tally.requests.push((started, took));
+        if path == "/" {
+            tally.requests.push((started, took));
+        } else {
+            tally.slow_requests.push((started, took));
+        }
         done.fetch_add(1, Ordering::Relaxed);
         if outcome.is_err() {
             tally.failures.push(started + took);
@@ -208,6 +243,7 @@ impl From<io::Error> for Failure {
 fn request(
     address: SocketAddr,
     keep_alive: bool,
+    path: &str,
     connection: &mut Option<BufReader<TcpStream>>,
 ) -> Result<u32, Failure> {
     let mut reader = match connection.take() {
@@ -218,11 +254,12 @@ fn request(
             BufReader::new(stream)
         }
     };
-    let head = if keep_alive {
-        "GET / HTTP/1.1\r\nHost: load\r\n\r\n"
+    let close = if keep_alive {
+        ""
     } else {
-        "GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n"
+        "Connection: close\r\n"
     };
+    let head = format!("GET {path} HTTP/1.1\r\nHost: load\r\n{close}\r\n");
     reader.get_mut().write_all(head.as_bytes())?;
     let mut status = String::new();
     if reader.read_line(&mut status)? == 0 {

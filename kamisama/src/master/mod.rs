@@ -820,9 +820,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     /// its worker is stopped once the successor is ready ([`replace`]); the next index
     /// begins when there is room for another replacement (`recycle_at_once`, one by
     /// default). An index whose worker is not running, or is already stopping, will run a
-    /// new worker anyway and is passed over. Derived from the slots on every turn of the
-    /// loop, so that exits, crashes, TTIN, TTOU and HUP in any order and batch cannot wedge
-    /// it. The fleet never has fewer ready workers than it should.
+    /// new worker anyway and is passed over. It ends once every worker it replaced is gone.
+    /// Derived from the slots on every turn of the loop, so that exits, crashes, TTIN, TTOU
+    /// and HUP in any order and batch cannot wedge it. The fleet never has fewer ready
+    /// workers than it should.
     fn advance_rolling_restart(&mut self) {
         while let Some(rolling) = &mut self.rolling {
             rolling.end = rolling.end.min(self.instances);

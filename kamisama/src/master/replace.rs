@@ -59,11 +59,11 @@ impl Replacements {
         !self.waiting.is_empty()
     }
 
-    /// Whether a successor of a rolling restart is not ready yet.
+    /// Whether a worker a rolling restart replaces is still there: its successor not ready
+    /// yet, or itself not gone.
     pub(super) fn restarting(&self) -> bool {
-        self.waiting
-            .iter()
-            .any(|replaced| replaced.why == Why::Restart)
+        let mut replaced = self.waiting.iter().chain(&self.stopping);
+        replaced.any(|replaced| replaced.why == Why::Restart)
     }
 
     /// Replaced workers still alive: waiting for their successors, or stopping.
