@@ -258,6 +258,11 @@ pub trait AsyncAccept: AsyncAcceptSealed {
     /// listener, the stream and the peer's address for a tokio one.
     type Connection;
 
+    /// Whether the listener wakes the task on a stop itself, with no future of the stop
+    /// beside it (a registration of the stop pipe with the reactor for each accept).
+    #[doc(hidden)]
+    const WAKES_ON_STOP: bool = false;
+
     /// The next connection, or `None` once `stopped` (whether it comes first, if both are
     /// there, is the listener's to say).
     #[doc(hidden)]
@@ -273,6 +278,9 @@ pub trait AsyncAccept: AsyncAcceptSealed {
 /// a stop is handed over before the `None`.
 impl AsyncAccept for crate::Listener {
     type Connection = super::acceptor::AsyncStream;
+
+    /// The acceptor's wait ends on a stop, and wakes the task.
+    const WAKES_ON_STOP: bool = true;
 
     fn poll_accept_until(
         &self,
@@ -326,6 +334,12 @@ impl AsyncAcceptSealed for tokio::net::UnixListener {}
 /// Accepts the next connection on `listener`, or completes with `None` once a stop is
 /// requested.
 pub(super) async fn accept<L: AsyncAccept>(listener: &L) -> Option<io::Result<L::Connection>> {
+    if L::WAKES_ON_STOP {
+        return std::future::poll_fn(|context| {
+            listener.poll_accept_until(context, stop::requested())
+        })
+        .await;
+    }
     let mut stop = std::pin::pin!(stopped());
     let mut stopped = false;
     std::future::poll_fn(|context| {
