@@ -363,7 +363,7 @@ impl Worker {
     /// accepted by the task directly. A stop ends the acceptor's wait, and a connection it
     /// was woken for comes out before the `None`. The hand-over costs a thread switch per
     /// connection waited for: on two cores, with 64 clients opening a connection per
-    /// request, about a tenth fewer connections a second than on a tokio listener; kept
+    /// request, up to a tenth fewer connections a second than on a tokio listener; kept
     /// alive, the same.
     ///
     /// ```no_run
