@@ -156,11 +156,13 @@ impl Running {
         Pid::from_raw(self.master.id() as i32)
     }
 
-    /// Waits until the master sleeps, done with what it was doing.
+    /// Waits until the master sleeps, every thread of it, done with what it was doing: a
+    /// large fleet's reaper thread opens a pidfd per worker after the start, which is the
+    /// start's work, not the respawns' that follow.
     fn await_blocked(&self) {
         let master = self.master_pid();
         let deadline = std::time::Instant::now() + DEADLINE;
-        while state(master) != Some('S') {
+        while state(master) != Some('S') || !kamisama_tests::all_threads_asleep(master) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the master never blocked"

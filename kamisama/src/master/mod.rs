@@ -297,10 +297,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             // First: a rollback forks the fleet again in this very turn.
             self.watch_upgrade(Instant::now());
             // Before the forks: a successor begun now is forked in this turn.
+            self.advance_rolling_restart();
             self.recycle(Instant::now());
             self.spawn_due();
+            // A successor ready once forked lets the worker it replaces stop in this turn.
+            self.advance_replacement();
             self.watch_if_large();
-            self.advance_rolling_restart();
             self.finish_if_all_done();
             let now = Now::read();
             self.kill_overdue(now.instant);
@@ -852,6 +854,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
+    /// Now, when the rolling restart has an index to begin and room for it: the next turn
+    /// begins it.
+    fn rolling_deadline(&self, now: Instant) -> Option<Instant> {
+        let rolling = self.rolling.as_ref()?;
+        let more = rolling.next < rolling.end.min(self.instances);
+        (more && self.replacements.room()).then_some(now)
+    }
+
     /// Whether the worker of `index`, if one runs and is not stopping, counts as ready.
     fn is_ready(&self, index: usize) -> bool {
         let State::Running {
@@ -1268,6 +1278,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(leftovers)
             .chain(recycling)
             .chain(self.replacements.next_deadline())
+            .chain(self.rolling_deadline(now.instant))
             .chain(self.metrics_deadline())
             .chain(self.status_deadline())
             .min()
