@@ -319,16 +319,17 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 return outcome;
             }
             self.sweep(now.instant);
-            let phase = self.summary(now.instant).phase;
-            self.announce(phase);
-            self.write_status(phase.name());
-            // After the status, which may have set its next look at the workers' counts.
+            // Before the summary below, which may see the fleet ready: the service manager
+            // hears of it on the next turn, which the readiness poll brings.
             let timeout = self
                 .next_deadline(now)
                 .into_iter()
                 .chain(ping)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
+            let phase = self.summary(now.instant).phase;
+            self.announce(phase);
+            self.write_status(phase.name());
             self.log.flush();
             // A failed poll only costs one more turn of the loop.
             let pipe = match (&self.upgrade, &self.takeover) {

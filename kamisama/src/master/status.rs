@@ -72,11 +72,14 @@ impl StatusFile {
         }
     }
 
-    /// When the master is next to look at the workers' counts, if they publish any.
+    /// When the master is next to look at the workers' counts, if they publish any: at once
+    /// before the first write.
     pub(super) fn next_count(&self, shared: Option<&SharedSlots>) -> Option<Instant> {
         shared?;
-        let (at, _) = self.counted?;
-        at.checked_add(COUNTS_REFRESH)
+        match self.counted {
+            Some((at, _)) => at.checked_add(COUNTS_REFRESH),
+            None => Some(Instant::now()),
+        }
     }
 
     /// Something happened: the file is rewritten at the end of this turn.

@@ -32,15 +32,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// connections are balanced. It reads and writes as the stream inside it does.
 ///
 /// ```no_run
-/// use tokio::io::AsyncWriteExt;
-///
 /// #[kamisama::main(listen = "127.0.0.1:8080")]
 /// async fn worker(worker: kamisama::Worker) {
 ///     let listener = &worker.listeners()[0];
-///     while let Some(Ok(mut stream)) = worker.accept_async(listener).await {
-///         tokio::spawn(async move {
-///             let _ = stream.write_all(b"hello\n").await;
-///         });
+///     while let Some(Ok(stream)) = worker.accept_async(listener).await {
+///         if let kamisama::AsyncStream::Tcp(tcp) = &stream {
+///             println!("a client from {:?}", tcp.peer_addr());
+///         }
+///         // Read and write it with tokio's AsyncReadExt and AsyncWriteExt.
+///         tokio::spawn(async move { drop(stream) });
 ///     }
 /// }
 /// ```
