@@ -9,6 +9,9 @@
 //! timestamp the moment the worker function starts. Each master's stderr is a pipe that a
 //! thread drains, as a journal or a terminal would. The two run in turn, in alternating
 //! order, and a run that fails still kills every process it started.
+//!
+//! `KAMISAMA_BENCH_SCALE=1` adds 10,000 workers to the scale rows; `ONLY_SCALE=1` runs the
+//! scale rows alone.
 
 use kamisama_tests::bench::monotonic_nanos;
 use kamisama_tests::{field, is_alive, state, status_field, Master, Tree};
@@ -888,16 +891,20 @@ fn print_table(header: &str, rows: Vec<Row>) {
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     let mut rows = Vec::new();
-    start_and_shutdown(&mut rows);
-    respawn_latency(&mut rows);
-    idle_footprint(&mut rows);
-    at_scale(&mut rows);
     let mut features = Vec::new();
-    async_starts(&mut features);
-    hang_detection(&mut features);
-    least_privilege(&mut features);
-    rolling_restart_of_idle_acceptors(&mut features);
-    metrics(&mut features);
+    if std::env::var_os("ONLY_SCALE").is_some() {
+        at_scale(&mut rows);
+    } else {
+        start_and_shutdown(&mut rows);
+        respawn_latency(&mut rows);
+        idle_footprint(&mut rows);
+        at_scale(&mut rows);
+        async_starts(&mut features);
+        hang_detection(&mut features);
+        least_privilege(&mut features);
+        rolling_restart_of_idle_acceptors(&mut features);
+        metrics(&mut features);
+    }
     println!("machine: {}", machine());
     println!();
     print_table(
