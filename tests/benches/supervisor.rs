@@ -159,13 +159,19 @@ impl Running {
         Pid::from_raw(self.master.id() as i32)
     }
 
-    /// Waits until the master sleeps, every thread of it, done with what it was doing: a
-    /// large fleet's reaper thread opens a pidfd per worker after the start, which is the
-    /// start's work, not the respawns' that follow.
+    /// Waits until the master sleeps, every thread of it and its reaper, done with what it
+    /// was doing: a large fleet's reaper opens a pidfd per worker after the start, which is
+    /// the start's work, not the respawns' that follow.
     fn await_blocked(&self) {
         let master = self.master_pid();
         let deadline = std::time::Instant::now() + DEADLINE;
-        while state(master) != Some('S') || !kamisama_tests::all_threads_asleep(master) {
+        let asleep = || {
+            let reaper = kamisama_tests::reaper_of(master);
+            state(master) == Some('S')
+                && kamisama_tests::all_threads_asleep(master)
+                && reaper.into_iter().all(kamisama_tests::all_threads_asleep)
+        };
+        while !asleep() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the master never blocked"
@@ -367,19 +373,21 @@ fn respawn_latencies(pair: [Subject; 2]) -> [Vec<u64>; 2] {
     latencies
 }
 
-/// The CPU time a process has used, every thread of it, in nanoseconds: the first field of
+/// The CPU time a master has used, every thread of it, in nanoseconds: the first field of
 /// each /proc/PID/task/TID/schedstat, to the nanosecond where `utime` and `stime` count
-/// ticks of 10 ms. kamisama's master has a second thread, its reaper, which counts.
+/// ticks of 10 ms. A large fleet's kamisama master has a reaper, a child process whose time
+/// counts as the master's.
 fn cpu_nanos(pid: Pid) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|task| {
+    let reaper = kamisama_tests::reaper_of(pid);
+    let tasks = [Some(pid), reaper].into_iter().flatten().filter_map(|pid| {
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let nanos = tasks.filter_map(|task| {
             let stat = fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
             stat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+        });
+        Some(nanos.sum::<u64>())
+    });
+    tasks.sum()
 }
 
 /// Kills `kills` workers of `running` one after the other, each once its predecessor's

@@ -357,13 +357,15 @@ impl Master {
             .expect("a started line")
     }
 
-    /// The master's live children, each with the index it reported on starting (`None` until
-    /// it has), read from /proc and the workers' `worker-started` lines.
+    /// The master's live children but its reaper, each with the index it reported on
+    /// starting (`None` until it has), read from /proc and the workers' `worker-started`
+    /// lines.
     pub fn children(&self) -> Vec<(Pid, Option<usize>)> {
         let started = self.started_workers();
+        let reaper = reaper_of(self.pid());
         children_of(self.pid())
             .into_iter()
-            .filter(|pid| is_alive(*pid))
+            .filter(|pid| is_alive(*pid) && Some(*pid) != reaper)
             .map(|pid| (pid, started.get(&pid).copied()))
             .collect()
     }
@@ -409,18 +411,13 @@ impl Master {
     }
 
     /// Waits until the master is asleep, blocked in its `poll`, done with what it was doing,
-    /// and so is its reaper thread.
+    /// and so is its reaper, if it has one.
     pub fn wait_until_blocked(&self) {
         let pid = self.pid();
         self.wait_until("the master to block", || {
-            let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-            let asleep = |task: fs::DirEntry| {
-                let stat = fs::read_to_string(task.path().join("stat")).ok()?;
-                let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
-                Some(state == "S")
-            };
-            let mut tasks = tasks.map(|task| task.ok().and_then(asleep));
-            tasks.all(|asleep| asleep == Some(true)).then_some(())
+            let reaper = reaper_of(pid);
+            let asleep = all_threads_asleep(pid) && reaper.into_iter().all(all_threads_asleep);
+            asleep.then_some(())
         });
     }
 
@@ -681,6 +678,15 @@ fn stat_field(pid: Pid, number: usize) -> Option<i32> {
         .nth(number.checked_sub(3)?)?
         .parse()
         .ok()
+}
+
+/// The reaper process of the master `pid`, which a fleet of 2,000 workers or more has: the
+/// child named `kamisama-reaper`.
+pub fn reaper_of(pid: Pid) -> Option<Pid> {
+    children_of(pid).into_iter().find(|child| {
+        fs::read_to_string(format!("/proc/{child}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == "kamisama-reaper")
+    })
 }
 
 /// The direct children of `pid`, zombies included.

@@ -434,7 +434,7 @@ struct PidsLimit {
 }
 
 /// What the master counts for in a pids limit: one task, as its fleets here are small (from
-/// 2,000 workers on, its reaper thread is a second one, as systemd's `TasksMax` counts them).
+/// 2,000 workers on, its reaper process is a second one, as systemd's `TasksMax` counts them).
 const MASTER_TASKS: usize = 1;
 
 impl PidsLimit {

@@ -576,9 +576,9 @@ fn try_run_gives_the_process_back_as_it_found_it() {
 }
 
 #[test]
-fn a_large_fleet_gives_back_its_reaper_thread_and_its_limit_of_open_files() {
-    // 2,000 workers: the master starts its reaper thread, and raises its soft limit of open
-    // files for it.
+fn a_large_fleet_gives_back_its_reaper_and_its_limit_of_open_files() {
+    // 2,000 workers: the master starts its reaper, a child process, and raises its soft limit
+    // of open files for it. Gone after the run: no child left, one thread.
     let launch = Master::launch_under(&["prlimit", "--nofile=1024:"], RETURNING)
         .env("RETURNING_INSTANCES", "2000");
     let (held, outcomes, transcript) = returning(launch);

@@ -1,8 +1,8 @@
 //! A fleet large enough (2,000 workers and more) for the master to learn of deaths from its
-//! reaper thread's pidfds rather than by walking its child list: every death still found,
-//! every orphan still reaped, and nothing of the reaper in a worker.
+//! reaper's pidfds rather than by walking its child list: every death still found, every
+//! orphan still reaped, and nothing of the reaper in a worker.
 
-use kamisama_tests::{children_of, state, Master};
+use kamisama_tests::{children_of, reaper_of, state, Master};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
@@ -10,7 +10,7 @@ use std::fs;
 
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 
-/// The fleet from which the master starts its reaper thread.
+/// The fleet from which the master starts its reaper.
 const LARGE: usize = 2000;
 
 /// The master's children that are zombies: exited, and not reaped.
@@ -58,9 +58,13 @@ fn a_large_fleet_finds_every_death_and_reaps_every_orphan() {
         .env("FIXTURE", "orphan")
         .start();
     let first = master.wait_for_workers(LARGE);
-    let names = threads(master.pid());
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.contains(&"kamisama-reaper".to_owned()), "{names:?}");
+    // The reaper is a child of the master's, which stays single-threaded; it holds a pidfd
+    // for each worker.
+    assert_eq!(threads(master.pid()).len(), 1);
+    let reaper = master.wait_until("the reaper", || reaper_of(master.pid()));
+    master.wait_until("a pidfd for each worker", || {
+        (descriptors(reaper).len() > LARGE).then_some(())
+    });
     master.wait_until("every orphan reaped", || {
         zombies(&master).is_empty().then_some(())
     });
@@ -89,6 +93,39 @@ fn a_large_fleet_finds_every_death_and_reaps_every_orphan() {
     assert_eq!(soft_nofile(new), "1024");
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
+    master.expect_tree_gone();
+    master.expect_lines("reaping-by-walking", 0);
+}
+
+#[test]
+fn a_large_fleet_whose_reaper_is_killed_says_so_and_still_finds_every_death() {
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &LARGE.to_string())
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000")
+        .start();
+    let first = master.wait_for_workers(LARGE);
+    let reaper = master.wait_until("the reaper", || reaper_of(master.pid()));
+    kill(reaper, Signal::SIGKILL).unwrap();
+    master.wait_for_line("reaping-by-walking reason=reaper-died");
+    master.wait_until("the reaper reaped", || {
+        (!children_of(master.pid()).contains(&reaper)).then_some(())
+    });
+    let killed: Vec<usize> = (0..LARGE).step_by(3).collect();
+    for index in &killed {
+        kill(first[index], Signal::SIGKILL).unwrap();
+    }
+    master.wait_until("every killed worker replaced", || {
+        let now = master.workers()?;
+        let replaced = killed
+            .iter()
+            .all(|index| now.get(index) != first.get(index));
+        (now.len() == LARGE && replaced).then_some(())
+    });
+    master.wait_until("no zombie", || zombies(&master).is_empty().then_some(()));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("reaping-by-walking", 1);
+    master.expect_lines("reaped pid=", 0);
     master.expect_tree_gone();
 }
 

@@ -304,6 +304,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.advance_replacement();
             self.watch_if_large();
             self.finish_if_all_done();
+            self.end_watching();
             let now = Now::read();
             self.kill_overdue(now.instant);
             self.detect_hangs(now);
@@ -451,6 +452,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let Ok(status) = fleet::reap(pid) else {
             return false;
         };
+        if self.reaper.reaped(pid) {
+            return true;
+        }
         if worker && self.leftovers.worker_reaped(pid, self.deadline()) {
             self.reaper.orphans_about(Instant::now());
         }
@@ -1230,9 +1234,9 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
     fn sweep_now(&mut self, stop: Stop) {
         self.reaped = false;
         let workers = self.slots.worker_pids();
-        let successor = self.successor;
+        let spared = [self.successor, self.reaper.watcher()];
         let next = self.orphans.sweep(stop, |pid| {
-            workers.binary_search(&pid).is_ok() || Some(pid) == successor
+            workers.binary_search(&pid).is_ok() || spared.contains(&Some(pid))
         });
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.next_sweep = next;
@@ -1283,6 +1287,14 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .chain(self.metrics_deadline())
             .chain(self.status_deadline())
             .min()
+    }
+
+    /// Ends the reaper's watcher once a shutdown has no worker left: what remains are
+    /// orphans, found by walking, and the watcher must go before the master can.
+    fn end_watching(&mut self) {
+        if self.shutdown.is_some() && self.slots.live_workers() == 0 {
+            self.reaper.end();
+        }
     }
 
     /// The outcome, once a shutdown has run its course and no child is left, worker or

@@ -3,13 +3,13 @@
 //! SIGCHLD names the child whose death raised it, but signals of one kind coalesce: one
 //! SIGCHLD may stand for several deaths, and only the first is named. Finding the others
 //! takes a walk of the child list (`waitid(P_ALL)`), which the kernel does child by child: at
-//! 10,000 workers a walk per death is most of what a master does. So a thread of the master,
-//! the *watcher*, holds a pidfd for each worker and waits on them all with epoll: each death
-//! is reported by pid, and reaped with `waitid(P_PID)`, which looks at one process.
+//! 10,000 workers a walk per death is most of what a master does. So a child process of the
+//! master, the *watcher*, holds a pidfd for each worker and waits on them all with epoll:
+//! each death is reported by pid, and reaped with `waitid(P_PID)`, which looks at one process.
 //!
-//! The pidfds live in the watcher's own file table (it unshares the master's), so that a fork
-//! does not copy them to every worker, which would make each fork cost as much as the fleet
-//! is large. Children nobody watches (orphans handed to the master) are found by a walk, for
+//! The pidfds live in the watcher's own file table, so that a fork does not copy them to
+//! every worker, which would make each fork cost as much as the fleet is large. Children
+//! nobody watches (orphans handed to the master) are found by a walk, for
 //! a death whose SIGCHLD coalesced with another's: at once when a SIGCHLD names no death or a
 //! report was lost; [`WALK_DELAY`] after the last walk when orphans are about (one died, or
 //! a dead worker left some in its process group), as orphans come and go in numbers; and,
@@ -19,14 +19,22 @@
 //! a descriptor limit that cannot be raised), every SIGCHLD is followed by a walk at once, as
 //! in any tini-shaped master.
 //!
-//! # The watcher thread
+//! # The watcher process
 //!
-//! The master forks again on every respawn, and a fork from a process with threads leaves
-//! the child every lock another thread held at that moment, held for ever. That is why the
-//! master refuses to start when the program already runs threads of its own. The watcher is
-//! the one exception, and holds no lock: once it has started, it makes raw system calls on
-//! its own stack and touches no memory but its buffers and two atomics, so that wherever a
-//! fork catches it, the child inherits nothing it could wait on.
+//! The watcher is a process, not a thread, so that the master stays single-threaded: a fork
+//! from a process with a second thread costs more, in the C library (it takes its allocator's
+//! and its streams' locks around each fork: pages the master then copies, 18 page faults a
+//! respawn instead of 9) and in the kernel (each page the master writes after a fork is a TLB
+//! shootdown, an interrupt to the core the other thread last ran on). Measured at 10,000
+//! workers, the master and its watcher together spend a third less CPU a respawn than the
+//! master and a watcher thread did.
+//!
+//! It is forked once the fleet is large, names itself `kamisama-reaper`, dies with the master
+//! (`PR_SET_PDEATHSIG`), blocks every signal, and closes every descriptor but its two pipes.
+//! It makes raw system calls only, on its own stack, so that it can be forked from a process
+//! with threads too (a test harness). The master tells it apart from the fleet: sweeps leave
+//! it alone, a shutdown ends it once no worker is left, and its death, if it comes earlier,
+//! is logged and makes the master walk again.
 //!
 //! # The descriptor limit
 //!
@@ -35,15 +43,13 @@
 //! for themselves, and puts it back in every process it forks ([`Inherited::restore`]), so
 //! that a worker and what it runs see the limit they would have had.
 
+use super::fleet;
 use crate::event::Level;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long after the last walk of the child list the next one comes when orphans are about.
@@ -54,12 +60,8 @@ pub(super) const WALK_DELAY: Duration = Duration::from_millis(100);
 pub(super) const QUIET_WALK: Duration = Duration::from_secs(10);
 
 /// The fleet from which a watcher reports the deaths: below it, a walk of the child list
-/// costs less than a thread does. A process with a second thread forks more slowly (the C
-/// library takes its allocator's and its streams' locks around each fork, each lock a page
-/// that the fork then makes the master copy: 18 page faults a respawn instead of 8), and a
-/// walk costs about 60 ns a child: measured, the two cost the same at 1,000 workers, and the
-/// thread half as much at 3,000. From 2,000, so that a fleet of 1,000 starts without a
-/// thread to start beside its workers.
+/// (about 60 ns a child) costs less than the watcher's two wakeups a respawn. From 2,000, so
+/// that a fleet of 1,000 starts without a process to start beside its workers.
 pub(super) const WATCHED_FROM: usize = 2000;
 
 /// Descriptors the watcher keeps besides the pidfds.
@@ -77,6 +79,8 @@ pub(super) struct Reaper {
     requests: Vec<u8>,
     /// Why the master cannot count on the watcher.
     blind: Option<Blind>,
+    /// Whether the master ended the watcher (a shutdown with no worker left).
+    ended: bool,
     /// Whether the log heard of it.
     told: bool,
     inherited: Inherited,
@@ -97,6 +101,8 @@ pub(super) enum Blind {
     NoWatcher(Errno),
     /// A worker could not be watched (`pidfd_open` failed: out of descriptors).
     Unwatched,
+    /// The watcher died (killed from outside).
+    WatcherDied,
 }
 
 impl Blind {
@@ -106,28 +112,25 @@ impl Blind {
             // An old kernel, or a seccomp filter: nothing to act on.
             Blind::NoWatcher(_) => (Level::Info, "reaping-by-walking reason=no-pidfds"),
             Blind::Unwatched => (Level::Warn, "reaping-by-walking reason=descriptor-limit"),
+            Blind::WatcherDied => (Level::Warn, "reaping-by-walking reason=reaper-died"),
         }
     }
 }
 
-/// The master's side of the watcher thread.
+/// The master's side of the watcher process.
 struct Watcher {
     /// Pids to watch, four bytes each; closing it ends the watcher.
     requests: Option<OwnedFd>,
-    /// Pids of the dead, four bytes each.
+    /// Pids of the dead, four bytes each, or [`UNWATCHED`].
     reports: OwnedFd,
-    flags: Arc<Flags>,
-    thread: Option<JoinHandle<()>>,
+    /// The watcher, until the master reaps it.
+    pid: Option<Pid>,
+    /// A worker could not be watched: its death may only be found by a walk.
+    unwatched: bool,
 }
 
-/// What the watcher tells the master besides the pids.
-#[derive(Default)]
-struct Flags {
-    /// A worker could not be watched: its death may only be found by a walk.
-    unwatched: AtomicBool,
-    /// A report did not fit in the pipe: walk.
-    lost: AtomicBool,
-}
+/// What the watcher reports, in place of a pid, when it could not watch one.
+const UNWATCHED: i32 = 0;
 
 /// A SIGCHLD, as the signalfd gave it.
 #[derive(Clone, Copy, Debug)]
@@ -159,6 +162,7 @@ impl Reaper {
             walk_at: None,
             requests: Vec::new(),
             blind: None,
+            ended: false,
             told: false,
             inherited: Inherited {
                 fds: [-1, -1],
@@ -216,26 +220,55 @@ impl Reaper {
     }
 
     /// Hands the pids forked since the last call to the watcher, which then runs while the
-    /// master sleeps. Run beside the master, it would make each page the master writes after
-    /// a fork cost a TLB shootdown, an interrupt to the watcher's core, as the two threads
-    /// share one address space.
+    /// master sleeps: one write, and one wakeup of the watcher, for a batch of forks.
     pub(super) fn flush(&mut self) {
-        let Some((watcher, requests)) = self
-            .watcher
-            .as_ref()
-            .and_then(|watcher| Some((watcher, watcher.requests.as_ref()?)))
-        else {
+        let Some(watcher) = &mut self.watcher else {
+            return;
+        };
+        let Some(requests) = &watcher.requests else {
             return;
         };
         // In writes a pipe takes whole; one that is full (a watcher 262,144 pids behind) or
         // broken leaves the rest unwatched.
         for chunk in self.requests.chunks(libc::PIPE_BUF) {
             if nix::unistd::write(requests, chunk) != Ok(chunk.len()) {
-                watcher.flags.unwatched.store(true, Ordering::Relaxed);
+                watcher.unwatched = true;
                 break;
             }
         }
         self.requests.clear();
+    }
+
+    /// The watcher's pid, while it has one to reap.
+    pub(super) fn watcher(&self) -> Option<Pid> {
+        self.watcher.as_ref()?.pid
+    }
+
+    /// Ends the watcher: a shutdown has no worker left to watch, and waits for its last
+    /// children, of which the watcher is one. It exits once it reads the end of its
+    /// requests, and is reaped as any child is.
+    pub(super) fn end(&mut self) {
+        if let Some(watcher) = &mut self.watcher {
+            self.ended = true;
+            watcher.requests = None;
+        }
+    }
+
+    /// Whether `pid`, just reaped, was the watcher; the master then finds deaths by walking,
+    /// and says so if it did not end the watcher itself.
+    pub(super) fn reaped(&mut self, pid: Pid) -> bool {
+        let Some(watcher) = &mut self.watcher else {
+            return false;
+        };
+        if watcher.pid != Some(pid) {
+            return false;
+        }
+        watcher.pid = None;
+        self.watcher = None;
+        if !self.ended {
+            self.blind.get_or_insert(Blind::WatcherDied);
+        }
+        true
     }
 
     /// The reports, to wait on with the signals.
@@ -256,9 +289,10 @@ impl Reaper {
         dead: &mut Vec<Pid>,
     ) -> bool {
         let mut walk = false;
-        if let Some(watcher) = &self.watcher {
-            walk |= watcher.read_reports(dead);
-            if self.blind.is_none() && watcher.flags.unwatched.load(Ordering::Relaxed) {
+        if let Some(watcher) = &mut self.watcher {
+            // The end of the reports: the watcher died, and its death is found by a walk.
+            walk |= !watcher.read_reports(dead);
+            if self.blind.is_none() && watcher.unwatched {
                 self.blind = Some(Blind::Unwatched);
             }
         }
@@ -267,7 +301,7 @@ impl Reaper {
             let quiet = self
                 .walked
                 .map_or(true, |walked| walked + QUIET_WALK <= now);
-            let watching = self.watcher.is_some() && self.blind.is_none();
+            let watching = self.watcher.is_some() && self.blind.is_none() && !self.ended;
             walk |= eager || quiet || !watching || sigchld.dead().is_none();
         }
         walk |= self.walk_at.is_some_and(|at| at <= now);
@@ -302,7 +336,7 @@ impl Reaper {
 
 impl Drop for Reaper {
     /// Gives the process back its limit of open files, for a `try_run` that returns (the
-    /// watcher's thread ends as its field drops).
+    /// watcher ends, and is reaped, as its field drops).
     fn drop(&mut self) {
         if let Some(limit) = &self.inherited.nofile {
             // SAFETY: `limit` is valid for the call.
@@ -359,60 +393,64 @@ impl Watcher {
             // SAFETY: fcntl with integer arguments.
             unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         }
-        let flags = Arc::new(Flags::default());
-        let shared = Arc::clone(&flags);
-        let requests_fd = requests_in.as_raw_fd();
-        let reports_fd = reports_out.as_raw_fd();
-        let thread = std::thread::Builder::new()
-            .name("kamisama-reaper".into())
-            .stack_size(64 * 1024)
-            .spawn(move || watch(requests_fd, reports_fd, &shared))
-            .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(libc::EAGAIN)))?;
-        // The watcher says once it has its own file table, with these two ends in it; the
-        // master's copies then close, so that a closed pipe ends the other side.
-        let mut started = [0u8; 1];
-        set_blocking(&reports, true)?;
-        let said = nix::unistd::read(&reports, &mut started);
-        set_blocking(&reports, false)?;
-        drop((requests_in, reports_out));
-        if said != Ok(1) {
-            let _ = thread.join();
-            return Err(Errno::ECHILD);
+        let master = Pid::this();
+        // SAFETY: the child runs `watch`, raw system calls on its stack only (see the
+        // module's docs), and leaves by `_exit`, never returning into the master's code.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            watch(master, [requests_in.as_raw_fd(), reports_out.as_raw_fd()]);
         }
-        Ok(Watcher {
+        let pid = Errno::result(pid).map(Pid::from_raw)?;
+        drop((requests_in, reports_out));
+        let mut watcher = Watcher {
             requests: Some(requests),
             reports,
-            flags,
-            thread: Some(thread),
-        })
+            pid: Some(pid),
+            unwatched: false,
+        };
+        // The watcher says once it is ready; one that could not be dies, and is reaped as the
+        // watcher drops.
+        let mut started = [0u8; 1];
+        set_blocking(&watcher.reports, true)?;
+        let said = nix::unistd::read(&watcher.reports, &mut started);
+        set_blocking(&watcher.reports, false)?;
+        if said != Ok(1) {
+            watcher.requests = None;
+            return Err(Errno::ECHILD);
+        }
+        Ok(watcher)
     }
 
-    /// Reads the reports into `dead`; returns whether one was lost.
-    fn read_reports(&self, dead: &mut Vec<Pid>) -> bool {
+    /// Reads the reports into `dead`; returns whether the watcher is still there (its end of
+    /// the pipe open).
+    fn read_reports(&mut self, dead: &mut Vec<Pid>) -> bool {
         let mut buffer = [0u8; 4096];
         loop {
             match nix::unistd::read(&self.reports, &mut buffer) {
-                Ok(read) if read > 0 => {
-                    let pids = buffer[..read].chunks_exact(4);
-                    dead.extend(pids.map(|pid| {
-                        Pid::from_raw(i32::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]]))
-                    }));
+                Ok(0) => return false,
+                Ok(read) => {
+                    for pid in buffer[..read].chunks_exact(4) {
+                        match i32::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]]) {
+                            UNWATCHED => self.unwatched = true,
+                            pid => dead.push(Pid::from_raw(pid)),
+                        }
+                    }
                 }
                 Err(Errno::EINTR) => {}
-                _ => break,
+                Err(_) => return true,
             }
         }
-        self.flags.lost.swap(false, Ordering::Relaxed)
     }
 }
 
 impl Drop for Watcher {
+    /// Ends the watcher, whose file table, pidfds and all, goes with it, and reaps it. It
+    /// is killed rather than told (it might be waiting for room in the reports): a child not
+    /// yet reaped keeps its pid, so the signal cannot reach another process.
     fn drop(&mut self) {
-        // Closing the requests ends the watcher, whose file table, pidfds and all, goes with
-        // it.
-        drop(self.requests.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = fleet::reap(pid);
         }
     }
 }
@@ -446,29 +484,40 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
 /// the pid in the low one.
 const REQUESTS: u64 = u64::MAX;
 
-/// The watcher thread: takes pids to watch from `requests`, and writes each one to
-/// `reports` once it has died. Ends when the master closes `requests`; one that ends
-/// otherwise leaves every worker unwatched from then on, which the master learns. Raw
-/// system calls and its stack only, once started (see the module's docs).
-fn watch(requests: RawFd, reports: RawFd, flags: &Flags) {
-    let all = nix::sys::signal::SigSet::all();
-    let _ = all.thread_block();
-    if serve(requests, reports, flags).is_err() {
-        flags.unwatched.store(true, Ordering::Relaxed);
+/// The watcher process: takes pids to watch from the first of `pipes`, and writes each one
+/// to the second once it has died. Ends when the master closes the requests, or dies.
+fn watch(master: Pid, pipes: [RawFd; 2]) -> ! {
+    // SAFETY: prctl and sigprocmask with integer arguments and a full signal set; _exit
+    // leaves without running anything of the master's.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"kamisama-reaper".as_ptr());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        // The master may have died before the death signal was asked for.
+        if libc::getppid() == master.as_raw() {
+            let _ = serve(pipes);
+        }
+        libc::_exit(0)
     }
 }
 
-fn serve(requests: RawFd, reports: RawFd, flags: &Flags) -> Result<(), Errno> {
-    own_file_table(&[requests, reports])?;
+fn serve([requests, reports]: [RawFd; 2]) -> Result<(), Errno> {
+    close_all_but([requests, reports]);
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    // SAFETY: both descriptors are open for as long as this thread runs: the master's
-    // copies are its own, and these are closed only here.
+    // SAFETY: both descriptors are open for as long as this process runs: they are closed
+    // only as it exits.
     let (requests, reports) = unsafe {
         (
             BorrowedFd::borrow_raw(requests),
             BorrowedFd::borrow_raw(reports),
         )
     };
+    // A report waits for room in a full pipe rather than being lost: the master reads the
+    // reports at every turn.
+    // SAFETY: fcntl with integer arguments, on this process's own end.
+    unsafe { libc::fcntl(reports.as_raw_fd(), libc::F_SETFL, 0) };
     epoll.add(requests, EpollEvent::new(EpollFlags::EPOLLIN, REQUESTS))?;
     if nix::unistd::write(reports, &[0])? != 1 {
         return Err(Errno::EPIPE);
@@ -487,7 +536,7 @@ fn serve(requests: RawFd, reports: RawFd, flags: &Flags) -> Result<(), Errno> {
                     Ok(read) => {
                         for pid in buffer[..read].chunks_exact(4) {
                             let pid = i32::from_ne_bytes([pid[0], pid[1], pid[2], pid[3]]);
-                            start_watching(&epoll, Pid::from_raw(pid), reports, flags);
+                            start_watching(&epoll, Pid::from_raw(pid), reports);
                         }
                     }
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
@@ -496,53 +545,49 @@ fn serve(requests: RawFd, reports: RawFd, flags: &Flags) -> Result<(), Errno> {
                 continue;
             }
             let (pidfd, pid) = ((event.data() >> 32) as RawFd, event.data() as u32 as i32);
-            // SAFETY: a pidfd this thread opened and registered; closing it also takes it
+            // SAFETY: a pidfd this process opened and registered; closing it also takes it
             // out of the epoll set.
             unsafe { libc::close(pidfd) };
-            report(reports, Pid::from_raw(pid), flags);
+            report(reports, pid);
         }
     }
 }
 
-/// Gives the thread a file table of its own, for the pidfds, with only `keep` in it: the
-/// copy of the master's that unsharing makes must not keep open what the master closes (a
-/// listener, say).
-fn own_file_table(keep: &[RawFd; 2]) -> Result<(), Errno> {
-    // SAFETY: unshare with an integer flag; it affects this thread only.
-    Errno::result(unsafe { libc::unshare(libc::CLONE_FILES) })?;
+/// Closes every descriptor but `keep`: the copies of the master's that the fork made must
+/// not keep open what the master closes (a listener, say).
+fn close_all_but(keep: [RawFd; 2]) {
     let (low, high) = (keep[0].min(keep[1]), keep[0].max(keep[1]));
     let gaps = [(0, low - 1), (low + 1, high - 1), (high + 1, RawFd::MAX)];
     for (first, last) in gaps.into_iter().filter(|(first, last)| first <= last) {
-        // SAFETY: close_range with integer arguments, on this thread's own table.
+        // SAFETY: close_range with integer arguments, on this process's own table.
         unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
     }
-    Ok(())
 }
 
 /// Watches `pid`: a pidfd in the epoll set, or a report at once when it has already been
-/// reaped; a pid that cannot be watched is flagged.
-fn start_watching(epoll: &Epoll, pid: Pid, reports: BorrowedFd<'_>, flags: &Flags) {
+/// reaped; a pid that cannot be watched is reported as [`UNWATCHED`].
+fn start_watching(epoll: &Epoll, pid: Pid, reports: BorrowedFd<'_>) {
     let pidfd = match pidfd_open(pid) {
         Ok(pidfd) => pidfd,
-        Err(Errno::ESRCH) => return report(reports, pid, flags),
-        Err(_) => return flags.unwatched.store(true, Ordering::Relaxed),
+        Err(Errno::ESRCH) => return report(reports, pid.as_raw()),
+        Err(_) => return report(reports, UNWATCHED),
     };
     let data = (pidfd.as_raw_fd() as u64) << 32 | u64::from(pid.as_raw() as u32);
     if epoll
         .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))
         .is_err()
     {
-        return flags.unwatched.store(true, Ordering::Relaxed);
+        return report(reports, UNWATCHED);
     }
     // Closed when the worker dies.
     std::mem::forget(pidfd);
 }
 
-fn report(reports: BorrowedFd<'_>, pid: Pid, flags: &Flags) {
-    let bytes = pid.as_raw().to_ne_bytes();
-    if nix::unistd::write(reports, &bytes) != Ok(bytes.len()) {
-        flags.lost.store(true, Ordering::Relaxed);
-    }
+/// Writes a report, blocking while the pipe is full; one the master can no longer read is
+/// dropped.
+fn report(reports: BorrowedFd<'_>, pid: i32) {
+    let bytes = pid.to_ne_bytes();
+    while nix::unistd::write(reports, &bytes) == Err(Errno::EINTR) {}
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! The master resolves every setting once, before its first fork, and refuses there what a
 //! worker could not do (a user that does not exist, a switch it has no right to make), so
 //! that no worker is forked to fail. A worker then applies the result with system calls
-//! only: no lookup, no allocation, as a child of a master that may run its reaper thread must.
+//! only: no lookup, no allocation, nothing that could fail for a reason the master did not
+//! check.
 //!
 //! The OOM score comes with the fork ([`oom_score`](super::oom_score)). Then the order is the
 //! one that works: CPUs and limits while the worker still has the master's rights (raising a

@@ -74,8 +74,8 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
     // The worker's OOM score, which it inherits; the master's own is back when this drops,
     // in the master only.
     let lent = setup.confinement.forking();
-    // SAFETY: the master runs no thread but its own reaper's (user threads are refused before
-    // the first fork), which holds no lock (`master::reaper`), so the child inherits no lock
+    // SAFETY: the master runs no other thread (user threads are refused before the first
+    // fork, and its reaper is a process: `master::reaper`), so the child inherits no lock
     // that another thread holds; the child runs `run_worker`, which never returns.
     match unsafe { fork() }? {
         // The worker makes its own process group. The master does not do it for it, as
