@@ -2,7 +2,7 @@
 //! reaper's pidfds rather than by walking its child list: every death still found, every
 //! orphan still reaped, and nothing of the reaper in a worker.
 
-use kamisama_tests::{children_of, reaper_of, state, Master};
+use kamisama_tests::{children_of, field, reaper_of, state, Master};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
@@ -154,5 +154,51 @@ fn a_large_fleet_without_descriptors_to_spare_still_finds_every_death() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.expect_lines("reaping-by-walking", 1);
+    master.expect_tree_gone();
+}
+
+#[test]
+fn a_walk_through_a_burst_of_deaths_stops_early_and_finishes_later() {
+    // Every worker leaves a `sleep 1000` behind, adopted by the master. With the reaper and
+    // the master stopped, 100 workers and then one orphan die: the master's one SIGCHLD names
+    // the first worker, the orphan's death is announced by nothing, and no reaper reports the
+    // workers. Its first walk stops after a few dead workers (each step of a walk starts at
+    // the head of the child list); the rest is walked later, until every worker is forked
+    // again and the orphan, behind them all in the list, is reaped.
+    let mut master = Master::launch(SUPERVISED)
+        .env("KAMISAMA_INSTANCES", &LARGE.to_string())
+        .env("KAMISAMA_RESPAWN_LIMIT", "100000")
+        .env("FIXTURE", "daemonize")
+        .start();
+    // The orphans are the master's children too: the workers are known by their lines.
+    let daemons = master.wait_for_lines("daemon pid=", LARGE);
+    let pid = |line: &String| Pid::from_raw(field(line, "pid").unwrap().parse().unwrap());
+    let orphan = pid(&daemons[0]);
+    let spawned = master.wait_for_lines("spawned index=", LARGE);
+    let reaper = master.wait_until("the reaper", || reaper_of(master.pid()));
+    master.wait_until_blocked();
+    kill(reaper, Signal::SIGSTOP).unwrap();
+    master.signal(Signal::SIGSTOP);
+    let killed: Vec<Pid> = spawned[..100].iter().map(pid).collect();
+    for worker in &killed {
+        kill(*worker, Signal::SIGKILL).unwrap();
+    }
+    master.wait_until("the workers dead", || {
+        let dead = killed.iter().all(|worker| state(*worker) == Some('Z'));
+        dead.then_some(())
+    });
+    kill(orphan, Signal::SIGKILL).unwrap();
+    master.wait_until("the orphan dead", || {
+        (state(orphan) == Some('Z')).then_some(())
+    });
+    master.signal(Signal::SIGCONT);
+    master.wait_for_lines("spawned index=", LARGE + killed.len());
+    master.wait_for_line(&format!("reaped pid={orphan} status=SIGKILL"));
+    master.wait_until("no zombie", || zombies(&master).is_empty().then_some(()));
+    master.expect_lines("spawned index=", LARGE + killed.len());
+    kill(reaper, Signal::SIGCONT).unwrap();
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_lines("reaping-by-walking", 0);
     master.expect_tree_gone();
 }

@@ -21,7 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use notify::{Notify, Phase, Summary};
 pub(crate) use reaper::Inherited;
-use reaper::{Reaper, Sigchld};
+use reaper::{Reaper, Sigchld, WALK_WORKERS};
 use recycle::Recycler;
 use replace::{Replacements, Why};
 use respawn::{Backoff, RespawnLimiter};
@@ -428,11 +428,21 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             }
         }
         self.dead = dead;
-        if walk {
-            while let Ok(Some(pid)) = fleet::peek_exited() {
-                if !self.reap_child(pid) {
-                    return;
-                }
+        if !walk {
+            return;
+        }
+        // Workers the watcher reports need no walk: one that meets many of them (a burst of
+        // deaths) leaves the rest of the child list for a while later.
+        let cut_short = self.reaper.watching() && !eager;
+        let mut workers = 0;
+        while let Ok(Some(pid)) = fleet::peek_exited() {
+            workers += usize::from(self.slots.index_of(pid).is_some());
+            if !self.reap_child(pid) {
+                return;
+            }
+            if cut_short && workers == WALK_WORKERS {
+                self.reaper.walk_later(Instant::now());
+                return;
             }
         }
     }

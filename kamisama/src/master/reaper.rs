@@ -55,6 +55,11 @@ use std::time::{Duration, Instant};
 /// How long after the last walk of the child list the next one comes when orphans are about.
 pub(super) const WALK_DELAY: Duration = Duration::from_millis(100);
 
+/// How many dead workers a walk of a watched fleet reaps before it stops for [`WALK_DELAY`]:
+/// each step of a walk starts again at the head of the child list, so a walk through a burst
+/// of deaths (a shutdown of 10,000) would cost the burst times the fleet.
+pub(super) const WALK_WORKERS: usize = 16;
+
 /// How long after the last walk a SIGCHLD brings another, in a fleet whose deaths the
 /// watcher reports: for an orphan's death that coalesced with a worker's, with no other sign.
 pub(super) const QUIET_WALK: Duration = Duration::from_secs(10);
@@ -301,7 +306,7 @@ impl Reaper {
             let quiet = self
                 .walked
                 .map_or(true, |walked| walked + QUIET_WALK <= now);
-            let watching = self.watcher.is_some() && self.blind.is_none() && !self.ended;
+            let watching = self.watching();
             walk |= eager || quiet || !watching || sigchld.dead().is_none();
         }
         walk |= self.walk_at.is_some_and(|at| at <= now);
@@ -315,6 +320,17 @@ impl Reaper {
     /// Orphans are about: one died, and was reaped by its pid (others may have died with it,
     /// unnamed), or a dead worker left some in its process group.
     pub(super) fn orphans_about(&mut self, now: Instant) {
+        self.walk_later(now);
+    }
+
+    /// Whether the watcher reports every worker's death, so that a walk is for orphans only.
+    pub(super) fn watching(&self) -> bool {
+        self.watcher.is_some() && self.blind.is_none() && !self.ended
+    }
+
+    /// A walk was cut short: it met [`WALK_WORKERS`] dead workers, which the watcher reports
+    /// anyway, in a burst of deaths. The rest of it is owed [`WALK_DELAY`] after it began.
+    pub(super) fn walk_later(&mut self, now: Instant) {
         let at = self.walked.map_or(now, |walked| walked + WALK_DELAY);
         self.walk_at.get_or_insert(at.max(now));
     }
