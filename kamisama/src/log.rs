@@ -3,6 +3,7 @@
 
 use crate::config::LogFormat;
 use crate::event::{Event, ExitStatus, Level, SignalName, Value};
+use crate::master::table::Table;
 use crate::text::Text;
 use nix::errno::Errno;
 use std::fmt::{self, Write};
@@ -15,13 +16,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// journal, a terminal), which the fork path cannot afford for every worker it forks. A write
 /// is at most `PIPE_BUF` bytes, which a pipe takes whole, so that the master's lines never
 /// land inside one another's, nor inside a line a worker writes in one `write`. The buffer
-/// lives on the master's stack, as the fork path must not allocate (see `Master`); a line too
-/// long for it (a long path, a long reason) is formatted on the heap and written alone. A
-/// closed stderr stops nothing.
+/// lives in a page left out of forks ([`Table`]): the fork path must not allocate (see
+/// `Master`), and a line logged after a fork then costs the master no copy of the page (on
+/// its stack, it cost a page fault a fork). A line too long for it (a long path, a long
+/// reason) is formatted on the heap and written alone. A closed stderr stops nothing.
 pub(crate) struct Log {
     master: u32,
     format: LogFormat,
-    pending: Text<{ libc::PIPE_BUF }>,
+    /// One entry: the lines not written yet.
+    pending: Table<Text<{ libc::PIPE_BUF }>>,
 }
 
 impl Log {
@@ -29,7 +32,8 @@ impl Log {
         Log {
             master,
             format,
-            pending: Text::default(),
+            // SAFETY: zero bytes are an empty `Text`.
+            pending: unsafe { Table::zeroed(1) },
         }
     }
 
@@ -51,10 +55,10 @@ impl Log {
         match writer.line(level, name, fields) {
             None => {}
             Some(Line::Short(line)) => {
-                if self.pending.room() < line.len() {
+                if self.pending[0].room() < line.len() {
                     self.flush();
                 }
-                let _ = self.pending.write_str(line.as_str());
+                let _ = self.pending[0].write_str(line.as_str());
             }
             Some(Line::Long(line)) => {
                 self.flush();
@@ -65,8 +69,8 @@ impl Log {
 
     /// Writes every line gathered.
     pub(crate) fn flush(&mut self) {
-        write_all(self.pending.as_str().as_bytes());
-        self.pending.clear();
+        write_all(self.pending[0].as_bytes());
+        self.pending[0].clear();
     }
 }
 

@@ -47,9 +47,9 @@ use std::time::Duration;
 /// master must be single-threaded when [`run`](Supervisor::run) starts: do not start threads
 /// (or a runtime that starts them) before it; start them inside the worker function instead.
 /// `run` counts the threads in `/proc/self/task` and refuses to start otherwise
-/// ([`Error::Threaded`]). The master starts one thread itself, in a fleet of 2,000 workers or
-/// more: its reaper, which holds a pidfd per worker so that a death costs the master the same
-/// whatever the fleet's size, and which takes no lock and allocates nothing once started.
+/// ([`Error::Threaded`]). The master starts no thread itself: in a fleet of 2,000 workers or
+/// more, it forks one helper process, its reaper (`kamisama-reaper`), which holds a pidfd per
+/// worker so that a death costs the master the same whatever the fleet's size.
 #[must_use = "a Supervisor does nothing until `run` is called"]
 #[derive(Default)]
 pub struct Supervisor<'a> {

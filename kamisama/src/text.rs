@@ -5,6 +5,7 @@ use std::fmt;
 
 /// Up to `N` bytes of UTF-8. What does not fit is cut short, between two characters, and the
 /// write that was cut reports an error.
+#[derive(Clone, Copy)]
 pub(crate) struct Text<const N: usize> {
     bytes: [u8; N],
     len: usize,

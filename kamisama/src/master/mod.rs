@@ -47,7 +47,7 @@ mod replace;
 mod respawn;
 mod slots;
 mod status;
-mod table;
+pub(crate) mod table;
 mod upgrade;
 mod watchdog;
 

@@ -1,5 +1,5 @@
-//! Memory the workers never see: the master's tables with an entry per worker live in
-//! anonymous mappings marked `MADV_DONTFORK`.
+//! Memory the workers never see: the master's tables with an entry per worker, and its log's
+//! pending lines, live in anonymous mappings marked `MADV_DONTFORK`.
 //!
 //! A fork copies the page table entries of every page the master has written, and write-
 //! protects them in the master, so that the master's next write to each one copies it. With
@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 /// A growable array of `T` in memory left out of forks, zeroed when it grows.
-pub(super) struct Table<T: Copy> {
+pub(crate) struct Table<T: Copy> {
     memory: NonNull<T>,
     len: usize,
     capacity: usize,
@@ -34,7 +34,7 @@ impl<T: Copy> Table<T> {
     /// # Safety
     ///
     /// All-zero bytes must be a valid `T`.
-    pub(super) unsafe fn zeroed(len: usize) -> Self {
+    pub(crate) unsafe fn zeroed(len: usize) -> Self {
         let mut table = Table::new();
         table.reserve(len);
         table.len = len;

@@ -581,8 +581,8 @@ impl Upgrade {
             argv: &argv,
             environment: &environment,
         };
-        // SAFETY: the master's only other thread, its reaper, holds no lock, so the child
-        // inherits none another thread holds; the child only calls async-signal-safe
+        // SAFETY: the master runs no other thread (its reaper is a process), so the child
+        // inherits no lock another thread holds; the child only calls async-signal-safe
         // functions and execs or exits.
         match unsafe { fork() }? {
             ForkResult::Parent { child } => Ok(Upgrade {
