@@ -14,7 +14,7 @@
 //! step needs the rights the next one takes away; then `no_new_privs`; then the proof that
 //! root cannot be had back.
 
-use super::oom_score::{Lent, OomScore};
+use super::oom_score::{Lender, Lent, OomScore};
 use crate::config::{Config, CpuAffinity, Limits};
 use crate::Error;
 use nix::errno::Errno;
@@ -37,7 +37,7 @@ pub(crate) struct Confinement {
     /// Each limit to set, as both the soft and the hard limit.
     limits: Vec<(Resource, u64)>,
     /// Given at the fork, by the master.
-    oom_score_adj: Option<OomScore>,
+    oom_score_adj: Option<Lender>,
     /// The CPUs to pin worker `i` to, the `i % len`-th; empty when not pinned.
     cpus: Vec<usize>,
 }
@@ -101,11 +101,15 @@ impl Confinement {
 
     /// In the master, just before a fork: what the worker gets from it rather than sets
     /// itself (its OOM score), until the guard drops after the fork.
-    pub(crate) fn forking(&self) -> Option<Lent> {
+    pub(crate) fn forking(&self) -> Option<Lent<'_>> {
         // A score the kernel refuses now (an operator changed the master's floor since the
-        // start), or no descriptor to spare, leaves the worker with the master's: no worker
-        // is lost for it.
-        self.oom_score_adj?.lend().ok().flatten()
+        // start) leaves the worker with the master's: no worker is lost for it.
+        self.oom_score_adj.as_ref()?.lend().ok().flatten()
+    }
+
+    /// The master's descriptor for its OOM score, which a worker closes first thing.
+    pub(crate) fn master_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.oom_score_adj.as_ref().map(Lender::fd)
     }
 
     /// In worker `index`, just forked: applies everything, in the order that works (see the

@@ -73,7 +73,7 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
         .map(|titles| titles.render(format_args!("worker {index}"), format_args!("w{index}")));
     // The worker's OOM score, which it inherits; the master's own is back when this drops,
     // in the master only.
-    let lent = setup.confinement.forking();
+    let _lent = setup.confinement.forking();
     // SAFETY: the master runs no other thread (user threads are refused before the first
     // fork, and its reaper is a process: `master::reaper`), so the child inherits no lock
     // that another thread holds; the child runs `run_worker`, which never returns.
@@ -83,10 +83,11 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
         // that comes before the group exists reaches the worker itself (`fleet::stop_worker`).
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            if let Some(lent) = &lent {
+            if let Some(fd) = setup.confinement.master_fd() {
                 // SAFETY: the master's descriptor, which the worker must not write through
-                // (it is the master's score); the worker never returns here to drop `lent`.
-                unsafe { libc::close(lent.fd()) };
+                // (it is the master's score); the worker never returns here to drop `_lent`
+                // or the confinement that holds it.
+                unsafe { libc::close(fd) };
             }
             run_worker(index, worker, setup, title.as_ref())
         }

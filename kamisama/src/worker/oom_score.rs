@@ -6,9 +6,11 @@
 //! first, which cost 40 µs per respawn on the bench's machine, a sixth of a respawn, where
 //! the master's own is cached. The master is more killable only while it forks, and never
 //! below the floor the kernel keeps for it (`oom_score_adj_min`): its own value is one it was
-//! allowed to have, so putting it back needs no privilege. The file is opened for each fork
-//! and closed after it, so that a master with no descriptor to spare loses nothing but the
-//! adjustment.
+//! allowed to have, so putting it back needs no privilege. The file is opened once, before
+//! the first fork, and kept open: a fork then costs the master a read and two writes, where
+//! opening and closing it each time cost as much again (a path walk through /proc). Every
+//! process the master forks closes it first thing: through it, the master's score could be
+//! changed.
 
 use crate::config::WORKER_OOM_SCORE_BIAS;
 use crate::Error;
@@ -26,9 +28,16 @@ pub(crate) enum OomScore {
     AboveMaster,
 }
 
-/// The master's score, lent to a fork; put back when dropped.
-pub(crate) struct Lent {
+/// A worker's score, and the master's own open to lend it for each fork.
+#[derive(Debug)]
+pub(crate) struct Lender {
+    score: OomScore,
     file: File,
+}
+
+/// The master's score, lent to a fork; put back when dropped.
+pub(crate) struct Lent<'a> {
+    file: &'a File,
     master: i32,
 }
 
@@ -36,7 +45,7 @@ impl OomScore {
     /// Tries the round trip a fork makes, so that a setting that cannot be given stops the
     /// start: `setting`, or by default the master's plus the bias, which is left out, without
     /// a word, where /proc refuses it (a sandbox).
-    pub(crate) fn resolve(setting: Option<i32>, may_lower: bool) -> Result<Option<Self>, Error> {
+    pub(crate) fn resolve(setting: Option<i32>, may_lower: bool) -> Result<Option<Lender>, Error> {
         let refused = |reason: String| Error::Confine {
             setting: "oom_score_adj",
             value: setting.map_or_else(String::new, |adj| adj.to_string()),
@@ -53,42 +62,49 @@ impl OomScore {
                 )));
             }
         }
-        match score.lend() {
-            Ok(lent) => drop(lent),
-            Err(_) if setting.is_none() => return Ok(None),
-            Err(error) => return Err(refused(format!("/proc/self/oom_score_adj: {error}"))),
+        // Without a word where /proc refuses the default; a setting asked for stops the start.
+        let give_up = |error: io::Error| match setting {
+            None => Ok(None),
+            Some(_) => Err(refused(format!("/proc/self/oom_score_adj: {error}"))),
+        };
+        let lender = match open() {
+            Ok(file) => Lender { score, file },
+            Err(error) => return give_up(error),
+        };
+        if let Err(error) = lender.lend() {
+            return give_up(error);
         }
-        Ok(Some(score))
+        Ok(Some(lender))
     }
+}
 
+impl Lender {
     /// In the master, just before a fork: gives the master the worker's score, until the
     /// guard drops. `None` where the two are the same already.
-    pub(crate) fn lend(self) -> io::Result<Option<Lent>> {
-        let file = open()?;
-        let master = read(&file)?;
-        let worker = match self {
+    pub(crate) fn lend(&self) -> io::Result<Option<Lent<'_>>> {
+        let file = &self.file;
+        let master = read(file)?;
+        let worker = match self.score {
             OomScore::Set(adj) => adj,
             OomScore::AboveMaster => (master + WORKER_OOM_SCORE_BIAS).min(1000),
         };
         if worker == master {
             return Ok(None);
         }
-        write(&file, worker)?;
+        write(file, worker)?;
         Ok(Some(Lent { file, master }))
     }
-}
 
-impl Lent {
-    /// The master's descriptor, which a worker just forked closes first thing: through it,
-    /// the worker could change the master's score.
+    /// The master's descriptor, which a process just forked closes first thing: through it,
+    /// the child could change the master's score.
     pub(crate) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 }
 
-impl Drop for Lent {
+impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        let _ = write(&self.file, self.master);
+        let _ = write(self.file, self.master);
     }
 }
 
@@ -134,8 +150,8 @@ pub(super) mod tests {
     fn the_master_is_raised_to_its_own_score_plus_the_bias_and_put_back() {
         let _oom = OOM_SCORE.lock();
         let before = own();
-        let score = OomScore::resolve(None, false).unwrap().unwrap();
-        let lent = score.lend().unwrap();
+        let lender = OomScore::resolve(None, false).unwrap().unwrap();
+        let lent = lender.lend().unwrap();
         assert_eq!(own(), (before + 500).min(1000));
         assert_eq!(lent.is_some(), before < 1000);
         drop(lent);
@@ -145,8 +161,8 @@ pub(super) mod tests {
     #[test]
     fn a_score_the_master_has_is_inherited_and_not_written() {
         let _oom = OOM_SCORE.lock();
-        let score = OomScore::resolve(Some(own()), false).unwrap().unwrap();
-        assert!(score.lend().unwrap().is_none());
+        let lender = OomScore::resolve(Some(own()), false).unwrap().unwrap();
+        assert!(lender.lend().unwrap().is_none());
     }
 
     #[test]
