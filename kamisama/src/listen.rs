@@ -243,6 +243,58 @@ impl Stream {
             Stream::Unix(stream) => stream.set_read_timeout(timeout),
         }
     }
+
+    /// The TCP connection itself, for code that wants a `TcpStream`; the `Stream` back if it
+    /// is a Unix one. The worker no longer counts it among its open connections (the share
+    /// its balanced accept keeps, the status file, the metrics): count it with the
+    /// `Stream` if that matters.
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "127.0.0.1:8080")]
+    /// fn worker(worker: &kamisama::Worker) -> std::io::Result<()> {
+    ///     while let Some(stream) = worker.accept(&worker.listeners()[0]) {
+    ///         if let Ok(tcp) = stream?.into_tcp() {
+    ///             tcp.set_nodelay(true)?;
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn into_tcp(self) -> Result<TcpStream, Self> {
+        match self.into_counted() {
+            Ok(tcp) => {
+                crate::worker::shared::closed();
+                Ok(tcp)
+            }
+            Err(unix) => Err(Stream::Unix(unix)),
+        }
+    }
+
+    /// The Unix connection itself; the `Stream` back if it is a TCP one. Counted no more, as
+    /// with [`into_tcp`](Stream::into_tcp).
+    pub fn into_unix(self) -> Result<UnixStream, Self> {
+        match self.into_counted() {
+            Ok(tcp) => Err(Stream::Tcp(tcp)),
+            Err(unix) => {
+                crate::worker::shared::closed();
+                Ok(unix)
+            }
+        }
+    }
+
+    /// The socket, out of a `Stream` that is gone without being dropped: still counted as
+    /// open, for the caller to hand on or uncount.
+    pub(crate) fn into_counted(self) -> Result<TcpStream, UnixStream> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the socket is read out once from a `Stream` that is never dropped or used
+        // again, so it has one owner.
+        unsafe {
+            match &*this {
+                Stream::Tcp(stream) => Ok(std::ptr::read(stream)),
+                Stream::Unix(stream) => Err(std::ptr::read(stream)),
+            }
+        }
+    }
 }
 
 /// The connection is closed: one fewer open, for the worker's share of the fleet's

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 const SUPERVISED: &str = env!("CARGO_BIN_EXE_supervised");
 const CRUNCH: &str = env!("CARGO_BIN_EXE_crunch");
 const HELLO: &str = env!("CARGO_BIN_EXE_hello-server");
+const HANDING_OVER: &str = env!("CARGO_BIN_EXE_handing-over");
+const HANDING_OVER_ASYNC: &str = env!("CARGO_BIN_EXE_handing-over-async");
 
 fn status_path(name: &str) -> PathBuf {
     kamisama_tests::scratch!(name).join("status.json")
@@ -375,4 +377,67 @@ fn the_status_counts_each_servers_requests_and_open_connections() {
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
     master.expect_tree_gone();
+}
+
+/// Connects to `address` (a TCP address, or `unix:PATH`) and reads the answer's line; the
+/// connection stays open as long as the returned socket.
+fn ask(address: &str) -> (Box<dyn std::any::Any>, String) {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    if let Some(path) = address.strip_prefix("unix:") {
+        let stream = std::os::unix::net::UnixStream::connect(path).expect("connect");
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .expect("an answer");
+        (Box::new(stream), line)
+    } else {
+        let stream = std::net::TcpStream::connect(address).expect("connect");
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .expect("an answer");
+        (Box::new(stream), line)
+    }
+}
+
+#[test]
+fn a_connection_taken_out_of_its_stream_is_counted_no_more() {
+    let cases = [HANDING_OVER, HANDING_OVER_ASYNC]
+        .into_iter()
+        .flat_map(|binary| [(binary, "127.0.0.1:0"), (binary, "unix:")]);
+    for (case, (binary, listen)) in cases.enumerate() {
+        let path = status_path(&format!("status-handing-over-{case}"));
+        let socket = path.with_file_name("handing-over.sock");
+        let listen = match listen {
+            "unix:" => format!("unix:{}", socket.display()),
+            tcp => tcp.to_owned(),
+        };
+        let mut master = Master::launch(binary)
+            .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+            .env("KAMISAMA_LISTEN", &listen)
+            .start();
+        let line = master.wait_for_line("listening address=");
+        let address = kamisama_tests::field(&line, "address").unwrap().to_owned();
+        let counts = |status: &Value| {
+            let worker = &status["workers"][0];
+            (worker["completed"].as_u64(), worker["connections"].as_u64())
+        };
+        if listen.starts_with("unix:") {
+            // `into_tcp` gives a Unix stream back, counted still.
+            let (_first, answer) = ask(&address);
+            assert_eq!(answer, "kept\n");
+            wait_for_status(&master, &path, "one connection counted", |status| {
+                counts(status) == (Some(1), Some(1))
+            });
+        }
+        // Taken out: open, answered, and no longer counted.
+        let (_raw, answer) = ask(&address);
+        assert_eq!(answer, "raw\n");
+        let done = if listen.starts_with("unix:") { 2 } else { 1 };
+        wait_for_status(&master, &path, "no connection counted", |status| {
+            counts(status) == (Some(done), Some(0))
+        });
+        master.signal(Signal::SIGTERM);
+        master.expect_exit_code(0);
+        master.expect_tree_gone();
+    }
 }

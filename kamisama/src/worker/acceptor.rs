@@ -57,16 +57,7 @@ impl Stream {
     /// The same connection as a tokio stream of the current runtime, still counted.
     fn into_async(self) -> io::Result<AsyncStream> {
         // The count goes over to the `AsyncStream`, or ends with the socket on an error.
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: the stream is read out once from a `Stream` that is never dropped or used
-        // again, so it has one owner.
-        let stream = unsafe {
-            match &*this {
-                Stream::Tcp(stream) => Ok(std::ptr::read(stream)),
-                Stream::Unix(stream) => Err(std::ptr::read(stream)),
-            }
-        };
-        let converted = match stream {
+        let converted = match self.into_counted() {
             Ok(tcp) => tcp
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpStream::from_std(tcp))
@@ -80,6 +71,60 @@ impl Stream {
             super::shared::closed();
         }
         converted
+    }
+}
+
+impl AsyncStream {
+    /// The tokio TCP stream itself, for code that wants one; the `AsyncStream` back if it is
+    /// a Unix one. The worker no longer counts it among its open connections (the share its
+    /// balanced accept keeps, the status file, the metrics).
+    ///
+    /// ```no_run
+    /// #[kamisama::main(listen = "127.0.0.1:8080")]
+    /// async fn worker(worker: kamisama::Worker) -> std::io::Result<()> {
+    ///     let listener = &worker.listeners()[0];
+    ///     while let Some(stream) = worker.accept_async(listener).await {
+    ///         if let Ok(tcp) = stream?.into_tcp() {
+    ///             tcp.set_nodelay(true)?;
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn into_tcp(self) -> Result<tokio::net::TcpStream, Self> {
+        match self.into_counted() {
+            Ok(tcp) => {
+                super::shared::closed();
+                Ok(tcp)
+            }
+            Err(unix) => Err(AsyncStream::Unix(unix)),
+        }
+    }
+
+    /// The tokio Unix stream itself; the `AsyncStream` back if it is a TCP one. Counted no
+    /// more, as with [`into_tcp`](AsyncStream::into_tcp).
+    pub fn into_unix(self) -> Result<tokio::net::UnixStream, Self> {
+        match self.into_counted() {
+            Ok(tcp) => Err(AsyncStream::Tcp(tcp)),
+            Err(unix) => {
+                super::shared::closed();
+                Ok(unix)
+            }
+        }
+    }
+
+    /// The socket, out of an `AsyncStream` that is gone without being dropped: still
+    /// counted as open.
+    fn into_counted(self) -> Result<tokio::net::TcpStream, tokio::net::UnixStream> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the socket is read out once from an `AsyncStream` that is never dropped or
+        // used again, so it has one owner.
+        unsafe {
+            match &*this {
+                AsyncStream::Tcp(stream) => Ok(std::ptr::read(stream)),
+                AsyncStream::Unix(stream) => Err(std::ptr::read(stream)),
+            }
+        }
     }
 }
 
