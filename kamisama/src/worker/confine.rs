@@ -109,7 +109,7 @@ impl Confinement {
 
     /// The master's descriptor for its OOM score, which a worker closes first thing.
     pub(crate) fn master_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.oom_score_adj.as_ref().map(Lender::fd)
+        self.oom_score_adj.as_ref()?.fd()
     }
 
     /// In worker `index`, just forked: applies everything, in the order that works (see the

@@ -6,14 +6,16 @@
 //! first, which cost 40 µs per respawn on the bench's machine, a sixth of a respawn, where
 //! the master's own is cached. The master is more killable only while it forks, and never
 //! below the floor the kernel keeps for it (`oom_score_adj_min`): its own value is one it was
-//! allowed to have, so putting it back needs no privilege. The file is opened once, before
-//! the first fork, and kept open: a fork then costs the master a read and two writes, where
-//! opening and closing it each time cost as much again (a path walk through /proc). Every
-//! process the master forks closes it first thing: through it, the master's score could be
-//! changed.
+//! allowed to have, so putting it back needs no privilege. The file is opened at the first
+//! fork and kept open: a fork then costs the master a read and two writes, where opening and
+//! closing it each time cost as much again (a path walk through /proc). Opened no earlier, so
+//! that the descriptors the master needs come first: a master with none to spare loses
+//! nothing but the adjustment, and tries again at the next fork. Every process the master
+//! forks closes it first thing: through it, the master's score could be changed.
 
 use crate::config::WORKER_OOM_SCORE_BIAS;
 use crate::Error;
+use std::cell::OnceCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,11 +30,11 @@ pub(crate) enum OomScore {
     AboveMaster,
 }
 
-/// A worker's score, and the master's own open to lend it for each fork.
+/// A worker's score, and the master's own, open from the first fork, to lend it for each.
 #[derive(Debug)]
 pub(crate) struct Lender {
     score: OomScore,
-    file: File,
+    file: OnceCell<File>,
 }
 
 /// The master's score, lent to a fork; put back when dropped.
@@ -67,13 +69,15 @@ impl OomScore {
             None => Ok(None),
             Some(_) => Err(refused(format!("/proc/self/oom_score_adj: {error}"))),
         };
-        let lender = match open() {
-            Ok(file) => Lender { score, file },
-            Err(error) => return give_up(error),
+        let mut lender = Lender {
+            score,
+            file: OnceCell::new(),
         };
         if let Err(error) = lender.lend() {
             return give_up(error);
         }
+        // Closed until the first fork.
+        drop(lender.file.take());
         Ok(Some(lender))
     }
 }
@@ -82,7 +86,13 @@ impl Lender {
     /// In the master, just before a fork: gives the master the worker's score, until the
     /// guard drops. `None` where the two are the same already.
     pub(crate) fn lend(&self) -> io::Result<Option<Lent<'_>>> {
-        let file = &self.file;
+        let file = match self.file.get() {
+            Some(file) => file,
+            None => {
+                let _ = self.file.set(open()?);
+                self.file.get().expect("just set")
+            }
+        };
         let master = read(file)?;
         let worker = match self.score {
             OomScore::Set(adj) => adj,
@@ -97,8 +107,8 @@ impl Lender {
 
     /// The master's descriptor, which a process just forked closes first thing: through it,
     /// the child could change the master's score.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        self.file.get().map(AsRawFd::as_raw_fd)
     }
 }
 
