@@ -160,11 +160,12 @@ fn a_large_fleet_without_descriptors_to_spare_still_finds_every_death() {
 #[test]
 fn a_walk_through_a_burst_of_deaths_stops_early_and_finishes_later() {
     // Every worker leaves a `sleep 1000` behind, adopted by the master. With the reaper and
-    // the master stopped, 100 workers and then one orphan die: the master's one SIGCHLD names
-    // the first worker, the orphan's death is announced by nothing, and no reaper reports the
-    // workers. Its first walk stops after a few dead workers (each step of a walk starts at
-    // the head of the child list); the rest is walked later, until every worker is forked
-    // again and the orphan, behind them all in the list, is reaped.
+    // the master stopped, 100 workers and then one orphan die: the master's one pending
+    // SIGCHLD names one death, the orphan's is announced by nothing, and no reaper reports
+    // the workers. A SIGCHLD sent by hand, which names no death, makes the master walk: the
+    // walk stops after a few dead workers (each step of it starts at the head of the child
+    // list); the rest is walked later, until every worker is forked again and the orphan,
+    // behind them all in the list, is reaped.
     let mut master = Master::launch(SUPERVISED)
         .env("KAMISAMA_INSTANCES", &LARGE.to_string())
         .env("KAMISAMA_RESPAWN_LIMIT", "100000")
@@ -192,6 +193,9 @@ fn a_walk_through_a_burst_of_deaths_stops_early_and_finishes_later() {
         (state(orphan) == Some('Z')).then_some(())
     });
     master.signal(Signal::SIGCONT);
+    // Once the pending SIGCHLD is read, so that the one sent by hand does not merge with it.
+    master.wait_for_line("exited index=");
+    master.signal(Signal::SIGCHLD);
     master.wait_for_lines("spawned index=", LARGE + killed.len());
     master.wait_for_line(&format!("reaped pid={orphan} status=SIGKILL"));
     master.wait_until("no zombie", || zombies(&master).is_empty().then_some(()));
