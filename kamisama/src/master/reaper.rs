@@ -31,8 +31,8 @@
 //!
 //! It is forked once the fleet is large, names itself `kamisama-reaper`, dies with the master
 //! (`PR_SET_PDEATHSIG`), blocks every signal, and closes every descriptor but its two pipes.
-//! It makes raw system calls only, on its own stack, so that it can be forked from a process
-//! with threads too (a test harness). The master tells it apart from the fleet: sweeps leave
+//! It makes system calls only, from its own stack, allocating nothing, so that it can be
+//! forked from a process with threads too (a test harness). The master tells it apart from the fleet: sweeps leave
 //! it alone, a shutdown ends it once no worker is left, and its death, if it comes earlier,
 //! is logged and makes the master walk again.
 //!
@@ -48,7 +48,9 @@ use crate::event::Level;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::unistd::Pid;
+use nix::sys::prctl;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::{fork, getppid, ForkResult, Pid};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -410,13 +412,14 @@ impl Watcher {
             unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         }
         let master = Pid::this();
-        // SAFETY: the child runs `watch`, raw system calls on its stack only (see the
-        // module's docs), and leaves by `_exit`, never returning into the master's code.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            watch(master, [requests_in.as_raw_fd(), reports_out.as_raw_fd()]);
-        }
-        let pid = Errno::result(pid).map(Pid::from_raw)?;
+        // SAFETY: the child runs `watch`, system calls on its stack only (see the module's
+        // docs), and leaves by `_exit`, never returning into the master's code.
+        let pid = match unsafe { fork() }? {
+            ForkResult::Child => {
+                watch(master, [requests_in.as_raw_fd(), reports_out.as_raw_fd()]);
+            }
+            ForkResult::Parent { child } => child,
+        };
         drop((requests_in, reports_out));
         let mut watcher = Watcher {
             requests: Some(requests),
@@ -465,7 +468,7 @@ impl Drop for Watcher {
     /// yet reaped keeps its pid, so the signal cannot reach another process.
     fn drop(&mut self) {
         if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGKILL);
             let _ = fleet::reap(pid);
         }
     }
@@ -503,20 +506,15 @@ const REQUESTS: u64 = u64::MAX;
 /// The watcher process: takes pids to watch from the first of `pipes`, and writes each one
 /// to the second once it has died. Ends when the master closes the requests, or dies.
 fn watch(master: Pid, pipes: [RawFd; 2]) -> ! {
-    // SAFETY: prctl and sigprocmask with integer arguments and a full signal set; _exit
-    // leaves without running anything of the master's.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"kamisama-reaper".as_ptr());
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        // The master may have died before the death signal was asked for.
-        if libc::getppid() == master.as_raw() {
-            let _ = serve(pipes);
-        }
-        libc::_exit(0)
+    let _ = prctl::set_name(c"kamisama-reaper");
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = SigSet::all().thread_set_mask();
+    // The master may have died before the death signal was asked for.
+    if getppid() == master {
+        let _ = serve(pipes);
     }
+    // SAFETY: leaves without running anything of the master's.
+    unsafe { libc::_exit(0) }
 }
 
 fn serve([requests, reports]: [RawFd; 2]) -> Result<(), Errno> {
