@@ -72,6 +72,13 @@ impl Signals {
         Ok(signals)
     }
 
+    /// Whether a signal is pending, without reading it: one `poll` that sets no `errno` (the
+    /// master's thread-local page) and fills no buffer, for the gaps between two forks.
+    pub(crate) fn pending(&self) -> bool {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+    }
+
     /// Blocks until a signal is pending, one of `also` has an event, or `timeout` has passed;
     /// `None` waits for ever.
     pub(crate) fn wait<'a>(

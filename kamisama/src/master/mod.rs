@@ -665,7 +665,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     return;
                 }
             }
-            self.read_signals();
+            // Only a pending signal is read: each page the master writes between two forks
+            // is copied once per fork (the reports' buffer, `errno`), at 10,000 forks a start.
+            // The watcher's reports wait for the end of the batch, unless a SIGCHLD came.
+            if self.setup.signals.pending() {
+                self.read_signals();
+            }
             // The lowest index due: the one just forked no longer is.
             match self.slots.next_due(Instant::now()) {
                 Some(next) => index = next,
