@@ -82,6 +82,10 @@ fn a_large_fleet_finds_every_death_and_reaps_every_orphan() {
         (now.len() == LARGE && replaced).then_some(now)
     });
     master.expect_lines("spawned index=", LARGE + killed.len());
+    // The replacements are watched too, their pids handed to the reaper a while after.
+    master.wait_until("a pidfd for each replacement", || {
+        (descriptors(reaper).len() > LARGE).then_some(())
+    });
     master.wait_until("every orphan reaped", || {
         zombies(&master).is_empty().then_some(())
     });

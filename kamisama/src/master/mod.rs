@@ -320,6 +320,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 return outcome;
             }
             self.sweep(now.instant);
+            self.reaper.flush(now.instant);
             // Before the summary below, which may see the fleet ready: the service manager
             // hears of it on the next turn, which the readiness poll brings.
             let timeout = self
@@ -338,7 +339,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 (None, Some(takeover)) => takeover.poll_fd(),
                 (None, None) => None,
             };
-            self.reaper.flush();
             let also = [pipe, self.reaper.poll_fd()].into_iter().flatten();
             let _ = self
                 .setup
@@ -640,10 +640,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.recycler.forking(self.setup.shared, index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
-                    self.reaper.watch(pid);
+                    let started = Instant::now();
+                    self.reaper.watch(pid, started);
                     self.fork_retry.failures = 0;
                     self.fork_retry.not_before = None;
-                    let started = Instant::now();
                     self.watchdog.forked(started);
                     self.recycler.forked(index, pid, started);
                     let slot = &mut self.slots[index];
@@ -1289,6 +1289,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .into_iter()
             .chain(watchdog)
             .chain(self.reaper.next_walk())
+            .chain(self.reaper.next_flush())
             .chain(kill_at)
             .chain(sweep)
             .chain(fork_retry)
