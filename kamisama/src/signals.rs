@@ -112,25 +112,45 @@ impl Signals {
     /// The signals pending now, in the order the kernel hands them out (lowest number
     /// first), without blocking. Signals of one kind coalesce, so a batch holds a few at most;
     /// any past its room stay pending for the next.
+    ///
+    /// Read four at a time: a read that returns fewer has emptied the queue, so that no read
+    /// failing with `EAGAIN` ends the batch (a write of `errno`, on the thread-local page,
+    /// which the master copies once after each fork).
     pub(crate) fn batch(&self) -> Batch {
+        const AT_ONCE: usize = 4;
+        const RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
         let mut batch = Batch([None; 16]);
-        for place in &mut batch.0 {
-            match self.next() {
-                Some(signal) => *place = Some(signal),
-                None => break,
+        let mut filled = 0;
+        while filled + AT_ONCE <= batch.0.len() {
+            // SAFETY: zeroed bytes are a valid `signalfd_siginfo`.
+            let mut infos: [libc::signalfd_siginfo; AT_ONCE] = unsafe { std::mem::zeroed() };
+            // SAFETY: the buffer is valid for its length; a signalfd fills whole records.
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    infos.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&infos),
+                )
+            };
+            // -1: none pending (`EAGAIN`).
+            let Ok(read) = usize::try_from(read) else {
+                break;
+            };
+            for info in &infos[..read / RECORD] {
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                    batch.0[filled] = Some(Received {
+                        signal,
+                        sender: info.ssi_pid,
+                        code: info.ssi_code,
+                    });
+                    filled += 1;
+                }
+            }
+            if read < std::mem::size_of_val(&infos) {
+                break;
             }
         }
         batch
-    }
-
-    /// The next pending signal, without blocking.
-    fn next(&self) -> Option<Received> {
-        let info = self.fd.read_signal().ok()??;
-        Some(Received {
-            signal: Signal::try_from(info.ssi_signo as i32).ok()?,
-            sender: info.ssi_pid,
-            code: info.ssi_code,
-        })
     }
 
     /// In a freshly forked worker: closes the signalfd and gives every signal the disposition
@@ -159,7 +179,7 @@ impl Signals {
 impl Drop for Signals {
     fn drop(&mut self) {
         // Discard what is pending, so that unblocking does not apply a default action to it.
-        while self.next().is_some() {}
+        while self.fd.read_signal().is_ok_and(|info| info.is_some()) {}
         for (signal, action) in self.previous_actions.drain(..).rev() {
             // SAFETY: this puts back a disposition the process had before `install`.
             let _ = unsafe { sigaction(signal, &action) };

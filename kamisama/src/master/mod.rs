@@ -33,6 +33,7 @@ use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use table::Table;
 use upgrade::Upgrade;
 pub(crate) use upgrade::{Relaunch, Takeover};
 use watchdog::{Now, Verdict, Watch, Watchdog};
@@ -134,8 +135,9 @@ pub(crate) struct Master<'a, W, S> {
     recycler: Recycler,
     /// Workers being replaced, their successors forked first.
     replacements: Replacements,
-    /// The pids the reaper named in a turn, kept for its room.
-    dead: Vec<Pid>,
+    /// The pids the reaper named in a turn, kept for its room, out of forks: a respawn
+    /// writes to it.
+    dead: Table<Pid>,
     /// With `restart = "on-failure"`, each shard's own respawns, for its own limit: one shard
     /// that keeps failing must not stop the others. Only shards that failed have one.
     shard_limits: HashMap<usize, RespawnLimiter>,
@@ -264,7 +266,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             reaper,
             recycler: Recycler::new(config),
             replacements: Replacements::new(config.recycle_at_once),
-            dead: Vec::new(),
+            dead: Table::new(),
             shard_limits: HashMap::new(),
             #[cfg(feature = "metrics")]
             metrics: metrics.map(metrics::Metrics::new),
@@ -289,6 +291,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             });
         }
         self.set_title();
+        // Output the program left buffered would otherwise be written again by every worker.
+        // The callback's is flushed after each call (`emit`); nothing else in the master
+        // writes to stdout, so that a fork need not lock it (a page copied a fork).
+        let _ = std::io::stdout().flush();
         loop {
             if let Some(blind) = self.reaper.newly_blind() {
                 let (level, note) = blind.note();
@@ -418,7 +424,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         // Once no worker is left, the child list holds only orphans: a walk costs little.
         let eager = self.shutdown.is_some() && self.slots.live_workers() == 0;
         let walk = self.reaper.dead(sigchld, eager, Instant::now(), &mut dead);
-        for pid in dead.drain(..) {
+        for &pid in dead.iter() {
             if !fleet::has_exited(pid) {
                 continue;
             }
@@ -427,6 +433,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 self.reaper.orphans_about(Instant::now());
             }
         }
+        dead.clear();
         self.dead = dead;
         if !walk {
             return;
@@ -632,9 +639,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let Some(mut index) = self.slots.next_due(now) else {
             return;
         };
-        // Once for the batch: output the master's own code left buffered would otherwise be
-        // written again by every worker.
-        let _ = std::io::stdout().flush();
         while self.shutdown.is_none() {
             self.watchdog.forking(index);
             self.recycler.forking(self.setup.shared, index);

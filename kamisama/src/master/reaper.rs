@@ -44,6 +44,7 @@
 //! that a worker and what it runs see the limit they would have had.
 
 use super::fleet;
+use super::table::Table;
 use crate::event::Level;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
@@ -90,8 +91,9 @@ pub(super) struct Reaper {
     walked: Option<Instant>,
     /// When it is to be walked again, for an orphan's death no SIGCHLD named.
     walk_at: Option<Instant>,
-    /// Pids forked since the last flush, four bytes each.
-    requests: Vec<u8>,
+    /// Pids forked since the last flush, four bytes each: left out of forks, as each fork
+    /// adds to it.
+    requests: Table<u8>,
     /// When the first of them was forked.
     requested_at: Option<Instant>,
     /// Why the master cannot count on the watcher.
@@ -177,7 +179,7 @@ impl Reaper {
             tried: false,
             walked: None,
             walk_at: None,
-            requests: Vec::new(),
+            requests: Table::new(),
             requested_at: None,
             blind: None,
             ended: false,
@@ -207,7 +209,7 @@ impl Reaper {
                 };
                 self.watcher = Some(watcher);
                 // Room for a whole fleet's pids: a fork then allocates nothing.
-                self.requests.reserve(instances * 4);
+                self.requests.reserve_total(instances * 4);
                 let now = Instant::now();
                 for pid in live() {
                     self.watch(pid, now);
@@ -310,7 +312,7 @@ impl Reaper {
         sigchld: Option<Sigchld>,
         eager: bool,
         now: Instant,
-        dead: &mut Vec<Pid>,
+        dead: &mut Table<Pid>,
     ) -> bool {
         let mut walk = false;
         if let Some(watcher) = &mut self.watcher {
@@ -321,7 +323,9 @@ impl Reaper {
             }
         }
         if let Some(sigchld) = sigchld {
-            dead.extend(sigchld.dead());
+            if let Some(pid) = sigchld.dead() {
+                dead.push(pid);
+            }
             let quiet = self
                 .walked
                 .map_or(true, |walked| walked + QUIET_WALK <= now);
@@ -473,8 +477,10 @@ impl Watcher {
         }
     }
 
-    fn read_reports(&mut self, dead: &mut Vec<Pid>) -> bool {
-        let mut buffer = [0u8; 4096];
+    fn read_reports(&mut self, dead: &mut Table<Pid>) -> bool {
+        // Small, so that reading it writes no stack page the master would not write anyway:
+        // each page written after a fork is a copy.
+        let mut buffer = [0u8; 512];
         loop {
             match nix::unistd::read(&self.reports, &mut buffer) {
                 Ok(0) => return false,
@@ -484,6 +490,11 @@ impl Watcher {
                             UNWATCHED => self.unwatched = true,
                             pid => dead.push(Pid::from_raw(pid)),
                         }
+                    }
+                    // A pipe gives all it holds: a short read emptied it, and a read more
+                    // would only fail with EAGAIN. The next report wakes the master again.
+                    if read < buffer.len() {
+                        return true;
                     }
                 }
                 Err(Errno::EINTR) => {}
@@ -637,7 +648,7 @@ fn report(reports: BorrowedFd<'_>, pid: i32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Reaper, REQUEST_DELAY, WATCHED_FROM};
+    use super::{Reaper, Table, REQUEST_DELAY, WATCHED_FROM};
     use nix::sys::signal::{kill, Signal};
     use nix::sys::wait::waitpid;
     use nix::unistd::{fork, ForkResult, Pid};
@@ -657,7 +668,7 @@ mod tests {
 
     /// The pids `reaper` reports, until it has reported `count` or a deadline passed.
     fn reports(reaper: &mut Reaper, count: usize) -> Vec<Pid> {
-        let mut dead = Vec::new();
+        let mut dead = Table::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while dead.len() < count && Instant::now() < deadline {
             if let Some(mut fd) = reaper.poll_fd() {
@@ -665,6 +676,7 @@ mod tests {
             }
             reaper.dead(None, false, Instant::now(), &mut dead);
         }
+        let mut dead = dead.to_vec();
         dead.sort_unstable();
         dead
     }

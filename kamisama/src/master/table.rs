@@ -50,6 +50,23 @@ impl<T: Copy> Table<T> {
         self.len += 1;
     }
 
+    pub(super) fn extend_from_slice(&mut self, values: &[T]) {
+        for value in values {
+            self.push(*value);
+        }
+    }
+
+    /// Room for `capacity` entries, so that pushing up to that many maps nothing.
+    pub(super) fn reserve_total(&mut self, capacity: usize) {
+        if capacity > self.capacity {
+            self.reserve(capacity);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+
     pub(super) fn pop(&mut self) -> Option<T> {
         self.len = self.len.checked_sub(1)?;
         // SAFETY: the entry at the old `len - 1` was written.

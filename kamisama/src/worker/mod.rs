@@ -61,8 +61,9 @@ pub(crate) struct Setup<'a> {
 
 /// Forks a worker that runs `worker` for `index`, and returns its pid in the master.
 ///
-/// The caller flushes stdout first: anything still buffered would be written once by the
-/// master and once more by every worker.
+/// Stdout must hold nothing buffered (the master flushes it before its loop and after each
+/// event callback): anything still buffered would be written once by the master and once
+/// more by every worker.
 pub(crate) fn spawn<W: WorkerFn<S>, S>(
     index: usize,
     worker: &mut W,
