@@ -428,9 +428,9 @@ fn at_scale(rows: &mut Vec<Row>) {
         // A start of 10,000 moves by half from one run to the next, the baseline's as much as
         // kamisama's (the kernel's reverse map of the master's pages, walked by kdamond while
         // forks wait; the scheduler's placement of 10,000 new processes), and the CPU of 200
-        // respawns by a third: the middle of five starts, the CPU of five runs' respawns.
+        // respawns by a third: the middle of five runs, for each.
         const RUNS: usize = 5;
-        let mut cpu = [0.0; 2];
+        let mut cpu = [Vec::new(), Vec::new()];
         let mut latencies = [Vec::new(), Vec::new()];
         let mut start = [Vec::new(), Vec::new()];
         let mut shutdown = [Vec::new(), Vec::new()];
@@ -440,19 +440,17 @@ fn at_scale(rows: &mut Vec<Row>) {
                 start[which].push(running.await_workers(instances) - started);
                 running.await_blocked();
                 let (latency, nanos) = respawns(&mut running, instances, KILLS);
-                cpu[which] += nanos as f64 / (KILLS * RUNS) as f64;
+                cpu[which].push(nanos / KILLS as u64);
                 latencies[which].extend(latency);
                 running.await_blocked();
                 shutdown[which].push(running.shut_down());
             }
         }
+        let [kamisama, baseline] = &mut cpu;
         rows.push(row(
-            format!(
-                "master CPU per respawn, {instances} workers ({} kills)",
-                KILLS * RUNS
-            ),
-            cpu[0],
-            cpu[1],
+            format!("master CPU per respawn, {instances} workers (median of {RUNS} runs of {KILLS} kills)"),
+            median(kamisama),
+            median(baseline),
             Unit::Nanos,
         ));
         if instances == 10_000 {
