@@ -249,3 +249,66 @@ fn scaling_signals_during_a_shutdown_change_nothing() {
     master.expect_exit_code(0);
     master.expect_tree_gone();
 }
+
+/// The process-wide pending signals of `pid` (`ShdPnd` in /proc), as a mask of bits
+/// `1 << (signal - 1)`.
+fn pending(pid: Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Five kinds of signal pending at once, more than one read of the signalfd takes (four):
+/// each is acted on, the last read's SIGCHLD too. (Not TTIN or TTOU: the SIGCONT that wakes
+/// the stopped master discards pending stop signals, blocked or not.)
+#[test]
+fn signals_that_come_together_are_each_acted_on() {
+    let mut master = supervised(3);
+    let workers = master.wait_for_workers(3);
+    master.wait_until_blocked();
+    master.signal(Signal::SIGSTOP);
+    master.wait_until("the master stopped", || {
+        (kamisama_tests::state(master.pid()) == Some('T')).then_some(())
+    });
+    let sent = [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+    ];
+    for signal in sent {
+        master.signal(signal);
+    }
+    nix::sys::signal::kill(workers[&0], Signal::SIGKILL).unwrap();
+    let all = sent
+        .into_iter()
+        .chain([Signal::SIGCHLD])
+        .fold(0, |mask, signal| mask | 1 << (signal as u64 - 1));
+    master.wait_until("the five pending", || {
+        (pending(master.pid()) & all == all).then_some(())
+    });
+    master.signal(Signal::SIGCONT);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+    // The death first, as a batch reaps before it acts; then the others, lowest first.
+    let transcript = master.transcript();
+    let lines = [
+        format!("exited index=0 pid={} status=SIGKILL", workers[&0]),
+        "rolling-restart-started".to_owned(),
+        "shutdown-started signal=SIGINT".to_owned(),
+        "forwarded signal=SIGUSR1".to_owned(),
+        "shutdown-forced signal=SIGTERM".to_owned(),
+    ];
+    let at: Vec<usize> = lines
+        .iter()
+        .map(|line| {
+            transcript
+                .find(line.as_str())
+                .unwrap_or_else(|| panic!("no {line:?} in {transcript}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|pair| pair[0] < pair[1]), "{transcript}");
+}
