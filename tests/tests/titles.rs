@@ -40,7 +40,10 @@ fn ps_shows_each_role_while_args_and_the_environment_stay() {
     for line in args {
         assert_eq!(line, format!("args={SUPERVISED}|--some-flag|a value"));
     }
-    master.expect_lines("fixture-var=print-args", 2);
+    // Waited for, as each worker prints it after its `args=` line.
+    for line in master.wait_for_lines("fixture-var=", 2) {
+        assert_eq!(line, "fixture-var=print-args");
+    }
     // The environment block, which lies right after the command line, is untouched.
     let environ = std::fs::read(format!("/proc/{}/environ", master.pid())).unwrap();
     let environ = String::from_utf8_lossy(&environ);
