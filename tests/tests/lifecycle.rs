@@ -299,6 +299,44 @@ fn a_rolling_restart_stops_each_worker_once_its_successor_declared_itself_ready(
 }
 
 #[test]
+fn a_worker_being_replaced_that_declares_itself_ready_late_leaves_its_successor_ready() {
+    // The first workers take 2 s to be ready; their successors 400 ms.
+    let witnesses = kamisama_tests::scratch!("rolling-late-ready");
+    let slow = kamisama_tests::scratch!("rolling-late-ready-flag").join("slow");
+    std::fs::write(&slow, b"").unwrap();
+    let mut master = Master::launch(env!("CARGO_BIN_EXE_declared"))
+        .env("READY_DIR", witnesses.to_str().unwrap())
+        .env("SLOW_READY_FILE", slow.to_str().unwrap())
+        .env("SLOW_READY_MS", "2000")
+        .env("READY_MS", "400")
+        .start();
+    let first = master.wait_for_workers(3);
+    std::fs::remove_file(&slow).unwrap();
+    master.signal(Signal::SIGHUP);
+    let spawned = master.wait_for_lines("spawned index=0 ", 2).remove(1);
+    let successor = field(&spawned, "pid").unwrap().to_owned();
+    // The master, stopped, sees neither declaration until both are made: the successor's,
+    // then its predecessor's, which still runs, as it is stopped only once its successor
+    // is ready.
+    master.signal(Signal::SIGSTOP);
+    master.wait_until("the master stopped", || {
+        (kamisama_tests::state(master.pid()) == Some('T')).then_some(())
+    });
+    master.wait_for_line(&format!("ready index=0 pid={successor}"));
+    master.wait_for_line(&format!("ready index=0 pid={}", first[&0]));
+    master.signal(Signal::SIGCONT);
+    // The successor is still the ready one: its predecessor is stopped, and the restart goes
+    // on to the other indices.
+    master.wait_for_line(&format!("stopping index=0 pid={}", first[&0]));
+    master.wait_for_line("rolling-restart-finished");
+    let after = master.wait_for_workers(3);
+    assert!(after.iter().all(|(index, pid)| first[index] != *pid));
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
 fn term_during_a_rolling_restart_shuts_down_promptly() {
     // Each worker takes 2 s to finish its job, so the restart is still waiting for the
     // workers it replaced to go.

@@ -896,8 +896,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         };
         match (self.config.readiness, self.setup.shared) {
             (Readiness::Declared, Some(shared)) => {
-                let ready = shared.slot(index).ready.load(Ordering::Relaxed);
-                ready == pid.as_raw() as u64
+                worker::shared::holder_ready(shared.slot(index), pid.as_raw() as u32)
             }
             _ => true,
         }

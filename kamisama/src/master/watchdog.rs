@@ -179,7 +179,7 @@ impl Watchdog<'_> {
             return (Verdict::Alive, None);
         };
         let words = shared.slot(index);
-        let ready = words.ready.load(Ordering::Relaxed) == pid.as_raw() as u64;
+        let ready = crate::worker::shared::holder_ready(words, pid.as_raw() as u32);
         let boot_ends = started.checked_add(self.boot_timeout);
         let not_ready_by = boot_ends.filter(|_| self.readiness && !ready);
         if not_ready_by.is_some_and(|by| by <= now.instant) {

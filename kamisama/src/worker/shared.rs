@@ -1,8 +1,8 @@
 //! What a worker tells its master through memory they share: its signs of life, its
 //! readiness, and the work it did. The master maps five words per worker index (`MAP_SHARED`,
 //! inherited by every fork). A worker stores in the first the time of its last beat on the
-//! monotonic clock, so that a wall-clock jump changes nothing, in the second its pid once it
-//! is ready, and in the third how many units of work it completed; the fourth is the master's
+//! monotonic clock, so that a wall-clock jump changes nothing, in the second its pid as it
+//! starts, marked once it is ready, and in the third how many units of work it completed; the fourth is the master's
 //! word to it: after how many units it is to be recycled; the fifth counts its threads at
 //! work, out of kamisama's waits, which the metrics call busy. A beat is a clock read, which
 //! the vDSO answers without entering the kernel, and a store; a unit of work is an addition
@@ -27,7 +27,9 @@ pub(crate) const WAITING: u64 = u64::MAX;
 pub(crate) struct Words {
     /// When the worker last showed a sign of life, or `NOT_YET`, or `WAITING`.
     pub(crate) beat: AtomicU64,
-    /// The pid of the worker that declared itself ready, or 0.
+    /// Whose slot it is and whether that worker is ready: the pid of the worker that took
+    /// the slot last, shifted left by one, with the low bit set once it declared itself ready
+    /// (see [`holder_ready`]); 0 before any worker took it.
     pub(crate) ready: AtomicU64,
     /// Units of work the worker completed.
     pub(crate) done: AtomicU64,
@@ -116,6 +118,11 @@ pub(crate) fn install(shared: Option<&SharedSlots>, index: usize, fleet: usize, 
         SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
         LIMIT.store(slot.limit.load(Ordering::Relaxed), Ordering::Relaxed);
         MASTER.store(u64::from(master), Ordering::Relaxed);
+        // The slot is this worker's from now on: a predecessor still running (a replacement
+        // waits for its successor to be ready before it stops the old worker) can no longer
+        // declare itself ready over its successor.
+        slot.ready
+            .store(holder(std::process::id()), Ordering::Relaxed);
         // The main thread is at work from the start.
         slot.at_work.store(1, Ordering::Relaxed);
         let _ = THREAD.try_with(|thread| thread.set(Thread::Working));
@@ -179,12 +186,25 @@ pub(crate) fn done() -> u64 {
     DONE.load(Ordering::Relaxed)
 }
 
-/// Declares this worker ready.
+/// Declares this worker ready, if the slot is still its own: a successor forked since took
+/// it, and is the one whose readiness the master waits for.
 pub(crate) fn ready() {
     if let Some(slot) = own_slot() {
-        slot.ready
-            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        let holder = holder(std::process::id());
+        let _ =
+            slot.ready
+                .compare_exchange(holder, holder | 1, Ordering::Relaxed, Ordering::Relaxed);
     }
+}
+
+/// The `ready` word of a slot that `pid` holds, not ready yet.
+fn holder(pid: u32) -> u64 {
+    u64::from(pid) << 1
+}
+
+/// Whether the worker `pid` holds the slot `words` and declared itself ready.
+pub(crate) fn holder_ready(words: &Words, pid: u32) -> bool {
+    words.ready.load(Ordering::Relaxed) == holder(pid) | 1
 }
 
 /// A sign of life, now.
