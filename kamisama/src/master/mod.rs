@@ -644,10 +644,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             self.recycler.forking(self.setup.shared, index);
             match worker::spawn(index, &mut self.worker, &self.setup) {
                 Ok(pid) => {
-                    let started = Instant::now();
-                    self.reaper.watch(pid, started);
+                    self.reaper.watch(pid);
                     self.fork_retry.failures = 0;
                     self.fork_retry.not_before = None;
+                    let started = Instant::now();
                     self.watchdog.forked(started);
                     self.recycler.forked(index, pid, started);
                     let slot = &mut self.slots[index];

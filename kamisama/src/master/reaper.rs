@@ -67,12 +67,14 @@ pub(super) const WALK_WORKERS: usize = 16;
 /// watcher reports: for an orphan's death that coalesced with a worker's, with no other sign.
 pub(super) const QUIET_WALK: Duration = Duration::from_secs(10);
 
-/// How long the pid of a worker just forked may wait before the watcher is told: the watcher
-/// then wakes once for the forks of that while (respawns one after the other, a start), not
-/// once for each. A death is named by its SIGCHLD meanwhile; only one whose SIGCHLD coalesced
-/// with another's waits that long to be found, as the watcher opens a pidfd for a dead child
-/// as for a live one. At 10,000 workers, respawned one after the other, the watcher woke once
-/// a respawn instead of twice, and spent 18 µs of CPU on each instead of 25.
+/// How often, at most, the pids of workers just forked are handed to the watcher: a fork after
+/// a quiet while is told at once, at the end of the master's turn, as before; forks within
+/// that long of the last hand-over wait for the next, so that respawns one after the other
+/// (or a start) wake the watcher once per that while, not once each. A death meanwhile is
+/// named by its SIGCHLD; only one whose SIGCHLD coalesced with another's waits that long to
+/// be found, as the watcher opens a pidfd for a dead child as for a live one. At 10,000
+/// workers, respawned one after the other, the watcher woke once a respawn instead of twice,
+/// and spent 18 µs of CPU on each instead of 25.
 pub(super) const REQUEST_DELAY: Duration = Duration::from_millis(50);
 
 /// The fleet from which a watcher reports the deaths: below it, a walk of the child list
@@ -94,8 +96,8 @@ pub(super) struct Reaper {
     /// Pids forked since the last flush, four bytes each: left out of forks, as each fork
     /// adds to it.
     requests: Table<u8>,
-    /// When the first of them was forked.
-    requested_at: Option<Instant>,
+    /// When pids were last handed to the watcher.
+    sent_at: Option<Instant>,
     /// Why the master cannot count on the watcher.
     blind: Option<Blind>,
     /// Whether the master ended the watcher (a shutdown with no worker left).
@@ -180,7 +182,7 @@ impl Reaper {
             walked: None,
             walk_at: None,
             requests: Table::new(),
-            requested_at: None,
+            sent_at: None,
             blind: None,
             ended: false,
             told: false,
@@ -210,11 +212,10 @@ impl Reaper {
                 self.watcher = Some(watcher);
                 // Room for a whole fleet's pids: a fork then allocates nothing.
                 self.requests.reserve_total(instances * 4);
-                let now = Instant::now();
                 for pid in live() {
-                    self.watch(pid, now);
+                    self.watch(pid);
                 }
-                self.send_requests();
+                self.send_requests(Instant::now());
                 true
             }
             Err(errno) => {
@@ -233,32 +234,33 @@ impl Reaper {
         self.inherited
     }
 
-    /// Has the child `pid`, forked at `now`, watched, by [`REQUEST_DELAY`] later
-    /// ([`flush`](Reaper::flush)).
-    pub(super) fn watch(&mut self, pid: Pid, now: Instant) {
+    /// Has the child `pid`, forked now, watched: handed over by [`flush`](Reaper::flush).
+    pub(super) fn watch(&mut self, pid: Pid) {
         if self.watcher.is_some() {
             self.requests.extend_from_slice(&pid.as_raw().to_ne_bytes());
-            self.requested_at.get_or_insert(now);
         }
     }
 
-    /// Hands the pids forked to the watcher once the first of them has waited
-    /// [`REQUEST_DELAY`], or once they fill a write: one write, and one wakeup of the watcher,
-    /// for many forks.
+    /// Hands the pids forked to the watcher, unless the last hand-over was less than
+    /// [`REQUEST_DELAY`] ago and they do not fill a write: one write, and one wakeup of the
+    /// watcher, for all of them.
     pub(super) fn flush(&mut self, now: Instant) {
-        let due = self.next_flush().is_some_and(|at| at <= now);
-        if due || self.requests.len() >= libc::PIPE_BUF {
-            self.send_requests();
+        let due = self.next_flush().map_or(true, |at| at <= now);
+        if !self.requests.is_empty() && (due || self.requests.len() >= libc::PIPE_BUF) {
+            self.send_requests(now);
         }
     }
 
-    /// When the pids forked are due to the watcher, if some wait.
+    /// When the pids forked wait for, if some wait for a later hand-over.
     pub(super) fn next_flush(&self) -> Option<Instant> {
-        Some(self.requested_at? + REQUEST_DELAY)
+        if self.requests.is_empty() {
+            return None;
+        }
+        Some(self.sent_at? + REQUEST_DELAY)
     }
 
-    fn send_requests(&mut self) {
-        self.requested_at = None;
+    fn send_requests(&mut self, now: Instant) {
+        self.sent_at = Some(now);
         if let Some(watcher) = &mut self.watcher {
             watcher.send(&self.requests);
         }
@@ -706,7 +708,7 @@ mod tests {
         let child = sleeper();
         kill(child, Signal::SIGKILL).unwrap();
         waitpid(child, None).unwrap();
-        reaper.watch(child, Instant::now());
+        reaper.watch(child);
         reaper.flush(Instant::now() + REQUEST_DELAY);
         assert_eq!(reports(&mut reaper, 1), [child]);
     }

@@ -82,7 +82,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         };
         match Upgrade::start(relaunch, listeners, passed_on, plan) {
             Ok(upgrade) => {
-                self.reaper.watch(upgrade.pid, Instant::now());
+                self.reaper.watch(upgrade.pid);
                 let pid = upgrade.pid.as_raw() as u32;
                 self.emit(Event::UpgradeStarted {
                     pid,
