@@ -11,7 +11,7 @@
 //! order, and a run that fails still kills every process it started.
 //!
 //! `KAMISAMA_BENCH_SCALE=1` adds 10,000 workers to the scale rows; `ONLY_SCALE=1` runs the
-//! scale rows alone.
+//! scale rows alone, `ONLY_SMALL=1` the start, shutdown and respawn rows of 1 to 1000 workers.
 
 use kamisama_tests::bench::monotonic_nanos;
 use kamisama_tests::{field, is_alive, state, status_field, Master, Tree};
@@ -905,6 +905,9 @@ fn main() {
     let mut features = Vec::new();
     if std::env::var_os("ONLY_SCALE").is_some() {
         at_scale(&mut rows);
+    } else if std::env::var_os("ONLY_SMALL").is_some() {
+        start_and_shutdown(&mut rows);
+        respawn_latency(&mut rows);
     } else {
         start_and_shutdown(&mut rows);
         respawn_latency(&mut rows);
