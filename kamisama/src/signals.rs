@@ -2,6 +2,7 @@
 //! signal handler runs and no code of ours has to be async-signal-safe; given back to each
 //! worker as a fresh process would have them.
 
+use crate::worker::forwarded;
 use crate::Error;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -38,7 +39,8 @@ pub(crate) struct Signals {
 impl Signals {
     /// Blocks the handled signals, resets their dispositions to the default (an ignored SIGCHLD
     /// would make the kernel reap workers behind the master's back, an ignored SIGHUP would
-    /// never reach it) and opens the signalfd they are read from.
+    /// never reach it), but for the forwarded ones, which get the counting handler workers
+    /// inherit ([`forwarded`]), and opens the signalfd they are read from.
     pub(crate) fn install() -> Result<Self, Error> {
         let handled: SigSet = HANDLED.into_iter().collect();
         let standard = Signal::iterator()
@@ -64,8 +66,16 @@ impl Signals {
             inherited,
         };
         for signal in HANDLED {
-            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
-            let previous = unsafe { sigaction(signal, &default_action()) }
+            // Workers inherit the forwarded signals' counting handler (it never runs in the
+            // master, which keeps them blocked); the rest have the default action.
+            let action = if forwarded::COUNTED.contains(&signal) {
+                forwarded::counting()
+            } else {
+                default_action()
+            };
+            // SAFETY: the master runs no handler (every handled signal stays blocked), and the
+            // counting handler is async-signal-safe in a worker.
+            let previous = unsafe { sigaction(signal, &action) }
                 .map_err(|errno| Error::os("sigaction", errno))?;
             signals.previous_actions.push((signal, previous));
         }

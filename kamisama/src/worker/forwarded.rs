@@ -7,8 +7,13 @@
 //! worker that wants to wait for them installs its own handler instead (signal-hook,
 //! `tokio::signal::unix`), which replaces this one; a program the worker execs gets the
 //! default action back, as exec resets every handler.
+//!
+//! The master installs the handler for itself, where it never runs (the master blocks both
+//! signals and reads them from its signalfd), and each worker inherits it with the fork:
+//! no system call in the worker, which has it before its first instruction.
 
 use crate::config::Signal;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static USR1: AtomicU32 = AtomicU32::new(0);
@@ -29,20 +34,21 @@ extern "C" fn count(signal: libc::c_int) {
     }
 }
 
-/// Installs the counting handler for USR1 and USR2. Runs before the worker's signals are
-/// unblocked, so that no forwarded signal finds the default action in between.
-pub(crate) fn install() {
-    for signal in [libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: a zeroed sigaction with an empty mask is valid; the handler only adds to an
-        // atomic, which is async-signal-safe; SA_RESTART keeps the worker's own blocking
-        // calls from failing with EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = count as *const () as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
+/// The signals counted here.
+pub(crate) const COUNTED: [nix::sys::signal::Signal; 2] = [
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+/// The counting handler's disposition: the handler only adds to an atomic, which is
+/// async-signal-safe; `SA_RESTART` keeps the worker's own blocking calls from failing with
+/// `EINTR`.
+pub(crate) fn counting() -> SigAction {
+    SigAction::new(
+        SigHandler::Handler(count),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    )
 }
 
 /// How many times `signal` came since the last call (0 for a signal not counted here).

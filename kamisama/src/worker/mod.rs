@@ -19,7 +19,7 @@ mod accept_wait;
 #[cfg(feature = "tokio")]
 mod acceptor;
 pub(crate) mod confine;
-mod forwarded;
+pub(crate) mod forwarded;
 mod function;
 mod handle;
 mod oom_score;
@@ -132,7 +132,6 @@ fn run_worker<W: WorkerFn<S>, S>(
     if getppid() != setup.master {
         exit(1);
     }
-    forwarded::install();
     shared::install(
         setup.shared,
         index,
