@@ -115,8 +115,8 @@ pub(super) fn stop_worker(pid: Pid, stop: Stop) -> bool {
     to_worker
 }
 
-/// What dead workers left in their process groups: it got SIGTERM as its worker was reaped,
-/// and gets SIGKILL if it is still there at its deadline, as a stopping worker would.
+/// What dead workers left in their process groups: it gets SIGTERM once its worker is reaped,
+/// and SIGKILL if it is still there at its deadline, as a stopping worker would.
 #[derive(Default)]
 pub(super) struct Leftovers {
     /// Each group that was not empty, with its deadline, soonest first.
@@ -124,18 +124,16 @@ pub(super) struct Leftovers {
 }
 
 impl Leftovers {
-    /// Signals what the dead worker `worker` left in its process group. Called before the
-    /// worker is reaped: its zombie still holds the group's id, so that no other process can
-    /// have taken it.
-    pub(super) fn worker_died(worker: Pid) {
-        let _ = killpg(worker, Signal::SIGTERM);
-    }
-
-    /// Remembers the group of the worker `worker`, reaped now, until `kill_at`, if anything
-    /// is left in it: a group id is not given to another process while a member has it, and
-    /// one with no member left is no group (ESRCH). Returns whether anything was left.
+    /// Sends SIGTERM to what the worker `worker`, reaped now, left in its process group, and
+    /// remembers the group until `kill_at` if anything was. Returns whether anything was.
+    ///
+    /// One signal asks and tells at once: a group id is not given to another process while a
+    /// member has it, so a group that still holds anything is the worker's; one with no
+    /// member left is no group (`ESRCH`). Its id, the worker's pid, could only name another
+    /// group were the pid given to a new process that made a group of its own in between,
+    /// which would take the kernel's whole range of pids (`pid_max`) going round meanwhile.
     pub(super) fn worker_reaped(&mut self, worker: Pid, kill_at: Option<Instant>) -> bool {
-        let left = killpg(worker, None).is_ok();
+        let left = killpg(worker, Signal::SIGTERM).is_ok();
         if let (true, Some(kill_at)) = (left, kill_at) {
             let at = self.groups.partition_point(|(_, at)| *at <= kill_at);
             self.groups.insert(at, (worker, kill_at));
@@ -172,12 +170,6 @@ impl Leftovers {
 /// and none has exited; `ECHILD` when no child is left.
 pub(super) fn peek_exited() -> Result<Option<Pid>, Errno> {
     peek(libc::P_ALL, 0)
-}
-
-/// Whether the child `pid` has exited and is waiting to be reaped. One process, not the child
-/// list, is looked at.
-pub(super) fn has_exited(pid: Pid) -> bool {
-    matches!(peek(libc::P_PID, pid.as_raw() as libc::id_t), Ok(Some(_)))
 }
 
 /// Whether the child `pid` is stopped (SIGSTOP, or a stop signal's default action). Asked
@@ -221,15 +213,27 @@ fn wait_id(
     Ok((pid != 0).then(|| Pid::from_raw(pid)))
 }
 
-/// Reaps the exited child `pid`. Decoded here rather than by nix, whose `WaitStatus` cannot
-/// hold a real-time signal: a worker killed by one would be reaped and then lost.
+/// Reaps the child `pid`, waiting for it to exit. Decoded here rather than by nix, whose
+/// `WaitStatus` cannot hold a real-time signal: a worker killed by one would be reaped and
+/// then lost.
 pub(super) fn reap(pid: Pid) -> Result<ExitStatus, Errno> {
+    wait_pid(pid, 0).map(|status| status.expect("a wait without WNOHANG has a status"))
+}
+
+/// Reaps the child `pid` if it has exited; `None` if it has not (it runs, or is stopped).
+pub(super) fn reap_exited(pid: Pid) -> Result<Option<ExitStatus>, Errno> {
+    wait_pid(pid, libc::WNOHANG)
+}
+
+fn wait_pid(pid: Pid, flags: libc::c_int) -> Result<Option<ExitStatus>, Errno> {
     let mut status = 0;
     loop {
         // SAFETY: `status` is valid for the call.
-        match Errno::result(unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) }) {
+        match Errno::result(unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) }) {
             Err(Errno::EINTR) => continue,
-            result => return result.map(|_| ExitStatus::from_raw(status)),
+            Err(errno) => return Err(errno),
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(ExitStatus::from_raw(status))),
         }
     }
 }

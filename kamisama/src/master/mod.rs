@@ -425,9 +425,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         let eager = self.shutdown.is_some() && self.slots.live_workers() == 0;
         let walk = self.reaper.dead(sigchld, eager, Instant::now(), &mut dead);
         for &pid in dead.iter() {
-            if !fleet::has_exited(pid) {
-                continue;
-            }
             let orphan = self.slots.index_of(pid).is_none();
             if self.reap_child(pid) && orphan {
                 self.reaper.orphans_about(Instant::now());
@@ -454,8 +451,11 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         }
     }
 
-    /// Reaps the child `pid`, which has exited; returns whether it could.
+    /// Reaps the child `pid` if it has exited; returns whether it did.
     fn reap_child(&mut self, pid: Pid) -> bool {
+        let Ok(Some(status)) = fleet::reap_exited(pid) else {
+            return false;
+        };
         let index = self.slots.index_of(pid);
         // A replaced worker is no longer its index's, and still a worker.
         let replaced = index
@@ -463,12 +463,6 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             .then(|| self.replacements.reaped(pid))
             .flatten();
         let worker = index.is_some() || replaced.is_some();
-        if worker {
-            Leftovers::worker_died(pid);
-        }
-        let Ok(status) = fleet::reap(pid) else {
-            return false;
-        };
         if self.reaper.reaped(pid) {
             return true;
         }
@@ -669,13 +663,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     return;
                 }
             }
-            // Only a pending signal is read: each page the master writes between two forks
-            // is copied once per fork (the reports' buffer, `errno`), at 10,000 forks a start.
-            // The watcher's reports wait for the end of the batch, unless a SIGCHLD came.
+            // The lowest index due: the one just forked no longer is. After the last fork,
+            // the loop's wait reads what came meanwhile.
+            if self.slots.next_due(Instant::now()).is_none() {
+                return;
+            }
+            // Between two forks, only a pending signal is read: each page the master writes
+            // between two forks is copied once per fork (the reports' buffer, `errno`), at
+            // 10,000 forks a start. The watcher's reports wait for the end of the batch,
+            // unless a SIGCHLD came.
             if self.setup.signals.pending() {
                 self.read_signals();
             }
-            // The lowest index due: the one just forked no longer is.
             match self.slots.next_due(Instant::now()) {
                 Some(next) => index = next,
                 None => return,
