@@ -4,8 +4,8 @@
 //!
 //! cargo-mutants finds `|` turned into `^` between the flags of the shared mapping
 //! (`SharedSlots::map`) alive: the flags are distinct bits, so the two are the same. The
-//! mapping's length (`MAX_INSTANCES * size_of::<Words>()`) with `+` or `/` for `*` is short
-//! only for indices past 16383, a fleet no test machine can fork; `now_nanos`'s clamp with
+//! mapping's length (`MAX_INSTANCES * 2 * size_of::<Words>()`) with `+` or `/` for a `*` is
+//! short only for indices in the thousands at least, a fleet no test here forks; `now_nanos`'s clamp with
 //! `*` for `+` or `/` for `-` lets 0 or `u64::MAX` through, which a monotonic clock in
 //! nanoseconds shows only in its first nanosecond and after 584 years.
 
@@ -48,6 +48,37 @@ fn a_worker_that_stops_beating_is_hung_signalled_and_respawned() {
     });
     assert_eq!(after[&1], before[&1], "the healthy worker was left alone");
     assert_eq!(master.count_lines("hung index=1"), 0);
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+}
+
+#[test]
+fn a_successor_that_hangs_beside_the_worker_it_replaces_is_found_hung() {
+    // HUP replaces each worker; the old one beats on for 5 s once asked to stop. The
+    // successor of index 0 goes silent after three beats: its predecessor's beats are not
+    // its own, and it is found hung while its predecessor still beats.
+    let scratch = kamisama_tests::scratch!("hangs-successor");
+    let marker = scratch.join("successors-hang");
+    let mut master = watched("1")
+        .env("HANG", "0")
+        .env("HANG_ONLY_IF", marker.to_str().unwrap())
+        .env("LINGER_MS", "5000")
+        .env("KAMISAMA_SHUTDOWN_TIMEOUT", "20")
+        .start();
+    let before = master.wait_for_workers(2);
+    std::fs::write(&marker, "").unwrap();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_line(&format!("replacing index=0 pid={}", before[&0]));
+    let spawned = master.wait_for_lines("spawned index=0 ", 2);
+    let successor = field(&spawned[1], "pid").unwrap().to_owned();
+    let hung = master.wait_for_line(&format!("hung index=0 pid={successor}"));
+    let output = master.transcript();
+    let at_hung = output.find(&hung).unwrap();
+    let old_exit = output.find(&format!("exited index=0 pid={}", before[&0]));
+    assert!(
+        old_exit.is_none_or(|at_exit| at_hung < at_exit),
+        "found hung only once its predecessor was gone:\n{output}"
+    );
     master.signal(Signal::SIGTERM);
     master.expect_exit_code(0);
 }

@@ -343,6 +343,40 @@ fn the_status_shows_what_each_worker_did_within_a_second_and_is_not_rewritten_wh
 }
 
 #[test]
+fn a_successor_started_beside_the_worker_it_replaces_shows_only_its_own_counts() {
+    // Each crunch worker completes a batch as it starts, then sleeps 5 s. HUP forks each
+    // successor while the old worker sleeps; the old one wakes to stop once its successor
+    // is ready, after the successor went to sleep in turn. What the old worker does then
+    // (a thread back at work) is its own, never its successor's.
+    let path = status_path("status-replaced");
+    let mut master = Master::launch(CRUNCH)
+        .env("KAMISAMA_STATUS_FILE", path.to_str().unwrap())
+        .env("KAMISAMA_INSTANCES", "2")
+        .start();
+    let first = wait_for_status(&master, &path, "each worker's first batch", |status| {
+        (0..2).all(|index| {
+            let worker = &status["workers"][index];
+            worker["completed"] == 1 && worker["busy"] == false
+        })
+    });
+    let old: Vec<Value> = (0..2)
+        .map(|index| first["workers"][index]["pid"].clone())
+        .collect();
+    master.signal(Signal::SIGHUP);
+    // The restart ends once every worker it replaced is gone.
+    master.wait_for_line("rolling-restart-finished");
+    wait_for_status(&master, &path, "the successors asleep, idle", |status| {
+        (0..2).all(|index| {
+            let worker = &status["workers"][index];
+            worker["pid"] != old[index] && worker["completed"] != 0 && worker["busy"] == false
+        })
+    });
+    master.signal(Signal::SIGTERM);
+    master.expect_exit_code(0);
+    master.expect_tree_gone();
+}
+
+#[test]
 fn the_status_counts_each_servers_requests_and_open_connections() {
     let path = status_path("status-connections");
     let mut master = Master::launch(HELLO)

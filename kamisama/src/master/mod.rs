@@ -634,9 +634,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         };
         while self.shutdown.is_none() {
-            self.watchdog.forking(index);
-            self.recycler.forking(self.setup.shared, index);
-            match worker::spawn(index, &mut self.worker, &self.setup) {
+            let half = self.replacements.free_half(index, self.slots[index].half);
+            self.watchdog.forking(index, half);
+            self.recycler.forking(self.setup.shared, index, half);
+            match worker::spawn(index, half, &mut self.worker, &self.setup) {
                 Ok(pid) => {
                     self.reaper.watch(pid);
                     self.fork_retry.failures = 0;
@@ -646,6 +647,7 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                     self.recycler.forked(index, pid, started);
                     let slot = &mut self.slots[index];
                     slot.forks = slot.forks.saturating_add(1);
+                    slot.half = half;
                     let running = State::Running {
                         pid,
                         started,
@@ -724,10 +726,12 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
                 pid: pid.as_raw() as u32,
                 reason: why.name(),
                 lived: now.saturating_duration_since(started),
-                completed: self
-                    .setup
-                    .shared
-                    .map(|shared| shared.slot(index).done.load(Ordering::Relaxed)),
+                completed: self.setup.shared.map(|shared| {
+                    self.slots[index]
+                        .words(shared, index)
+                        .done
+                        .load(Ordering::Relaxed)
+                }),
             });
             let slot = &mut self.slots[index];
             slot.recycles = slot.recycles.saturating_add(1);
@@ -894,9 +898,10 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return false;
         };
         match (self.config.readiness, self.setup.shared) {
-            (Readiness::Declared, Some(shared)) => {
-                worker::shared::holder_ready(shared.slot(index), pid.as_raw() as u32)
-            }
+            (Readiness::Declared, Some(shared)) => worker::shared::holder_ready(
+                self.slots[index].words(shared, index),
+                pid.as_raw() as u32,
+            ),
             _ => true,
         }
     }
@@ -1194,8 +1199,8 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
             return;
         };
         let mut found = Vec::new();
-        for (index, pid, started, watch) in self.slots.watched() {
-            match pass.look(index, pid, started, watch) {
+        for (index, half, pid, started, watch) in self.slots.watched() {
+            match pass.look(index, half, pid, started, watch) {
                 Verdict::Alive => {}
                 verdict => found.push((index, pid, verdict)),
             }

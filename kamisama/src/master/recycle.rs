@@ -10,7 +10,7 @@
 //! dropped when it comes up.
 
 use crate::config::Config;
-use crate::worker::shared::SharedSlots;
+use crate::worker::shared::{Half, SharedSlots};
 use nix::unistd::Pid;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -79,10 +79,10 @@ impl Recycler {
         }
     }
 
-    /// Before a fork for `index`: sets the worker's counts of work and of threads at work to
-    /// zero, and its limit.
-    pub(super) fn forking(&mut self, shared: Option<&SharedSlots>, index: usize) {
-        let Some(words) = shared.map(|shared| shared.slot(index)) else {
+    /// Before a fork for `index`, with the shared words `half`: sets the worker's counts of
+    /// work and of threads at work to zero, and its limit.
+    pub(super) fn forking(&mut self, shared: Option<&SharedSlots>, index: usize, half: Half) {
+        let Some(words) = shared.map(|shared| shared.words(index, half)) else {
             return;
         };
         let limit = match self.requests {

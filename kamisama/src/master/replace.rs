@@ -12,6 +12,7 @@ use super::fleet::{self, Stop};
 use super::slots::{Ending, State};
 use super::Master;
 use crate::event::{Event, ExitStatus};
+use crate::worker::shared::Half;
 use crate::worker::WorkerFn;
 use nix::unistd::Pid;
 use std::time::Instant;
@@ -39,6 +40,8 @@ pub(super) enum Why {
 #[derive(Clone, Copy)]
 struct Replaced {
     index: usize,
+    /// Its shared words, which its successor must not be given.
+    half: Half,
     pid: Pid,
     why: Why,
     /// When SIGKILL follows its stop; `None` once sent, or before the stop.
@@ -71,6 +74,23 @@ impl Replacements {
     pub(super) fn alive(&self) -> impl Iterator<Item = (usize, Pid)> + '_ {
         let replaced = self.waiting.iter().chain(&self.stopping);
         replaced.map(|replaced| (replaced.index, replaced.pid))
+    }
+
+    /// The shared words for a new worker of `index`, whose last worker had `last`: the other
+    /// half, unless a replaced worker of the index still running has it. (Both are taken
+    /// only by three workers at once: a successor that died while its predecessor stopped,
+    /// replaced again. The new one then shares the words its predecessor has.)
+    pub(super) fn free_half(&self, index: usize, last: Half) -> Half {
+        let replaced = self.waiting.iter().chain(&self.stopping);
+        let taken = |half: Half| {
+            replaced
+                .clone()
+                .any(|replaced| replaced.index == index && replaced.half == half)
+        };
+        [last.other(), last]
+            .into_iter()
+            .find(|half| !taken(*half))
+            .unwrap_or(last.other())
     }
 
     /// Whether another replacement may begin.
@@ -108,9 +128,11 @@ impl<W: WorkerFn<S>, S> Master<'_, W, S> {
     /// Replaces the worker `pid` of `index`: its slot is its successor's from now on, due for
     /// a fork at once; the worker serves on until the successor is ready.
     pub(super) fn begin_replacement(&mut self, index: usize, pid: Pid, why: Why) {
+        let half = self.slots[index].half;
         self.slots.set(index, State::Pending { not_before: None });
         self.replacements.waiting.push(Replaced {
             index,
+            half,
             pid,
             why,
             kill_at: None,

@@ -11,7 +11,7 @@
 use super::table::Table;
 use super::watchdog::Watch;
 use crate::event::ExitStatus;
-use crate::worker::shared::SharedSlots;
+use crate::worker::shared::{Half, SharedSlots, Words};
 use nix::unistd::Pid;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -59,6 +59,8 @@ pub(super) struct Slot {
     pub(super) last_exit: Option<ExitStatus>,
     /// How many ended, by how, for the metrics.
     pub(super) exits: [u32; Ending::ALL.len()],
+    /// Which of the index's shared words its last worker forked has.
+    pub(super) half: Half,
 }
 
 /// How a worker ended, as the metrics count it.
@@ -132,19 +134,6 @@ pub(super) enum State {
     Retired,
 }
 
-impl State {
-    /// Whether the worker of `index` is busy, as its shared words say: whether any of its
-    /// threads is at work, out of kamisama's waits. Known only of a running sync worker
-    /// that was not asked to stop (an async worker's waits are tokio's).
-    pub(super) fn busy(&self, index: usize, shared: &SharedSlots, is_async: bool) -> Option<bool> {
-        if is_async || !matches!(self, State::Running { stop: None, .. }) {
-            return None;
-        }
-        let at_work = shared.slot(index).at_work.load(Ordering::Relaxed);
-        Some(crate::worker::shared::is_at_work(at_work))
-    }
-}
-
 /// A worker the master asked to stop, or found hung.
 #[derive(Clone, Copy)]
 pub(super) struct Stopping {
@@ -179,7 +168,24 @@ impl Slot {
             recycles: 0,
             last_exit: None,
             exits: [0; Ending::ALL.len()],
+            half: Half::default(),
         }
+    }
+
+    /// The shared words of the index's last worker forked, which is `index`.
+    pub(super) fn words<'s>(&self, shared: &'s SharedSlots, index: usize) -> &'s Words {
+        shared.words(index, self.half)
+    }
+
+    /// Whether the worker is busy, as its shared words say: whether any of its threads is at
+    /// work, out of kamisama's waits. Known only of a running sync worker that was not asked
+    /// to stop (an async worker's waits are tokio's).
+    pub(super) fn busy(&self, index: usize, shared: &SharedSlots, is_async: bool) -> Option<bool> {
+        if is_async || !matches!(self.state, State::Running { stop: None, .. }) {
+            return None;
+        }
+        let at_work = self.words(shared, index).at_work.load(Ordering::Relaxed);
+        Some(crate::worker::shared::is_at_work(at_work))
     }
 
     pub(super) fn state(&self) -> &State {
@@ -318,11 +324,11 @@ impl Slots {
         Some(pid)
     }
 
-    /// Every live worker not asked to stop, with its index, pid, start and hang detection
-    /// state: what a pass of the watchdog looks at.
+    /// Every live worker not asked to stop, with its index, shared words, pid, start and hang
+    /// detection state: what a pass of the watchdog looks at.
     pub(super) fn watched(
         &mut self,
-    ) -> impl Iterator<Item = (usize, Pid, Instant, &mut Watch)> + '_ {
+    ) -> impl Iterator<Item = (usize, Half, Pid, Instant, &mut Watch)> + '_ {
         let slots = self.slots.iter_mut().enumerate();
         slots.filter_map(|(index, slot)| match &mut slot.state {
             State::Running {
@@ -330,7 +336,7 @@ impl Slots {
                 started,
                 stop: None,
                 watch,
-            } => Some((index, *pid, *started, watch)),
+            } => Some((index, slot.half, *pid, *started, watch)),
             _ => None,
         })
     }

@@ -206,8 +206,8 @@ fn render(out: &mut String, fleet: &Fleet<'_>) {
 fn fingerprint(fleet: &Fleet<'_>, shared: &SharedSlots) -> u64 {
     let mut sum: u64 = 0xcbf2_9ce4_8422_2325;
     for (index, slot) in fleet.slots.iter().enumerate() {
-        let words = shared.slot(index);
-        let busy = slot.state().busy(index, shared, fleet.is_async);
+        let words = slot.words(shared, index);
+        let busy = slot.busy(index, shared, fleet.is_async);
         for value in [
             words.done.load(Ordering::Relaxed),
             words.connections.load(Ordering::Relaxed),
@@ -296,14 +296,14 @@ fn worker(
         );
     }
     if let Some(shared) = fleet.shared.filter(|_| pid.is_some()) {
-        let words = shared.slot(index);
+        let words = slot.words(shared, index);
         let _ = write!(
             out,
             ",\"completed\":{},\"connections\":{}",
             words.done.load(Ordering::Relaxed),
             words.connections.load(Ordering::Relaxed)
         );
-        if let Some(busy) = slot.state().busy(index, shared, fleet.is_async) {
+        if let Some(busy) = slot.busy(index, shared, fleet.is_async) {
             let _ = write!(out, ",\"busy\":{busy}");
         }
     }

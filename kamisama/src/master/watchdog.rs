@@ -12,7 +12,7 @@
 //! a hang is found at most that much late.
 use super::fleet;
 use crate::config::{Config, Readiness};
-use crate::worker::shared::{now_nanos, SharedSlots, NOT_YET, WAITING};
+use crate::worker::shared::{now_nanos, Half, SharedSlots, NOT_YET, WAITING};
 use nix::unistd::Pid;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -95,10 +95,14 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// Before `index` is forked: its new worker has shown no sign of life yet.
-    pub(super) fn forking(&self, index: usize) {
+    /// Before `index` is forked, with the shared words `half`: its new worker has shown no
+    /// sign of life yet.
+    pub(super) fn forking(&self, index: usize, half: Half) {
         if let Some(shared) = self.shared.filter(|_| !self.timeout.is_zero()) {
-            shared.slot(index).beat.store(NOT_YET, Ordering::Relaxed);
+            shared
+                .words(index, half)
+                .beat
+                .store(NOT_YET, Ordering::Relaxed);
         }
     }
 
@@ -148,15 +152,19 @@ impl Pass<'_, '_> {
         self.next
     }
 
-    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung.
+    /// Looks at the worker `pid` of `index`, with the shared words `half`, forked at
+    /// `started`: whether it is hung.
     pub(super) fn look(
         &mut self,
         index: usize,
+        half: Half,
         pid: Pid,
         started: Instant,
         watch: &mut Watch,
     ) -> Verdict {
-        let (verdict, again) = self.watchdog.look(index, pid, started, watch, self.now);
+        let (verdict, again) = self
+            .watchdog
+            .look(index, half, pid, started, watch, self.now);
         if let Some(again) = again {
             self.next = Some(self.next.map_or(again, |at| at.min(again)));
         }
@@ -165,11 +173,13 @@ impl Pass<'_, '_> {
 }
 
 impl Watchdog<'_> {
-    /// Looks at the worker `pid` of `index`, forked at `started`: whether it is hung, and when
-    /// to look at it again (`None`: never, or hang detection is off).
+    /// Looks at the worker `pid` of `index`, with the shared words `half`, forked at
+    /// `started`: whether it is hung, and when to look at it again (`None`: never, or hang
+    /// detection is off).
     fn look(
         &self,
         index: usize,
+        half: Half,
         pid: Pid,
         started: Instant,
         watch: &mut Watch,
@@ -178,7 +188,7 @@ impl Watchdog<'_> {
         let Some(shared) = self.shared else {
             return (Verdict::Alive, None);
         };
-        let words = shared.slot(index);
+        let words = shared.words(index, half);
         let ready = crate::worker::shared::holder_ready(words, pid.as_raw() as u32);
         let boot_ends = started.checked_add(self.boot_timeout);
         let not_ready_by = boot_ends.filter(|_| self.readiness && !ready);

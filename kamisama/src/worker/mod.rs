@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::unistd::{fork, getppid, setpgid, ForkResult, Pid};
+use shared::Half;
 use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
@@ -66,6 +67,7 @@ pub(crate) struct Setup<'a> {
 /// more by every worker.
 pub(crate) fn spawn<W: WorkerFn<S>, S>(
     index: usize,
+    half: Half,
     worker: &mut W,
     setup: &Setup<'_>,
 ) -> Result<Pid, Errno> {
@@ -90,13 +92,14 @@ pub(crate) fn spawn<W: WorkerFn<S>, S>(
                 // or the confinement that holds it.
                 unsafe { libc::close(fd) };
             }
-            run_worker(index, worker, setup, title.as_ref())
+            run_worker(index, half, worker, setup, title.as_ref())
         }
     }
 }
 
 fn run_worker<W: WorkerFn<S>, S>(
     index: usize,
+    half: Half,
     worker: &mut W,
     setup: &Setup<'_>,
     title: Option<&Title>,
@@ -135,6 +138,7 @@ fn run_worker<W: WorkerFn<S>, S>(
     shared::install(
         setup.shared,
         index,
+        half,
         setup.fleet,
         setup.master.as_raw() as u32,
     );

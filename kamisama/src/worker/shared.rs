@@ -1,14 +1,20 @@
 //! What a worker tells its master through memory they share: its signs of life, its
-//! readiness, and the work it did. The master maps five words per worker index (`MAP_SHARED`,
+//! readiness, and the work it did. The master maps six words per worker (`MAP_SHARED`,
 //! inherited by every fork). A worker stores in the first the time of its last beat on the
 //! monotonic clock, so that a wall-clock jump changes nothing, in the second its pid as it
-//! starts, marked once it is ready, and in the third how many units of work it completed; the fourth is the master's
-//! word to it: after how many units it is to be recycled; the fifth counts its threads at
-//! work, out of kamisama's waits, which the metrics call busy. A beat is a clock read, which
-//! the vDSO answers without entering the kernel, and a store; a unit of work is an addition
-//! to a count of the worker's own and a store: no system call. The master only reads, but
-//! for setting a slot before a fork. The one system call is the worker's word that it
-//! reached its limit, once in its life: `SIGURG` to the master, which replaces it.
+//! starts, marked once it is ready, and in the third how many units of work it completed; the
+//! fourth is the master's word to it: after how many units it is to be recycled; the fifth
+//! counts its threads at work, out of kamisama's waits, which the metrics call busy; the sixth
+//! its open connections. A beat is a clock read, which the vDSO answers without entering the
+//! kernel, and a store; a unit of work is an addition to a count of the worker's own and a
+//! store: no system call. The master only reads, but for setting a worker's words before its
+//! fork. The one system call is the worker's word that it reached its limit, once in its
+//! life: `SIGURG` to the master, which replaces it.
+//!
+//! Each index has two sets of words, its two [`Half`]s: a worker being replaced serves on
+//! beside its successor until the successor is ready, and each of the two writes only its
+//! own, so that neither's beats hide the other's hang, nor its threads at work or its counts
+//! end up in the other's.
 
 use crate::config::MAX_INSTANCES;
 use nix::errno::Errno;
@@ -44,6 +50,25 @@ pub(crate) struct Words {
     pub(crate) connections: AtomicU64,
 }
 
+/// Which of its index's two sets of words a worker has: the master gives a new worker the
+/// set that no worker of the index still running has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Half {
+    #[default]
+    First,
+    Second,
+}
+
+impl Half {
+    /// The other set of the index.
+    pub(crate) fn other(self) -> Half {
+        match self {
+            Half::First => Half::Second,
+            Half::Second => Half::First,
+        }
+    }
+}
+
 /// The shared words of every index; owned by the master, which unmaps them when it is done.
 pub(crate) struct SharedSlots {
     words: NonNull<Words>,
@@ -51,7 +76,7 @@ pub(crate) struct SharedSlots {
 
 impl SharedSlots {
     /// Maps the words of every index there can be. Only the pages of indices in use are ever
-    /// touched, and so allocated: 4 KiB for 256 workers.
+    /// touched, and so allocated: 4 KiB for 42 indices.
     pub(crate) fn map() -> Result<Self, Errno> {
         let length = NonZeroUsize::new(SharedSlots::LENGTH).ok_or(Errno::EINVAL)?;
         // SAFETY: a new anonymous mapping aliases nothing; it is zero-filled, and all-zero
@@ -69,13 +94,14 @@ impl SharedSlots {
         })
     }
 
-    const LENGTH: usize = MAX_INSTANCES * std::mem::size_of::<Words>();
+    const LENGTH: usize = MAX_INSTANCES * 2 * std::mem::size_of::<Words>();
 
-    /// The words of `index`, which is below `MAX_INSTANCES`.
-    pub(crate) fn slot(&self, index: usize) -> &Words {
+    /// The words `half` of `index`, which is below `MAX_INSTANCES`.
+    pub(crate) fn words(&self, index: usize, half: Half) -> &Words {
         assert!(index < MAX_INSTANCES, "index {index} has no shared slot");
-        // SAFETY: the mapping holds MAX_INSTANCES slots and lives as long as `self`.
-        unsafe { &*self.words.as_ptr().add(index) }
+        // SAFETY: the mapping holds two sets of words for each of MAX_INSTANCES indices, and
+        // lives as long as `self`.
+        unsafe { &*self.words.as_ptr().add(index * 2 + half as usize) }
     }
 }
 
@@ -87,17 +113,16 @@ impl Drop for SharedSlots {
     }
 }
 
-/// This worker's slot, or null when the master watches neither hangs nor readiness.
+/// This worker's words, or null when the master watches neither hangs nor readiness.
 static SLOT: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Units of work this worker completed: its own count, which a replaced worker still running
-/// beside its successor cannot disturb (they share their index's words).
+/// Units of work this worker completed, mirrored to its words.
 static DONE: AtomicU64 = AtomicU64::new(0);
 
 /// Connections this worker holds open: its own count, mirrored to its slot.
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
-/// The first slot of the mapping, and how many workers the fleet had at this one's fork: the
+/// The first words of the mapping, and how many indices the fleet had at this one's fork: the
 /// siblings whose open connections this worker compares its own with.
 static FIRST: AtomicPtr<Words> = AtomicPtr::new(std::ptr::null_mut());
 static FLEET: AtomicU64 = AtomicU64::new(0);
@@ -106,21 +131,27 @@ static FLEET: AtomicU64 = AtomicU64::new(0);
 static LIMIT: AtomicU64 = AtomicU64::new(0);
 static MASTER: AtomicU64 = AtomicU64::new(0);
 
-/// In a new worker: beats and readiness go to `slot` from now on. The mapping is never
-/// unmapped in a worker, so the slot is valid for the rest of its life.
-pub(crate) fn install(shared: Option<&SharedSlots>, index: usize, fleet: usize, master: u32) {
-    // Without a slot, nothing is written: the master never set one, and a store of null
-    // over null would still copy the page after the fork.
+/// In a new worker: beats and readiness go to the words `half` of `index` from now on. The
+/// mapping is never unmapped in a worker, so they are valid for the rest of its life.
+pub(crate) fn install(
+    shared: Option<&SharedSlots>,
+    index: usize,
+    half: Half,
+    fleet: usize,
+    master: u32,
+) {
+    // Without words, nothing is written: the master never set any, and a store of null over
+    // null would still copy the page after the fork.
     if let Some(shared) = shared {
-        let slot = shared.slot(index);
+        let slot = shared.words(index, half);
         FIRST.store(shared.words.as_ptr(), Ordering::Relaxed);
         FLEET.store(fleet.min(MAX_INSTANCES) as u64, Ordering::Relaxed);
         SLOT.store((slot as *const Words).cast_mut(), Ordering::Relaxed);
         LIMIT.store(slot.limit.load(Ordering::Relaxed), Ordering::Relaxed);
         MASTER.store(u64::from(master), Ordering::Relaxed);
-        // The slot is this worker's from now on: a predecessor still running (a replacement
-        // waits for its successor to be ready before it stops the old worker) can no longer
-        // declare itself ready over its successor.
+        // The words are this worker's from now on: were they still those of a worker of
+        // the index (three of them at once: a successor that died while its predecessor
+        // stopped), that one could no longer declare itself ready over this one.
         slot.ready
             .store(holder(std::process::id()), Ordering::Relaxed);
         // The main thread is at work from the start.
@@ -264,10 +295,11 @@ pub(crate) fn over_share() -> bool {
         return false;
     }
     let mine = CONNECTIONS.load(Ordering::Relaxed);
-    // SAFETY: `install` set `first` to the mapping's first slot, and `fleet` is at most
-    // MAX_INSTANCES, the slots it holds; the mapping lives as long as the worker.
-    let total: u64 = (0..fleet)
-        .map(|index| unsafe { &*first.add(index) })
+    // Both halves of each index: a worker being replaced still holds its connections.
+    // SAFETY: `install` set `first` to the mapping's first words, and `fleet` is at most
+    // MAX_INSTANCES, whose two halves the mapping holds; it lives as long as the worker.
+    let total: u64 = (0..fleet * 2)
+        .map(|words| unsafe { &*first.add(words) })
         .map(|words| words.connections.load(Ordering::Relaxed))
         .sum();
     mine * fleet as u64 > total + fleet as u64

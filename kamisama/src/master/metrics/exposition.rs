@@ -5,7 +5,7 @@
 use super::http::Format;
 use crate::event::Event;
 use crate::listen::Listener;
-use crate::master::slots::{Ending, Slots, State};
+use crate::master::slots::{Ending, Slot, Slots, State};
 use crate::worker::shared::SharedSlots;
 use std::fmt::{self, Write};
 use std::os::fd::AsRawFd;
@@ -121,7 +121,7 @@ pub(in crate::master) fn render(out: &mut String, format: Format, view: &View<'_
         if let Some(at) = STATES.iter().position(|name| *name == state) {
             states[at] += 1;
         }
-        busy += u64::from(matches!(is_busy(view, index, slot.state()), Some(true)));
+        busy += u64::from(matches!(is_busy(view, index, slot), Some(true)));
     }
     text.family(
         "kamisama_workers",
@@ -330,7 +330,7 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
                  wait_readable.",
             );
             for (index, slot) in slots() {
-                if let Some(busy) = is_busy(view, index, slot.state()) {
+                if let Some(busy) = is_busy(view, index, slot) {
                     let labels = [("index", Label::Index(index))];
                     text.sample("kamisama_worker_busy", &labels, u64::from(busy));
                 }
@@ -343,7 +343,10 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
              listener (kamisama::Stream).",
         );
         for (index, _, _) in running() {
-            let open = shared.slot(index).connections.load(Ordering::Relaxed);
+            let open = view.slots[index]
+                .words(shared, index)
+                .connections
+                .load(Ordering::Relaxed);
             let labels = [("index", Label::Index(index))];
             text.sample("kamisama_worker_connections", &labels, open);
         }
@@ -354,7 +357,10 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
              example servers); from zero for each new worker.",
         );
         for (index, _, _) in running() {
-            let done = shared.slot(index).done.load(Ordering::Relaxed);
+            let done = view.slots[index]
+                .words(shared, index)
+                .done
+                .load(Ordering::Relaxed);
             let labels = [("index", Label::Index(index))];
             text.sample("kamisama_worker_completed", &labels, done);
         }
@@ -415,8 +421,8 @@ fn workers(text: &mut Text<'_>, view: &View<'_>, now: Instant, wall: SystemTime)
     }
 }
 
-fn is_busy(view: &View<'_>, index: usize, state: &State) -> Option<bool> {
-    state.busy(index, view.shared?, view.is_async)
+fn is_busy(view: &View<'_>, index: usize, slot: &Slot) -> Option<bool> {
+    slot.busy(index, view.shared?, view.is_async)
 }
 
 /// Seconds since the Unix epoch.
