@@ -19,6 +19,7 @@
 
 use kamisama::AsyncStream;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
@@ -40,6 +41,13 @@ async fn worker(worker: kamisama::Worker) -> io::Result<()> {
         return Ok(());
     };
     worker.ready();
+    // The same for every answer of this worker: asked of the system once.
+    let body: Arc<str> = format!(
+        "hello from worker {} (pid {})\n",
+        worker.index(),
+        std::process::id()
+    )
+    .into();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -48,7 +56,7 @@ async fn worker(worker: kamisama::Worker) -> io::Result<()> {
             // holds more than its share leaves new ones to the others for a moment.
             accepted = worker.accept_async(listener) => match accepted {
                 Some(Ok(stream)) => {
-                    connections.spawn(serve(worker.clone(), stream));
+                    connections.spawn(serve(worker.clone(), stream, Arc::clone(&body)));
                 }
                 Some(Err(_)) => {}
                 None => break,
@@ -62,7 +70,7 @@ async fn worker(worker: kamisama::Worker) -> io::Result<()> {
 
 /// Serves one connection until the client closes it, asks for `Connection: close`, or the
 /// worker stops.
-async fn serve(worker: kamisama::Worker, stream: AsyncStream) -> io::Result<()> {
+async fn serve(worker: kamisama::Worker, stream: AsyncStream, body: Arc<str>) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         if reader.buffer().is_empty() && !next_request_comes(&worker, &mut reader).await? {
@@ -75,11 +83,6 @@ async fn serve(worker: kamisama::Worker, stream: AsyncStream) -> io::Result<()> 
             tokio::time::sleep(wait).await;
         }
         let close = !keep_alive || worker.stop_requested();
-        let body = format!(
-            "hello from worker {} (pid {})\n",
-            worker.index(),
-            std::process::id()
-        );
         let connection = if close { "close" } else { "keep-alive" };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\

@@ -41,12 +41,19 @@ fn worker(worker: kamisama::Worker) {
     };
     let worker = Arc::new(worker);
     worker.ready();
+    // The same for every answer of this worker: asked of the system once.
+    let body: Arc<str> = format!(
+        "hello from worker {} (pid {})\n",
+        worker.index(),
+        std::process::id()
+    )
+    .into();
     let mut connections = Vec::new();
     while let Some(accepted) = worker.accept(listener) {
         let Ok(stream) = accepted else { continue };
-        let worker = Arc::clone(&worker);
+        let (worker, body) = (Arc::clone(&worker), Arc::clone(&body));
         connections.push(thread::spawn(move || {
-            let _ = serve(&worker, stream);
+            let _ = serve(&worker, stream, &body);
         }));
         connections.retain(|connection| !connection.is_finished());
     }
@@ -57,7 +64,7 @@ fn worker(worker: kamisama::Worker) {
 
 /// Serves one connection until the client closes it, asks for `Connection: close`, or the
 /// worker stops.
-fn serve(worker: &kamisama::Worker, stream: kamisama::Stream) -> io::Result<()> {
+fn serve(worker: &kamisama::Worker, stream: kamisama::Stream, body: &str) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         let idle = reader.buffer().is_empty();
@@ -71,11 +78,6 @@ fn serve(worker: &kamisama::Worker, stream: kamisama::Stream) -> io::Result<()> 
         };
         thread::sleep(wait);
         let close = !keep_alive || worker.stop_requested();
-        let body = format!(
-            "hello from worker {} (pid {})\n",
-            worker.index(),
-            std::process::id()
-        );
         let connection = if close { "close" } else { "keep-alive" };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\

@@ -8,10 +8,11 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 
 /// An async worker function, run to completion on a tokio runtime that each worker builds
 /// for itself after its fork, never in the master.
@@ -350,12 +351,24 @@ pub(super) async fn accept<L: AsyncAccept>(listener: &L) -> Option<io::Result<L:
     .await
 }
 
-/// Completes once a stop is requested. Registers its own copy of the stop pipe with the
-/// current runtime's reactor, so that any number of tasks may wait at once.
+/// Completes once a stop is requested. Every waiter of the worker waits on one [`Notify`],
+/// which a thread of the worker, its stop watcher (started by the first waiter), wakes once
+/// the stop pipe is written: a wait costs no system call and no registration with a
+/// reactor, where a copy of the pipe registered for each one cost six system calls (an
+/// example server waits for a stop beside every request it reads).
 pub(super) async fn stopped() {
+    let notified = STOPPED.notified();
+    let mut notified = std::pin::pin!(notified);
+    // Enabled before the flag is read: the wakeup that follows the flag's store is not
+    // missed.
+    notified.as_mut().enable();
     if stop::requested() {
         return;
     }
+    if watch_for_the_stop() {
+        return notified.await;
+    }
+    // No thread to spare: each wait registers its own copy of the pipe.
     let pipe = stop::fd()
         .try_clone_to_owned()
         .and_then(pipe::Receiver::from_owned_fd);
@@ -367,8 +380,27 @@ pub(super) async fn stopped() {
             }
         }
     }
-    // With no descriptor to spare: look at the flag now and then.
+    // With no descriptor to spare either: look at the flag now and then.
     while !stop::requested() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The waiters for the stop.
+static STOPPED: Notify = Notify::const_new();
+
+/// Starts the stop watcher, once: a thread that waits on the stop pipe (whose write follows
+/// the flag's store) and wakes every waiter. Returns whether it runs.
+fn watch_for_the_stop() -> bool {
+    static WATCHING: OnceLock<bool> = OnceLock::new();
+    *WATCHING.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("kamisama-stop".into())
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                stop::wait(None, None);
+                STOPPED.notify_waiters();
+            })
+            .is_ok()
+    })
 }
