@@ -179,6 +179,19 @@ impl Listener {
         Ok(stream)
     }
 
+    /// Accepts a connection now, non-blocking from the start (for tokio, with no call to
+    /// make it so), counted as open until its `Stream` is dropped.
+    pub(crate) fn accept_nonblocking(&self) -> io::Result<Stream> {
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = nix::sys::socket::accept4(self.as_fd(), flags)?;
+        let stream = match self {
+            Listener::Tcp(_) => Stream::Tcp(TcpStream::from(fd)),
+            Listener::Unix(_) => Stream::Unix(UnixStream::from(fd)),
+        };
+        crate::worker::shared::opened();
+        Ok(stream)
+    }
+
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
         if !getsockopt(&fd, sockopt::AcceptConn)? {
             return Err(io::Error::other("not a listening socket"));
@@ -346,6 +359,19 @@ static LISTENERS: OnceLock<Vec<Listener>> = OnceLock::new();
 /// The fleet's listeners; empty when none was configured.
 pub(crate) fn listeners() -> &'static [Listener] {
     LISTENERS.get().map_or(&[], Vec::as_slice)
+}
+
+/// Where `listener` is among the fleet's listeners, if it is one of them (the very object, not
+/// another with the same socket): then it is open as long as the process.
+pub(crate) fn fleet_position(listener: &Listener) -> Option<usize> {
+    listeners()
+        .iter()
+        .position(|own| std::ptr::eq(own, listener))
+}
+
+/// Whether `listener` is one of the fleet's listeners.
+pub(crate) fn is_the_fleets(listener: &Listener) -> bool {
+    fleet_position(listener).is_some()
 }
 
 /// The listeners the master starts with: the sockets a service manager (or the master this

@@ -47,9 +47,22 @@ thread_local! {
 
 /// Blocks until `listener` has a connection to accept (and this thread is the one woken for
 /// it), or a stop is requested. Without a descriptor to spare for the epoll instance, waits
-/// as `stop::wait` does, woken with every other worker.
-pub(crate) fn wait(listener: BorrowedFd<'_>) -> Woken {
-    let Ok(inode) = fstat(listener).map(|stat| stat.st_ino) else {
+/// as `stop::wait` does, woken with every other worker. `stable`: the descriptor stays open
+/// as long as the thread, so that it names the socket it named before, with no `fstat`.
+pub(crate) fn wait(listener: BorrowedFd<'_>, stable: bool) -> Woken {
+    // A descriptor that stays open as long as the thread (a fleet listener, an acceptor's
+    // own) names one socket: its instance is found by the descriptor alone.
+    let kept = stable
+        .then(|| {
+            WAITERS.with_borrow(|waiters| {
+                let waiter = waiters
+                    .iter()
+                    .find(|waiter| waiter.listener == listener.as_raw_fd());
+                waiter.map(|waiter| waiter.inode)
+            })
+        })
+        .flatten();
+    let Some(inode) = kept.or_else(|| fstat(listener).map(|stat| stat.st_ino).ok()) else {
         return stop::wait(Some(listener), None);
     };
     LAST.set((listener.as_raw_fd(), inode));

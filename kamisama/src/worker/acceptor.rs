@@ -22,7 +22,7 @@ use nix::sys::stat::fstat;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -54,18 +54,13 @@ pub enum AsyncStream {
 }
 
 impl Stream {
-    /// The same connection as a tokio stream of the current runtime, still counted.
+    /// The same connection, accepted non-blocking ([`Listener::accept_nonblocking`]), as a
+    /// tokio stream of the current runtime, still counted.
     fn into_async(self) -> io::Result<AsyncStream> {
         // The count goes over to the `AsyncStream`, or ends with the socket on an error.
         let converted = match self.into_counted() {
-            Ok(tcp) => tcp
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpStream::from_std(tcp))
-                .map(AsyncStream::Tcp),
-            Err(unix) => unix
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UnixStream::from_std(unix))
-                .map(AsyncStream::Unix),
+            Ok(tcp) => tokio::net::TcpStream::from_std(tcp).map(AsyncStream::Tcp),
+            Err(unix) => tokio::net::UnixStream::from_std(unix).map(AsyncStream::Unix),
         };
         if converted.is_err() {
             super::shared::closed();
@@ -246,7 +241,7 @@ pub(super) fn poll_accept(
     // A connection already queued (a burst, a busy fleet) is taken at once, with no
     // hand-over: only the waits are the acceptor's.
     if !stopped && !super::shared::over_share() {
-        match listener.accept_now() {
+        match listener.accept_nonblocking() {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             accepted => return Poll::Ready(Some(accepted.and_then(Stream::into_async))),
         }
@@ -268,15 +263,37 @@ pub(super) fn poll_accept(
     Poll::Pending
 }
 
+/// The acceptors of the fleet's listeners, by their place among them: found with no system
+/// call and no lock, as a fleet listener is open as long as the worker.
+static FLEET_ACCEPTORS: OnceLock<Box<[OnceLock<Arc<Handoff>>]>> = OnceLock::new();
+
 /// The acceptor of `listener`, started on the first call.
 fn acceptor(listener: &Listener) -> io::Result<Arc<Handoff>> {
+    let Some(at) = crate::listen::fleet_position(listener) else {
+        return acceptor_by_inode(listener);
+    };
+    let fleet = FLEET_ACCEPTORS.get_or_init(|| {
+        let count = crate::listen::listeners().len();
+        (0..count).map(|_| OnceLock::new()).collect()
+    });
+    if let Some(handoff) = fleet[at].get() {
+        return Ok(Arc::clone(handoff));
+    }
+    let handoff = acceptor_by_inode(listener)?;
+    Ok(Arc::clone(fleet[at].get_or_init(|| handoff)))
+}
+
+/// The acceptor of the socket `listener` is a descriptor of, started on the first call.
+fn acceptor_by_inode(listener: &Listener) -> io::Result<Arc<Handoff>> {
     let inode = fstat(listener.as_fd())?.st_ino;
     let mut acceptors = ACCEPTORS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((_, handoff)) = acceptors.iter().find(|(of, _)| *of == inode) {
         return Ok(Arc::clone(handoff));
     }
-    // Its own descriptor of the socket, which the thread keeps open for its life.
+    // Its own descriptor of the socket, which the thread keeps open for its life, and
+    // non-blocking for it (it shares the socket's flags with every descriptor of it).
     let own = Listener::from_fd(listener.as_fd().try_clone_to_owned()?)?;
+    own.set_nonblocking(true)?;
     let handoff = Arc::new(Handoff::default());
     let theirs = Arc::clone(&handoff);
     std::thread::Builder::new()

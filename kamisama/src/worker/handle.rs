@@ -415,8 +415,13 @@ pub(super) fn accept<L: Accept>(
     listener: &L,
     on_handle: bool,
 ) -> Option<io::Result<L::Connection>> {
-    if let Err(error) = listener.set_nonblocking() {
-        return Some(Err(error));
+    // An acceptor's listener is its own descriptor, made non-blocking as it started, and
+    // open for its life; a fleet listener is open for the worker's.
+    let stable = !on_handle || listener.is_the_fleets();
+    if on_handle {
+        if let Err(error) = listener.set_nonblocking() {
+            return Some(Err(error));
+        }
     }
     let wait = |how: &dyn Fn() -> Woken| if on_handle { waiting(how) } else { how() };
     loop {
@@ -424,10 +429,16 @@ pub(super) fn accept<L: Accept>(
         // first: it leaves the listener to them until its own connections close, or for
         // a moment at most, then takes what they left.
         let deferred = shared::over_share() && wait(&defer_to_siblings) == Woken::Stop;
-        if deferred || wait(&|| accept_wait::wait(listener.as_fd())) != Woken::Ready {
+        if deferred || wait(&|| accept_wait::wait(listener.as_fd(), stable)) != Woken::Ready {
             return None;
         }
-        match listener.accept_now() {
+        // An acceptor's connection goes to a task: non-blocking, as tokio wants it.
+        let accepted = if on_handle {
+            listener.accept_now()
+        } else {
+            listener.accept_nonblocking()
+        };
+        match accepted {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             connection => {
                 accept_wait::accepted(listener.as_fd());
@@ -493,6 +504,18 @@ pub trait Accept: AsFd + sealed::Sealed {
 
     #[doc(hidden)]
     fn accept_now(&self) -> io::Result<Self::Connection>;
+
+    /// A connection that is non-blocking already.
+    #[doc(hidden)]
+    fn accept_nonblocking(&self) -> io::Result<Self::Connection> {
+        self.accept_now()
+    }
+
+    /// Whether it is one of the fleet's listeners, open as long as the worker.
+    #[doc(hidden)]
+    fn is_the_fleets(&self) -> bool {
+        false
+    }
 }
 
 impl Accept for Listener {
@@ -504,6 +527,14 @@ impl Accept for Listener {
 
     fn accept_now(&self) -> io::Result<Self::Connection> {
         Listener::accept_now(self)
+    }
+
+    fn accept_nonblocking(&self) -> io::Result<Self::Connection> {
+        Listener::accept_nonblocking(self)
+    }
+
+    fn is_the_fleets(&self) -> bool {
+        crate::listen::is_the_fleets(self)
     }
 }
 
