@@ -342,8 +342,11 @@ impl Worker {
     /// }
     /// ```
     ///
-    /// Any number of tasks may wait on it at once. It must be awaited on a tokio runtime
-    /// with its IO driver on, such as the one kamisama builds for an async worker.
+    /// Any number of tasks may wait on it at once, at no system call each: they share one
+    /// wakeup, from a thread of the worker (`kamisama-stop`, started by the first wait) that
+    /// waits for the stop. Without a thread to spare, each wait registers the stop pipe with
+    /// the runtime's reactor instead: await it on a tokio runtime with its IO driver on, such
+    /// as the one kamisama builds for an async worker.
     #[cfg(feature = "tokio")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn stopped(&self) {
