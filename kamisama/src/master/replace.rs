@@ -76,10 +76,11 @@ impl Replacements {
         replaced.map(|replaced| (replaced.index, replaced.pid))
     }
 
-    /// The shared words for a new worker of `index`, whose last worker had `last`: the other
-    /// half, unless a replaced worker of the index still running has it. (Both are taken
-    /// only by three workers at once: a successor that died while its predecessor stopped,
-    /// replaced again. The new one then shares the words its predecessor has.)
+    /// The shared words for a new worker of `index`, whose last worker had `last`: the same,
+    /// unless a replaced worker of the index still running has them (a successor), then the
+    /// other half. (Both are taken only by three workers at once: a successor that died
+    /// while its predecessor stopped, replaced again. The new one then shares the words of
+    /// the worker it replaces.)
     pub(super) fn free_half(&self, index: usize, last: Half) -> Half {
         let replaced = self.waiting.iter().chain(&self.stopping);
         let taken = |half: Half| {
@@ -87,10 +88,10 @@ impl Replacements {
                 .clone()
                 .any(|replaced| replaced.index == index && replaced.half == half)
         };
-        [last.other(), last]
+        [last, last.other()]
             .into_iter()
             .find(|half| !taken(*half))
-            .unwrap_or(last.other())
+            .unwrap_or(last)
     }
 
     /// Whether another replacement may begin.
