@@ -262,7 +262,8 @@ fn hup_replaces_every_worker_once_its_successor_forked_first_one_index_at_a_time
 
 #[test]
 fn a_rolling_restart_stops_each_worker_once_its_successor_declared_itself_ready() {
-    // Each successor takes 200 ms to be ready, and each old worker 150 ms to finish.
+    // Each successor takes 200 ms to be ready, and each old worker 150 ms to finish. Twice:
+    // the second restart's successors come to shared words the first workers left ready.
     let witnesses = kamisama_tests::scratch!("rolling-ready");
     let mut master = Master::launch(env!("CARGO_BIN_EXE_declared"))
         .env("READY_DIR", witnesses.to_str().unwrap())
@@ -270,28 +271,35 @@ fn a_rolling_restart_stops_each_worker_once_its_successor_declared_itself_ready(
         .env("LINGER_MS", "150")
         .start();
     master.wait_for_lines("ready index=", 3);
-    master.wait_until_blocked();
-    master.signal(Signal::SIGHUP);
-    master.wait_for_line("rolling-restart-finished");
-    let transcript = master.transcript();
-    let at = |what: &str| {
-        transcript
-            .find(what)
-            .unwrap_or_else(|| panic!("no {what:?} in {transcript}"))
-    };
-    for index in 0..3 {
-        // The old worker of the index, and its successor.
-        let spawned = master.wait_for_lines(&format!("spawned index={index} "), 2);
-        let [old, successor] = [0, 1].map(|at| field(&spawned[at], "pid").unwrap().to_owned());
-        // The old worker hears of its stop only after its successor said it was ready.
-        let successor_ready = at(&format!("ready index={index} pid={successor}"));
-        let stopping = at(&format!("stopping index={index} pid={old}"));
-        assert!(successor_ready < stopping, "{transcript}");
-        if index < 2 {
-            // The next index begins once the successor is ready, not when the old worker
-            // has gone.
-            let next = at(&format!("replacing index={}", index + 1));
-            assert!(successor_ready < next, "{transcript}");
+    for restart in 1..=2 {
+        master.wait_until_blocked();
+        master.signal(Signal::SIGHUP);
+        master.wait_for_lines("rolling-restart-finished", restart);
+        let transcript = master.transcript();
+        let at = |what: &str| {
+            transcript
+                .find(what)
+                .unwrap_or_else(|| panic!("no {what:?} in {transcript}"))
+        };
+        for index in 0..3 {
+            // The old worker of the index, and its successor.
+            let spawned = master.wait_for_lines(&format!("spawned index={index} "), restart + 1);
+            let [old, successor] =
+                [restart - 1, restart].map(|at| field(&spawned[at], "pid").unwrap().to_owned());
+            // The old worker hears of its stop only after its successor said it was ready.
+            let successor_ready = at(&format!("ready index={index} pid={successor}"));
+            let stopping = at(&format!("stopping index={index} pid={old}"));
+            assert!(successor_ready < stopping, "{transcript}");
+            if index < 2 {
+                // The next index begins once the successor is ready, not when the old
+                // worker has gone.
+                let replacing = format!("replacing index={}", index + 1);
+                let next = transcript
+                    .match_indices(&replacing)
+                    .nth(restart - 1)
+                    .unwrap_or_else(|| panic!("no {replacing:?} #{restart} in {transcript}"));
+                assert!(successor_ready < next.0, "{transcript}");
+            }
         }
     }
     master.signal(Signal::SIGTERM);
