@@ -53,6 +53,25 @@ fn an_async_worker_awaiting_its_stop_does_not_wake_up() {
 }
 
 #[test]
+fn a_thousand_tasks_await_the_stop_with_no_descriptor_each_and_all_wake() {
+    let mut master = Master::launch(JOBS)
+        .env("WAITERS", "1000")
+        .env("KAMISAMA_INSTANCES", "1")
+        .start();
+    let workers = master.wait_for_workers(1);
+    master.wait_for_line("waiters-waiting index=0 n=1000");
+    // Once the tasks polled: a future that registered a descriptor of its own with the
+    // reactor would hold it while it waits.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", workers[&0]))
+        .unwrap()
+        .count();
+    assert!(fds < 50, "{fds} descriptors open for 1000 waiting tasks");
+    master.signal(Signal::SIGTERM);
+    master.wait_for_line("waiters-stopped index=0 n=1000");
+    master.expect_exit_code(0);
+}
+
+#[test]
 fn an_async_worker_with_the_handle_stops_cooperatively() {
     let master = run_and_stop("handle");
     // TERM reached the worker as a stop request, which completed `stopped()`.
