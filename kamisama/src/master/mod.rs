@@ -424,11 +424,18 @@ impl<'a, W: WorkerFn<S>, S> Master<'a, W, S> {
         // Once no worker is left, the child list holds only orphans: a walk costs little.
         let eager = self.shutdown.is_some() && self.slots.live_workers() == 0;
         let walk = self.reaper.dead(sigchld, eager, Instant::now(), &mut dead);
+        let named = sigchld.and_then(Sigchld::dead);
+        let mut named_reaped = false;
         for &pid in dead.iter() {
             let orphan = self.slots.index_of(pid).is_none();
-            if self.reap_child(pid) && orphan {
+            let reaped = self.reap_child(pid);
+            named_reaped |= reaped && named == Some(pid);
+            if reaped && orphan {
                 self.reaper.orphans_about(Instant::now());
             }
+        }
+        if named.is_some() && !named_reaped {
+            self.reaper.named_reaped_before(Instant::now());
         }
         dead.clear();
         self.dead = dead;

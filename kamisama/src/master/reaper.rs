@@ -164,7 +164,7 @@ pub(crate) struct Sigchld {
 
 impl Sigchld {
     /// The child whose death it tells of, if it tells of one.
-    fn dead(self) -> Option<Pid> {
+    pub(super) fn dead(self) -> Option<Pid> {
         let death = matches!(
             self.code,
             libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED
@@ -346,6 +346,15 @@ impl Reaper {
     /// unnamed), or a dead worker left some in its process group.
     pub(super) fn orphans_about(&mut self, now: Instant) {
         self.walk_later(now);
+    }
+
+    /// A SIGCHLD named a child reaped before it was read (a walk of an earlier turn found it
+    /// dead): the deaths that came while it was pending coalesced into it, unnamed, and an
+    /// orphan among them is found only by a walk. Without a watcher, every SIGCHLD walks.
+    pub(super) fn named_reaped_before(&mut self, now: Instant) {
+        if self.watching() {
+            self.walk_later(now);
+        }
     }
 
     /// Whether the watcher reports every worker's death, so that a walk is for orphans only.
